@@ -1,0 +1,235 @@
+"""Controller: bytes in → decode → route to a registered entrypoint → ``Result``.
+
+Also :class:`BaseProducer`, the one place where messages are serialised,
+checked and handed to a transport, so every transport sends the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from cdumay_error.types import NotFound, ValidationError
+from cdumay_result import Result
+
+from kser.entry import Entrypoint
+from kser.results import error_result, exception_result, is_success
+from kser.schemas import Message
+
+logger = logging.getLogger(__name__)
+
+#: default largest serialised message accepted by ``send`` (bytes); Kafka's
+#: own default ``max.message.bytes`` is 1 MiB
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+class BaseController:
+    """Hooks around received and finished messages, overridable by users."""
+
+    def _onsuccess(self, kmsg: Message, result: Result) -> Result:
+        logger.info("%s.Success: %s[%s]: %s", type(self).__name__, kmsg.entrypoint, kmsg.uuid,
+                    result)
+        return self.onsuccess(kmsg, result)
+
+    def onsuccess(self, kmsg: Message, result: Result) -> Result:
+        """Called after a message ran successfully; returns the final result."""
+        return result
+
+    def _onerror(self, kmsg: Message | None, result: Result) -> Result:
+        if kmsg is None:
+            logger.error("%s.Failed: undecodable record: %s", type(self).__name__, result.stderr)
+        else:
+            logger.error("%s.Failed: %s[%s]: %s", type(self).__name__, kmsg.entrypoint,
+                         kmsg.uuid, result)
+        return self.onerror(kmsg, result)
+
+    def onerror(self, kmsg: Message | None, result: Result) -> Result:
+        """Called after a message failed (``kmsg`` is None if it could not be decoded)."""
+        return result
+
+    def _onmessage(self, kmsg: Message) -> Message:
+        logger.debug("%s.ReceivedMessage %s[%s]", type(self).__name__, kmsg.entrypoint, kmsg.uuid)
+        return self.onmessage(kmsg)
+
+    def onmessage(self, kmsg: Message) -> Message:
+        """Called with every decoded message before routing; may return a changed one."""
+        return kmsg
+
+
+@dataclass
+class Outcome:
+    """What handling one record gave: the message (if it decoded) and its result.
+
+    ``undeliverable`` is True when the record could not be decoded or routed:
+    the worker then dead-letters it.
+    """
+
+    kmsg: Message | None
+    result: Result
+    undeliverable: bool = False
+
+
+class Controller(BaseController):
+    """Routes messages to the entrypoints registered on *this* controller.
+
+    Only registered entrypoints can ever run: the ``entrypoint`` field of a
+    message is a key in :attr:`ENTRYPOINTS`, never a path kser imports.
+    A subclass may declare ``ENTRYPOINTS = {...}`` at class level; each
+    instance starts from its own copy.
+    """
+
+    ENTRYPOINTS: Mapping[str, type[Entrypoint]] = {}
+    TRANSPORT = Message
+
+    def __init__(self) -> None:
+        self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
+
+    def register(self, name: str, entrypoint: type[Entrypoint]) -> None:
+        """Register ``entrypoint`` under ``name``.
+
+        :raises ValidationError: if ``entrypoint`` is not an ``Entrypoint`` subclass
+        """
+        if not (isinstance(entrypoint, type) and issubclass(entrypoint, Entrypoint)):
+            raise ValidationError(
+                f"Cannot register '{name}': {entrypoint!r} is not a subclass of "
+                "kser.entry.Entrypoint", extra=dict(entrypoint=name))
+        self.ENTRYPOINTS[name] = entrypoint
+        logger.debug("%s.Registered: %s", type(self).__name__, name)
+
+    def run(self, raw_data: str | bytes) -> Result:
+        """Decode, route and execute one record. Never raises.
+
+        Empty, non-UTF-8, non-JSON, non-object or schema-invalid records and
+        unknown entrypoints give a ``Result`` with retcode >= 300 whose
+        ``stderr`` says what was wrong.
+        """
+        return self.handle(raw_data).result
+
+    def handle(self, raw_data: str | bytes) -> Outcome:
+        """Like :meth:`run`, and tell whether the record was undeliverable."""
+        try:
+            kmsg = self._onmessage(self.TRANSPORT.loads(raw_data))
+        except Exception as exc:  # noqa: BLE001 - bad input becomes a Result
+            return Outcome(None, self._onerror(None, exception_result(exc)), undeliverable=True)
+
+        entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
+        if entrypoint is None:
+            error = NotFound(
+                f"Entrypoint '{kmsg.entrypoint}' is not registered on this consumer; "
+                f"registered: {', '.join(sorted(self.ENTRYPOINTS)) or 'none'}",
+                extra=dict(uuid=kmsg.uuid, entrypoint=kmsg.entrypoint))
+            return Outcome(kmsg, self._onerror(kmsg, error_result(error, kmsg.uuid)),
+                           undeliverable=True)
+        try:
+            result = self.execute(entrypoint, kmsg)
+        except Exception as exc:  # noqa: BLE001 - an entrypoint bug is the message's failure
+            result = exception_result(exc, kmsg.uuid)
+        if is_success(result):
+            return Outcome(kmsg, self._onsuccess(kmsg, result))
+        return Outcome(kmsg, self._onerror(kmsg, result))
+
+    def execute(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+        """Run ``kmsg`` with ``entrypoint``; the sequencer overrides this step."""
+        return entrypoint.from_Message(kmsg).execute()
+
+
+class MessageTooLarge(ValidationError):
+    """A serialised message is larger than the producer's configured limit."""
+
+
+class BaseProducer(BaseController):
+    """What every transport's producer shares: serialise, check, send, report.
+
+    A transport implements only :meth:`_produce` (queue one record) and
+    :meth:`_flush` (wait until every queued record is acknowledged, or raise).
+
+    :param max_message_bytes: largest serialised message accepted; larger ones
+        are refused at send time with a clear error instead of by the broker
+    """
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = max_message_bytes
+
+    # -- transport adapter -------------------------------------------------------------
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        raise NotImplementedError
+
+    def _flush(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the client (flushes what is queued)."""
+
+    # -- shared behaviour --------------------------------------------------------------
+
+    def encode(self, kmsg: Message) -> tuple[bytes, bytes]:
+        """Serialise ``kmsg`` into (key, value) bytes, refusing what cannot be sent.
+
+        The key is the operation id when the message belongs to an operation,
+        so all of an operation's messages share a partition, else the uuid.
+
+        :raises ValidationError: params or metadata that JSON cannot represent
+        :raises MessageTooLarge: a value over :attr:`max_message_bytes`
+        """
+        kmsg = self._onmessage(kmsg)
+        try:
+            value = json.dumps(kmsg.dump(), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(
+                f"Message {kmsg.entrypoint}[{kmsg.uuid}] cannot be sent: its params, result or "
+                f"metadata are not JSON-serialisable ({exc}); pass only str, int, float, bool, "
+                "None, list and dict values", extra=dict(uuid=kmsg.uuid)) from None
+        if len(value) > self.max_message_bytes:
+            raise MessageTooLarge(
+                f"Message {kmsg.entrypoint}[{kmsg.uuid}] is {len(value)} bytes, over the "
+                f"{self.max_message_bytes}-byte limit; store large data elsewhere and send a "
+                "reference, or raise max_message_bytes (and the topic's max.message.bytes)",
+                extra=dict(uuid=kmsg.uuid, size=len(value)))
+        key = kmsg.kser_metadata.get("operation_id") or kmsg.uuid
+        return str(key).encode("utf-8"), value
+
+    def send(self, topic: str, kmsg: Message, timeout: float = 60) -> Result:
+        """Send one message and wait until the broker acknowledged it.
+
+        :param timeout: seconds to wait for the acknowledgement
+        :return: retcode 0 on success, else >= 300 with the reason in stderr
+        """
+        return self.bulk_send(topic, [kmsg], timeout=timeout, uuid=kmsg.uuid)
+
+    def bulk_send(self, topic: str, kmsgs: Iterable[Message], timeout: float = 60,
+                  uuid: str | None = None) -> Result:
+        """Send messages and wait (up to ``timeout`` seconds) until all are acknowledged.
+
+        Nothing is queued unless every message can be encoded.
+        """
+        kmsgs = list(kmsgs)
+        try:
+            records = [self.encode(kmsg) for kmsg in kmsgs]
+            for key, value in records:
+                self._produce(topic, value, key)
+            self._flush(timeout)
+        except Exception as exc:  # noqa: BLE001 - a send failure is a Result
+            result = exception_result(exc, uuid)
+            logger.error("%s.Failed: %d message(s) to %s: %s", type(self).__name__, len(kmsgs),
+                         topic, result.stderr)
+            return result
+        if len(kmsgs) == 1:
+            stdout = f"Message {kmsgs[0].entrypoint}[{kmsgs[0].uuid}] sent in {topic}"
+        else:
+            stdout = f"{len(kmsgs)} message(s) sent in {topic}"
+        logger.info("%s.Success: %s", type(self).__name__, stdout)
+        return Result(uuid=uuid, stdout=stdout)
+
+    def send_raw(self, topic: str, value: bytes, key: bytes | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Queue a raw record (dead letters, replays); :meth:`flush` waits for it."""
+        self._produce(topic, value, key, headers)
+
+    def flush(self, timeout: float = 60) -> None:
+        """Wait until every queued record is acknowledged; raise if one failed."""
+        self._flush(timeout)
+

@@ -1,0 +1,175 @@
+"""Entrypoint: the unit of work a message names.
+
+Lifecycle of :meth:`Entrypoint.execute`::
+
+    postinit (at construction) → check_required_params → prerun → run → postrun
+        → onsuccess   (retcode < 300)
+        → onerror     (an exception, or retcode >= 300)
+
+``execute`` never raises: it always returns a :class:`cdumay_result.Result`.
+``unsafe_execute`` is the same without the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import uuid4
+
+from cdumay_error.types import ValidationError
+from cdumay_result import Result
+
+from kser.results import exception_result, is_success
+from kser.schemas import Message
+
+logger = logging.getLogger(__name__)
+
+
+class EntrypointMeta(type):
+    """Gives every entrypoint class its routing ``path``."""
+
+    @property
+    def path(cls) -> str:
+        """``module.ClassName``: the name messages use to reach this entrypoint."""
+        return f"{cls.__module__}.{cls.__name__}"
+
+
+class Entrypoint(metaclass=EntrypointMeta):
+    """Base class of everything a message can run.
+
+    :param uuid: run identifier (a new UUID4 when omitted)
+    :param params: keyword parameters, checked against :attr:`REQUIRED_FIELDS`
+    :param result: result forwarded by a previous step; ``run``'s own result is
+        added to it (``Result.__add__``), so values in ``retval`` accumulate
+    :param metadata: context carried along with the message
+    """
+
+    #: names that must be present in ``params`` before anything runs
+    REQUIRED_FIELDS: tuple[str, ...] | list[str] = ()
+
+    def __init__(self, uuid: str | None = None, params: dict | None = None,
+                 result: Result | None = None, metadata: dict | None = None):
+        self.uuid = uuid or str(uuid4())
+        self.params = params or dict()
+        self.result = result or Result(uuid=self.uuid)
+        self.metadata = metadata or dict()
+        self._init_error: Result | None = None
+        self._post_init()
+
+    # -- lifecycle hooks users override -------------------------------------------------
+
+    def postinit(self) -> None:
+        """Called at the end of ``__init__``; an exception here makes ``execute`` fail."""
+
+    def prerun(self) -> None:
+        """Called after the required parameters are checked, before :meth:`run`."""
+
+    def run(self) -> Result | None:
+        """The work itself. Return a ``Result`` (``None`` means "nothing to add")."""
+        raise NotImplementedError(f"Entrypoint '{self.__class__.path}' does not implement run()")
+
+    def postrun(self, result: Result) -> Result:
+        """Called with run's result; may return a different one."""
+        return result
+
+    def onsuccess(self, result: Result) -> Result:
+        """Called when the run succeeded; returns the final result."""
+        return result
+
+    def onerror(self, result: Result) -> Result:
+        """Called when the run failed (exception or retcode >= 300); returns the final result."""
+        return result
+
+    # -- execution ----------------------------------------------------------------------
+
+    def check_required_params(self) -> None:
+        """Raise ``ValidationError`` (400) naming the first missing parameter."""
+        for param in self.REQUIRED_FIELDS:
+            if param not in self.params:
+                raise ValidationError(
+                    f"Missing parameter: {param} (required by {self.__class__.path})",
+                    extra=dict(uuid=self.uuid, entrypoint=self.__class__.path, param=param),
+                )
+
+    def unsafe_execute(self, result: Result | None = None) -> Result:
+        """Run the lifecycle; exceptions propagate.
+
+        :param result: a result to merge into :attr:`result` before running
+        """
+        if self._init_error is not None:
+            return self._onerror(self._init_error)
+        if result:
+            self.result += result
+        self._prerun()
+        outcome = self._postrun(self._run())
+        if is_success(outcome) or outcome is None:
+            return self._onsuccess(outcome)
+        return self._onerror(outcome)
+
+    def execute(self, result: Result | None = None) -> Result:
+        """Run the lifecycle and always return a ``Result``, never raise."""
+        try:
+            return self.unsafe_execute(result=result)
+        except Exception as exc:  # noqa: BLE001 - the safety net is the point
+            return self._onerror(exception_result(exc, uuid=self.uuid))
+
+    # -- conversions --------------------------------------------------------------------
+
+    def to_Message(self, result: Result | None = None) -> Message:  # noqa: N802 - kser API
+        """This entrypoint as a :class:`~kser.schemas.Message`."""
+        return Message(uuid=self.uuid, entrypoint=self.__class__.path, params=self.params,
+                       result=result if result else self.result, metadata=self.metadata)
+
+    @classmethod
+    def from_Message(cls, kmsg: Message) -> "Entrypoint":  # noqa: N802 - kser API
+        """Build the entrypoint a message asks for."""
+        return cls(uuid=kmsg.uuid, params=kmsg.params, result=kmsg.result,
+                   metadata=kmsg.metadata)
+
+    def label(self, action: str | None = None) -> str:
+        """``Name[uuid]`` (and `` - action``), for log lines."""
+        return f"{self.__class__.__name__}[{self.uuid}]" + (f" - {action}" if action else "")
+
+    # -- internals: logging around the hooks ---------------------------------------------
+
+    def _log_extra(self, result: Result | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] = dict(kmsg=Message(self.uuid, entrypoint=self.__class__.path,
+                                                  params=self.params,
+                                                  metadata=self.metadata).dump())
+        if result is not None:
+            extra["kresult"] = Message.MARSHMALLOW_SCHEMA.fields["result"].schema.dump(result)
+        return extra
+
+    def _post_init(self) -> None:
+        try:
+            self.postinit()
+        except Exception as exc:  # noqa: BLE001 - reported by execute()
+            self._init_error = exception_result(exc, uuid=self.uuid)
+
+    def _prerun(self) -> None:
+        logger.debug("%s.PreRun: %s[%s]", self.__class__.__name__, self.__class__.path,
+                     self.uuid, extra=self._log_extra())
+        self.check_required_params()
+        self.prerun()
+
+    def _run(self) -> Result | None:
+        outcome = self.run()
+        if outcome is not None and not isinstance(outcome, Result):
+            raise TypeError(f"{self.__class__.path}.run() must return a cdumay_result.Result "
+                            f"or None, not {type(outcome).__name__}")
+        return outcome
+
+    def _postrun(self, result: Result | None) -> Result | None:
+        return self.postrun(result)
+
+    def _onsuccess(self, result: Result | None) -> Result:
+        result = self.result + result if result else self.result
+        logger.info("%s.Success: %s[%s]: %s", self.__class__.__name__, self.__class__.path,
+                    self.uuid, result, extra=self._log_extra(result))
+        return self.onsuccess(result)
+
+    def _onerror(self, result: Result) -> Result:
+        result = self.result + result if result else self.result
+        logger.error("%s.Failed: %s[%s]: %s", self.__class__.__name__, self.__class__.path,
+                     self.uuid, result, extra=self._log_extra(result))
+        return self.onerror(result)

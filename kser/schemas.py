@@ -1,0 +1,158 @@
+"""The wire format: :class:`Message` and its marshmallow schema.
+
+One Kafka record holds one JSON object, compatible both ways with kser 0.8.x::
+
+    {"uuid", "entrypoint", "params", "result": {uuid, retcode, stdout, stderr, retval},
+     "metadata"}
+
+kser's own bookkeeping (operation id, task id, attempt...) lives under the
+reserved key :data:`KSER_METADATA_KEY` inside ``metadata``, so a message from an
+old producer still runs and an old consumer ignores what it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cdumay_error.types import ValidationError
+from cdumay_result import Result, ResultSchema
+from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import ValidationError as MarshmallowValidationError
+
+#: the key of ``metadata`` that kser reserves for its own bookkeeping
+KSER_METADATA_KEY = "kser"
+
+
+class BaseSchema(Schema):
+    """Fields every entrypoint message has; unknown fields are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    uuid = fields.String(required=True)
+    entrypoint = fields.String(required=True)
+    params = fields.Dict(keys=fields.String(), load_default=dict, dump_default=dict)
+
+
+class Base:
+    """An entrypoint call: ``uuid``, ``entrypoint`` path and ``params``."""
+
+    MARSHMALLOW_SCHEMA: Schema = BaseSchema()
+
+    def __init__(self, uuid: str, entrypoint: str, params: dict | None = None):
+        self.uuid = uuid
+        self.entrypoint = entrypoint
+        self.params = params if params else dict()
+
+    def dump(self) -> dict:
+        """This message as a JSON-compatible ``dict``."""
+        return self.MARSHMALLOW_SCHEMA.dump(self)
+
+    def dumps(self) -> str:
+        """This message as a JSON string."""
+        return self.MARSHMALLOW_SCHEMA.dumps(self)
+
+    def __str__(self) -> str:
+        return str(self.dump())
+
+
+class MessageSchema(BaseSchema):
+    """Schema of :class:`Message`."""
+
+    result = fields.Nested(ResultSchema, load_default=None, allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), load_default=dict, dump_default=dict)
+
+
+class Message(Base):
+    """One Kafka record: which entrypoint to run, with what, and what came before.
+
+    :param uuid: message (and entrypoint run) identifier
+    :param entrypoint: registered path of the entrypoint, e.g. ``"app.tasks.Resize"``
+    :param params: keyword parameters of the entrypoint
+    :param result: result forwarded from a previous step (a ``Result`` or its dict)
+    :param metadata: context; the ``"kser"`` key is reserved for sequencing
+    """
+
+    MARSHMALLOW_SCHEMA = MessageSchema()
+
+    def __init__(
+        self,
+        uuid: str,
+        entrypoint: str,
+        params: dict | None = None,
+        result: Result | dict | None = None,
+        metadata: dict | None = None,
+    ):
+        Base.__init__(self, uuid, entrypoint, params)
+        if isinstance(result, Result):
+            self.result = result
+        elif result:
+            self.result = Result(**result)
+        else:
+            self.result = Result(uuid=uuid)
+        self.metadata = metadata or dict()
+
+    @property
+    def kser_metadata(self) -> dict:
+        """kser's own bookkeeping stored under ``metadata["kser"]`` (may be empty)."""
+        value = self.metadata.get(KSER_METADATA_KEY)
+        return value if isinstance(value, dict) else {}
+
+    @classmethod
+    def loads(cls, json_data: str | bytes | bytearray) -> "Message":
+        """Decode a record value.
+
+        :raises cdumay_error.types.ValidationError: (code 400) with a message that
+            says what was wrong: empty record, invalid UTF-8, invalid JSON, not an
+            object, or which fields are missing or of the wrong type.
+        """
+        return cls.from_dict(_decode_json(json_data))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Message":
+        """Build a message from already decoded JSON (see :meth:`loads`)."""
+        if not isinstance(data, dict):
+            raise ValidationError(
+                f"Message must be a JSON object, got {_json_type(data)}",
+                extra=dict(reason="not-an-object"),
+            )
+        try:
+            return cls(**cls.MARSHMALLOW_SCHEMA.load(data))
+        except MarshmallowValidationError as exc:
+            fields_in_error = "; ".join(
+                f"{name}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
+                for name, msgs in sorted(exc.normalized_messages().items())
+            )
+            raise ValidationError(
+                f"Message does not match the kser schema ({fields_in_error})",
+                extra=dict(reason="schema", fields=exc.normalized_messages()),
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"Message<uuid='{self.uuid}', entrypoint='{self.entrypoint}', result={self.result!r}>"
+
+
+def _decode_json(raw: str | bytes | bytearray | None) -> Any:
+    if raw is None or len(raw) == 0:
+        raise ValidationError("Empty record: a kser message is a JSON object",
+                              extra=dict(reason="empty"))
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(
+                f"Record is not valid UTF-8 (byte {exc.start}): a kser message is UTF-8 JSON",
+                extra=dict(reason="encoding"),
+            ) from None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError(f"Record is not valid JSON: {exc}",
+                              extra=dict(reason="json")) from None
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,1 @@
+"""Operations: sequences of tasks, each task one Kafka message."""

@@ -1,0 +1,60 @@
+"""Task: an :class:`~kser.entry.Entrypoint` that is a step of an operation."""
+
+from __future__ import annotations
+
+import logging
+
+from cdumay_result import Result
+
+from kser.entry import Entrypoint
+
+logger = logging.getLogger(__name__)
+
+#: the statuses of a task or an operation
+PENDING, RUNNING, SUCCESS, FAILED, SKIPPED, CANCELED = (
+    "PENDING", "RUNNING", "SUCCESS", "FAILED", "SKIPPED", "CANCELED")
+#: statuses after which nothing more happens
+FINAL_STATUSES = frozenset({SUCCESS, FAILED, SKIPPED, CANCELED})
+
+
+class Task(Entrypoint):
+    """A step of an operation, runnable alone too (a lone task needs no store).
+
+    :param uuid: task identifier (new UUID4 when omitted)
+    :param params: task parameters
+    :param status: one of PENDING, RUNNING, SUCCESS, FAILED, SKIPPED, CANCELED
+    :param result: result forwarded from the previous task
+    :param metadata: task context
+    """
+
+    def __init__(self, uuid: str | None = None, params: dict | None = None,
+                 status: str = PENDING, result: Result | None = None,
+                 metadata: dict | None = None):
+        self.status = status
+        Entrypoint.__init__(self, uuid=uuid, params=params, result=result, metadata=metadata)
+
+    def log(self, message: str, level: int = logging.INFO, *args, **kwargs) -> None:
+        """Log ``message`` prefixed with ``{TaskName}.{TaskStatus}: {EntryPointPath}[{TaskUUID}]: ``.
+
+        ``args`` and ``kwargs`` are passed to :meth:`logging.Logger.log`.
+        """
+        prefix = f"{type(self).__name__}.{self.status}: {type(self).path}[{self.uuid}]: "
+        extra = dict(kwargs.pop("extra", None) or {})
+        extra.setdefault("kmsg", self._log_extra()["kmsg"])
+        logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
+
+    def _prerun(self) -> None:
+        self.status = RUNNING
+        super()._prerun()
+
+    def _onsuccess(self, result: Result | None) -> Result:
+        self.status = SUCCESS
+        return super()._onsuccess(result)
+
+    def _onerror(self, result: Result) -> Result:
+        self.status = FAILED
+        return super()._onerror(result)
+
+    def __repr__(self) -> str:
+        return f"Task [{type(self).path}](uuid={self.uuid},status={self.status}, params={self.params})"
+
