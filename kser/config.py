@@ -1,0 +1,52 @@
+"""Configuration: one home for every setting.
+
+Each setting is read from an environment variable ``KSER_*`` with the default
+below; ``kser`` command-line flags override the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+#: transports by the name ``--transport`` / ``KSER_TRANSPORT`` use
+TRANSPORTS = {"kafka": "kser.python_kafka", "confluent": "kser.confluent",
+              "memory": "kser.memory"}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass
+class Settings:
+    """kser's settings, read from the environment when created."""
+
+    #: ``kafka`` (kafka-python), ``confluent`` (confluent-kafka) or ``memory`` (in-process)
+    transport: str = field(default_factory=lambda: _env("KSER_TRANSPORT", "kafka"))
+    #: Kafka bootstrap servers, comma-separated ``host:port``
+    bootstrap_servers: str = field(
+        default_factory=lambda: _env("KSER_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    #: consumer group of ``kser worker``
+    group: str = field(default_factory=lambda: _env("KSER_GROUP", "kser"))
+    #: dead-letter topic of topic T is ``T + dlq_suffix`` unless ``dlq_topic`` is set
+    dlq_suffix: str = field(default_factory=lambda: _env("KSER_DLQ_SUFFIX", ".dlq"))
+    #: one dead-letter topic for every consumed topic (empty: use ``dlq_suffix``)
+    dlq_topic: str = field(default_factory=lambda: _env("KSER_DLQ_TOPIC", ""))
+    #: largest serialised message ``send`` accepts, bytes (Kafka's default limit is 1 MiB)
+    max_message_bytes: int = field(
+        default_factory=lambda: int(_env("KSER_MAX_MESSAGE_BYTES", str(1024 * 1024))))
+    #: longest time processed records wait for their offset commit, seconds
+    commit_interval: float = field(
+        default_factory=lambda: float(_env("KSER_COMMIT_INTERVAL", "1.0")))
+    #: how long one poll waits for records, seconds (bounds the reaction to a stop signal)
+    poll_timeout: float = field(default_factory=lambda: float(_env("KSER_POLL_TIMEOUT", "0.5")))
+    #: most records taken by one poll
+    max_poll_records: int = field(
+        default_factory=lambda: int(_env("KSER_MAX_POLL_RECORDS", "100")))
+    #: logging level of the ``kser`` command
+    log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
+
+    def dlq_for(self, topic: str) -> str:
+        """The dead-letter topic of ``topic``."""
+        return self.dlq_topic or f"{topic}{self.dlq_suffix}"

@@ -1,0 +1,61 @@
+"""Consumer on confluent-kafka."""
+
+from __future__ import annotations
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException
+
+from kser.confluent.producer import Producer
+from kser.worker import BaseConsumer, Record, TopicPartition
+
+#: librdkafka settings that only make sense for a consumer (not copied to the producer)
+CONSUMER_ONLY_KEYS = frozenset({
+    "group.id", "group.instance.id", "auto.offset.reset", "enable.auto.commit",
+    "enable.auto.offset.store", "auto.commit.interval.ms", "session.timeout.ms",
+    "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
+    "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
+    "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs"})
+
+
+class Consumer(BaseConsumer):
+    """Consumes through a ``confluent_kafka.Consumer``.
+
+    :param config: librdkafka configuration (``bootstrap.servers``, ``group.id``...).
+        ``enable.auto.commit`` is always turned off.
+    :param topics: topics to subscribe to
+    """
+
+    def __init__(self, config: dict, topics: list[str] | str, **kwargs):
+        super().__init__(config, topics, **kwargs)
+        client_config = self._force_manual_commit(dict(self.config), "enable.auto.commit")
+        self.client = confluent_kafka.Consumer(client_config)
+        self.client.subscribe(self.topics)
+
+    def _poll(self, timeout: float, max_records: int) -> list[Record]:
+        records = []
+        for message in self.client.consume(num_messages=max_records, timeout=timeout):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                continue  # librdkafka retries transient errors itself
+            records.append(Record(message.topic(), message.partition(), message.offset(),
+                                  message.value(), message.key(), list(message.headers() or [])))
+        return records
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.client.commit(offsets=[confluent_kafka.TopicPartition(t, p, o)
+                                    for (t, p), o in offsets.items()], asynchronous=False)
+
+    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
+        for (topic, partition), offset in offsets.items():
+            self.client.seek(confluent_kafka.TopicPartition(topic, partition, offset))
+
+    def _close(self) -> None:
+        self.client.close()
+
+    def _new_producer(self) -> Producer:
+        return Producer({key: value for key, value in self.config.items()
+                         if key not in CONSUMER_ONLY_KEYS})

@@ -1,0 +1,49 @@
+"""Producer on confluent-kafka."""
+
+from __future__ import annotations
+
+import confluent_kafka
+
+from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
+
+
+class Producer(BaseProducer):
+    """Sends through a ``confluent_kafka.Producer``.
+
+    :param config: librdkafka configuration (``bootstrap.servers``, security
+        settings...); ``acks`` defaults to ``all`` and idempotence is enabled.
+        kser's own ``max_message_bytes`` may be given too.
+    """
+
+    def __init__(self, config: dict):
+        config = dict(config)
+        super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+        config.setdefault("acks", "all")
+        config.setdefault("enable.idempotence", True)
+        self.client = confluent_kafka.Producer(config)
+        self._errors: list[str] = []
+
+    def _on_delivery(self, error, message) -> None:
+        if error is not None:
+            self._errors.append(f"{message.topic()}: {error.str()}")
+
+    def _produce(self, topic, value, key, headers=None) -> None:
+        while True:
+            try:
+                self.client.produce(topic, value=value, key=key, headers=headers or None,
+                                    on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self.client.poll(0.1)
+
+    def _flush(self, timeout: float) -> None:
+        remaining = self.client.flush(timeout)
+        errors, self._errors = self._errors, []
+        if errors:
+            raise RuntimeError("Kafka refused message(s): " + "; ".join(errors))
+        if remaining:
+            raise TimeoutError(f"Kafka did not acknowledge {remaining} message(s) within "
+                               f"{timeout} s")
+
+    def close(self) -> None:
+        self.client.flush(10)

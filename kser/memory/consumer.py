@@ -1,0 +1,56 @@
+"""Consumer of the in-process transport."""
+
+from __future__ import annotations
+
+from kser.memory.broker import get_broker
+from kser.memory.producer import Producer
+from kser.worker import BaseConsumer, Record, TopicPartition
+
+
+class Consumer(BaseConsumer):
+    """A member of a consumer group of the named in-process broker.
+
+    :param config: ``{"broker": NAME, "group_id": GROUP}`` (defaults ``"default"``, ``"kser"``)
+    :param topics: topics to consume
+    """
+
+    def __init__(self, config: dict | None, topics: list[str] | str, **kwargs):
+        super().__init__(config or {}, topics, **kwargs)
+        self.broker = get_broker(self.config.get("broker", "default"))
+        self.group = self.config.get("group_id", "kser")
+        self._positions: dict[TopicPartition, int] = {}
+        self._generation = -1
+        self.broker.join(self.group, self, self.topics)
+
+    def run(self, until_idle: bool = True) -> None:
+        """Consume; with ``until_idle`` (default) return once the topics are drained."""
+        self._exit_when_idle = until_idle
+        super().run()
+
+    def _poll(self, timeout: float, max_records: int) -> list[Record]:
+        generation = self.broker.generation(self.group)
+        if generation != self._generation:  # a rebalance: restart from committed offsets
+            self._generation, self._positions = generation, {}
+        records: list[Record] = []
+        for tp in self.broker.assignment(self.group, self, self.topics):
+            position = self._positions.setdefault(tp, self.broker.committed(self.group, tp))
+            fetched = self.broker.fetch(tp, position, max_records - len(records))
+            self._positions[tp] = position + len(fetched)
+            records.extend(fetched)
+            if len(records) >= max_records:
+                break
+        if not records and not self._exit_when_idle:
+            self._stopping.wait(timeout)
+        return records
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.broker.commit(self.group, offsets)
+
+    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
+        self._positions.update(offsets)
+
+    def _close(self) -> None:
+        self.broker.leave(self.group, self)
+
+    def _new_producer(self) -> Producer:
+        return Producer({"broker": self.broker.name})

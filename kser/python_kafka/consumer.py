@@ -1,0 +1,45 @@
+"""Consumer on kafka-python."""
+
+from __future__ import annotations
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTopicPartition
+
+from kser.python_kafka.producer import Producer
+from kser.worker import BaseConsumer, Record, TopicPartition
+
+
+class Consumer(BaseConsumer):
+    """Consumes through a ``kafka.KafkaConsumer``.
+
+    :param config: ``KafkaConsumer`` keyword arguments (``bootstrap_servers``,
+        ``group_id``...). ``enable_auto_commit`` is always turned off.
+    :param topics: topics to subscribe to
+    """
+
+    def __init__(self, config: dict, topics: list[str] | str, **kwargs):
+        super().__init__(config, topics, **kwargs)
+        client_config = self._force_manual_commit(dict(self.config), "enable_auto_commit")
+        self.client = KafkaConsumer(**client_config)
+        self.client.subscribe(self.topics)
+
+    def _poll(self, timeout: float, max_records: int) -> list[Record]:
+        batches = self.client.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        return [Record(r.topic, r.partition, r.offset, r.value, r.key, list(r.headers or []))
+                for records in batches.values() for r in records]
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.client.commit({KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                            for (t, p), o in offsets.items()})
+
+    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
+        for (topic, partition), offset in offsets.items():
+            self.client.seek(KafkaTopicPartition(topic, partition), offset)
+
+    def _close(self) -> None:
+        self.client.close(autocommit=False)
+
+    def _new_producer(self) -> Producer:
+        return Producer({key: value for key, value in self.config.items()
+                         if key in KafkaProducer.DEFAULT_CONFIG and key != "client_id"})

@@ -1,0 +1,42 @@
+"""Producer on kafka-python."""
+
+from __future__ import annotations
+
+from kafka import KafkaProducer
+
+from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
+
+#: acknowledgement by every in-sync replica: a follow-up is only "sent" once durable
+DEFAULT_ACKS = "all"
+
+
+class Producer(BaseProducer):
+    """Sends through a ``kafka.KafkaProducer``.
+
+    :param config: ``KafkaProducer`` keyword arguments (``bootstrap_servers``,
+        security settings...); ``acks`` defaults to ``"all"``. kser's own
+        ``max_message_bytes`` may be given too.
+    """
+
+    def __init__(self, config: dict):
+        config = dict(config)
+        super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+        config.setdefault("acks", DEFAULT_ACKS)
+        self.client = KafkaProducer(**config)
+        self._futures: list = []
+
+    def _produce(self, topic, value, key, headers=None) -> None:
+        self._futures.append(self.client.send(topic, value=value, key=key,
+                                              headers=headers or None))
+
+    def _flush(self, timeout: float) -> None:
+        futures, self._futures = self._futures, []
+        self.client.flush(timeout=timeout)
+        for future in futures:
+            if not future.is_done:
+                raise TimeoutError(f"Kafka did not acknowledge a message within {timeout} s")
+            if future.failed():
+                raise future.exception
+
+    def close(self) -> None:
+        self.client.close(timeout=10)
