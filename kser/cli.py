@@ -1,0 +1,189 @@
+"""The ``kser`` command: run workers, send messages, try the demo.
+
+Every error is one line on stderr and a non-zero exit status, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import uuid
+from types import ModuleType
+
+import click
+
+from kser import __version__
+from kser.config import TRANSPORTS, Settings
+from kser.controller import Controller
+from kser.schemas import Message
+from kser.sequencing.registry import OperationRegistry
+
+#: log line format of the ``kser`` command (the worker name in messages says which consumer)
+LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
+
+
+class KserCliError(click.ClickException):
+    """An error shown as ``kser: <message>`` with exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"kser: {self.format_message()}", err=True)
+
+
+def _transport(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(TRANSPORTS[name])
+    except ImportError as exc:
+        raise KserCliError(f"transport '{name}' is not installed ({exc}); "
+                           f"try: pip install 'kser[{name}]'") from None
+
+
+def _load_registry(spec: str) -> Controller:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise KserCliError(f"'{spec}' is not MODULE:REGISTRY (e.g. myapp.tasks:registry)")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise KserCliError(f"cannot import module '{module_name}': {exc}") from None
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise KserCliError(f"module '{module_name}' has no attribute '{attribute}'") from None
+    if isinstance(target, OperationRegistry):
+        return target.controller
+    if isinstance(target, Controller):
+        return target
+    if isinstance(target, type) and issubclass(target, Controller):
+        return target()
+    raise KserCliError(f"'{spec}' is a {type(target).__name__}, not an OperationRegistry "
+                       "or a Controller")
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = []
+    try:
+        from kafka.errors import KafkaError
+        errors.append(KafkaError)
+    except ImportError:  # pragma: no cover - kafka-python is a dependency
+        pass
+    try:
+        from confluent_kafka import KafkaException
+        errors.append(KafkaException)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="kser")
+@click.option("--log-level", default=None, help="Logging level [env KSER_LOG_LEVEL, INFO].")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
+    """kser: sequence tasks over Apache Kafka."""
+    settings = Settings()
+    if log_level:
+        settings.log_level = log_level
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if settings.log_level.upper() != "DEBUG":
+        # kafka-python logs every reconnection attempt; kser reports what matters itself
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    ctx.obj = settings
+
+
+def _connection_options(func):
+    func = click.option("--bootstrap-servers", default=None,
+                        help="host:port[,...] [env KSER_BOOTSTRAP_SERVERS, 127.0.0.1:9092].")(func)
+    func = click.option("--transport", type=click.Choice(sorted(TRANSPORTS)), default=None,
+                        help="Client library [env KSER_TRANSPORT, kafka].")(func)
+    return func
+
+
+def _apply(settings: Settings, **overrides) -> Settings:
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    return settings
+
+
+@main.command()
+@click.argument("registry")
+@click.option("--topic", "topics", multiple=True, required=True, help="Topic to consume (repeatable).")
+@click.option("--group", default=None, help="Consumer group [env KSER_GROUP, kser].")
+@click.option("--dlq-topic", default=None,
+              help="Dead-letter topic [env KSER_DLQ_TOPIC; default <topic>.dlq].")
+@_connection_options
+@click.pass_obj
+def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: str | None,
+           dlq_topic: str | None, transport: str | None, bootstrap_servers: str | None) -> None:
+    """Consume TOPIC(s) and run each message through REGISTRY (MODULE:ATTRIBUTE).
+
+    Stops cleanly on SIGTERM or SIGINT: the current message is finished and committed.
+    """
+    settings = _apply(settings, group=group, dlq_topic=dlq_topic, transport=transport,
+                      bootstrap_servers=bootstrap_servers)
+    controller = _load_registry(registry)
+    module = _transport(settings.transport)
+    consumer_module = importlib.import_module(f"{module.__name__}.consumer")
+    if settings.transport == "memory":
+        config = {"broker": "default", "group_id": settings.group}
+    else:
+        config = module.connection_config(settings.bootstrap_servers, settings.group)
+    try:
+        consumer = consumer_module.Consumer(config, list(topics), settings=settings)
+        consumer.REGISTRY = controller
+        consumer.run()
+    except _connection_errors() as exc:
+        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}; is the "
+                           "broker running and reachable?") from None
+
+
+@main.command()
+@click.argument("entrypoint")
+@click.option("--topic", required=True, help="Topic to send to.")
+@click.option("--params", default="{}", help="Parameters as a JSON object.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the ack.")
+@_connection_options
+@click.pass_obj
+def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: float,
+         transport: str | None, bootstrap_servers: str | None) -> None:
+    """Send one message for ENTRYPOINT (e.g. myapp.tasks.Resize) and print its uuid."""
+    settings = _apply(settings, transport=transport, bootstrap_servers=bootstrap_servers)
+    try:
+        decoded = json.loads(params)
+    except ValueError as exc:
+        raise KserCliError(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(decoded, dict):
+        raise KserCliError("--params must be a JSON object, e.g. '{\"name\": \"x\"}'")
+    module = _transport(settings.transport)
+    producer_module = importlib.import_module(f"{module.__name__}.producer")
+    config = ({"broker": "default"} if settings.transport == "memory"
+              else module.connection_config(settings.bootstrap_servers))
+    config["max_message_bytes"] = settings.max_message_bytes
+    try:
+        producer = producer_module.Producer(config)
+    except _connection_errors() as exc:
+        raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
+    kmsg = Message(uuid=str(uuid.uuid4()), entrypoint=entrypoint, params=decoded)
+    result = producer.send(topic, kmsg, timeout=timeout)
+    producer.close()
+    if result.retcode >= 300:
+        raise KserCliError(result.stderr)
+    click.echo(kmsg.uuid)
+
+
+@main.command()
+@click.option("--dice", default=3, show_default=True, help="Dice to roll.")
+def demo(dice: int) -> None:
+    """Run the dice example end to end in this process (no broker needed)."""
+    from kser.demo import run_demo
+
+    result = run_demo(dice)
+    rolls = result.retval.get("rolls", [])
+    click.echo(f"\nDiceLaunch finished with retcode {result.retcode}: rolled {len(rolls)} "
+               f"dice: {', '.join(map(str, rolls))} (total {sum(rolls)})")
+    if result.retcode >= 300:
+        sys.exit(1)
