@@ -1,0 +1,69 @@
+"""Tasks and operations the unit tests route messages to."""
+
+from cdumay_error.types import ValidationError
+from cdumay_result import Result
+
+from kser.sequencing.operation import Operation
+from kser.sequencing.registry import OperationRegistry
+from kser.sequencing.task import Task
+
+registry = OperationRegistry()
+CALLS: list[str] = []
+
+
+@registry.subscribe
+class Echo(Task):
+    REQUIRED_FIELDS = ("text",)
+
+    def run(self):
+        CALLS.append(self.params["text"])
+        return Result(uuid=self.uuid, stdout=self.params["text"],
+                      retval={"echoed": self.params["text"]})
+
+
+@registry.subscribe
+class Boom(Task):
+    def run(self):
+        raise KeyError("missing-key")
+
+
+@registry.subscribe
+class Refuse(Task):
+    def run(self):
+        return Result(uuid=self.uuid, retcode=409, stderr="refused on purpose")
+
+
+class Step(Task):
+    """Appends its index to retval["seen"], which it reads from the forwarded result."""
+
+    def run(self):
+        seen = list(self.result.retval.get("seen", []))
+        CALLS.append(f"step{self.params['index']}")
+        return Result(uuid=self.uuid, stdout=f"step {self.params['index']}",
+                      retval={"seen": seen + [self.params["index"]]})
+
+
+class FailingStep(Task):
+    def run(self):
+        CALLS.append("failing")
+        raise ValidationError("step refused its input")
+
+
+@registry.subscribe
+class ThreeSteps(Operation):
+    REQUIRED_FIELDS = ("name",)
+
+    def build_tasks(self, **kwargs):
+        return [Step(params={"index": i}) for i in range(3)]
+
+
+@registry.subscribe
+class FailsInTheMiddle(Operation):
+    def build_tasks(self, **kwargs):
+        return [Step(params={"index": 0}), FailingStep(), Step(params={"index": 2})]
+
+
+@registry.subscribe
+class NeedsTaskParam(Operation):
+    def build_tasks(self, **kwargs):
+        return [Echo()]

@@ -1,0 +1,210 @@
+"""Entrypoint lifecycle, Task.log, Operation building and inline sequencing, the registry."""
+
+import logging
+
+import pytest
+from cdumay_result import Result
+
+from kser.entry import Entrypoint
+from kser.sequencing.operation import Operation
+from kser.sequencing.registry import OperationRegistry
+from kser.sequencing.task import Task
+from tests.unit import tasks
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    tasks.CALLS.clear()
+
+
+class Recorder(Task):
+    """Records the order of its lifecycle hooks."""
+
+    def __init__(self, *args, fail=False, **kwargs):
+        self.hooks = []
+        self.fail = fail
+        super().__init__(*args, **kwargs)
+
+    def postinit(self):
+        self.hooks.append("postinit")
+
+    def prerun(self):
+        self.hooks.append("prerun")
+
+    def run(self):
+        self.hooks.append("run")
+        if self.fail:
+            raise RuntimeError("no luck")
+        return Result(uuid=self.uuid, stdout="ran", retval={"x": 1})
+
+    def postrun(self, result):
+        self.hooks.append("postrun")
+        return result
+
+    def onsuccess(self, result):
+        self.hooks.append("onsuccess")
+        return result
+
+    def onerror(self, result):
+        self.hooks.append("onerror")
+        return result
+
+
+def test_lifecycle_order_on_success():
+    task = Recorder(params={})
+    result = task.execute()
+    assert task.hooks == ["postinit", "prerun", "run", "postrun", "onsuccess"]
+    assert (result.retcode, result.stdout, result.retval) == (0, "ran", {"x": 1})
+    assert task.status == "SUCCESS"
+
+
+def test_exception_becomes_a_result_and_onerror_runs():
+    task = Recorder(fail=True)
+    result = task.execute()
+    assert task.hooks == ["postinit", "prerun", "run", "onerror"]
+    assert result.retcode == 500
+    assert result.stderr == "RuntimeError: no luck"
+    assert task.status == "FAILED"
+    with pytest.raises(RuntimeError):
+        Recorder(fail=True).unsafe_execute()
+
+
+def test_missing_required_param_fails_before_run():
+    task = tasks.Echo(params={})
+    result = task.execute()
+    assert result.retcode == 400
+    assert "Missing parameter: text" in result.stderr
+    assert tasks.CALLS == []
+
+
+def test_retcode_over_300_is_a_failure():
+    result = tasks.Refuse().execute()
+    assert (result.retcode, result.stderr) == (409, "refused on purpose")
+
+
+def test_postinit_error_is_reported_by_execute():
+    class BadInit(Task):
+        def postinit(self):
+            raise ValueError("bad init")
+
+        def run(self):  # pragma: no cover - must not run
+            raise AssertionError("ran despite postinit failure")
+
+    result = BadInit().execute()
+    assert result.retcode == 500 and "bad init" in result.stderr
+
+
+def test_run_must_return_a_result():
+    class Wrong(Task):
+        def run(self):
+            return "done"
+
+    result = Wrong().execute()
+    assert result.retcode == 500 and "must return a cdumay_result.Result" in result.stderr
+
+
+def test_not_implemented_run_says_so():
+    assert "does not implement run()" in Task().execute().stderr
+
+
+def test_forwarded_result_is_merged():
+    task = tasks.Echo(params={"text": "b"}, result=Result(retval={"before": 1}))
+    result = task.execute()
+    assert result.retval == {"before": 1, "echoed": "b"}
+
+
+def test_message_round_trip():
+    task = tasks.Echo(params={"text": "x"}, metadata={"m": 1})
+    kmsg = task.to_Message()
+    assert kmsg.entrypoint == "tests.unit.tasks.Echo" == tasks.Echo.path
+    again = tasks.Echo.from_Message(kmsg)
+    assert (again.uuid, again.params, again.metadata) == (task.uuid, {"text": "x"}, {"m": 1})
+
+
+def test_task_log_prefix_is_exact(caplog):
+    task = tasks.Echo(uuid="t-1", params={"text": "x"})
+    with caplog.at_level(logging.INFO, logger="kser.sequencing.task"):
+        task.log("hello %s", logging.WARNING, "world")
+    record = caplog.records[-1]
+    assert record.getMessage() == "Echo.PENDING: tests.unit.tasks.Echo[t-1]: hello world"
+    assert record.levelno == logging.WARNING
+    assert record.kmsg["uuid"] == "t-1"
+
+
+def test_operation_builds_its_tasks_and_runs_them_in_order():
+    op = tasks.ThreeSteps(params={"name": "n"})
+    assert op.build() is op  # build returns finalize(), i.e. the operation
+    assert [t.params for t in op.tasks] == [{"name": "n", "index": i} for i in range(3)]
+    result = op.execute()
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+    # every task saw the retval of the ones before it
+    assert result.retval["seen"] == [0, 1, 2]
+    assert op.status == "SUCCESS"
+    assert [t.status for t in op.tasks] == ["SUCCESS"] * 3
+
+
+def test_operation_from_a_message_builds_itself():
+    op = tasks.ThreeSteps.from_Message(tasks.ThreeSteps(params={"name": "n"}).to_Message())
+    assert op.execute().retval["seen"] == [0, 1, 2]
+
+
+def test_failing_task_stops_the_operation():
+    statuses = []
+
+    class Watched(tasks.FailsInTheMiddle):
+        def set_status(self, status, result=None):
+            statuses.append(status)
+            super().set_status(status, result)
+
+    op = Watched()
+    result = op.execute()
+    assert result.retcode == 400 and "step refused its input" in result.stderr
+    assert tasks.CALLS == ["step0", "failing"]
+    assert [t.status for t in op.tasks] == ["SUCCESS", "FAILED", "PENDING"]
+    assert statuses == ["RUNNING", "FAILED"]
+
+
+def test_required_fields_of_operation_and_tasks_are_checked_before_anything_runs():
+    assert "Missing parameter: name" in tasks.ThreeSteps().execute().stderr
+    result = tasks.NeedsTaskParam().execute()
+    assert "Missing parameter: text (required by tests.unit.tasks.Echo" in result.stderr
+    assert tasks.CALLS == []
+
+
+def test_next_skips_succeeded_tasks():
+    op = tasks.ThreeSteps(params={"name": "n"}).build()
+    op.tasks[1].status = "SUCCESS"
+    assert op.next(op.tasks[0]) is op.tasks[2]
+    assert op.next(op.tasks[2]) is None
+
+
+def test_new_and_add_task():
+    op = Operation.new(params={"a": 1})
+    op.add_task(tasks.Echo(params={"text": "x"}))
+    assert op.params == {"a": 1} and len(op.tasks) == 1
+
+
+def test_subscribe_returns_the_class_and_registries_are_separate():
+    first, second = OperationRegistry(), OperationRegistry()
+
+    @first.subscribe
+    class OnlyInFirst(Task):
+        pass
+
+    assert isinstance(OnlyInFirst, type) and issubclass(OnlyInFirst, Entrypoint)
+    assert OnlyInFirst.path in first.controller.ENTRYPOINTS
+    assert OnlyInFirst.path not in second.controller.ENTRYPOINTS
+
+
+def test_init_app_binds_flask_and_loads_tasks():
+    from flask import Flask
+
+    loaded = []
+
+    class Loading(OperationRegistry):
+        def load_tasks(self):
+            loaded.append(True)
+
+    app = Flask(__name__)
+    registry = Loading(app)
+    assert app.extensions["kser"] is registry and registry.app is app and loaded == [True]

@@ -1,0 +1,165 @@
+"""The shared consume loop, driven through the in-process transport."""
+
+import logging
+
+import pytest
+from cdumay_result import Result
+
+from kser.config import Settings
+from kser.memory.broker import get_broker
+from kser.memory.consumer import Consumer
+from kser.memory.producer import Producer
+from kser.schemas import Message
+from kser.sequencing.registry import OperationRegistry
+from kser.sequencing.task import Task
+from kser.worker import BaseConsumer
+
+registry = OperationRegistry()
+RUNS: list[str] = []
+STOPPABLE: list[BaseConsumer] = []
+
+
+class ConsumerDied(BaseException):
+    """Stands for SIGKILL: nothing after it runs, not even an except Exception."""
+
+
+@registry.subscribe
+class Record(Task):
+    def run(self):
+        RUNS.append(self.params["n"])
+        if self.params.get("die") and RUNS.count(self.params["n"]) == 1:
+            raise ConsumerDied()
+        if self.params.get("stop"):
+            STOPPABLE.pop().stop()
+        return Result(uuid=self.uuid, stdout=str(self.params["n"]))
+
+
+@pytest.fixture(autouse=True)
+def _clear():
+    RUNS.clear()
+
+
+def send(broker, *params, topic="jobs"):
+    producer = Producer({"broker": broker})
+    for p in params:
+        assert producer.send(topic, Message(uuid=f"m{p['n']}", entrypoint=Record.path,
+                                            params=p)).retcode == 0
+
+
+def consumer(broker, **kwargs):
+    c = Consumer({"broker": broker, "group_id": "g"}, ["jobs"], **kwargs)
+    c.REGISTRY = registry.controller
+    return c
+
+
+def test_processes_everything_and_commits(memory_broker_name):
+    send(memory_broker_name, *({"n": i} for i in range(5)))
+    consumer(memory_broker_name).run()
+    assert RUNS == [0, 1, 2, 3, 4]
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
+
+
+def test_bad_record_is_dead_lettered_and_the_next_one_runs(memory_broker_name):
+    broker = get_broker(memory_broker_name)
+    broker.produce("jobs", b"\xffgarbage", key=b"k")
+    broker.produce("jobs", Message("u", "not.Registered").dumps().encode())
+    send(memory_broker_name, {"n": 7})
+    consumer(memory_broker_name).run()
+    assert RUNS == [7]
+    assert broker.lag("g", ["jobs"]) == 0
+    dead = broker.records("jobs.dlq")
+    assert [d.value for d in dead][0] == b"\xffgarbage" and dead[0].key == b"k"
+    headers = [dict(d.headers) for d in dead]
+    assert b"not valid UTF-8" in headers[0]["kser-error"]
+    assert b"'not.Registered' is not registered" in headers[1]["kser-error"]
+    assert headers[1]["kser-source-topic"] == b"jobs"
+    assert headers[1]["kser-source-offset"] == b"1"
+
+
+def test_dead_letter_topic_is_configurable(memory_broker_name):
+    get_broker(memory_broker_name).produce("jobs", b"{}")
+    settings = Settings(dlq_topic="all-dead-letters")
+    consumer(memory_broker_name, settings=settings).run()
+    assert len(get_broker(memory_broker_name).records("all-dead-letters")) == 1
+
+
+def test_consumer_that_dies_mid_message_leaves_it_to_the_next(memory_broker_name):
+    send(memory_broker_name, {"n": 1}, {"n": 2, "die": True}, {"n": 3})
+    settings = Settings(commit_interval=0)  # commit after every record
+    with pytest.raises(ConsumerDied):
+        consumer(memory_broker_name, settings=settings).run()
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 2  # 2 and 3 not committed
+    consumer(memory_broker_name, settings=settings).run()
+    assert RUNS == [1, 2, 2, 3]  # message 2 processed again: at-least-once
+
+
+def test_offset_is_not_committed_before_the_message_is_processed(memory_broker_name):
+    """kser 0.8.27 committed first: a consumer dying mid-message lost it."""
+    send(memory_broker_name, {"n": 1, "die": True})
+    with pytest.raises(ConsumerDied):
+        consumer(memory_broker_name).run()
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 1
+
+
+class FlakyProducer(Producer):
+    """Fails to get its first acknowledgement, as when the broker is unreachable."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.failures = 1
+
+    def _flush(self, timeout):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker unreachable")
+
+
+def test_unacknowledged_follow_ups_mean_no_commit_and_the_work_is_redone(memory_broker_name):
+    send(memory_broker_name, {"n": 1}, {"n": 2})
+    producer = FlakyProducer({"broker": memory_broker_name})
+    consumer(memory_broker_name, producer=producer).run()
+    assert RUNS == [1, 2, 1, 2]
+    assert producer.failures == 0
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
+
+
+def test_stop_finishes_the_current_message_and_leaves_the_rest(memory_broker_name):
+    """What SIGTERM does: the record in hand is finished and committed, the rest is left."""
+    send(memory_broker_name, {"n": 1}, {"n": 2, "stop": True}, {"n": 3})
+    STOPPABLE.append(consumer(memory_broker_name))
+    STOPPABLE[0].run(until_idle=False)
+    assert RUNS == [1, 2]
+    broker = get_broker(memory_broker_name)
+    assert broker.lag("g", ["jobs"]) == 1  # 3 is left, uncommitted, for the next consumer
+    consumer(memory_broker_name).run()
+    assert RUNS == [1, 2, 3]
+
+
+def test_auto_commit_is_forced_off_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = BaseConsumer._force_manual_commit({"enable_auto_commit": True},
+                                                   "enable_auto_commit")
+    assert config["enable_auto_commit"] is False
+    assert "kser commits an offset only after its message is processed" in caplog.text
+
+
+def test_partitions_are_shared_by_the_group_and_handed_over(memory_broker_name):
+    broker = get_broker(memory_broker_name)
+    broker.create_topic("jobs", partitions=4)
+    first, second = consumer(memory_broker_name), consumer(memory_broker_name)
+    a = broker.assignment("g", first, ["jobs"])
+    b = broker.assignment("g", second, ["jobs"])
+    assert len(a) == len(b) == 2 and not set(a) & set(b)
+    second._close()
+    assert len(broker.assignment("g", first, ["jobs"])) == 4
+
+
+def test_registry_class_is_instantiated():
+    class Mine(Consumer):
+        pass
+
+    c = Mine({"broker": "unused-name"}, ["t"])
+    try:
+        assert c.controller is c.controller and not isinstance(c.controller, type)
+    finally:
+        c._close()
