@@ -91,6 +91,7 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     if settings.log_level.upper() != "DEBUG":
         # kafka-python logs every reconnection attempt; kser reports what matters itself
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        logging.getLogger("confluent_kafka").setLevel(logging.CRITICAL)
     ctx.obj = settings
 
 
@@ -187,3 +188,5 @@ def demo(dice: int) -> None:
                f"dice: {', '.join(map(str, rolls))} (total {sum(rolls)})")
     if result.retcode >= 300:
         sys.exit(1)
+if __name__ == "__main__":
+    main()

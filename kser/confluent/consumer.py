@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
@@ -14,7 +16,8 @@ CONSUMER_ONLY_KEYS = frozenset({
     "enable.auto.offset.store", "auto.commit.interval.ms", "session.timeout.ms",
     "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
     "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
-    "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs"})
+    "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs",
+    "logger"})
 
 
 class Consumer(BaseConsumer):
@@ -28,6 +31,7 @@ class Consumer(BaseConsumer):
     def __init__(self, config: dict, topics: list[str] | str, **kwargs):
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable.auto.commit")
+        client_config.setdefault("logger", logging.getLogger("confluent_kafka"))
         self.client = confluent_kafka.Consumer(client_config)
         self.client.subscribe(self.topics)
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 import confluent_kafka
 
 from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
+
+#: seconds a new producer waits for the cluster's metadata before giving up
+CONNECT_TIMEOUT = 15
 
 
 class Producer(BaseProducer):
     """Sends through a ``confluent_kafka.Producer``.
 
     :param config: librdkafka configuration (``bootstrap.servers``, security
-        settings...); ``acks`` defaults to ``all`` and idempotence is enabled.
+        settings...); ``acks`` defaults to ``all`` and idempotence is enabled;
+        librdkafka's logs go to the ``confluent_kafka`` Python logger.
         kser's own ``max_message_bytes`` may be given too.
+    :raises confluent_kafka.KafkaException: the cluster did not answer within
+        :data:`CONNECT_TIMEOUT` seconds
     """
 
     def __init__(self, config: dict):
@@ -20,8 +28,12 @@ class Producer(BaseProducer):
         super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         config.setdefault("acks", "all")
         config.setdefault("enable.idempotence", True)
+        config.setdefault("logger", logging.getLogger("confluent_kafka"))
         self.client = confluent_kafka.Producer(config)
         self._errors: list[str] = []
+        # librdkafka retries an unreachable broker forever: ask for metadata once so
+        # a wrong address is an error now rather than a send that times out later
+        self.client.list_topics(timeout=CONNECT_TIMEOUT)
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:

@@ -1,0 +1,130 @@
+"""A real Apache Kafka broker for the whole session, started by scripts/kafka-local.
+
+When it cannot start, the tests that need it are skipped, unless
+``KSER_REQUIRE_KAFKA=1`` (set by .ci/run): then it is a failure.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from kafka_local import KafkaBroker  # noqa: E402
+
+#: seconds any wait on a worker or a topic may take before the test fails
+WAIT = 60
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """A running broker; ``.bootstrap_servers`` is its address."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except Exception as exc:  # noqa: BLE001 - reported as skip or failure below
+        broker.stop()
+        if os.environ.get("KSER_REQUIRE_KAFKA") == "1":
+            pytest.fail(f"KSER_REQUIRE_KAFKA=1 and the Kafka broker did not start: {exc}")
+        pytest.skip(f"no Kafka broker: {exc}")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def topic(kafka):
+    """A new topic name with 3 partitions."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+def read_topic(kafka, topic, expected, timeout=WAIT):
+    """Every record of ``topic`` (from the beginning) once ``expected`` are there."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    records, deadline = [], time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            records.extend(consumer)
+    finally:
+        consumer.close()
+    return records
+
+
+def group_lag(kafka, group, topic):
+    """Records of ``topic`` not committed by ``group``."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    # a consumer that never subscribes reads the group's offsets without joining it
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = consumer.end_offsets(tps)
+        return sum(ends[tp] - (consumer.committed(tp) or 0) for tp in tps)
+    finally:
+        consumer.close()
+
+
+class Process:
+    """A child process whose output is kept in a file, always killed at the end."""
+
+    def __init__(self, args, log: Path, env=None):
+        self.log = log
+        self._out = open(log, "wb")
+        self.popen = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT,
+                                      cwd=ROOT, env={**os.environ, **(env or {})})
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text, timeout=WAIT) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.output()
+            if text in out:
+                return out
+            if self.popen.poll() is not None:
+                raise AssertionError(f"process exited ({self.popen.returncode}) before "
+                                     f"logging {text!r}:\n{out}")
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.output()}")
+
+    def kill(self):
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(WAIT)
+        self._out.close()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Start child processes with ``processes.start(args)``; all are killed after the test."""
+    started = []
+
+    class Starter:
+        def start(self, args, env=None, name=None):
+            proc = Process(args, tmp_path / f"{name or len(started)}.log", env)
+            started.append(proc)
+            return proc
+
+    yield Starter()
+    for proc in started:
+        proc.kill()

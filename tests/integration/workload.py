@@ -1,0 +1,35 @@
+"""Tasks run by real `kser worker` processes in the integration tests.
+
+They leave marker files so a test can see, from outside, which process
+started and finished what, even after a SIGKILL.
+"""
+
+import os
+import time
+from pathlib import Path
+
+from cdumay_result import Result
+
+from kser.sequencing.registry import OperationRegistry
+from kser.sequencing.task import Task
+
+registry = OperationRegistry()
+
+
+@registry.subscribe
+class Slow(Task):
+    """Sleeps ``seconds``; writes ``<name>.started.<pid>`` before and ``<name>.done.<pid>`` after."""
+
+    REQUIRED_FIELDS = ("markers", "name", "seconds")
+
+    def run(self):
+        markers = Path(self.params["markers"])
+        (markers / f"{self.params['name']}.started.{os.getpid()}").touch()
+        time.sleep(float(self.params["seconds"]))
+        (markers / f"{self.params['name']}.done.{os.getpid()}").touch()
+        return Result(uuid=self.uuid, stdout=f"slept {self.params['seconds']} s")
+
+
+def markers(folder: Path, name: str, stage: str) -> list[Path]:
+    """Marker files of task ``name`` at ``stage`` (started or done)."""
+    return sorted(folder.glob(f"{name}.{stage}.*"))

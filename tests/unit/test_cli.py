@@ -1,0 +1,64 @@
+"""The kser command, on the in-process transport (no broker)."""
+
+import pytest
+from click.testing import CliRunner
+
+from kser import __version__
+from kser.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_version(runner):
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_demo_rolls_three_dice(runner):
+    result = runner.invoke(main, ["--log-level", "WARNING", "demo"])
+    assert result.exit_code == 0, result.output
+    assert "DiceLaunch finished with retcode 0: rolled 3 dice" in result.output
+    rolls = result.output.split("dice: ")[1].split(" (total")[0].split(", ")
+    assert len(rolls) == 3 and all(1 <= int(r) <= 6 for r in rolls)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["worker", "no_such_module:registry", "--topic", "t"],
+     "kser: cannot import module 'no_such_module'"),
+    (["worker", "tests.unit.tasks", "--topic", "t"], "is not MODULE:REGISTRY"),
+    (["worker", "tests.unit.tasks:nothing", "--topic", "t"], "has no attribute 'nothing'"),
+    (["worker", "tests.unit.tasks:CALLS", "--topic", "t"],
+     "is a list, not an OperationRegistry or a Controller"),
+    (["send", "a.B", "--topic", "t", "--params", "{bad"], "--params is not valid JSON"),
+    (["send", "a.B", "--topic", "t", "--params", "[1]"], "--params must be a JSON object"),
+])
+def test_errors_are_one_line_and_non_zero(runner, args, message):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_send_and_worker_on_the_memory_transport(runner):
+    sent = runner.invoke(main, ["send", "tests.unit.tasks.Echo", "--topic", "cli-t",
+                                "--transport", "memory", "--params", '{"text": "from cli"}'])
+    assert sent.exit_code == 0, sent.output
+    from tests.unit import tasks
+
+    tasks.CALLS.clear()
+    ran = runner.invoke(main, ["worker", "tests.unit.tasks:registry", "--topic", "cli-t",
+                               "--transport", "memory"])
+    # on the memory transport the worker returns once its topics are drained
+    assert ran.exit_code == 0, ran.output
+    assert tasks.CALLS == ["from cli"]
+
+
+def test_send_refuses_a_message_over_the_size_limit(runner, monkeypatch):
+    monkeypatch.setenv("KSER_MAX_MESSAGE_BYTES", "100")
+    result = runner.invoke(main, ["send", "a.B", "--topic", "t", "--transport", "memory",
+                                  "--params", '{"blob": "' + "x" * 200 + '"}'])
+    assert result.exit_code == 1 and "over the 100-byte limit" in result.output
