@@ -112,7 +112,8 @@ def _apply(settings: Settings, **overrides) -> Settings:
 
 @main.command()
 @click.argument("registry")
-@click.option("--topic", "topics", multiple=True, required=True, help="Topic to consume (repeatable).")
+@click.option("--topic", "topics", multiple=True, required=True,
+              help="Topic to consume (repeatable).")
 @click.option("--group", default=None, help="Consumer group [env KSER_GROUP, kser].")
 @click.option("--dlq-topic", default=None,
               help="Dead-letter topic [env KSER_DLQ_TOPIC; default <topic>.dlq].")

@@ -111,7 +111,7 @@ class Controller(BaseController):
         """Like :meth:`run`, and tell whether the record was undeliverable."""
         try:
             kmsg = self._onmessage(self.TRANSPORT.loads(raw_data))
-        except Exception as exc:  # noqa: BLE001 - bad input becomes a Result
+        except Exception as exc:
             return Outcome(None, self._onerror(None, exception_result(exc)), undeliverable=True)
 
         entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
@@ -124,7 +124,7 @@ class Controller(BaseController):
                            undeliverable=True)
         try:
             result = self.execute(entrypoint, kmsg)
-        except Exception as exc:  # noqa: BLE001 - an entrypoint bug is the message's failure
+        except Exception as exc:
             result = exception_result(exc, kmsg.uuid)
         if is_success(result):
             return Outcome(kmsg, self._onsuccess(kmsg, result))
@@ -135,7 +135,7 @@ class Controller(BaseController):
         return entrypoint.from_Message(kmsg).execute()
 
 
-class MessageTooLarge(ValidationError):
+class MessageTooLargeError(ValidationError):
     """A serialised message is larger than the producer's configured limit."""
 
 
@@ -173,7 +173,7 @@ class BaseProducer(BaseController):
         so all of an operation's messages share a partition, else the uuid.
 
         :raises ValidationError: params or metadata that JSON cannot represent
-        :raises MessageTooLarge: a value over :attr:`max_message_bytes`
+        :raises MessageTooLargeError: a value over :attr:`max_message_bytes`
         """
         kmsg = self._onmessage(kmsg)
         try:
@@ -184,7 +184,7 @@ class BaseProducer(BaseController):
                 f"metadata are not JSON-serialisable ({exc}); pass only str, int, float, bool, "
                 "None, list and dict values", extra=dict(uuid=kmsg.uuid)) from None
         if len(value) > self.max_message_bytes:
-            raise MessageTooLarge(
+            raise MessageTooLargeError(
                 f"Message {kmsg.entrypoint}[{kmsg.uuid}] is {len(value)} bytes, over the "
                 f"{self.max_message_bytes}-byte limit; store large data elsewhere and send a "
                 "reference, or raise max_message_bytes (and the topic's max.message.bytes)",
@@ -212,7 +212,7 @@ class BaseProducer(BaseController):
             for key, value in records:
                 self._produce(topic, value, key)
             self._flush(timeout)
-        except Exception as exc:  # noqa: BLE001 - a send failure is a Result
+        except Exception as exc:
             result = exception_result(exc, uuid)
             logger.error("%s.Failed: %d message(s) to %s: %s", type(self).__name__, len(kmsgs),
                          topic, result.stderr)

@@ -20,7 +20,6 @@ from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
 
 
-
 class DemoController(Controller):
     """Keeps the result of every message it ran, so the demo can print them."""
 
@@ -49,7 +48,7 @@ class DiceRoll(Task):
 
     def run(self) -> Result:
         value = random.randint(1, 6)
-        rolls = list(self.result.retval.get("rolls", [])) + [value]
+        rolls = [*self.result.retval.get("rolls", []), value]
         self.log(f"rolled a {value}")
         return Result(uuid=self.uuid, stdout=f"You made a {value}", retval={"rolls": rolls})
 

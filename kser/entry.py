@@ -110,18 +110,18 @@ class Entrypoint(metaclass=EntrypointMeta):
         """Run the lifecycle and always return a ``Result``, never raise."""
         try:
             return self.unsafe_execute(result=result)
-        except Exception as exc:  # noqa: BLE001 - the safety net is the point
+        except Exception as exc:
             return self._onerror(exception_result(exc, uuid=self.uuid))
 
     # -- conversions --------------------------------------------------------------------
 
-    def to_Message(self, result: Result | None = None) -> Message:  # noqa: N802 - kser API
+    def to_Message(self, result: Result | None = None) -> Message:
         """This entrypoint as a :class:`~kser.schemas.Message`."""
         return Message(uuid=self.uuid, entrypoint=self.__class__.path, params=self.params,
                        result=result if result else self.result, metadata=self.metadata)
 
     @classmethod
-    def from_Message(cls, kmsg: Message) -> "Entrypoint":  # noqa: N802 - kser API
+    def from_Message(cls, kmsg: Message) -> Entrypoint:
         """Build the entrypoint a message asks for."""
         return cls(uuid=kmsg.uuid, params=kmsg.params, result=kmsg.result,
                    metadata=kmsg.metadata)
@@ -143,7 +143,7 @@ class Entrypoint(metaclass=EntrypointMeta):
     def _post_init(self) -> None:
         try:
             self.postinit()
-        except Exception as exc:  # noqa: BLE001 - reported by execute()
+        except Exception as exc:
             self._init_error = exception_result(exc, uuid=self.uuid)
 
     def _prerun(self) -> None:

@@ -100,7 +100,7 @@ class Message(Base):
         return value if isinstance(value, dict) else {}
 
     @classmethod
-    def loads(cls, json_data: str | bytes | bytearray) -> "Message":
+    def loads(cls, json_data: str | bytes | bytearray) -> Message:
         """Decode a record value.
 
         :raises cdumay_error.types.ValidationError: (code 400) with a message that
@@ -110,7 +110,7 @@ class Message(Base):
         return cls.from_dict(_decode_json(json_data))
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Message":
+    def from_dict(cls, data: Any) -> Message:
         """Build a message from already decoded JSON (see :meth:`loads`)."""
         if not isinstance(data, dict):
             raise ValidationError(
@@ -130,7 +130,8 @@ class Message(Base):
             ) from None
 
     def __repr__(self) -> str:
-        return f"Message<uuid='{self.uuid}', entrypoint='{self.entrypoint}', result={self.result!r}>"
+        return (f"Message<uuid='{self.uuid}', entrypoint='{self.entrypoint}', "
+                f"result={self.result!r}>")
 
 
 def _decode_json(raw: str | bytes | bytearray | None) -> Any:

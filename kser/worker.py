@@ -168,7 +168,7 @@ class BaseConsumer:
         topic = self.settings.dlq_for(record.topic)
         values = (error, record.topic, str(record.partition), str(record.offset), self.name)
         headers = list(record.headers or []) + [
-            (name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values)]
+            (name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
         self.producer.send_raw(topic, record.value or b"", record.key, headers)
         logger.warning("%s dead-lettered %s[%d]@%d to %s: %s", self.name, record.topic,
                        record.partition, record.offset, topic, error)
@@ -180,13 +180,13 @@ class BaseConsumer:
         """
         try:
             self.producer.flush(timeout=self.settings.commit_interval + 60)
-        except Exception as exc:  # noqa: BLE001 - redo the work instead of losing it
+        except Exception as exc:
             logger.error("%s: follow-up messages were not acknowledged (%s); offsets not "
                          "committed, the records will be processed again", self.name, exc)
             return False
         try:
             self._commit(done)
-        except Exception as exc:  # noqa: BLE001 - e.g. partitions revoked by a rebalance
+        except Exception as exc:
             logger.warning("%s: commit of %s failed (%s); the records will be delivered again",
                            self.name, done, exc)
         return True

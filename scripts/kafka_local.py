@@ -122,7 +122,7 @@ class KafkaBroker:
             LOG4J.format(log=self.workdir / "server.log"))
         return config
 
-    def start(self, timeout: float = START_TIMEOUT) -> "KafkaBroker":
+    def start(self, timeout: float = START_TIMEOUT) -> KafkaBroker:
         """Format the log dir and start the broker; return once it accepts connections."""
         fetch(self.libs)
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ oregistry = OperationRegistry()
 class DiceRoll(Task):
     def run(self):
         launch = random.randint(1, 6)
-        return Result(uuid=self.uuid, stdout="You made a {}".format(launch))
+        return Result(uuid=self.uuid, stdout=f"You made a {launch}")
 
 
 @oregistry.subscribe

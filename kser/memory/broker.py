@@ -17,11 +17,11 @@ from kser.worker import Record, TopicPartition
 #: partitions of a topic created on first use
 DEFAULT_PARTITIONS = 1
 
-_brokers: dict[str, "MemoryBroker"] = {}
+_brokers: dict[str, MemoryBroker] = {}
 _brokers_lock = threading.Lock()
 
 
-def get_broker(name: str = "default", partitions: int = DEFAULT_PARTITIONS) -> "MemoryBroker":
+def get_broker(name: str = "default", partitions: int = DEFAULT_PARTITIONS) -> MemoryBroker:
     """The broker called ``name`` in this process, created on first use."""
     with _brokers_lock:
         if name not in _brokers:

@@ -43,7 +43,7 @@ class Operation(Task):
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def new(cls, **kwargs) -> "Operation":
+    def new(cls, **kwargs) -> Operation:
         """Deprecated: build an operation from a dict (use ``cls(...).build()``)."""
         return cls(**cls.parse_inputs(**kwargs))
 
@@ -74,11 +74,11 @@ class Operation(Task):
         logger.debug("%s.BuildTasks: %d task(s) found", type(self).__name__, len(tasks))
         return tasks
 
-    def finalize(self) -> "Operation":
+    def finalize(self) -> Operation:
         """Post-build actions (to implement); returns the operation."""
         return self
 
-    def build(self, **kwargs) -> "Operation":
+    def build(self, **kwargs) -> Operation:
         """Create the tasks and return :meth:`finalize`'s operation.
 
         ``kwargs`` default to the operation's own params. Tasks are given the
@@ -146,7 +146,7 @@ class Operation(Task):
         """Start the operation from its first pending task."""
         return self.launch_next()
 
-    def send(self, producer, topic: str, timeout: float = 60) -> "Operation":
+    def send(self, producer, topic: str, timeout: float = 60) -> Operation:
         """Send this operation as one message to ``topic``; a consumer builds and runs it.
 
         :param producer: any transport's ``Producer``

@@ -34,7 +34,9 @@ class Task(Entrypoint):
         Entrypoint.__init__(self, uuid=uuid, params=params, result=result, metadata=metadata)
 
     def log(self, message: str, level: int = logging.INFO, *args, **kwargs) -> None:
-        """Log ``message`` prefixed with ``{TaskName}.{TaskStatus}: {EntryPointPath}[{TaskUUID}]: ``.
+        """Log ``message`` prefixed with ``{TaskName}.{TaskStatus}: {EntryPointPath}[{TaskUUID}]: ``
+
+        (e.g. ``DiceRoll.RUNNING: app.DiceRoll[6f1c...]: ``).
 
         ``args`` and ``kwargs`` are passed to :meth:`logging.Logger.log`.
         """
@@ -56,5 +58,6 @@ class Task(Entrypoint):
         return super()._onerror(result)
 
     def __repr__(self) -> str:
-        return f"Task [{type(self).path}](uuid={self.uuid},status={self.status}, params={self.params})"
+        return (f"Task [{type(self).path}](uuid={self.uuid},status={self.status}, "
+                f"params={self.params})")
 

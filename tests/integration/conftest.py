@@ -28,7 +28,7 @@ def kafka(tmp_path_factory):
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     try:
         broker.start()
-    except Exception as exc:  # noqa: BLE001 - reported as skip or failure below
+    except Exception as exc:
         broker.stop()
         if os.environ.get("KSER_REQUIRE_KAFKA") == "1":
             pytest.fail(f"KSER_REQUIRE_KAFKA=1 and the Kafka broker did not start: {exc}")

@@ -18,7 +18,7 @@ registry = OperationRegistry()
 
 @registry.subscribe
 class Slow(Task):
-    """Sleeps ``seconds``; writes ``<name>.started.<pid>`` before and ``<name>.done.<pid>`` after."""
+    """Sleeps ``seconds``, between markers ``<name>.started.<pid>`` and ``<name>.done.<pid>``."""
 
     REQUIRED_FIELDS = ("markers", "name", "seconds")
 

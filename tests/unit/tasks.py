@@ -40,7 +40,7 @@ class Step(Task):
         seen = list(self.result.retval.get("seen", []))
         CALLS.append(f"step{self.params['index']}")
         return Result(uuid=self.uuid, stdout=f"step {self.params['index']}",
-                      retval={"seen": seen + [self.params["index"]]})
+                      retval={"seen": [*seen, self.params["index"]]})
 
 
 class FailingStep(Task):

@@ -70,7 +70,7 @@ def test_controllers_do_not_share_entrypoints():
 def test_register_refuses_what_is_not_an_entrypoint():
     from cdumay_error.types import ValidationError
 
-    with pytest.raises(ValidationError, match="not a subclass of kser.entry.Entrypoint"):
+    with pytest.raises(ValidationError, match=r"not a subclass of kser\.entry\.Entrypoint"):
         Controller().register("x", dict)
 
 
