@@ -124,11 +124,14 @@ class Controller(BaseController):
                            undeliverable=True)
         try:
             result = self.execute(entrypoint, kmsg)
-        except Exception as exc:
+        except Exception as exc:  # an entrypoint bug is the message's failure
             result = exception_result(exc, kmsg.uuid)
-        if is_success(result):
-            return Outcome(kmsg, self._onsuccess(kmsg, result))
-        return Outcome(kmsg, self._onerror(kmsg, result))
+        try:
+            if is_success(result):
+                return Outcome(kmsg, self._onsuccess(kmsg, result))
+            return Outcome(kmsg, self._onerror(kmsg, result))
+        except Exception as exc:  # a failing user hook must not stop the consumer
+            return Outcome(kmsg, exception_result(exc, kmsg.uuid))
 
     def execute(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
         """Run ``kmsg`` with ``entrypoint``; the sequencer overrides this step."""

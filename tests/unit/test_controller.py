@@ -106,3 +106,14 @@ def test_operation_message_runs_every_task():
                       "params": {"name": "x"}}).encode()
     result = tasks.registry.controller.run(raw)
     assert result.retcode == 0 and result.retval["seen"] == [0, 1, 2]
+
+
+def test_a_failing_user_hook_is_a_result_not_an_exception():
+    class BrokenHooks(Controller):
+        def onsuccess(self, kmsg, result):
+            raise RuntimeError("hook bug")
+
+    controller = BrokenHooks()
+    controller.register(tasks.Echo.path, tasks.Echo)
+    result = controller.run(message(tasks.Echo.path, text="x"))
+    assert result.retcode == 500 and "hook bug" in result.stderr
