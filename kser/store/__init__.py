@@ -1,0 +1,11 @@
+"""Durable state of operations and tasks, and the outbox (SQLite or PostgreSQL).
+
+``Store(url)`` opens the database and applies the migrations it lacks.
+``KSER_STORE_URL`` picks it: the embedded default is a SQLite file in the
+working directory (``sqlite:///kser.db``); machines that share work share a
+PostgreSQL database (``postgresql+psycopg://user:pass@host/db``).
+"""
+
+from kser.store.store import Store, Tx
+
+__all__ = ["Store", "Tx"]

@@ -1,0 +1,62 @@
+"""Versioned schema migrations, applied in order by :func:`migrate`.
+
+Each migration brings the schema from version ``n - 1`` to ``n`` and runs in
+its own transaction. Version 1 is the first schema; a later change appends a
+function here and bumps :data:`kser.store.schema.SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, inspect, select, text
+
+from kser.store import schema
+
+
+def _v1(connection: Connection) -> None:
+    """The first schema: operations, tasks, dependencies, attempts, logs, outbox."""
+    tables = [schema.operations, schema.tasks, schema.task_dependencies, schema.attempts,
+              schema.task_logs, schema.outbox]
+    schema.metadata.create_all(connection, tables=tables)
+
+
+#: migration n is MIGRATIONS[n - 1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+
+
+def current_version(engine: Engine) -> int:
+    """The schema version of the database (0 when it has no kser tables)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(schema.schema_version.name):
+            return 0
+        versions = connection.execute(select(schema.schema_version.c.version)).scalars().all()
+    return max(versions, default=0)
+
+
+def migrate(engine: Engine) -> int:
+    """Apply every migration the database lacks; return the resulting version.
+
+    :raises RuntimeError: the database is newer than this kser (upgrade kser)
+    """
+    assert len(MIGRATIONS) == schema.SCHEMA_VERSION
+    version = current_version(engine)
+    if version > schema.SCHEMA_VERSION:
+        raise RuntimeError(f"The kser store is at schema version {version}, newer than this "
+                           f"kser ({schema.SCHEMA_VERSION}): upgrade kser")
+    for number in range(version + 1, schema.SCHEMA_VERSION + 1):
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # workers starting together: one migrates, the others wait, then see it done
+                connection.execute(text("SELECT pg_advisory_xact_lock(74657201)"))
+            schema.metadata.create_all(connection, tables=[schema.schema_version])
+            already = connection.execute(
+                select(schema.schema_version.c.version)
+                .where(schema.schema_version.c.version == number)).first()
+            if already:  # another process migrated meanwhile
+                continue
+            MIGRATIONS[number - 1](connection)
+            connection.execute(schema.schema_version.insert().values(
+                version=number, applied_at=time.time()))
+    return schema.SCHEMA_VERSION

@@ -1,0 +1,131 @@
+"""The store's tables, in one place (SQLAlchemy Core; SQLite and PostgreSQL).
+
+Times are UNIX timestamps in seconds (floats): the same arithmetic on every
+database, and leases and retention compare them with ``time.time()``.
+
+A task's dependencies are rows of ``task_dependencies``; a linear operation
+is a chain (task n depends on task n-1), so parallel groups and DAGs need no
+new table. ``outbox`` holds every message a state change causes, written in
+the same transaction as the change and marked sent once Kafka acknowledged it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+#: the schema version this code expects (see kser/store/migrations.py)
+SCHEMA_VERSION = 1
+
+schema_version = Table(
+    "kser_schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+operations = Table(
+    "kser_operations", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("entrypoint", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    #: the final (or latest) result of the operation
+    Column("result", JSON, nullable=True),
+    #: topic the operation's tasks go to unless a task names its own
+    Column("topic", String(255), nullable=False),
+    #: {"topic": ..., "payload": ..., "entrypoint": ...} or NULL
+    Column("exit_notify", JSON, nullable=True),
+    #: {"seconds_after_success": s, "seconds_after_failure": s,
+    #:  "seconds_after_completion": s} or NULL to keep forever
+    Column("ttl_strategy", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_kser_operations_status_finished", "status", "finished_at"),
+)
+
+tasks = Table(
+    "kser_tasks", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("operation_id", String(64), ForeignKey("kser_operations.id", ondelete="CASCADE"),
+           nullable=False),
+    #: order in which the operation built it (display order; dependencies decide)
+    Column("position", Integer, nullable=False),
+    Column("entrypoint", String(255), nullable=False),
+    #: topic of this task's messages (NULL: the operation's topic)
+    Column("topic", String(255), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    #: the accumulated result after this task ran (what the next task receives)
+    Column("result", JSON, nullable=True),
+    #: number of the current (or last) attempt; 0 before the first one
+    Column("attempt", Integer, nullable=False, default=0),
+    #: ``host:pid`` of the worker running (or that ran) the current attempt
+    Column("worker", String(255), nullable=True),
+    #: a RUNNING attempt whose lease is past may be taken over by another worker
+    Column("lease_expires_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_kser_tasks_operation", "operation_id", "position"),
+)
+
+task_dependencies = Table(
+    "kser_task_dependencies", metadata,
+    Column("task_id", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("depends_on", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+           primary_key=True),
+)
+
+attempts = Table(
+    "kser_attempts", metadata,
+    Column("task_id", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("worker", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("retcode", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+task_logs = Table(
+    "kser_task_logs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("level", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Index("ix_kser_task_logs_task", "task_id", "id"),
+)
+
+outbox = Table(
+    "kser_outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("operation_id", String(64), ForeignKey("kser_operations.id", ondelete="CASCADE"),
+           nullable=True),
+    Column("topic", String(255), nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("sent_at", Float, nullable=True),
+    Index("ix_kser_outbox_unsent", "operation_id", "sent_at"),
+)

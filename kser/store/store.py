@@ -1,0 +1,247 @@
+"""The Store: one transaction per state change, SQL in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, and_, create_engine, delete, event, or_, select, update
+from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.pool import NullPool
+
+from kser.store import schema
+from kser.store.migrations import migrate
+
+#: statuses after which an operation or a task does not change by itself
+FINAL_STATUSES = ("SUCCESS", "FAILED", "SKIPPED", "CANCELED")
+
+
+class Tx:
+    """One transaction on the store; every method reads or writes plain dicts."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+
+    # -- operations --------------------------------------------------------------------
+
+    def insert_operation(self, row: dict) -> bool:
+        """Insert an operation; False if one with this id exists (a duplicate message)."""
+        if self.get_operation(row["id"], lock=True) is not None:
+            return False
+        self.connection.execute(schema.operations.insert().values(**row))
+        return True
+
+    def get_operation(self, operation_id: str, lock: bool = False) -> RowMapping | None:
+        query = select(schema.operations).where(schema.operations.c.id == operation_id)
+        if lock:
+            query = query.with_for_update()
+        return self.connection.execute(query).mappings().first()
+
+    def update_operation(self, operation_id: str, **values: Any) -> None:
+        values.setdefault("updated_at", time.time())
+        self.connection.execute(update(schema.operations)
+                                .where(schema.operations.c.id == operation_id).values(**values))
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def insert_tasks(self, rows: list[dict], dependencies: list[tuple[str, str]]) -> None:
+        """Insert tasks and their ``(task_id, depends_on)`` dependencies."""
+        if rows:
+            self.connection.execute(schema.tasks.insert(), rows)
+        if dependencies:
+            self.connection.execute(schema.task_dependencies.insert(),
+                                    [dict(task_id=t, depends_on=d) for t, d in dependencies])
+
+    def get_task(self, task_id: str, lock: bool = False) -> RowMapping | None:
+        query = select(schema.tasks).where(schema.tasks.c.id == task_id)
+        if lock:
+            query = query.with_for_update()
+        return self.connection.execute(query).mappings().first()
+
+    def get_tasks(self, operation_id: str) -> list[RowMapping]:
+        return list(self.connection.execute(
+            select(schema.tasks).where(schema.tasks.c.operation_id == operation_id)
+            .order_by(schema.tasks.c.position)).mappings())
+
+    def dependencies(self, operation_id: str) -> dict[str, set[str]]:
+        """``{task_id: {ids it depends on}}`` for every task of the operation."""
+        deps: dict[str, set[str]] = {}
+        query = (select(schema.task_dependencies.c.task_id, schema.task_dependencies.c.depends_on)
+                 .join(schema.tasks, schema.tasks.c.id == schema.task_dependencies.c.task_id)
+                 .where(schema.tasks.c.operation_id == operation_id))
+        for task_id, depends_on in self.connection.execute(query):
+            deps.setdefault(task_id, set()).add(depends_on)
+        return deps
+
+    def update_task(self, task_id: str, **values: Any) -> None:
+        self.connection.execute(update(schema.tasks).where(schema.tasks.c.id == task_id)
+                                .values(**values))
+
+    def claim_task(self, task_id: str, attempt: int, worker: str, lease_until: float,
+                   now: float) -> bool:
+        """Start attempt ``attempt + 1`` if the task is PENDING or its RUNNING lease expired.
+
+        A compare-and-set on (status, attempt): of two workers racing for the
+        same task, exactly one gets True.
+        """
+        task = schema.tasks.c
+        claimed = self.connection.execute(
+            update(schema.tasks)
+            .where(and_(task.id == task_id, task.attempt == attempt,
+                        or_(task.status == "PENDING",
+                            and_(task.status == "RUNNING", task.lease_expires_at < now))))
+            .values(status="RUNNING", attempt=attempt + 1, worker=worker,
+                    lease_expires_at=lease_until, started_at=now, finished_at=None)
+        ).rowcount == 1
+        if claimed:
+            self.connection.execute(schema.attempts.insert().values(
+                task_id=task_id, number=attempt + 1, worker=worker, status="RUNNING",
+                started_at=now))
+        return claimed
+
+    def renew_lease(self, task_id: str, attempt: int, lease_until: float) -> bool:
+        """Extend the lease of a RUNNING attempt; False if it is no longer ours."""
+        task = schema.tasks.c
+        return self.connection.execute(
+            update(schema.tasks)
+            .where(and_(task.id == task_id, task.attempt == attempt, task.status == "RUNNING"))
+            .values(lease_expires_at=lease_until)).rowcount == 1
+
+    def finish_attempt(self, task_id: str, attempt: int, status: str, result: dict,
+                       now: float, error: str | None) -> bool:
+        """Record the end of attempt ``attempt``; False if another worker took the task over."""
+        task = schema.tasks.c
+        finished = self.connection.execute(
+            update(schema.tasks)
+            .where(and_(task.id == task_id, task.attempt == attempt, task.status == "RUNNING"))
+            .values(status=status, result=result, finished_at=now, lease_expires_at=None)
+        ).rowcount == 1
+        if finished:
+            self.connection.execute(
+                update(schema.attempts)
+                .where(and_(schema.attempts.c.task_id == task_id,
+                            schema.attempts.c.number == attempt))
+                .values(status=status, finished_at=now, retcode=result.get("retcode"),
+                        error=error))
+        return finished
+
+    def add_logs(self, task_id: str, attempt: int, lines: Iterable[tuple[float, int, str]]) -> None:
+        rows = [dict(task_id=task_id, attempt=attempt, created_at=at, level=level, message=msg)
+                for at, level, msg in lines]
+        if rows:
+            self.connection.execute(schema.task_logs.insert(), rows)
+
+    def get_logs(self, task_id: str) -> list[RowMapping]:
+        return list(self.connection.execute(
+            select(schema.task_logs).where(schema.task_logs.c.task_id == task_id)
+            .order_by(schema.task_logs.c.id)).mappings())
+
+    def get_attempts(self, task_id: str) -> list[RowMapping]:
+        return list(self.connection.execute(
+            select(schema.attempts).where(schema.attempts.c.task_id == task_id)
+            .order_by(schema.attempts.c.number)).mappings())
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
+                   value: bytes) -> None:
+        self.connection.execute(schema.outbox.insert().values(
+            operation_id=operation_id, topic=topic, key=key, value=value,
+            created_at=time.time()))
+
+    def unsent(self, operation_id: str) -> list[RowMapping]:
+        return list(self.connection.execute(
+            select(schema.outbox).where(and_(schema.outbox.c.operation_id == operation_id,
+                                             schema.outbox.c.sent_at.is_(None)))
+            .order_by(schema.outbox.c.id)).mappings())
+
+    def mark_sent(self, ids: list[int]) -> None:
+        if ids:
+            self.connection.execute(update(schema.outbox).where(schema.outbox.c.id.in_(ids))
+                                    .values(sent_at=time.time()))
+
+    # -- retention ---------------------------------------------------------------------
+
+    def purge(self, now: float) -> int:
+        """Delete finished operations whose TTL strategy says they expired; return how many."""
+        op = schema.operations.c
+        candidates = self.connection.execute(
+            select(op.id, op.status, op.finished_at, op.ttl_strategy)
+            .where(and_(op.status.in_(FINAL_STATUSES), op.finished_at.is_not(None),
+                        op.ttl_strategy.is_not(None)))).all()
+        expired = [row.id for row in candidates
+                   if _expired(row.status, row.finished_at, row.ttl_strategy, now)]
+        for chunk in range(0, len(expired), 500):
+            ids = expired[chunk:chunk + 500]
+            task_ids = select(schema.tasks.c.id).where(schema.tasks.c.operation_id.in_(ids))
+            for table in (schema.task_logs, schema.attempts):
+                self.connection.execute(delete(table).where(table.c.task_id.in_(task_ids)))
+            self.connection.execute(delete(schema.task_dependencies)
+                                    .where(schema.task_dependencies.c.task_id.in_(task_ids)))
+            self.connection.execute(delete(schema.outbox)
+                                    .where(schema.outbox.c.operation_id.in_(ids)))
+            self.connection.execute(delete(schema.tasks)
+                                    .where(schema.tasks.c.operation_id.in_(ids)))
+            self.connection.execute(delete(schema.operations).where(op.id.in_(ids)))
+        return len(expired)
+
+
+def _expired(status: str, finished_at: float, ttl: dict | None, now: float) -> bool:
+    if not ttl:
+        return False
+    limits = [ttl.get("seconds_after_completion")]
+    if status == "SUCCESS":
+        limits.append(ttl.get("seconds_after_success"))
+    elif status == "FAILED":
+        limits.append(ttl.get("seconds_after_failure"))
+    return any(limit is not None and now - finished_at >= limit for limit in limits)
+
+
+class Store:
+    """The database of operations, tasks and the outbox.
+
+    :param url: SQLAlchemy URL, e.g. ``sqlite:///kser.db`` or
+        ``postgresql+psycopg://kser:kser@127.0.0.1:5432/kser``
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _create_engine(url)
+        migrate(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction, committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as connection:
+            yield Tx(connection)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)})"
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        # one connection per checkout: SQLite files are shared by processes, not pools
+        engine = create_engine(url, poolclass=NullPool,
+                               connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_settings(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection):
+            # take the write lock at BEGIN: two writers never deadlock on a lock upgrade
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
