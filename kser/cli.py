@@ -179,15 +179,23 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: 
 
 @main.command()
 @click.option("--dice", default=3, show_default=True, help="Dice to roll.")
-def demo(dice: int) -> None:
+@click.option("--store-url", default=None, help="Store [env KSER_STORE_URL, sqlite:///kser.db].")
+def demo(dice: int, store_url: str | None) -> None:
     """Run the dice example end to end in this process (no broker needed)."""
     from kser.demo import run_demo
 
-    result = run_demo(dice)
-    rolls = result.retval.get("rolls", [])
-    click.echo(f"\nDiceLaunch finished with retcode {result.retcode}: rolled {len(rolls)} "
-               f"dice: {', '.join(map(str, rolls))} (total {sum(rolls)})")
-    if result.retcode >= 300:
+    operation = run_demo(dice, store_url)
+    click.echo(f"\nOperation {operation['entrypoint']}[{operation['id']}]: {operation['status']}")
+    for task in operation["tasks"]:
+        result = task["result"] or {}
+        click.echo(f"  task {task['position'] + 1} {task['entrypoint']}[{task['id']}]: "
+                   f"{task['status']} (attempt {task['attempt']}, worker {task['worker']}): "
+                   f"{result.get('stdout', '')}")
+    rolls = (operation["result"] or {}).get("retval", {}).get("rolls", [])
+    click.echo(f"rolled {len(rolls)} dice: {', '.join(map(str, rolls))} (total {sum(rolls)})")
+    if operation["status"] != "SUCCESS":
         sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

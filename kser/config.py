@@ -27,6 +27,8 @@ class Settings:
     #: Kafka bootstrap servers, comma-separated ``host:port``
     bootstrap_servers: str = field(
         default_factory=lambda: _env("KSER_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    #: topic of operations sent without one, and of their tasks
+    topic: str = field(default_factory=lambda: _env("KSER_TOPIC", "kser"))
     #: consumer group of ``kser worker``
     group: str = field(default_factory=lambda: _env("KSER_GROUP", "kser"))
     #: dead-letter topic of topic T is ``T + dlq_suffix`` unless ``dlq_topic`` is set
@@ -44,6 +46,16 @@ class Settings:
     #: most records taken by one poll
     max_poll_records: int = field(
         default_factory=lambda: int(_env("KSER_MAX_POLL_RECORDS", "100")))
+    #: seconds to wait before processing again a record whose store or broker failed
+    redo_backoff: float = field(default_factory=lambda: float(_env("KSER_REDO_BACKOFF", "1.0")))
+    #: SQLAlchemy URL of the store (operations, tasks, outbox)
+    store_url: str = field(default_factory=lambda: _env("KSER_STORE_URL", "sqlite:///kser.db"))
+    #: seconds a running task's lease lasts; renewed every third of it while the task runs.
+    #: A task whose worker died is taken over once its lease expired.
+    task_lease: float = field(default_factory=lambda: float(_env("KSER_TASK_LEASE", "30")))
+    #: seconds between two sweeps for expired leases and unsent outbox messages
+    sweep_interval: float = field(
+        default_factory=lambda: float(_env("KSER_SWEEP_INTERVAL", "10")))
     #: logging level of the ``kser`` command
     log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -63,12 +65,27 @@ class Outcome:
     """What handling one record gave: the message (if it decoded) and its result.
 
     ``undeliverable`` is True when the record could not be decoded or routed:
-    the worker then dead-letters it.
+    the worker then dead-letters it. ``redo`` is True when its processing could
+    not be completed for a reason outside the message (store or broker
+    unreachable): the worker must not commit it, and processes it again.
     """
 
     kmsg: Message | None
     result: Result
     undeliverable: bool = False
+    redo: bool = False
+
+
+class UndeliverableError(NotFound):
+    """Raised while handling a message that cannot be routed (it is dead-lettered)."""
+
+
+class RedoError(Exception):
+    """Raised while handling a message whose processing must be redone later.
+
+    The store or the broker could not be reached: the message is fine, the
+    infrastructure is not. The consumer does not commit it and tries again.
+    """
 
 
 class Controller(BaseController):
@@ -85,6 +102,17 @@ class Controller(BaseController):
 
     def __init__(self) -> None:
         self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
+        #: handles operation and task messages when set (see kser.sequencing.sequencer)
+        self.sequencer = None
+        #: the producer of follow-up messages, bound by the consumer running this controller
+        self.producer: BaseProducer | None = None
+        #: ``host:pid`` of the consumer running this controller
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def bind(self, producer: BaseProducer, worker_name: str) -> None:
+        """Give this controller the consumer's producer and name (done by the consumer)."""
+        self.producer = producer
+        self.worker_name = worker_name
 
     def register(self, name: str, entrypoint: type[Entrypoint]) -> None:
         """Register ``entrypoint`` under ``name``.
@@ -98,17 +126,21 @@ class Controller(BaseController):
         self.ENTRYPOINTS[name] = entrypoint
         logger.debug("%s.Registered: %s", type(self).__name__, name)
 
-    def run(self, raw_data: str | bytes) -> Result:
+    def run(self, raw_data: str | bytes, topic: str | None = None) -> Result:
         """Decode, route and execute one record. Never raises.
 
         Empty, non-UTF-8, non-JSON, non-object or schema-invalid records and
         unknown entrypoints give a ``Result`` with retcode >= 300 whose
         ``stderr`` says what was wrong.
         """
-        return self.handle(raw_data).result
+        return self.handle(raw_data, topic).result
 
-    def handle(self, raw_data: str | bytes) -> Outcome:
-        """Like :meth:`run`, and tell whether the record was undeliverable."""
+    def handle(self, raw_data: str | bytes, topic: str | None = None) -> Outcome:
+        """Like :meth:`run`, and tell whether the record was undeliverable or must be redone.
+
+        :param topic: the topic the record came from (where an operation's tasks go
+            unless they name their own)
+        """
         try:
             kmsg = self._onmessage(self.TRANSPORT.loads(raw_data))
         except Exception as exc:
@@ -123,7 +155,14 @@ class Controller(BaseController):
             return Outcome(kmsg, self._onerror(kmsg, error_result(error, kmsg.uuid)),
                            undeliverable=True)
         try:
-            result = self.execute(entrypoint, kmsg)
+            result = self.execute(entrypoint, kmsg, topic)
+        except UndeliverableError as exc:
+            return Outcome(kmsg, self._onerror(kmsg, error_result(exc, kmsg.uuid)),
+                           undeliverable=True)
+        except RedoError as exc:
+            logger.warning("%s.Redo: %s[%s]: %s", type(self).__name__, kmsg.entrypoint,
+                           kmsg.uuid, exc)
+            return Outcome(kmsg, exception_result(exc, kmsg.uuid), redo=True)
         except Exception as exc:  # an entrypoint bug is the message's failure
             result = exception_result(exc, kmsg.uuid)
         try:
@@ -133,8 +172,15 @@ class Controller(BaseController):
         except Exception as exc:  # a failing user hook must not stop the consumer
             return Outcome(kmsg, exception_result(exc, kmsg.uuid))
 
-    def execute(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
-        """Run ``kmsg`` with ``entrypoint``; the sequencer overrides this step."""
+    def execute(self, entrypoint: type[Entrypoint], kmsg: Message,
+                topic: str | None = None) -> Result:
+        """Run ``kmsg`` with ``entrypoint``.
+
+        Operations and the tasks of operations go to :attr:`sequencer`; a lone
+        task runs here and needs no store.
+        """
+        if self.sequencer is not None and self.sequencer.handles(entrypoint, kmsg):
+            return self.sequencer.execute(entrypoint, kmsg, topic)
         return entrypoint.from_Message(kmsg).execute()
 
 

@@ -1,42 +1,24 @@
 """The embedded default: the dice game of kser's documentation, in one process.
 
-``kser demo`` sends one ``DiceLaunch`` operation on the in-process transport
-and runs a consumer until the topic is drained: three dice are rolled.
+``kser demo`` launches one ``DiceLaunch`` operation on the in-process
+transport with a SQLite store, and runs a consumer until the topic is
+drained: each roll is a message of its own, and every state is in the store.
 """
 
 from __future__ import annotations
 
 import random
-import uuid
 
 from cdumay_result import Result
 
-from kser.controller import Controller
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser.schemas import Message
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
 
 
-class DemoController(Controller):
-    """Keeps the result of every message it ran, so the demo can print them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.results: list[Result] = []
-
-    def onsuccess(self, kmsg: Message, result: Result) -> Result:
-        self.results.append(result)
-        return result
-
-    def onerror(self, kmsg: Message | None, result: Result) -> Result:
-        self.results.append(result)
-        return result
-
-
-registry = OperationRegistry(controller_class=DemoController)
+registry = OperationRegistry()
 
 #: the in-process broker and topic the demo uses
 BROKER, TOPIC = "demo", "dice"
@@ -61,12 +43,16 @@ class DiceLaunch(Operation):
         return [DiceRoll() for _ in range(int(dice))]
 
 
-def run_demo(dice: int = 3) -> Result:
-    """Send one DiceLaunch and consume until done; return the operation's result."""
-    producer = Producer({"broker": BROKER})
-    kmsg = Message(uuid=str(uuid.uuid4()), entrypoint=DiceLaunch.path, params={"dice": dice})
-    producer.send(TOPIC, kmsg)
+def run_demo(dice: int = 3, store_url: str | None = None) -> dict:
+    """Launch one DiceLaunch and consume until done; return the operation as stored.
+
+    :param store_url: the store (default ``KSER_STORE_URL``, a SQLite file ``kser.db``)
+    """
+    registry.configure(store=store_url, producer=Producer({"broker": BROKER}), topic=TOPIC)
+    operation = DiceLaunch(params={"dice": dice})
+    operation.send()
     consumer = Consumer({"broker": BROKER, "group_id": "demo"}, [TOPIC])
     consumer.REGISTRY = registry.controller
     consumer.run(until_idle=True)
-    return registry.controller.results[-1]
+    with registry.sequencer.store.transaction() as tx:
+        return dict(tx.get_operation(operation.uuid), tasks=tx.get_tasks(operation.uuid))

@@ -121,16 +121,17 @@ class BaseConsumer:
     def run(self) -> None:
         """Consume until :meth:`stop`, SIGTERM or SIGINT; then commit, close and return."""
         restore = self._install_signal_handlers()
+        self.controller.bind(self.producer, self.name)
         logger.info("%s.Starting: consumer %s on %s", type(self).__name__, self.name,
                     ", ".join(self.topics))
         try:
             while not self._stopping.is_set():
                 records = self._poll(self.settings.poll_timeout, self.settings.max_poll_records)
-                if not records:
-                    if self._exit_when_idle:
-                        break
-                    continue
-                self._process_batch(records)
+                if records:
+                    self._process_batch(records)
+                self._sweep()
+                if not records and self._exit_when_idle:
+                    break
         finally:
             restore()
             self._shutdown()
@@ -142,7 +143,12 @@ class BaseConsumer:
         for index, record in enumerate(records):
             tp = (record.topic, record.partition)
             uncommitted.setdefault(tp, record.offset)
-            self._process(record)
+            if not self._process(record):
+                # not this record's fault: commit what is done, read this one again later
+                committed = self._checkpoint(done) if done else True
+                self._rewind({} if committed else uncommitted, records[index:])
+                self._stopping.wait(self.settings.redo_backoff)
+                return
             done[tp] = record.offset + 1
             last = index == len(records) - 1
             if last or self._stopping.is_set() or time.monotonic() >= deadline:
@@ -154,8 +160,13 @@ class BaseConsumer:
                 uncommitted, done = {}, {}
                 deadline = time.monotonic() + self.settings.commit_interval
 
-    def _process(self, record: Record) -> None:
-        outcome = self.controller.handle(record.value)
+    def _process(self, record: Record) -> bool:
+        """Handle one record; False when it must be processed again (nothing to commit)."""
+        outcome = self.controller.handle(record.value, record.topic)
+        if outcome.redo:
+            logger.warning("%s will process %s[%d]@%d again: %s", self.name, record.topic,
+                           record.partition, record.offset, outcome.result.stderr)
+            return False
         self.processed += 1
         if outcome.kmsg is not None:
             logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d", self.name,
@@ -163,6 +174,17 @@ class BaseConsumer:
                         record.partition, record.offset, outcome.result.retcode)
         if outcome.undeliverable:
             self._dead_letter(record, outcome.result.stderr)
+        return True
+
+    def _sweep(self) -> None:
+        """Let the sequencer re-send what a dead worker left (it rate-limits itself)."""
+        sweep = getattr(self.controller.sequencer, "sweep", None)
+        if sweep is None:
+            return
+        try:
+            sweep()
+        except Exception as exc:  # the store may be briefly unreachable; try next time
+            logger.warning("%s: sweep failed: %s", self.name, exc)
 
     def _dead_letter(self, record: Record, error: str) -> None:
         topic = self.settings.dlq_for(record.topic)

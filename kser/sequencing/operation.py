@@ -5,9 +5,10 @@ Building an operation (:meth:`Operation.build`) runs ``prebuild`` →
 operation's params overlaid with its own, and the result of the tasks before
 it (``Result`` ``+`` semantics: ``retval`` accumulates, the worst retcode wins).
 
-Until the durable sequencing engine lands (see docs/), :meth:`launch_next`
-runs the next task in the current process; the API stays the same when it
-becomes "emit the next task as a Kafka message".
+Running an operation is durable: :meth:`launch` (or a message naming the
+operation) stores it with its tasks and sends the first task as a Kafka
+message; each task message is run by whichever consumer receives it, and
+sends the next (see :mod:`kser.sequencing.sequencer`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import logging
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
-from kser.results import is_success
-from kser.sequencing.task import FAILED, PENDING, RUNNING, SUCCESS, Task
+from kser.results import exception_result, is_success
+from kser.schemas import KSER_METADATA_KEY
+from kser.sequencing.task import PENDING, SUCCESS, Task
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,14 @@ class Operation(Task):
 
     :param tasks: already built tasks (normally left to :meth:`build`)
     """
+
+    #: announce the end of every operation of this class:
+    #: ``{"topic": T, "payload": any JSON, "entrypoint": optional}`` (None: no announcement)
+    ON_EXIT_NOTIFY: dict | None = None
+    #: purge finished operations of this class after so many seconds:
+    #: ``{"seconds_after_success", "seconds_after_failure", "seconds_after_completion"}``
+    #: (None: keep them; ``kser purge`` applies it)
+    TTL_STRATEGY: dict | None = None
 
     def __init__(self, uuid: str | None = None, status: str = PENDING,
                  params: dict | None = None, tasks: list[Task] | None = None,
@@ -114,7 +124,22 @@ class Operation(Task):
         """Record a status change; called on every transition. Override to observe them."""
         self.status = status
 
-    # -- sequencing ---------------------------------------------------------------------
+    # -- durable sequencing ---------------------------------------------------------------
+
+    def exit_notify_settings(self) -> dict | None:
+        """Where to announce this operation's end: ``{"topic", "payload", "entrypoint"}``.
+
+        From ``metadata["kser"]["on_exit_notify"]``, else :attr:`ON_EXIT_NOTIFY`.
+        """
+        return self.metadata.get(KSER_METADATA_KEY, {}).get("on_exit_notify",
+                                                            self.ON_EXIT_NOTIFY)
+
+    def ttl_settings(self) -> dict | None:
+        """When to purge this operation once finished (seconds; None keeps it).
+
+        From ``metadata["kser"]["ttl_strategy"]``, else :attr:`TTL_STRATEGY`.
+        """
+        return self.metadata.get(KSER_METADATA_KEY, {}).get("ttl_strategy", self.TTL_STRATEGY)
 
     def next(self, task: Task) -> Task | None:
         """The first task after ``task`` that has not succeeded yet, or None."""
@@ -126,66 +151,47 @@ class Operation(Task):
                 return candidate
         return None
 
+    def _sequencer(self):
+        registry = getattr(type(self), "registry", None)
+        if registry is None:
+            raise ValidationError(
+                f"{type(self).path} is not subscribed to an OperationRegistry: subscribe it "
+                "(@registry.subscribe) so kser knows its store and producer")
+        return registry.sequencer
+
+    def launch(self, topic: str | None = None) -> Result:
+        """Build (if needed), validate, store the operation and send its first task.
+
+        :param topic: where its tasks go unless they name their own (default: the
+            registry's topic, ``KSER_TOPIC``)
+        :return: retcode 0 once stored and sent, else >= 300 with the reason
+        """
+        try:
+            sequencer = self._sequencer()
+            return sequencer.submit(self, topic or sequencer.settings.topic)
+        except Exception as exc:
+            return exception_result(exc, self.uuid)
+
     def launch_next(self, task: Task | None = None, result: Result | None = None) -> Result:
-        """Run what comes after ``task`` (the first pending task when None).
+        """Send the tasks that are ready now (after ``task``), or start the operation."""
+        if task is None and not self._sequencer().store_has(self.uuid):
+            return self.launch()
+        return self._sequencer().emit_ready(self.uuid)
 
-        Ends the operation (SUCCESS, or FAILED at the first failing task) and
-        returns its result.
+    def send(self, topic: str | None = None) -> Operation:
+        """Like :meth:`launch`, raising instead of returning an error; returns the operation.
+
+        :raises cdumay_error.Error: what went wrong (e.g. ValidationError for a missing
+            parameter: nothing is stored or sent then)
         """
-        result = result if result is not None else self.result
-        next_task = self.next(task) if task else next(
-            (t for t in self.tasks if t.status != SUCCESS), None)
-        while next_task is not None:
-            result = next_task.execute(result=result)
-            if not is_success(result):
-                return self._onerror(result)
-            next_task = self.next(next_task)
-        return self._onsuccess(result)
-
-    def launch(self) -> Result:
-        """Start the operation from its first pending task."""
-        return self.launch_next()
-
-    def send(self, producer, topic: str, timeout: float = 60) -> Operation:
-        """Send this operation as one message to ``topic``; a consumer builds and runs it.
-
-        :param producer: any transport's ``Producer``
-        :raises ValidationError: when the message cannot be sent (the reason is in it)
-        """
-        sent = producer.send(topic, self.to_Message(), timeout=timeout)
-        if not is_success(sent):
+        result = self.launch(topic)
+        if not is_success(result):
             raise ValidationError(f"Operation {type(self).path}[{self.uuid}] was not sent: "
-                                  f"{sent.stderr}", extra=dict(uuid=self.uuid))
+                                  f"{result.stderr}", extra=dict(uuid=self.uuid))
         return self
 
-    # -- execution of an operation message -----------------------------------------------
-
-    def _prerun(self) -> None:
-        if not self._built:
-            self.build(**self.params)
-        self.check_required_params()
-        self._set_status(RUNNING)
-        self.prerun()
-
     def unsafe_execute(self, result: Result | None = None) -> Result:
+        """An operation run directly is launched: stored, and its first task sent."""
         if self._init_error is not None:
             return self._onerror(self._init_error)
-        if result:
-            self.result += result
-        self._prerun()
         return self.launch()
-
-    def _onsuccess(self, result: Result | None) -> Result:
-        self._set_status(SUCCESS, result)
-        return self._finish(result, success=True)
-
-    def _onerror(self, result: Result) -> Result:
-        self._set_status(FAILED, result)
-        return self._finish(result, success=False)
-
-    def _finish(self, result: Result | None, success: bool) -> Result:
-        result = result if result is not None else self.result
-        log = logger.info if success else logger.error
-        log("%s.%s: %s[%s]: %s", type(self).__name__, "Success" if success else "Failed",
-            type(self).path, self.uuid, result)
-        return self.onsuccess(result) if success else self.onerror(result)

@@ -1,12 +1,16 @@
-"""OperationRegistry: the set of tasks and operations a consumer can run."""
+"""OperationRegistry: the tasks and operations a consumer (or a Flask app) can run."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import TypeVar
 
-from kser.controller import Controller
+from kser.config import TRANSPORTS, Settings
+from kser.controller import BaseProducer, Controller
 from kser.entry import Entrypoint
+from kser.sequencing.sequencer import Sequencer
+from kser.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -14,17 +18,24 @@ E = TypeVar("E", bound=type[Entrypoint])
 
 
 class OperationRegistry:
-    """Routes messages to registered tasks and operations.
+    """Routes messages to registered tasks and operations, and runs operations durably.
 
-    Each registry owns its controller, so two registries in one process never
-    see each other's entrypoints.
+    Each registry owns its controller and its sequencer, so two registries in
+    one process never see each other's entrypoints.
 
     :param app: a Flask application to bind to (see :meth:`init_app`)
     :param controller_class: the :class:`~kser.controller.Controller` subclass to use
+    :param settings: kser settings (default: from the ``KSER_*`` environment)
     """
 
-    def __init__(self, app=None, controller_class: type[Controller] = Controller):
+    def __init__(self, app=None, controller_class: type[Controller] = Controller,
+                 settings: Settings | None = None):
+        self.settings = settings or Settings()
         self.controller = controller_class()
+        self._producer: BaseProducer | None = None
+        self.sequencer = Sequencer(self.controller.ENTRYPOINTS, self._get_producer,
+                                   lambda: self.controller.worker_name, self.settings)
+        self.controller.sequencer = self.sequencer
         self.app = None
         if app is not None:
             self.init_app(app)
@@ -32,13 +43,45 @@ class OperationRegistry:
     def subscribe(self, callback: E) -> E:
         """Register a Task or Operation class under its ``path``; usable as a decorator.
 
-        Returns the class unchanged (kser 0.8.27 returned None, which turned
-        every decorated class of its own dice example into None).
+        Returns the class (kser 0.8.27 returned None, which turned every decorated
+        class of its own dice example into None). The class's ``registry`` becomes
+        this registry: that is how ``Operation.send()`` finds its store and producer.
         """
         if callback.path not in self.controller.ENTRYPOINTS:
             logger.info("Operation registry: loaded %s", callback.path)
             self.controller.register(callback.path, callback)
+        callback.registry = self
         return callback
+
+    def configure(self, store: Store | str | None = None, producer: BaseProducer | None = None,
+                  topic: str | None = None) -> OperationRegistry:
+        """Set the store (a ``Store`` or its URL), the producer and the default topic.
+
+        Unset, they come from ``KSER_STORE_URL``, ``KSER_TRANSPORT`` +
+        ``KSER_BOOTSTRAP_SERVERS`` and ``KSER_TOPIC``; inside ``kser worker`` the
+        producer is the consumer's own.
+        """
+        if store is not None:
+            self.sequencer.store = Store(store) if isinstance(store, str) else store
+        if producer is not None:
+            self._producer = producer
+        if topic is not None:
+            self.settings.topic = topic
+        return self
+
+    def _get_producer(self) -> BaseProducer:
+        if self.controller.producer is not None:
+            return self.controller.producer
+        if self._producer is None:
+            module = TRANSPORTS[self.settings.transport]
+            if self.settings.transport == "memory":
+                config = {"broker": "default"}
+            else:
+                config = importlib.import_module(module).connection_config(
+                    self.settings.bootstrap_servers)
+            config["max_message_bytes"] = self.settings.max_message_bytes
+            self._producer = importlib.import_module(f"{module}.producer").Producer(config)
+        return self._producer
 
     def init_app(self, app=None) -> None:
         """Bind to a Flask app (``app.extensions["kser"]`` is this registry), then load tasks."""

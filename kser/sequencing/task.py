@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from cdumay_result import Result
 
 from kser.entry import Entrypoint
+from kser.schemas import KSER_METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,19 @@ class Task(Entrypoint):
                  status: str = PENDING, result: Result | None = None,
                  metadata: dict | None = None):
         self.status = status
+        #: ``(time, level, message)`` of every :meth:`log` call, stored with the attempt
+        self.log_lines: list[tuple[float, int, str]] = []
         Entrypoint.__init__(self, uuid=uuid, params=params, result=result, metadata=metadata)
+
+    @property
+    def attempt(self) -> int:
+        """Number of this run of the task: 1 for the first, 2 after a takeover or recover..."""
+        return int(self.metadata.get(KSER_METADATA_KEY, {}).get("attempt", 1))
+
+    @property
+    def operation_id(self) -> str | None:
+        """Id of the operation this task belongs to (None for a lone task)."""
+        return self.metadata.get(KSER_METADATA_KEY, {}).get("operation_id")
 
     def log(self, message: str, level: int = logging.INFO, *args, **kwargs) -> None:
         """Log ``message`` prefixed with ``{TaskName}.{TaskStatus}: {EntryPointPath}[{TaskUUID}]: ``
@@ -44,6 +58,8 @@ class Task(Entrypoint):
         extra = dict(kwargs.pop("extra", None) or {})
         extra.setdefault("kmsg", self._log_extra()["kmsg"])
         logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
+        self.log_lines.append((time.time(), level, prefix + (str(message) % args if args
+                                                              else str(message))))
 
     def _prerun(self) -> None:
         self.status = RUNNING

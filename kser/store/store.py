@@ -143,7 +143,22 @@ class Tx:
             select(schema.attempts).where(schema.attempts.c.task_id == task_id)
             .order_by(schema.attempts.c.number)).mappings())
 
+    def expired_tasks(self, now: float) -> list[RowMapping]:
+        """RUNNING tasks of RUNNING operations whose lease is past: their worker stopped."""
+        task, op = schema.tasks.c, schema.operations.c
+        return list(self.connection.execute(
+            select(schema.tasks).join(schema.operations, op.id == task.operation_id)
+            .where(and_(task.status == "RUNNING", task.lease_expires_at < now,
+                        op.status == "RUNNING"))).mappings())
+
     # -- outbox ------------------------------------------------------------------------
+
+    def operations_with_unsent(self, before: float) -> set[str]:
+        """Operations with outbox rows created before ``before`` and still unsent."""
+        box = schema.outbox.c
+        return set(self.connection.execute(
+            select(box.operation_id).distinct()
+            .where(and_(box.sent_at.is_(None), box.created_at < before))).scalars())
 
     def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
                    value: bytes) -> None:

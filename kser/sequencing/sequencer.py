@@ -1,0 +1,524 @@
+"""The sequencer: operation and task messages → store transitions → next messages.
+
+The flow of one operation (DESIGN.md):
+
+1. An operation is *submitted* (an operation message reached a consumer, or
+   ``Operation.send()``/``launch()`` ran in a producer): it is built, every
+   ``REQUIRED_FIELDS`` checked, and in **one transaction** the operation, its
+   tasks with their dependencies, and the message of each ready task (the
+   outbox) are stored. The outbox is then produced and marked sent.
+2. A *task message* reaches any consumer: the task is claimed (a
+   compare-and-set on status and attempt, with a lease renewed while it runs),
+   run, and in one transaction its result, its log lines, the operation's new
+   status and the messages of the tasks it made ready are stored.
+3. The consumer commits the Kafka offset last.
+
+Every step is idempotent: a duplicate message of a finished task re-sends any
+unsent outbox rows and does nothing else; a task running on a live worker is
+not started twice; a task whose worker died is taken over once its lease
+expired (a periodic :meth:`Sequencer.sweep` re-emits it if no message does).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cdumay_error.types import NotFound, ValidationError
+from cdumay_result import Result, ResultSchema
+from sqlalchemy.exc import DBAPIError
+
+from kser.config import Settings
+from kser.controller import BaseProducer, RedoError, UndeliverableError
+from kser.entry import Entrypoint
+from kser.results import is_success
+from kser.schemas import KSER_METADATA_KEY, Message
+from kser.sequencing.task import (
+    CANCELED,
+    FAILED,
+    FINAL_STATUSES,
+    PENDING,
+    RUNNING,
+    SUCCESS,
+    Task,
+)
+from kser.store import Store, Tx
+
+if TYPE_CHECKING:
+    from kser.sequencing.operation import Operation
+
+logger = logging.getLogger(__name__)
+
+_RESULTS = ResultSchema()
+#: entrypoint of the message sent when an operation ends, unless its exit_notify names one
+EXIT_ENTRYPOINT = "kser.operation.exit"
+#: how long a duplicate message waits for a task another worker runs, in leases
+DUPLICATE_WAIT_LEASES = 1.5
+
+
+def dump_result(result: Result | None) -> dict | None:
+    return _RESULTS.dump(result) if result is not None else None
+
+
+def load_result(data: dict | None, uuid_: str | None = None) -> Result:
+    if not data:
+        return Result(uuid=uuid_)
+    return Result(**{k: v for k, v in data.items() if k in
+                     ("uuid", "retcode", "stdout", "stderr", "retval")})
+
+
+class Sequencer:
+    """Runs operations durably for one controller.
+
+    :param entrypoints: the controller's registered entrypoints, by path
+    :param producer: a callable returning the producer of follow-up messages
+    :param settings: kser settings (store URL, lease, sweep interval...)
+    :param store: an open store (default: opened from ``settings.store_url`` on first use)
+    """
+
+    def __init__(self, entrypoints: dict[str, type[Entrypoint]],
+                 producer: Callable[[], BaseProducer], worker_name: Callable[[], str],
+                 settings: Settings | None = None, store: Store | None = None):
+        self._entrypoints = entrypoints
+        self._producer = producer
+        self._worker_name = worker_name
+        self.settings = settings or Settings()
+        self._store = store
+        self._store_lock = threading.Lock()
+        self._last_sweep = 0.0
+
+    @property
+    def store(self) -> Store:
+        """The store, opened (and migrated) on first use."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = Store(self.settings.store_url)
+            return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self._store = store
+
+    # -- routing -----------------------------------------------------------------------
+
+    @staticmethod
+    def handles(entrypoint: type[Entrypoint], kmsg: Message) -> bool:
+        """True for operation messages and for messages of an operation's task."""
+        from kser.sequencing.operation import Operation
+
+        return issubclass(entrypoint, Operation) or "task_id" in kmsg.kser_metadata
+
+    def execute(self, entrypoint: type[Entrypoint], kmsg: Message, topic: str | None) -> Result:
+        """Handle an operation or task message (see :meth:`handles`)."""
+        try:
+            if "task_id" in kmsg.kser_metadata:
+                return self.run_task(entrypoint, kmsg)
+            operation = entrypoint.from_Message(kmsg)
+            return self.submit(operation, topic or self.settings.topic)
+        except DBAPIError as exc:
+            raise RedoError(f"store unreachable: {exc.orig or exc}") from exc
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def submit(self, operation: Operation, topic: str) -> Result:
+        """Build (if needed), validate, store and start ``operation``; send its first tasks.
+
+        :raises ValidationError: a required parameter is missing (nothing is stored)
+        """
+        if not operation._built:
+            operation.build(**operation.params)
+        operation.check_required_params()
+        now = time.time()
+        exit_notify, ttl = operation.exit_notify_settings(), operation.ttl_settings()
+        op_row = dict(id=operation.uuid, entrypoint=type(operation).path, status=RUNNING,
+                      params=operation.params, metadata=_user_metadata(operation.metadata),
+                      result=dump_result(operation.result), topic=topic,
+                      exit_notify=exit_notify, ttl_strategy=ttl, created_at=now,
+                      updated_at=now)
+        task_rows, dependencies = [], []
+        for position, task in enumerate(operation.tasks):
+            task_rows.append(dict(
+                id=task.uuid, operation_id=operation.uuid, position=position,
+                entrypoint=type(task).path, topic=getattr(type(task), "TOPIC", None),
+                status=PENDING, params=task.params, metadata=_user_metadata(task.metadata),
+                attempt=0))
+            if position:
+                dependencies.append((task.uuid, operation.tasks[position - 1].uuid))
+        with self.store.transaction() as tx:
+            created = tx.insert_operation(op_row)
+            if created:
+                tx.insert_tasks(task_rows, dependencies)
+                if not self._emit_ready(tx, operation.uuid):
+                    self._finish_operation(tx, operation.uuid, SUCCESS,
+                                           dump_result(operation.result))
+        if created:
+            operation._set_status(RUNNING)
+        self.publish(operation.uuid)
+        if not created:
+            return Result(uuid=operation.uuid, stdout=f"Operation {operation.uuid} already "
+                          "submitted: unsent messages re-sent")
+        return Result(uuid=operation.uuid, stdout=f"Operation {type(operation).path}"
+                      f"[{operation.uuid}] started with {len(task_rows)} task(s)")
+
+    def store_has(self, operation_id: str) -> bool:
+        """True when the operation is in the store."""
+        with self.store.transaction() as tx:
+            return tx.get_operation(operation_id) is not None
+
+    def emit_ready(self, operation_id: str) -> Result:
+        """Send the messages of the operation's tasks that are ready to run now."""
+        with self.store.transaction() as tx:
+            op = self._get(tx, operation_id, lock=True)
+            queued = self._emit_ready(tx, operation_id) if op["status"] == RUNNING else 0
+        self.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"{queued} task(s) of {operation_id} sent")
+
+    # -- running a task ----------------------------------------------------------------
+
+    def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+        """Run the task a task message names, at most once at a time, and sequence what follows."""
+        meta = kmsg.kser_metadata
+        operation_id, task_id, mode = meta.get("operation_id"), meta["task_id"], meta.get("mode")
+        worker, lease = self._worker_name(), self.settings.task_lease
+        wait_until = time.monotonic() + lease * DUPLICATE_WAIT_LEASES
+        while True:
+            now = time.time()
+            with self.store.transaction() as tx:
+                task = tx.get_task(task_id)
+                op = tx.get_operation(operation_id) if operation_id else None
+                if task is None or op is None or task["operation_id"] != operation_id:
+                    raise UndeliverableError(
+                        f"Task {task_id} of operation {operation_id} is not in the store "
+                        f"({self.store}): purged, or sent to consumers of another store",
+                        extra=dict(uuid=kmsg.uuid))
+                verdict = _verdict(task, op, mode, now)
+                if verdict == "run" and tx.claim_task(task_id, task["attempt"], worker,
+                                                     now + lease, now):
+                    attempt = task["attempt"] + 1
+                    break
+            if verdict == "done":
+                self.publish(operation_id)
+                return Result(uuid=task_id, stdout=f"Task {task_id} is {task['status']} "
+                              f"(operation {op['status']}): nothing to do")
+            if verdict == "wait":
+                if time.monotonic() >= wait_until:
+                    return Result(uuid=task_id, stdout=f"Task {task_id} is running on "
+                                  f"{task['worker']}: left to it")
+                time.sleep(min(1.0, lease / 10))
+        return self._run_claimed(entrypoint, kmsg, task, attempt, mode)
+
+    def _run_claimed(self, entrypoint, kmsg: Message, task_row, attempt: int,
+                     mode: str | None) -> Result:
+        operation_id, task_id = task_row["operation_id"], task_row["id"]
+        metadata = dict(task_row["metadata"] or {})
+        metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
+        instance = entrypoint(uuid=task_id, params=task_row["params"], result=kmsg.result,
+                              metadata=metadata)
+        if isinstance(instance, Task):
+            instance.status = RUNNING
+        with _LeaseKeeper(self.store, task_id, attempt, self.settings.task_lease):
+            result = instance.execute()
+        success = is_success(result)
+        now = time.time()
+        transitions: list[tuple[str, dict | None]] = []
+        with self.store.transaction() as tx:
+            if not tx.finish_attempt(task_id, attempt, SUCCESS if success else FAILED,
+                                     dump_result(result), now,
+                                     None if success else result.stderr):
+                logger.warning("Task %s attempt %d finished after another worker took it "
+                               "over: its result is discarded", task_id, attempt)
+                return result
+            tx.add_logs(task_id, attempt, getattr(instance, "log_lines", []))
+            op = tx.get_operation(operation_id, lock=True)
+            if mode == "one" or op["status"] != RUNNING:
+                pass  # run_one, or the operation was canceled meanwhile: nothing follows
+            elif success:
+                if not self._emit_ready(tx, operation_id):
+                    if all(t["status"] == SUCCESS for t in tx.get_tasks(operation_id)):
+                        transitions.append(self._finish_operation(
+                            tx, operation_id, SUCCESS, dump_result(result)))
+            else:
+                transitions.append(self._finish_operation(tx, operation_id, FAILED,
+                                                          dump_result(result)))
+        self._notify_status(operation_id, transitions)
+        self.publish(operation_id)
+        return result
+
+    # -- sequencing helpers (inside a transaction) --------------------------------------
+
+    def _emit_ready(self, tx: Tx, operation_id: str) -> int:
+        """Queue the message of every PENDING task whose dependencies all succeeded."""
+        op = tx.get_operation(operation_id)
+        tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
+        deps = tx.dependencies(operation_id)
+        ready = [t for t in tasks.values() if t["status"] == PENDING and all(
+            tasks[d]["status"] == SUCCESS for d in deps.get(t["id"], ()))]
+        for task in ready:
+            self._queue_task(tx, op, task, _forwarded(op, tasks, deps.get(task["id"], ())))
+        return len(ready)
+
+    def _queue_task(self, tx: Tx, op, task, forwarded: dict | None,
+                    mode: str | None = None) -> None:
+        metadata = dict(task["metadata"] or {})
+        metadata[KSER_METADATA_KEY] = dict(operation_id=op["id"], task_id=task["id"],
+                                           **({"mode": mode} if mode else {}))
+        kmsg = Message(uuid=task["id"], entrypoint=task["entrypoint"], params=task["params"],
+                       result=forwarded, metadata=metadata)
+        key, value = self._producer().encode(kmsg)
+        tx.add_outbox(op["id"], task["topic"] or op["topic"], key, value)
+
+    def _finish_operation(self, tx: Tx, operation_id: str, status: str,
+                          result: dict | None) -> tuple[str, dict | None]:
+        now = time.time()
+        tx.update_operation(operation_id, status=status, result=result, finished_at=now,
+                            updated_at=now)
+        if status in (FAILED, CANCELED):
+            for task in tx.get_tasks(operation_id):
+                if status == CANCELED and task["status"] == PENDING:
+                    tx.update_task(task["id"], status=CANCELED, finished_at=now)
+        op = tx.get_operation(operation_id)
+        notify = op["exit_notify"]
+        if notify and notify.get("topic"):
+            kmsg = Message(uuid=str(uuid.uuid4()),
+                           entrypoint=notify.get("entrypoint") or EXIT_ENTRYPOINT,
+                           params=dict(operation_id=operation_id, operation=op["entrypoint"],
+                                       status=status, payload=notify.get("payload")),
+                           result=result, metadata={KSER_METADATA_KEY: {"exit_of": operation_id}})
+            key, value = self._producer().encode(kmsg)
+            tx.add_outbox(operation_id, notify["topic"], key, value)
+        return status, result
+
+    def _notify_status(self, operation_id: str, transitions) -> None:
+        """Call the operation class's ``set_status`` for each transition, if registered here."""
+        if not transitions:
+            return
+        with self.store.transaction() as tx:
+            op = tx.get_operation(operation_id)
+        cls = self._entrypoints.get(op["entrypoint"]) if op else None
+        if cls is None:
+            return
+        instance = cls(uuid=operation_id, params=op["params"], status=RUNNING)
+        for status, result in transitions:
+            loaded = load_result(result, operation_id)
+            try:
+                instance._set_status(status, loaded)
+                if status == SUCCESS:
+                    instance.onsuccess(loaded)
+                elif status == FAILED:
+                    instance.onerror(loaded)
+            except Exception:  # a user hook must not undo a committed transition
+                logger.exception("%s hook on %s raised", op["entrypoint"], status)
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def publish(self, operation_id: str) -> int:
+        """Produce the operation's unsent outbox messages, wait for the acks, mark them sent.
+
+        :raises RedoError: the broker did not acknowledge them (they stay unsent)
+        """
+        with self.store.transaction() as tx:
+            rows = tx.unsent(operation_id)
+        if not rows:
+            return 0
+        producer = self._producer()
+        try:
+            for row in rows:
+                producer.send_raw(row["topic"], row["value"], row["key"])
+            producer.flush(timeout=60)
+        except Exception as exc:
+            raise RedoError(f"follow-up messages of operation {operation_id} were not "
+                            f"acknowledged: {exc}") from exc
+        with self.store.transaction() as tx:
+            tx.mark_sent([row["id"] for row in rows])
+        return len(rows)
+
+    # -- sweeping ------------------------------------------------------------------------
+
+    def sweep(self, force: bool = False) -> int:
+        """Re-emit tasks whose lease expired and outbox rows left unsent; at most every
+        ``sweep_interval`` seconds unless ``force``. Returns the messages sent."""
+        if not force and time.monotonic() - self._last_sweep < self.settings.sweep_interval:
+            return 0
+        from kser.sequencing.operation import Operation
+
+        if not any(issubclass(cls, Operation) for cls in self._entrypoints.values()):
+            return 0  # no operation runs here: nothing to sweep, no store to open
+        self._last_sweep = time.monotonic()
+        now = time.time()
+        grace = self.settings.sweep_interval
+        with self.store.transaction() as tx:
+            expired = tx.expired_tasks(now)
+            for task in expired:
+                op = tx.get_operation(task["operation_id"])
+                tasks = {t["id"]: t for t in tx.get_tasks(op["id"])}
+                deps = tx.dependencies(op["id"]).get(task["id"], ())
+                self._queue_task(tx, op, task, _forwarded(op, tasks, deps))
+            operations = {task["operation_id"] for task in expired}
+            operations.update(tx.operations_with_unsent(now - grace))
+        if expired:
+            logger.warning("Sweep: %d task(s) whose worker stopped renewing its lease "
+                           "re-sent", len(expired))
+        return sum(self.publish(op_id) for op_id in operations)
+
+    # -- controls ------------------------------------------------------------------------
+
+    def cancel(self, operation_id: str) -> Result:
+        """Cancel an operation: pending tasks CANCELED, nothing more emitted.
+
+        A task already running finishes, but nothing follows it.
+        """
+        with self.store.transaction() as tx:
+            op = self._get(tx, operation_id, lock=True)
+            if op["status"] in FINAL_STATUSES:
+                return Result(uuid=operation_id, retcode=409, stderr=f"Operation {operation_id}"
+                              f" is already {op['status']}: nothing to cancel")
+            transition = self._finish_operation(tx, operation_id, CANCELED, op["result"])
+        self._notify_status(operation_id, [transition])
+        self.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Operation {operation_id} canceled")
+
+    def recover(self, operation_id: str) -> Result:
+        """Restart a FAILED operation from its failed task(s), keeping earlier results."""
+        with self.store.transaction() as tx:
+            op = self._get(tx, operation_id, lock=True)
+            if op["status"] != FAILED:
+                return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
+                              f"{operation_id} is {op['status']}: only a FAILED one recovers")
+            failed = [t for t in tx.get_tasks(operation_id) if t["status"] == FAILED]
+            for task in failed:
+                tx.update_task(task["id"], status=PENDING, result=None, finished_at=None)
+            self._restart(tx, operation_id)
+        self._notify_status(operation_id, [(RUNNING, None)])
+        sent = self.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Operation {operation_id} recovered: "
+                      f"{len(failed)} failed task(s) reset, {sent} message(s) sent")
+
+    def run_from(self, operation_id: str, task_id: str) -> Result:
+        """Reset ``task_id`` and every task that depends on it, then run from it."""
+        with self.store.transaction() as tx:
+            op = self._get(tx, operation_id, lock=True)
+            if op["status"] == RUNNING:
+                return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
+                              f"{operation_id} is RUNNING: cancel it first")
+            reset = _descendants(tx.dependencies(operation_id), self._task(tx, op, task_id))
+            for tid in reset:
+                tx.update_task(tid, status=PENDING, result=None, finished_at=None)
+            self._restart(tx, operation_id)
+        self._notify_status(operation_id, [(RUNNING, None)])
+        self.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Operation {operation_id}: {len(reset)} "
+                      f"task(s) reset from {task_id}")
+
+    def run_one(self, operation_id: str, task_id: str) -> Result:
+        """Run one task again with the result its predecessors left, without continuing.
+
+        The operation's status does not change (synergy_flow's run_one).
+        """
+        with self.store.transaction() as tx:
+            op = self._get(tx, operation_id)
+            if op["status"] == RUNNING:
+                return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
+                              f"{operation_id} is RUNNING: cancel it first")
+            self._task(tx, op, task_id)
+            tx.update_task(task_id, status=PENDING, finished_at=None)
+            tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
+            deps = tx.dependencies(operation_id).get(task_id, ())
+            self._queue_task(tx, op, tasks[task_id], _forwarded(op, tasks, deps), mode="one")
+        self.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Task {task_id} sent to run once")
+
+    def purge(self) -> int:
+        """Delete finished operations whose TTL strategy expired; return how many."""
+        with self.store.transaction() as tx:
+            return tx.purge(time.time())
+
+    def _restart(self, tx: Tx, operation_id: str) -> None:
+        tx.update_operation(operation_id, status=RUNNING, finished_at=None)
+        if not self._emit_ready(tx, operation_id):
+            raise ValidationError(f"Operation {operation_id} has no task ready to run")
+
+    @staticmethod
+    def _get(tx: Tx, operation_id: str, lock: bool = False):
+        op = tx.get_operation(operation_id, lock=lock)
+        if op is None:
+            raise NotFound(f"No operation {operation_id} in the store")
+        return op
+
+    @staticmethod
+    def _task(tx: Tx, op, task_id: str):
+        task = tx.get_task(task_id)
+        if task is None or task["operation_id"] != op["id"]:
+            raise NotFound(f"Operation {op['id']} has no task {task_id}")
+        return task
+
+
+def _verdict(task, op, mode: str | None, now: float) -> str:
+    """What a task message should do: "run", "wait" (live elsewhere) or "done"."""
+    if task["status"] == RUNNING:
+        lease = task["lease_expires_at"]
+        return "run" if lease is None or lease < now else "wait"
+    if task["status"] != PENDING:
+        return "done"
+    if mode != "one" and op["status"] != RUNNING:
+        return "done"  # the operation failed or was canceled: its pending tasks never run
+    return "run"
+
+
+def _forwarded(op, tasks: dict, dependencies) -> dict | None:
+    """The result a task receives: its dependencies' results merged, else the operation's."""
+    if not dependencies:
+        return op["result"]
+    merged = Result()
+    for dep in sorted(dependencies, key=lambda d: tasks[d]["position"]):
+        merged = merged + load_result(tasks[dep]["result"])
+    return dump_result(merged)
+
+
+def _descendants(dependencies: dict[str, set[str]], task) -> list[str]:
+    """``task`` and every task that (transitively) depends on it."""
+    found, frontier = [task["id"]], [task["id"]]
+    while frontier:
+        current = frontier.pop()
+        for tid, deps in dependencies.items():
+            if current in deps and tid not in found:
+                found.append(tid)
+                frontier.append(tid)
+    return found
+
+
+def _user_metadata(metadata: dict | None) -> dict:
+    """Metadata without kser's own key (which the sequencer writes afresh)."""
+    return {k: v for k, v in (metadata or {}).items() if k != KSER_METADATA_KEY}
+
+
+class _LeaseKeeper:
+    """Renews a running attempt's lease every third of its length, in a thread."""
+
+    def __init__(self, store: Store, task_id: str, attempt: int, lease: float):
+        self.store, self.task_id, self.attempt, self.lease = store, task_id, attempt, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True,
+                                        name=f"kser-lease-{task_id}")
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                with self.store.transaction() as tx:
+                    if not tx.renew_lease(self.task_id, self.attempt, time.time() + self.lease):
+                        logger.warning("Task %s attempt %d: lease lost", self.task_id,
+                                       self.attempt)
+                        return
+            except Exception as exc:  # the store may come back before the lease ends
+                logger.warning("Task %s: lease not renewed (%s)", self.task_id, exc)
