@@ -17,7 +17,6 @@ from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
 
-
 registry = OperationRegistry()
 
 #: the in-process broker and topic the demo uses

@@ -1,8 +1,13 @@
 """Shared fixtures. The broker and database fixtures live in tests/integration."""
 
 import itertools
+import os
+import tempfile
 
 import pytest
+
+# registries created at import time read KSER_STORE_URL then: never the working directory
+os.environ["KSER_STORE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='kser-tests-')}/kser.db"
 
 from kser.memory.broker import drop_broker
 

@@ -96,6 +96,14 @@ class Tx:
                     lease_expires_at=lease_until, started_at=now, finished_at=None)
         ).rowcount == 1
         if claimed:
+            # a taken-over attempt ended when its worker stopped renewing the lease
+            self.connection.execute(
+                update(schema.attempts)
+                .where(and_(schema.attempts.c.task_id == task_id,
+                            schema.attempts.c.number == attempt,
+                            schema.attempts.c.status == "RUNNING"))
+                .values(status="FAILED", finished_at=now,
+                        error=f"lease expired: its worker stopped; taken over by {worker}"))
             self.connection.execute(schema.attempts.insert().values(
                 task_id=task_id, number=attempt + 1, worker=worker, status="RUNNING",
                 started_at=now))

@@ -1,5 +1,7 @@
 """Tasks and operations the unit tests route messages to."""
 
+import logging
+
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
@@ -67,3 +69,48 @@ class FailsInTheMiddle(Operation):
 class NeedsTaskParam(Operation):
     def build_tasks(self, **kwargs):
         return [Echo()]
+
+
+FLAKY = {"fail": True}
+
+
+class FlakyStep(Task):
+    """Fails while FLAKY["fail"] is set; logs its attempt number."""
+
+    def run(self):
+        CALLS.append(f"flaky{self.attempt}")
+        self.log("attempt %d", logging.INFO, self.attempt)
+        if FLAKY["fail"]:
+            return Result(uuid=self.uuid, retcode=500, stderr="flaky step failed")
+        return Result(uuid=self.uuid, stdout="flaky ok", retval={"flaky": self.attempt})
+
+
+@registry.subscribe
+class WithFlaky(Operation):
+    def build_tasks(self, **kwargs):
+        return [Step(params={"index": 0}), FlakyStep(), Step(params={"index": 2})]
+
+
+class HeavyStep(Step):
+    """A step routed to its own topic (and so to its own pool of consumers)."""
+
+    TOPIC = "heavy"
+
+
+@registry.subscribe
+class Routed(Operation):
+    def build_tasks(self, **kwargs):
+        return [Step(params={"index": 0}), HeavyStep(params={"index": 1})]
+
+
+@registry.subscribe
+class Announced(Operation):
+    ON_EXIT_NOTIFY = {"topic": "exits", "payload": {"insert": 1}}
+    TTL_STRATEGY = {"seconds_after_success": 0}
+
+    def build_tasks(self, **kwargs):
+        return [Step(params={"index": 0})]
+
+
+for _cls in (Step, FailingStep, FlakyStep, HeavyStep):
+    registry.subscribe(_cls)

@@ -17,11 +17,14 @@ def test_version(runner):
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_demo_rolls_three_dice(runner):
-    result = runner.invoke(main, ["--log-level", "WARNING", "demo"])
+def test_demo_rolls_three_dice_each_a_task_of_its_own(runner, tmp_path):
+    result = runner.invoke(main, ["--log-level", "WARNING", "demo", "--store-url",
+                                  f"sqlite:///{tmp_path}/demo.db"])
     assert result.exit_code == 0, result.output
-    assert "DiceLaunch finished with retcode 0: rolled 3 dice" in result.output
-    rolls = result.output.split("dice: ")[1].split(" (total")[0].split(", ")
+    assert "kser.demo.DiceLaunch[" in result.output and "]: SUCCESS" in result.output
+    assert result.output.count("kser.demo.DiceRoll[") == 3
+    assert result.output.count(": SUCCESS (attempt 1, worker ") == 3
+    rolls = result.output.split("rolled 3 dice: ")[1].split(" (total")[0].split(", ")
     assert len(rolls) == 3 and all(1 <= int(r) <= 6 for r in rolls)
 
 

@@ -131,43 +131,22 @@ def test_task_log_prefix_is_exact(caplog):
     assert record.kmsg["uuid"] == "t-1"
 
 
-def test_operation_builds_its_tasks_and_runs_them_in_order():
+def test_operation_build_returns_the_operation_with_its_tasks():
     op = tasks.ThreeSteps(params={"name": "n"})
     assert op.build() is op  # build returns finalize(), i.e. the operation
+    # every task receives the operation's params overlaid with its own
     assert [t.params for t in op.tasks] == [{"name": "n", "index": i} for i in range(3)]
-    result = op.execute()
-    assert tasks.CALLS == ["step0", "step1", "step2"]
-    # every task saw the retval of the ones before it
-    assert result.retval["seen"] == [0, 1, 2]
-    assert op.status == "SUCCESS"
-    assert [t.status for t in op.tasks] == ["SUCCESS"] * 3
+    assert [t.status for t in op.tasks] == ["PENDING"] * 3
 
 
-def test_operation_from_a_message_builds_itself():
-    op = tasks.ThreeSteps.from_Message(tasks.ThreeSteps(params={"name": "n"}).to_Message())
-    assert op.execute().retval["seen"] == [0, 1, 2]
+def test_required_fields_of_operation_and_tasks_are_checked_at_build():
+    from cdumay_error.types import ValidationError
 
-
-def test_failing_task_stops_the_operation():
-    statuses = []
-
-    class Watched(tasks.FailsInTheMiddle):
-        def set_status(self, status, result=None):
-            statuses.append(status)
-            super().set_status(status, result)
-
-    op = Watched()
-    result = op.execute()
-    assert result.retcode == 400 and "step refused its input" in result.stderr
-    assert tasks.CALLS == ["step0", "failing"]
-    assert [t.status for t in op.tasks] == ["SUCCESS", "FAILED", "PENDING"]
-    assert statuses == ["RUNNING", "FAILED"]
-
-
-def test_required_fields_of_operation_and_tasks_are_checked_before_anything_runs():
-    assert "Missing parameter: name" in tasks.ThreeSteps().execute().stderr
-    result = tasks.NeedsTaskParam().execute()
-    assert "Missing parameter: text (required by tests.unit.tasks.Echo" in result.stderr
+    with pytest.raises(ValidationError, match="Missing parameter: name"):
+        tasks.ThreeSteps().build()
+    with pytest.raises(ValidationError,
+                       match=r"Missing parameter: text \(required by tests\.unit\.tasks\.Echo"):
+        tasks.NeedsTaskParam().build()
     assert tasks.CALLS == []
 
 

@@ -1,0 +1,337 @@
+"""The durable sequencer, state transition by state transition (memory transport + SQLite)."""
+
+import json
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from kser.memory.broker import get_broker
+from kser.memory.consumer import Consumer
+from kser.memory.producer import Producer
+from kser.schemas import Message
+from kser.store import Store
+from tests.unit import tasks
+
+TOPICS = ["ops", "heavy"]
+
+
+class Harness:
+    """A store, a memory broker and the registry of tests.unit.tasks bound to them."""
+
+    def __init__(self, broker_name, store_url, monkeypatch):
+        self.broker = get_broker(broker_name)
+        self.store = Store(store_url)
+        self.registry = tasks.registry
+        self.statuses: list[tuple[str, str]] = []
+        monkeypatch.setattr(self.registry.sequencer, "_store", self.store)
+        monkeypatch.setattr(self.registry, "_producer", Producer({"broker": broker_name}))
+        monkeypatch.setattr(self.registry.controller, "producer", None)
+        monkeypatch.setattr(self.registry.settings, "topic", "ops")
+        statuses = self.statuses
+
+        def set_status(op, status, result=None):
+            statuses.append((type(op).__name__, status))
+            op.status = status
+
+        from kser.sequencing.operation import Operation
+
+        monkeypatch.setattr(Operation, "set_status", set_status)
+
+    def drain(self, topics=TOPICS):
+        consumer = Consumer({"broker": self.broker.name, "group_id": "workers"}, topics)
+        consumer.REGISTRY = self.registry.controller
+        consumer.run(until_idle=True)
+        return consumer
+
+    def operation(self, op_id):
+        with self.store.transaction() as tx:
+            return tx.get_operation(op_id), tx.get_tasks(op_id)
+
+    def attempts(self, task_id):
+        with self.store.transaction() as tx:
+            return tx.get_attempts(task_id)
+
+    def messages(self, topic):
+        return [json.loads(r.value) for r in self.broker.records(topic)]
+
+
+@pytest.fixture
+def h(memory_broker_name, tmp_path, monkeypatch):
+    tasks.CALLS.clear()
+    tasks.FLAKY["fail"] = True
+    harness = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
+    yield harness
+    harness.store.close()
+
+
+def test_launch_stores_everything_and_sends_only_the_first_task(h):
+    op = tasks.ThreeSteps(params={"name": "n"})
+    result = op.launch()
+    assert result.retcode == 0, result.stderr
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "RUNNING" and row["topic"] == "ops"
+    assert [t["status"] for t in task_rows] == ["PENDING"] * 3
+    sent = h.messages("ops")
+    assert len(sent) == 1
+    assert sent[0]["uuid"] == task_rows[0]["id"]
+    assert sent[0]["metadata"]["kser"] == {"operation_id": op.uuid, "task_id": task_rows[0]["id"]}
+    assert ("ThreeSteps", "RUNNING") in h.statuses
+    assert tasks.CALLS == []  # nothing runs in the producer
+
+
+def test_an_operation_runs_task_by_task_each_seeing_the_previous_result(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "SUCCESS" and row["finished_at"] is not None
+    assert row["result"]["retval"]["seen"] == [0, 1, 2]
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+    for task in task_rows:
+        assert task["status"] == "SUCCESS" and task["attempt"] == 1
+        assert [a["status"] for a in h.attempts(task["id"])] == ["SUCCESS"]
+    # task n received exactly what task n-1 left
+    assert [t["result"]["retval"]["seen"] for t in task_rows] == [[0], [0, 1], [0, 1, 2]]
+    assert h.statuses == [("ThreeSteps", "RUNNING"), ("ThreeSteps", "SUCCESS")]
+    assert len(h.messages("ops")) == 3  # one message per task
+    assert h.broker.lag("workers", ["ops"]) == 0
+
+
+def test_an_operation_message_from_any_producer_is_built_and_run(h):
+    Producer({"broker": h.broker.name}).send(
+        "ops", Message("op-1", tasks.ThreeSteps.path, params={"name": "x"}))
+    h.drain()
+    row, task_rows = h.operation("op-1")
+    assert row["status"] == "SUCCESS" and len(task_rows) == 3
+    assert all(t["params"]["name"] == "x" for t in task_rows)
+
+
+def test_missing_required_params_store_and_send_nothing(h):
+    op = tasks.NeedsTaskParam()
+    result = op.launch()
+    assert result.retcode == 400 and "Missing parameter: text" in result.stderr
+    assert h.operation(op.uuid)[0] is None and h.messages("ops") == []
+    with pytest.raises(Exception, match="was not sent: Missing parameter: name"):
+        tasks.ThreeSteps().send()
+
+
+def test_a_failing_task_fails_the_operation_and_later_tasks_never_run(h):
+    op = tasks.FailsInTheMiddle().send()
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "FAILED"
+    assert "step refused its input" in row["result"]["stderr"]
+    assert [t["status"] for t in task_rows] == ["SUCCESS", "FAILED", "PENDING"]
+    assert tasks.CALLS == ["step0", "failing"]
+    assert h.attempts(task_rows[1]["id"])[0]["error"].endswith("step refused its input")
+    assert h.statuses[-1] == ("FailsInTheMiddle", "FAILED")
+
+
+def test_recover_restarts_from_the_failed_task_keeping_earlier_results(h):
+    op = tasks.WithFlaky().send()
+    h.drain()
+    assert h.operation(op.uuid)[0]["status"] == "FAILED"
+    tasks.FLAKY["fail"] = False
+    assert h.registry.sequencer.recover(op.uuid).retcode == 0
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "SUCCESS"
+    assert tasks.CALLS == ["step0", "flaky1", "flaky2", "step2"]  # step0 did not run again
+    assert task_rows[1]["attempt"] == 2
+    assert [a["status"] for a in h.attempts(task_rows[1]["id"])] == ["FAILED", "SUCCESS"]
+    assert row["result"]["retval"] == {"seen": [0, 2], "flaky": 2}
+    assert h.registry.sequencer.recover(op.uuid).retcode == 409  # only a FAILED one
+
+
+def test_task_logs_are_stored_per_task_and_attempt(h):
+    op = tasks.WithFlaky().send()
+    h.drain()
+    tasks.FLAKY["fail"] = False
+    h.registry.sequencer.recover(op.uuid)
+    h.drain()
+    flaky = h.operation(op.uuid)[1][1]
+    with h.store.transaction() as tx:
+        logs = tx.get_logs(flaky["id"])
+    assert [(log["attempt"], log["message"].split(": ")[-1]) for log in logs] == [
+        (1, "attempt 1"), (2, "attempt 2")]
+    prefix = f"FlakyStep.RUNNING: tests.unit.tasks.FlakyStep[{flaky['id']}]: "
+    assert logs[0]["message"] == prefix + "attempt 1"
+
+
+def test_a_duplicate_message_of_a_finished_task_runs_nothing(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain()
+    first_task_message = h.broker.records("ops")[0]
+    h.broker.produce("ops", first_task_message.value, first_task_message.key)
+    h.drain()
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+    assert len(h.messages("ops")) == 4  # the duplicate, and nothing it caused
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_a_duplicate_operation_message_is_not_stored_twice(h):
+    producer = Producer({"broker": h.broker.name})
+    kmsg = Message("op-dup", tasks.ThreeSteps.path, params={"name": "x"})
+    producer.send("ops", kmsg)
+    producer.send("ops", kmsg)
+    h.drain()
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+    assert h.operation("op-dup")[0]["status"] == "SUCCESS"
+
+
+def test_unsent_outbox_rows_are_resent_by_a_duplicate(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    with h.store.transaction() as tx:  # as if the sender died before marking it sent
+        tx.connection.exec_driver_sql("UPDATE kser_outbox SET sent_at = NULL")
+    h.registry.sequencer.submit(tasks.ThreeSteps(uuid=op.uuid, params={"name": "n"}), "ops")
+    assert len(h.messages("ops")) == 2  # the first task's message, sent again
+    h.drain()
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+
+
+def claim(h, task_id, worker, lease_until, now, attempt=0):
+    with h.store.transaction() as tx:
+        return tx.claim_task(task_id, attempt, worker, lease_until, now)
+
+
+def test_two_workers_racing_for_a_task_one_wins(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    assert claim(h, task_id, "a:1", 2e9, 1e9) is True
+    assert claim(h, task_id, "b:2", 2e9, 1e9) is False
+
+
+def test_a_task_running_on_a_live_worker_is_not_started_twice(h, monkeypatch):
+    import time
+
+    monkeypatch.setattr(h.registry.settings, "task_lease", 0.4)
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    # another worker holds the task with a lease it keeps renewing (far in the future)
+    assert claim(h, task_id, "other:1", time.time() + 3600, time.time())
+    h.drain()
+    assert tasks.CALLS == []
+    task = h.operation(op.uuid)[1][0]
+    assert task["status"] == "RUNNING" and task["worker"] == "other:1" and task["attempt"] == 1
+
+
+def test_a_task_whose_worker_died_is_taken_over_after_its_lease(h):
+    import time
+
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    # a worker claimed it and died: its lease is past, its message is redelivered
+    assert claim(h, task_id, "dead:1", time.time() - 1, time.time() - 31)
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "SUCCESS" and task_rows[0]["attempt"] == 2
+    first, second = h.attempts(task_id)
+    assert (first["worker"], first["status"]) == ("dead:1", "FAILED")
+    assert first["error"].startswith("lease expired: its worker stopped; taken over by ")
+    assert second["status"] == "SUCCESS"
+
+
+def test_the_sweep_re_sends_a_task_whose_worker_died_after_its_message_was_acked(h):
+    import time
+
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain(topics=["unrelated"])  # nothing consumed yet
+    consumer = Consumer({"broker": h.broker.name, "group_id": "workers"}, ["ops"])
+    consumer._commit({("ops", 0): 1})  # the message was acknowledged by a worker...
+    consumer._close()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    assert claim(h, task_id, "dead:1", time.time() - 1, time.time() - 31)  # ...that died
+    assert h.registry.sequencer.sweep(force=True) == 1
+    h.drain()
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+
+
+def test_tasks_can_name_their_own_topic(h):
+    op = tasks.Routed().send()
+    h.drain(topics=["ops"])
+    assert h.operation(op.uuid)[0]["status"] == "RUNNING"
+    assert [m["entrypoint"] for m in h.messages("heavy")] == [tasks.HeavyStep.path]
+    h.drain(topics=["heavy"])
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_cancel_stops_an_operation(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    assert h.registry.sequencer.cancel(op.uuid).retcode == 0
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "CANCELED"
+    assert [t["status"] for t in task_rows] == ["CANCELED"] * 3
+    assert tasks.CALLS == []
+    assert h.statuses[-1] == ("ThreeSteps", "CANCELED")
+    assert h.registry.sequencer.cancel(op.uuid).retcode == 409
+
+
+def test_run_from_resets_a_task_and_what_follows(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain()
+    second = h.operation(op.uuid)[1][1]["id"]
+    assert h.registry.sequencer.run_from(op.uuid, second).retcode == 0
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert tasks.CALLS == ["step0", "step1", "step2", "step1", "step2"]
+    assert row["status"] == "SUCCESS" and row["result"]["retval"]["seen"] == [0, 1, 2]
+    assert [t["attempt"] for t in task_rows] == [1, 2, 2]
+
+
+def test_run_one_runs_one_task_without_continuing(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain()
+    second = h.operation(op.uuid)[1][1]["id"]
+    assert h.registry.sequencer.run_one(op.uuid, second).retcode == 0
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert tasks.CALLS == ["step0", "step1", "step2", "step1"]
+    assert row["status"] == "SUCCESS"
+    assert task_rows[1]["attempt"] == 2 and task_rows[1]["result"]["retval"]["seen"] == [0, 1]
+
+
+def test_exit_notification_and_retention(h):
+    op = tasks.Announced().send()
+    h.drain()
+    [exit_message] = h.messages("exits")
+    assert exit_message["params"] == {"operation_id": op.uuid, "operation": tasks.Announced.path,
+                                      "status": "SUCCESS", "payload": {"insert": 1}}
+    assert exit_message["entrypoint"] == "kser.operation.exit"
+    assert h.registry.sequencer.purge() == 1
+    assert h.operation(op.uuid) == (None, [])
+
+
+def test_retention_none_keeps_operations(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain()
+    assert h.registry.sequencer.purge() == 0
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_a_task_message_for_an_unknown_operation_is_dead_lettered(h):
+    h.broker.produce("ops", Message("t-1", tasks.Step.path, params={"index": 0}, metadata={
+        "kser": {"operation_id": "gone", "task_id": "t-1"}}).dumps().encode())
+    h.drain()
+    [dead] = h.broker.records("ops.dlq")
+    assert b"is not in the store" in dict(dead.headers)["kser-error"]
+    assert tasks.CALLS == []
+
+
+def test_an_unreachable_store_means_the_message_is_processed_again(h, monkeypatch):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    real = h.store.transaction
+    failures = [1]
+
+    def flaky_transaction():
+        if failures:
+            failures.pop()
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return real()
+
+    monkeypatch.setattr(h.store, "transaction", flaky_transaction)
+    monkeypatch.setattr(h.registry.settings, "redo_backoff", 0)
+    consumer = h.drain()
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+    assert tasks.CALLS == ["step0", "step1", "step2"]
+    assert consumer.processed == 3
