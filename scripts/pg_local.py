@@ -66,8 +66,11 @@ class PostgresServer:
         command = [str(self.bin / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, check=check, capture_output=True, text=True,
-                              cwd="/tmp")
+        done = subprocess.run(command, capture_output=True, text=True, cwd="/tmp")
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()}")
+        return done
 
     def start(self, timeout: float = START_TIMEOUT) -> PostgresServer:
         """Create the cluster if needed, start it, create database ``kser``."""

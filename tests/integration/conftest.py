@@ -5,8 +5,10 @@ When it cannot start, the tests that need it are skipped, unless
 """
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from kafka_local import KafkaBroker  # noqa: E402
+from pg_local import PostgresServer  # noqa: E402
 
 #: seconds any wait on a worker or a topic may take before the test fails
 WAIT = 60
@@ -30,11 +33,53 @@ def kafka(tmp_path_factory):
         broker.start()
     except Exception as exc:
         broker.stop()
-        if os.environ.get("KSER_REQUIRE_KAFKA") == "1":
-            pytest.fail(f"KSER_REQUIRE_KAFKA=1 and the Kafka broker did not start: {exc}")
-        pytest.skip(f"no Kafka broker: {exc}")
+        _required("the Kafka broker", exc)
     yield broker
     broker.stop()
+
+
+def _required(what: str, exc: Exception):
+    if os.environ.get("KSER_REQUIRE_KAFKA") == "1":
+        pytest.fail(f"KSER_REQUIRE_KAFKA=1 and {what} did not start: {exc}")
+    pytest.skip(f"no {what}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A running PostgreSQL server (Debian's packages) started by scripts/pg-local."""
+    # not under pytest's tmp folder: as root, the server runs as `postgres`, which
+    # cannot enter root's private folders
+    workdir = Path(tempfile.mkdtemp(prefix="kser-pg-"))
+    workdir.chmod(0o755)
+    server = PostgresServer(workdir)
+    try:
+        server.start()
+    except Exception as exc:  # reported as skip or failure
+        server.stop()
+        _required("PostgreSQL", exc)
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"kser_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=kser dbname=kser",
+                         autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A new store shared by every process of the test: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/kser.db"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The documented dice example, as written, with two consumer processes on a real broker."""
 
 import sys
+import time
 import uuid
 
 import pytest
@@ -13,10 +14,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def dice(kafka, topic, processes):
-    """Two `python examples/dice/consumer.py` processes of one group, and a send function."""
+def dice(kafka, topic, processes, store_url):
+    """Two `python examples/dice/consumer.py` processes of one group sharing a store
+    (SQLite, then PostgreSQL), and a send function."""
     env = {"KSER_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "KSER_TOPIC": topic,
-           "KSER_GROUP": f"dice-{uuid.uuid4().hex[:6]}"}
+           "KSER_GROUP": f"dice-{uuid.uuid4().hex[:6]}", "KSER_STORE_URL": store_url}
     consumers = [processes.start([sys.executable, "examples/dice/consumer.py"], env=env,
                                  name=f"consumer{i}") for i in range(2)]
     for consumer in consumers:
@@ -37,8 +39,6 @@ def combined(consumers):
 
 
 def wait_for_count(consumers, text, count, timeout=WAIT):
-    import time
-
     deadline = time.monotonic() + timeout
     while combined(consumers).count(text) < count and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -54,19 +54,26 @@ def test_the_producer_script_runs_a_roll(dice, processes):
     assert "You made a " in combined(consumers)
 
 
-def test_dice_launch_rolls_three_dice(dice):
+def test_dice_launch_rolls_three_dice_each_a_message_run_by_a_consumer(dice, store_url):
     consumers, send, _ = dice
     op_id = send("__main__.DiceLaunch")
-    assert wait_for_count(consumers, f"DiceLaunch.Success: __main__.DiceLaunch[{op_id}]", 1) == 1
+    # each roll went through Kafka: a consumer logged that it processed a DiceRoll record
+    assert wait_for_count(consumers, "processed __main__.DiceRoll[", 3) == 3
     assert combined(consumers).count("DiceRoll.Success: __main__.DiceRoll[") == 3
+    # the operation and its three tasks are in the shared store, all SUCCESS
+    from kser.store import Store
 
-
-@pytest.mark.xfail(strict=True, reason="issue 3: the durable sequencing engine is not built "
-                   "yet; a DiceLaunch runs its rolls inline on the consumer that received it "
-                   "instead of emitting each roll as a message of its own")
-def test_each_roll_is_a_message_of_its_own_processed_by_a_consumer(dice):
-    consumers, send, _ = dice
-    op_id = send("__main__.DiceLaunch")
-    assert wait_for_count(consumers, f"DiceLaunch.Success: __main__.DiceLaunch[{op_id}]", 1) == 1
-    # each roll went through Kafka: a worker logged that it processed a DiceRoll record
-    assert wait_for_count(consumers, "processed __main__.DiceRoll[", 3, timeout=15) == 3
+    store = Store(store_url)
+    try:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            with store.transaction() as tx:
+                op, tasks = tx.get_operation(op_id), tx.get_tasks(op_id)
+            if op and op["status"] == "SUCCESS":
+                break
+            time.sleep(0.2)
+        assert op["status"] == "SUCCESS"
+        assert [t["status"] for t in tasks] == ["SUCCESS"] * 3
+        assert all(t["result"]["stdout"].startswith("You made a ") for t in tasks)
+    finally:
+        store.close()
