@@ -1,4 +1,5 @@
-"""Shared fixtures. The broker and database fixtures live in tests/integration."""
+"""Shared fixtures. Those of real infrastructure (Kafka, PostgreSQL, processes) are in
+tests/infra.py and only start when a test asks for them."""
 
 import itertools
 import os
@@ -20,3 +21,8 @@ def memory_broker_name():
     name = f"test-{next(_names)}"
     yield name
     drop_broker(name)
+
+
+from tests.infra import kafka, pg_url, postgres, processes, store_url, topic  # noqa: E402
+
+__all__ = ["kafka", "pg_url", "postgres", "processes", "store_url", "topic"]

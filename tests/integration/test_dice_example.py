@@ -8,7 +8,7 @@ import pytest
 
 from kser.python_kafka.producer import Producer
 from kser.schemas import Message
-from tests.integration.conftest import WAIT
+from tests.infra import WAIT
 
 pytestmark = pytest.mark.integration
 

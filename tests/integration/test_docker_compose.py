@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.infra import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from cdumay_result import Result
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
-from tests.integration.conftest import WAIT, group_lag, read_topic
+from tests.infra import WAIT, group_lag, read_topic
 from tests.integration.workload import Slow, markers
 
 pytestmark = pytest.mark.integration

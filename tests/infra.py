@@ -1,7 +1,10 @@
-"""A real Apache Kafka broker for the whole session, started by scripts/kafka-local.
+"""Real infrastructure for integration and acceptance tests, and helpers to watch it.
 
-When it cannot start, the tests that need it are skipped, unless
+A real Apache Kafka broker (scripts/kafka-local) and a real PostgreSQL
+(scripts/pg-local), each started once per session and stopped at its end.
+When one cannot start, the tests that need it are skipped, unless
 ``KSER_REQUIRE_KAFKA=1`` (set by .ci/run): then it is a failure.
+The fixtures are made available to every test folder by tests/conftest.py.
 """
 
 import os
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from kafka_local import KafkaBroker  # noqa: E402

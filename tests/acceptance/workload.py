@@ -1,0 +1,41 @@
+"""The operations the acceptance tests run in real `kser worker` processes."""
+
+import os
+import time
+
+from cdumay_result import Result
+
+from kser.sequencing.operation import Operation
+from kser.sequencing.registry import OperationRegistry
+from kser.sequencing.task import Task
+
+registry = OperationRegistry()
+
+
+@registry.subscribe
+class Hop(Task):
+    """Checks it saw every hop before it in ``retval["hops"]``, then adds its own index.
+
+    With ``fail_at == index`` it fails until the file ``fixed`` names exists.
+    """
+
+    REQUIRED_FIELDS = ("index",)
+
+    def run(self):
+        index = self.params["index"]
+        seen = list(self.result.retval.get("hops", []))
+        if seen != list(range(index)):
+            return Result(uuid=self.uuid, retcode=500, stderr=f"hop {index} saw {seen}")
+        if self.params.get("fail_at") == index and not os.path.exists(self.params["fixed"]):
+            return Result(uuid=self.uuid, retcode=500, stderr=f"hop {index} fails on purpose")
+        time.sleep(float(self.params.get("sleep", 0.02)))
+        self.log(f"hop {index} after {seen}")
+        return Result(uuid=self.uuid, stdout=f"hop {index}", retval={"hops": [*seen, index]})
+
+
+@registry.subscribe
+class Chain(Operation):
+    """``hops`` Hop tasks in a row."""
+
+    def build_tasks(self, hops=5, **kwargs):
+        return [Hop(params={"index": i}) for i in range(int(hops))]
