@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 import uuid
 from types import ModuleType
 
@@ -175,6 +176,27 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: 
     if result.retcode >= 300:
         raise KserCliError(result.stderr)
     click.echo(kmsg.uuid)
+
+
+@main.command()
+@click.option("--store-url", default=None, help="Store [env KSER_STORE_URL, sqlite:///kser.db].")
+@click.pass_obj
+def purge(settings: Settings, store_url: str | None) -> None:
+    """Delete finished operations whose retention (TTL_STRATEGY) has expired."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kser.store import Store
+
+    url = store_url or settings.store_url
+    try:
+        store = Store(url)
+        with store.transaction() as tx:
+            count = tx.purge(time.time())
+        store.close()
+    except (SQLAlchemyError, RuntimeError) as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise KserCliError(f"store {url} failed: {reason}") from None
+    click.echo(f"purged {count} operation(s)")
 
 
 @main.command()

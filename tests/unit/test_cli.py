@@ -65,3 +65,30 @@ def test_send_refuses_a_message_over_the_size_limit(runner, monkeypatch):
     result = runner.invoke(main, ["send", "a.B", "--topic", "t", "--transport", "memory",
                                   "--params", '{"blob": "' + "x" * 200 + '"}'])
     assert result.exit_code == 1 and "over the 100-byte limit" in result.output
+
+
+def test_purge_applies_retention(runner, tmp_path):
+    import time
+
+    from kser.store import Store
+
+    url = f"sqlite:///{tmp_path}/purge.db"
+    store = Store(url)
+    with store.transaction() as tx:
+        for op_id, ttl in (("old", {"seconds_after_success": 10}), ("kept", None)):
+            tx.insert_operation(dict(id=op_id, entrypoint="x.Op", status="SUCCESS", params={},
+                                     metadata={}, topic="t", ttl_strategy=ttl,
+                                     created_at=time.time() - 100,
+                                     updated_at=time.time() - 100,
+                                     finished_at=time.time() - 100))
+    result = runner.invoke(main, ["purge", "--store-url", url])
+    assert result.exit_code == 0 and "purged 1 operation(s)" in result.output
+    with store.transaction() as tx:
+        assert tx.get_operation("old") is None and tx.get_operation("kept") is not None
+    store.close()
+
+
+def test_purge_with_a_bad_store_is_one_line(runner, tmp_path):
+    result = runner.invoke(main, ["purge", "--store-url", "postgresql+psycopg://x@127.0.0.1:9/x"])
+    assert result.exit_code == 1 and result.output.startswith("kser: store ")
+    assert len(result.output.strip().splitlines()) == 1
