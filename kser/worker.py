@@ -14,6 +14,7 @@ client: ``_poll``, ``_commit``, ``_seek``, ``_close`` and ``_new_producer``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer")
 
 TopicPartition = tuple[str, int]
+
+_consumer_numbers = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,10 @@ class BaseConsumer:
         self.config = dict(config)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.settings = settings or Settings()
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # host:pid, and a suffix for the 2nd, 3rd... consumer of one process: the store
+        # tells workers apart by it
+        number = next(_consumer_numbers)
+        self.name = f"{socket.gethostname()}:{os.getpid()}" + (f"-{number}" if number > 1 else "")
         self._producer = producer
         self._stopping = threading.Event()
         self._exit_when_idle = False

@@ -195,7 +195,7 @@ class Sequencer:
                         f"Task {task_id} of operation {operation_id} is not in the store "
                         f"({self.store}): purged, or sent to consumers of another store",
                         extra=dict(uuid=kmsg.uuid))
-                verdict = _verdict(task, op, mode, now)
+                verdict = _verdict(task, op, mode, now, worker)
                 if verdict == "run" and tx.claim_task(task_id, task["attempt"], worker,
                                                      now + lease, now):
                     attempt = task["attempt"] + 1
@@ -456,10 +456,12 @@ class Sequencer:
         return task
 
 
-def _verdict(task, op, mode: str | None, now: float) -> str:
+def _verdict(task, op, mode: str | None, now: float, worker: str) -> str:
     """What a task message should do: "run", "wait" (live elsewhere) or "done"."""
     if task["status"] == RUNNING:
         lease = task["lease_expires_at"]
+        if task["worker"] == worker:  # this worker was interrupted (e.g. store down): redo
+            return "run"
         return "run" if lease is None or lease < now else "wait"
     if task["status"] != PENDING:
         return "done"

@@ -81,7 +81,8 @@ class Tx:
 
     def claim_task(self, task_id: str, attempt: int, worker: str, lease_until: float,
                    now: float) -> bool:
-        """Start attempt ``attempt + 1`` if the task is PENDING or its RUNNING lease expired.
+        """Start attempt ``attempt + 1`` if the task is PENDING, or RUNNING with an expired
+        lease or on this very worker (which is not running it any more: it is here).
 
         A compare-and-set on (status, attempt): of two workers racing for the
         same task, exactly one gets True.
@@ -91,7 +92,8 @@ class Tx:
             update(schema.tasks)
             .where(and_(task.id == task_id, task.attempt == attempt,
                         or_(task.status == "PENDING",
-                            and_(task.status == "RUNNING", task.lease_expires_at < now))))
+                            and_(task.status == "RUNNING",
+                                 or_(task.lease_expires_at < now, task.worker == worker)))))
             .values(status="RUNNING", attempt=attempt + 1, worker=worker,
                     lease_expires_at=lease_until, started_at=now, finished_at=None)
         ).rowcount == 1

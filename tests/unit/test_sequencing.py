@@ -335,3 +335,19 @@ def test_an_unreachable_store_means_the_message_is_processed_again(h, monkeypatc
     assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
     assert tasks.CALLS == ["step0", "step1", "step2"]
     assert consumer.processed == 3
+
+
+def test_a_task_this_worker_left_running_is_redone_at_once(h):
+    """The store failed after the task ran: the same worker redoes it, no lease wait."""
+    import time
+
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    consumer = Consumer({"broker": h.broker.name, "group_id": "workers"}, TOPICS)
+    consumer.REGISTRY = h.registry.controller
+    assert claim(h, task_id, consumer.name, time.time() + 3600, time.time())
+    started = time.monotonic()
+    consumer.run(until_idle=True)
+    assert time.monotonic() - started < 5
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+    assert h.operation(op.uuid)[1][0]["attempt"] == 2
