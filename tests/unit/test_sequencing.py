@@ -351,3 +351,22 @@ def test_a_task_this_worker_left_running_is_redone_at_once(h):
     assert time.monotonic() - started < 5
     assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
     assert h.operation(op.uuid)[1][0]["attempt"] == 2
+
+
+def test_a_flask_view_launches_an_operation(h):
+    from flask import Flask, jsonify
+
+    app = Flask(__name__)
+    h.registry.init_app(app)
+
+    @app.post("/operations")
+    def launch():
+        operation = tasks.ThreeSteps(params={"name": "from flask"}).send()
+        return jsonify(id=operation.uuid), 202
+
+    response = app.test_client().post("/operations")
+    assert response.status_code == 202
+    op_id = response.get_json()["id"]
+    h.drain()
+    row, task_rows = h.operation(op_id)
+    assert row["status"] == "SUCCESS" and task_rows[0]["params"]["name"] == "from flask"

@@ -1,0 +1,65 @@
+"""The store's schema versioning and retention rules (SQLite)."""
+
+import time
+
+import pytest
+from sqlalchemy import inspect
+
+from kser.store import Store, schema
+from kser.store.migrations import current_version, migrate
+from kser.store.store import _expired
+
+
+def test_a_new_store_is_migrated_to_the_current_version(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/a.db")
+    assert current_version(store.engine) == schema.SCHEMA_VERSION == 1
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"kser_operations", "kser_tasks", "kser_task_dependencies", "kser_attempts",
+            "kser_task_logs", "kser_outbox", "kser_schema_version"} <= tables
+    assert migrate(store.engine) == 1  # idempotent
+    store.close()
+
+
+def test_a_store_newer_than_this_kser_is_refused(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/b.db")
+    with store.engine.begin() as connection:
+        connection.execute(schema.schema_version.insert().values(version=99, applied_at=0))
+    with pytest.raises(RuntimeError, match="newer than this kser"):
+        Store(f"sqlite:///{tmp_path}/b.db")
+    store.close()
+
+
+@pytest.mark.parametrize("status, ttl, age, expired", [
+    ("SUCCESS", {"seconds_after_success": 60}, 61, True),
+    ("SUCCESS", {"seconds_after_success": 60}, 59, False),
+    ("FAILED", {"seconds_after_success": 60}, 600, False),
+    ("FAILED", {"seconds_after_failure": 60}, 61, True),
+    ("CANCELED", {"seconds_after_completion": 10}, 11, True),
+    ("SUCCESS", {"seconds_after_completion": 10, "seconds_after_success": 100}, 11, True),
+    ("SUCCESS", None, 10**9, False),
+])
+def test_retention_rules(status, ttl, age, expired):
+    now = time.time()
+    assert _expired(status, now - age, ttl, now) is expired
+
+
+def test_purge_deletes_an_operation_with_everything_it_owns(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/c.db")
+    now = time.time()
+    with store.transaction() as tx:
+        tx.insert_operation(dict(id="op", entrypoint="x.Op", status="SUCCESS", params={},
+                                 metadata={}, topic="t", created_at=now, updated_at=now,
+                                 finished_at=now - 10,
+                                 ttl_strategy={"seconds_after_success": 1}))
+        tx.insert_tasks([dict(id=f"t{i}", operation_id="op", position=i, entrypoint="x.T",
+                              status="SUCCESS", params={}, metadata={}, attempt=1)
+                         for i in range(2)], [("t1", "t0")])
+        tx.add_logs("t0", 1, [(now, 20, "hello")])
+        tx.add_outbox("op", "t", b"k", b"v")
+    with store.transaction() as tx:
+        assert tx.purge(now) == 1
+    with store.engine.connect() as connection:
+        for table in schema.metadata.sorted_tables:
+            if table is not schema.schema_version:
+                assert connection.execute(table.select()).first() is None, table.name
+    store.close()
