@@ -53,9 +53,9 @@ class Settings:
     #: seconds a running task's lease lasts; renewed every third of it while the task runs.
     #: A task whose worker died is taken over once its lease expired.
     task_lease: float = field(default_factory=lambda: float(_env("KSER_TASK_LEASE", "30")))
-    #: seconds between two sweeps for expired leases and unsent outbox messages
+    #: seconds between two sweeps for due retries, expired leases and unsent messages
     sweep_interval: float = field(
-        default_factory=lambda: float(_env("KSER_SWEEP_INTERVAL", "10")))
+        default_factory=lambda: float(_env("KSER_SWEEP_INTERVAL", "1")))
     #: logging level of the ``kser`` command
     log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
 

@@ -54,6 +54,8 @@ class Entrypoint(metaclass=EntrypointMeta):
         self.result = result or Result(uuid=self.uuid)
         self.metadata = metadata or dict()
         self._init_error: Result | None = None
+        #: the exception the last :meth:`execute` caught (None when it raised nothing)
+        self.exception: BaseException | None = None
         self._post_init()
 
     # -- lifecycle hooks users override -------------------------------------------------
@@ -108,9 +110,11 @@ class Entrypoint(metaclass=EntrypointMeta):
 
     def execute(self, result: Result | None = None) -> Result:
         """Run the lifecycle and always return a ``Result``, never raise."""
+        self.exception = None
         try:
             return self.unsafe_execute(result=result)
-        except Exception as exc:
+        except Exception as exc:  # the safety net is the point
+            self.exception = exc
             return self._onerror(exception_result(exc, uuid=self.uuid))
 
     # -- conversions --------------------------------------------------------------------

@@ -37,6 +37,7 @@ from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.entry import Entrypoint
 from kser.results import is_success
 from kser.schemas import KSER_METADATA_KEY, Message
+from kser.sequencing.retries import backoff, should_retry
 from kser.sequencing.task import (
     CANCELED,
     FAILED,
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 _RESULTS = ResultSchema()
 #: entrypoint of the message sent when an operation ends, unless its exit_notify names one
 EXIT_ENTRYPOINT = "kser.operation.exit"
+#: seconds after which an undelayed outbox row still unsent was left by a dead worker
+UNSENT_GRACE = 10.0
 #: how long a duplicate message waits for a task another worker runs, in leases
 DUPLICATE_WAIT_LEASES = 1.5
 
@@ -216,19 +219,27 @@ class Sequencer:
         operation_id, task_id = task_row["operation_id"], task_row["id"]
         metadata = dict(task_row["metadata"] or {})
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
-        instance = entrypoint(uuid=task_id, params=task_row["params"], result=kmsg.result,
-                              metadata=metadata)
+        # a copy: Result's + changes its left side, and a retry must forward the original
+        forwarded = dump_result(kmsg.result)
+        instance = entrypoint(uuid=task_id, params=task_row["params"],
+                              result=load_result(forwarded), metadata=metadata)
         if isinstance(instance, Task):
             instance.status = RUNNING
         with _LeaseKeeper(self.store, task_id, attempt, self.settings.task_lease):
             result = instance.execute()
         success = is_success(result)
+        exception = getattr(instance, "exception", None)
+        retry_in = None
+        if (not success and mode != "one" and attempt <= getattr(entrypoint, "MAX_RETRIES", 0)
+                and should_retry(entrypoint, exception, result.retcode)):
+            retry_in = backoff(entrypoint, attempt, exception)
         now = time.time()
         transitions: list[tuple[str, dict | None]] = []
         with self.store.transaction() as tx:
             if not tx.finish_attempt(task_id, attempt, SUCCESS if success else FAILED,
                                      dump_result(result), now,
-                                     None if success else result.stderr):
+                                     None if success else result.stderr,
+                                     task_status=PENDING if retry_in is not None else None):
                 logger.warning("Task %s attempt %d finished after another worker took it "
                                "over: its result is discarded", task_id, attempt)
                 return result
@@ -236,6 +247,10 @@ class Sequencer:
             op = tx.get_operation(operation_id, lock=True)
             if mode == "one" or op["status"] != RUNNING:
                 pass  # run_one, or the operation was canceled meanwhile: nothing follows
+            elif retry_in is not None:
+                logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
+                               attempt, result.stderr, retry_in)
+                self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
             elif success:
                 if not self._emit_ready(tx, operation_id):
                     if all(t["status"] == SUCCESS for t in tx.get_tasks(operation_id)):
@@ -262,14 +277,14 @@ class Sequencer:
         return len(ready)
 
     def _queue_task(self, tx: Tx, op, task, forwarded: dict | None,
-                    mode: str | None = None) -> None:
+                    mode: str | None = None, due_at: float | None = None) -> None:
         metadata = dict(task["metadata"] or {})
         metadata[KSER_METADATA_KEY] = dict(operation_id=op["id"], task_id=task["id"],
                                            **({"mode": mode} if mode else {}))
         kmsg = Message(uuid=task["id"], entrypoint=task["entrypoint"], params=task["params"],
                        result=forwarded, metadata=metadata)
         key, value = self._producer().encode(kmsg)
-        tx.add_outbox(op["id"], task["topic"] or op["topic"], key, value)
+        tx.add_outbox(op["id"], task["topic"] or op["topic"], key, value, due_at)
 
     def _finish_operation(self, tx: Tx, operation_id: str, status: str,
                           result: dict | None) -> tuple[str, dict | None]:
@@ -321,7 +336,7 @@ class Sequencer:
         :raises RedoError: the broker did not acknowledge them (they stay unsent)
         """
         with self.store.transaction() as tx:
-            rows = tx.unsent(operation_id)
+            rows = tx.unsent(operation_id, now=time.time())
         if not rows:
             return 0
         producer = self._producer()
@@ -349,7 +364,7 @@ class Sequencer:
             return 0  # no operation runs here: nothing to sweep, no store to open
         self._last_sweep = time.monotonic()
         now = time.time()
-        grace = self.settings.sweep_interval
+        grace = UNSENT_GRACE
         with self.store.transaction() as tx:
             expired = tx.expired_tasks(now)
             for task in expired:
@@ -358,7 +373,7 @@ class Sequencer:
                 deps = tx.dependencies(op["id"]).get(task["id"], ())
                 self._queue_task(tx, op, task, _forwarded(op, tasks, deps))
             operations = {task["operation_id"] for task in expired}
-            operations.update(tx.operations_with_unsent(now - grace))
+            operations.update(tx.operations_with_unsent(now - grace, now))
         if expired:
             logger.warning("Sweep: %d task(s) whose worker stopped renewing its lease "
                            "re-sent", len(expired))

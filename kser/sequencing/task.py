@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
+from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
 from kser.entry import Entrypoint
+from kser.results import exception_result
 from kser.schemas import KSER_METADATA_KEY
+from kser.sequencing.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
+from kser.timelimit import TimeLimitExceeded, time_limit
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +26,30 @@ FINAL_STATUSES = frozenset({SUCCESS, FAILED, SKIPPED, CANCELED})
 class Task(Entrypoint):
     """A step of an operation, runnable alone too (a lone task needs no store).
 
+    Reliability settings, per class (see :mod:`kser.sequencing.retries`):
+    ``MAX_RETRIES``, ``RETRY_MIN_BACKOFF``/``RETRY_MAX_BACKOFF`` (seconds),
+    ``RETRY_ON``/``NEVER_RETRY`` (exception classes) and ``TIME_LIMIT``
+    (seconds). Retries apply to the tasks of operations (they need the store).
+
     :param uuid: task identifier (new UUID4 when omitted)
     :param params: task parameters
     :param status: one of PENDING, RUNNING, SUCCESS, FAILED, SKIPPED, CANCELED
     :param result: result forwarded from the previous task
     :param metadata: task context
     """
+
+    #: attempts after the first one when a failure is worth retrying (0: never retry)
+    MAX_RETRIES: int = 0
+    #: smallest wait before a retry, seconds (doubles each attempt)
+    RETRY_MIN_BACKOFF: float = DEFAULT_MIN_BACKOFF
+    #: largest wait before a retry, seconds
+    RETRY_MAX_BACKOFF: float = DEFAULT_MAX_BACKOFF
+    #: exceptions that are worth a retry
+    RETRY_ON: tuple[type[BaseException], ...] = (Exception,)
+    #: exceptions that are never retried, even if RETRY_ON matches
+    NEVER_RETRY: tuple[type[BaseException], ...] = (ValidationError,)
+    #: seconds a run may take before it is stopped and fails (None: no limit)
+    TIME_LIMIT: float | None = None
 
     def __init__(self, uuid: str | None = None, params: dict | None = None,
                  status: str = PENDING, result: Result | None = None,
@@ -60,6 +82,17 @@ class Task(Entrypoint):
         logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
         self.log_lines.append((time.time(), level, prefix + (str(message) % args if args
                                                               else str(message))))
+
+    def execute(self, result: Result | None = None) -> Result:
+        """Run the lifecycle (within ``TIME_LIMIT`` if set); always return a ``Result``."""
+        if self.TIME_LIMIT is None:
+            return super().execute(result)
+        try:
+            with time_limit(self.TIME_LIMIT):
+                return super().execute(result)
+        except TimeLimitExceeded as exc:  # delivered between the lifecycle and the block's end
+            self.exception = exc
+            return self._onerror(exception_result(exc, uuid=self.uuid))
 
     def _prerun(self) -> None:
         self.status = RUNNING

@@ -1,8 +1,11 @@
 """Versioned schema migrations, applied in order by :func:`migrate`.
 
 Each migration brings the schema from version ``n - 1`` to ``n`` and runs in
-its own transaction. Version 1 is the first schema; a later change appends a
-function here and bumps :data:`kser.store.schema.SCHEMA_VERSION`.
+its own transaction. Version 1 creates the tables as ``schema.py`` defines
+them today, so a later migration checks what already exists before it adds
+it: a new database gets every column from version 1, an old one gets it from
+the migration that introduced it. A change to the schema appends a function
+here and bumps :data:`kser.store.schema.SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,20 @@ def _v1(connection: Connection) -> None:
     schema.metadata.create_all(connection, tables=tables)
 
 
+def _v2(connection: Connection) -> None:
+    """Delayed messages (retries): ``kser_outbox.due_at``; indexes the sweep uses."""
+    columns = {c["name"] for c in inspect(connection).get_columns(schema.outbox.name)}
+    if "due_at" not in columns:
+        connection.execute(text("ALTER TABLE kser_outbox ADD COLUMN due_at FLOAT"))
+    for table, name, columns_sql in (
+            (schema.outbox.name, "ix_kser_outbox_due", "(sent_at, due_at)"),
+            (schema.tasks.name, "ix_kser_tasks_leases", "(status, lease_expires_at)")):
+        if name not in {i["name"] for i in inspect(connection).get_indexes(table)}:
+            connection.execute(text(f"CREATE INDEX {name} ON {table} {columns_sql}"))
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 
 
 def current_version(engine: Engine) -> int:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -82,6 +82,7 @@ tasks = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Index("ix_kser_tasks_operation", "operation_id", "position"),
+    Index("ix_kser_tasks_leases", "status", "lease_expires_at"),
 )
 
 task_dependencies = Table(
@@ -126,6 +127,9 @@ outbox = Table(
     Column("key", LargeBinary, nullable=True),
     Column("value", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
+    #: not to be sent before this time (a retry's backoff); NULL: at once
+    Column("due_at", Float, nullable=True),
     Column("sent_at", Float, nullable=True),
     Index("ix_kser_outbox_unsent", "operation_id", "sent_at"),
+    Index("ix_kser_outbox_due", "sent_at", "due_at"),
 )

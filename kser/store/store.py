@@ -120,13 +120,20 @@ class Tx:
             .values(lease_expires_at=lease_until)).rowcount == 1
 
     def finish_attempt(self, task_id: str, attempt: int, status: str, result: dict,
-                       now: float, error: str | None) -> bool:
-        """Record the end of attempt ``attempt``; False if another worker took the task over."""
+                       now: float, error: str | None, task_status: str | None = None) -> bool:
+        """Record the end of attempt ``attempt`` (``status``) and the task's new status
+        (``task_status``, default the same; PENDING for a retry, whose result is not kept).
+
+        False if another worker took the task over meanwhile: nothing is written.
+        """
         task = schema.tasks.c
+        task_status = task_status or status
         finished = self.connection.execute(
             update(schema.tasks)
             .where(and_(task.id == task_id, task.attempt == attempt, task.status == "RUNNING"))
-            .values(status=status, result=result, finished_at=now, lease_expires_at=None)
+            .values(status=task_status, result=None if task_status == "PENDING" else result,
+                    finished_at=None if task_status == "PENDING" else now,
+                    lease_expires_at=None)
         ).rowcount == 1
         if finished:
             self.connection.execute(
@@ -163,24 +170,30 @@ class Tx:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def operations_with_unsent(self, before: float) -> set[str]:
-        """Operations with outbox rows created before ``before`` and still unsent."""
+    def operations_with_unsent(self, before: float, now: float) -> set[str]:
+        """Operations with unsent rows: due ones, and undelayed ones created before ``before``."""
         box = schema.outbox.c
         return set(self.connection.execute(
             select(box.operation_id).distinct()
-            .where(and_(box.sent_at.is_(None), box.created_at < before))).scalars())
+            .where(and_(box.sent_at.is_(None),
+                        or_(box.due_at <= now,
+                            and_(box.due_at.is_(None), box.created_at < before))))).scalars())
 
     def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
-                   value: bytes) -> None:
+                   value: bytes, due_at: float | None = None) -> None:
+        """Queue a message; with ``due_at`` it is not sent before that time."""
         self.connection.execute(schema.outbox.insert().values(
             operation_id=operation_id, topic=topic, key=key, value=value,
-            created_at=time.time()))
+            created_at=time.time(), due_at=due_at))
 
-    def unsent(self, operation_id: str) -> list[RowMapping]:
-        return list(self.connection.execute(
-            select(schema.outbox).where(and_(schema.outbox.c.operation_id == operation_id,
-                                             schema.outbox.c.sent_at.is_(None)))
-            .order_by(schema.outbox.c.id)).mappings())
+    def unsent(self, operation_id: str, now: float | None = None) -> list[RowMapping]:
+        """The operation's unsent messages that are due (all of them when ``now`` is None)."""
+        box = schema.outbox.c
+        query = select(schema.outbox).where(and_(box.operation_id == operation_id,
+                                                 box.sent_at.is_(None)))
+        if now is not None:
+            query = query.where(or_(box.due_at.is_(None), box.due_at <= now))
+        return list(self.connection.execute(query.order_by(box.id)).mappings())
 
     def mark_sent(self, ids: list[int]) -> None:
         if ids:

@@ -114,3 +114,43 @@ class Announced(Operation):
 
 for _cls in (Step, FailingStep, FlakyStep, HeavyStep):
     registry.subscribe(_cls)
+
+
+FAILURES: dict[str, int] = {}
+
+
+@registry.subscribe
+class Unreliable(Task):
+    """Fails ``params["fail"]`` times in the way ``params["how"]`` says, then succeeds."""
+
+    MAX_RETRIES = 2
+    RETRY_MIN_BACKOFF = 0.05
+    RETRY_MAX_BACKOFF = 0.1
+    TIME_LIMIT = 1.0
+
+    def run(self):
+        import time as _time
+
+        from kser.sequencing.retries import Retry
+
+        CALLS.append(f"unreliable{self.attempt}")
+        if FAILURES.get(self.uuid, 0) < self.params["fail"]:
+            FAILURES[self.uuid] = FAILURES.get(self.uuid, 0) + 1
+            how = self.params["how"]
+            if how == "raise":
+                raise ConnectionError("backend unreachable")
+            if how == "invalid":
+                raise ValidationError("bad input")
+            if how == "retry":
+                raise Retry("not ready yet", delay=0.01)
+            if how == "slow":
+                for _ in range(100):
+                    _time.sleep(0.05)
+            return Result(uuid=self.uuid, retcode=int(how), stderr=f"returned {how}")
+        return Result(uuid=self.uuid, stdout="finally", retval={"attempts": self.attempt})
+
+
+@registry.subscribe
+class OneUnreliable(Operation):
+    def build_tasks(self, **kwargs):
+        return [Unreliable()]

@@ -370,3 +370,69 @@ def test_a_flask_view_launches_an_operation(h):
     h.drain()
     row, task_rows = h.operation(op_id)
     assert row["status"] == "SUCCESS" and task_rows[0]["params"]["name"] == "from flask"
+
+
+def run_until_final(h, op_id, timeout=20):
+    """Consume, and sweep for due retries, until the operation is final."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h.drain()
+        row = h.operation(op_id)[0]
+        if row["status"] != "RUNNING":
+            return row
+        time.sleep(0.05)
+        h.registry.sequencer.sweep(force=True)
+    raise AssertionError(f"operation {op_id} still RUNNING after {timeout} s")
+
+
+@pytest.mark.parametrize("how, fail, status, attempts", [
+    ("raise", 2, "SUCCESS", 3),       # an exception retries (RETRY_ON = Exception)
+    ("503", 1, "SUCCESS", 2),         # a returned 5xx retries
+    ("retry", 2, "SUCCESS", 3),       # the task asked for it
+    ("slow", 1, "SUCCESS", 2),        # a time limit retries
+    ("raise", 3, "FAILED", 3),        # MAX_RETRIES = 2: three attempts, then FAILED
+    ("invalid", 1, "FAILED", 1),      # NEVER_RETRY = ValidationError
+    ("409", 1, "FAILED", 1),          # a returned 4xx is not worth another attempt
+])
+def test_retries(h, how, fail, status, attempts):
+    tasks.FAILURES.clear()
+    op = tasks.OneUnreliable(params={"how": how, "fail": fail}).send()
+    row = run_until_final(h, op.uuid)
+    assert row["status"] == status
+    task = h.operation(op.uuid)[1][0]
+    recorded = h.attempts(task["id"])
+    assert task["attempt"] == attempts == len(recorded)
+    assert [a["number"] for a in recorded] == list(range(1, attempts + 1))
+    failed = [a for a in recorded if a["status"] == "FAILED"]
+    assert all(a["error"] for a in failed)
+    if status == "SUCCESS":
+        assert row["result"]["retval"] == {"attempts": attempts}
+    if how == "slow":
+        assert failed[0]["error"] == "TimeLimitExceeded: time limit exceeded after 1 s"
+
+
+def test_a_retry_waits_in_the_store_not_in_a_consumer(h):
+    tasks.FAILURES.clear()
+    op = tasks.OneUnreliable(params={"how": "raise", "fail": 1}).send()
+    h.drain()
+    task = h.operation(op.uuid)[1][0]
+    assert task["status"] == "PENDING" and task["attempt"] == 1
+    with h.store.transaction() as tx:
+        [due] = [r for r in tx.unsent(op.uuid)]
+    assert due["due_at"] is not None
+    assert len(h.messages("ops")) == 1  # nothing sent before it is due
+    # every process restarts: a new store object and a new sequencer find it and send it
+    import time
+
+    from kser.sequencing.registry import OperationRegistry
+
+    time.sleep(max(0.0, due["due_at"] - time.time()))
+    fresh = OperationRegistry().configure(store=Store(h.store.url),
+                                          producer=Producer({"broker": h.broker.name}))
+    fresh.subscribe(tasks.OneUnreliable)
+    assert fresh.sequencer.sweep(force=True) == 1
+    assert len(h.messages("ops")) == 2
+    h.drain()
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
