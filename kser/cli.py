@@ -118,16 +118,20 @@ def _apply(settings: Settings, **overrides) -> Settings:
 @click.option("--group", default=None, help="Consumer group [env KSER_GROUP, kser].")
 @click.option("--dlq-topic", default=None,
               help="Dead-letter topic [env KSER_DLQ_TOPIC; default <topic>.dlq].")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Tasks run at once [env KSER_CONCURRENCY, 1].")
 @_connection_options
 @click.pass_obj
 def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: str | None,
-           dlq_topic: str | None, transport: str | None, bootstrap_servers: str | None) -> None:
+           dlq_topic: str | None, concurrency: int | None, transport: str | None,
+           bootstrap_servers: str | None) -> None:
     """Consume TOPIC(s) and run each message through REGISTRY (MODULE:ATTRIBUTE).
 
-    Stops cleanly on SIGTERM or SIGINT: the current message is finished and committed.
+    SIGTERM or SIGINT: tasks in hand finish and are committed, then exit 0.
+    SIGUSR1 pauses (no new task; the partitions are kept), SIGUSR2 resumes.
     """
     settings = _apply(settings, group=group, dlq_topic=dlq_topic, transport=transport,
-                      bootstrap_servers=bootstrap_servers)
+                      bootstrap_servers=bootstrap_servers, concurrency=concurrency)
     controller = _load_registry(registry)
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")

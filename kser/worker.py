@@ -1,15 +1,22 @@
-"""The consume loop every transport shares: poll, process, dead-letter, commit, stop.
+"""The consume loop every transport shares: poll, run, dead-letter, commit, pause, stop.
+
+The main thread only polls, hands records to up to ``concurrency`` task
+threads, and commits; it keeps polling while tasks run (with the partitions
+paused when every thread is busy), so a task may run far longer than Kafka's
+``max.poll.interval.ms`` without the consumer leaving its group.
 
 Commit policy (at-least-once): an offset is committed only after its record
-was processed *and* every message produced meanwhile (follow-ups, dead
-letters) was acknowledged by the broker. If that acknowledgement fails, the
-consumer rewinds to the last committed offsets and the records are processed
-again. A record that cannot be decoded or routed is sent, with its error, to
-the dead-letter topic and its offset committed: one bad record never stops or
-blocks a partition.
+was processed and what it produced was acknowledged by the broker; per
+partition, only up to the lowest record still in flight. A record whose
+processing failed for a reason outside the message (store or broker
+unreachable: ``Outcome.redo``) is processed again after ``redo_backoff``
+seconds and blocks the commit of its partition until then. A record that
+cannot be decoded or routed goes, with its error, to the dead-letter topic
+and its offset is committed: one bad record never stops or blocks a
+partition.
 
-A transport subclasses :class:`BaseConsumer` and adapts five calls of its
-client: ``_poll``, ``_commit``, ``_seek``, ``_close`` and ``_new_producer``.
+A transport subclasses :class:`BaseConsumer` and adapts its client's calls:
+``_poll``, ``_commit``, ``_pause``, ``_resume``, ``_close``, ``_new_producer``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kser.config import Settings
@@ -31,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: headers added to a dead-lettered record
 DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer")
+#: longest wait of the main thread for a task to finish before it polls again, seconds
+BUSY_POLL_INTERVAL = 0.2
 
 TopicPartition = tuple[str, int]
 
@@ -49,6 +60,44 @@ class Record:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+class OffsetTracker:
+    """Which offsets of each partition are in flight and done, and what may be committed."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}  # one past the highest done offset
+        self._committed: dict[TopicPartition, int] = {}
+
+    def started(self, record: Record) -> None:
+        self._in_flight.setdefault((record.topic, record.partition), set()).add(record.offset)
+
+    def done(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        self._in_flight.setdefault(tp, set()).discard(record.offset)
+        self._next[tp] = max(self._next.get(tp, 0), record.offset + 1)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Per partition: the lowest offset in flight, else one past the highest done,
+        where that is beyond what was committed."""
+        offsets = {}
+        for tp, next_offset in self._next.items():
+            in_flight = self._in_flight.get(tp)
+            offset = min(in_flight) if in_flight else next_offset
+            if offset > self._committed.get(tp, -1):
+                offsets[tp] = offset
+        return offsets
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def forget(self, tps) -> None:
+        """Partitions this consumer lost: their offsets are another consumer's now."""
+        for tp in tps:
+            self._in_flight.pop(tp, None)
+            self._next.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
 class BaseConsumer:
     """Consume ``topics`` and run each record through :attr:`REGISTRY`.
 
@@ -56,7 +105,8 @@ class BaseConsumer:
     :param topics: topics to subscribe to
     :param producer: producer for follow-up messages and dead letters (default:
         one of the same transport, built from the connection settings in ``config``)
-    :param settings: kser settings (default: read from ``KSER_*`` variables)
+    :param settings: kser settings (default: read from ``KSER_*`` variables);
+        ``settings.concurrency`` tasks run at once
     """
 
     #: the controller (or a Controller subclass, instantiated on first use) that runs records
@@ -73,6 +123,8 @@ class BaseConsumer:
         self.name = f"{socket.gethostname()}:{os.getpid()}" + (f"-{number}" if number > 1 else "")
         self._producer = producer
         self._stopping = threading.Event()
+        self._paused = threading.Event()
+        self._task_done = threading.Event()
         self._exit_when_idle = False
         self.processed = 0
 
@@ -85,8 +137,12 @@ class BaseConsumer:
         """Commit ``offsets``: for each partition, the offset of the next record to read."""
         raise NotImplementedError
 
-    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
-        """Read each partition again from the given offset."""
+    def _pause(self) -> None:
+        """Stop fetching from every assigned partition (polling keeps the membership)."""
+        raise NotImplementedError
+
+    def _resume(self) -> None:
+        """Fetch again from every assigned partition."""
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -104,7 +160,7 @@ class BaseConsumer:
         config[key] = False
         return config
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- public controls ---------------------------------------------------------------
 
     @property
     def producer(self) -> BaseProducer:
@@ -121,69 +177,137 @@ class BaseConsumer:
         return self.REGISTRY
 
     def stop(self) -> None:
-        """Ask the loop to stop after the record in hand; safe from any thread or signal."""
+        """Stop: tasks in hand finish and are committed, nothing new starts.
+
+        Safe from any thread or signal handler.
+        """
         self._stopping.set()
 
+    def pause(self) -> None:
+        """Take no new record (tasks in hand finish); the consumer stays in its group,
+        keeping its partitions and their place. Also on SIGUSR1."""
+        if not self._paused.is_set():
+            logger.info("%s paused", self.name)
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Take records again after :meth:`pause`. Also on SIGUSR2."""
+        if self._paused.is_set():
+            logger.info("%s resumed", self.name)
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    # -- the loop ----------------------------------------------------------------------
+
     def run(self) -> None:
-        """Consume until :meth:`stop`, SIGTERM or SIGINT; then commit, close and return."""
+        """Consume until :meth:`stop`, SIGTERM or SIGINT; then finish, commit, close, return."""
         restore = self._install_signal_handlers()
         self.controller.bind(self.producer, self.name)
-        logger.info("%s.Starting: consumer %s on %s", type(self).__name__, self.name,
-                    ", ".join(self.topics))
+        concurrency = max(1, self.settings.concurrency)
+        logger.info("%s.Starting: consumer %s on %s (concurrency %d)", type(self).__name__,
+                    self.name, ", ".join(self.topics), concurrency)
+        tracker = OffsetTracker()
+        backlog: deque[Record] = deque()
+        running: dict[Future, Record] = {}
+        fetching = True
+        last_commit = time.monotonic()
         try:
-            while not self._stopping.is_set():
-                records = self._poll(self.settings.poll_timeout, self.settings.max_poll_records)
-                if records:
-                    self._process_batch(records)
-                self._sweep()
-                if not records and self._exit_when_idle:
-                    break
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="kser-task") as executor:
+                while True:
+                    self._harvest(running, tracker)
+                    if time.monotonic() - last_commit >= self.settings.commit_interval or \
+                            not running:
+                        self._checkpoint(tracker)
+                        last_commit = time.monotonic()
+                    if self._stopping.is_set():
+                        if not running:
+                            break
+                        self._task_done.wait(BUSY_POLL_INTERVAL)
+                        continue
+                    while backlog and len(running) < concurrency and not self.paused:
+                        record = backlog.popleft()
+                        tracker.started(record)
+                        running[executor.submit(self._process, record)] = record
+                    free = 0 if self.paused else concurrency - len(running) - len(backlog)
+                    if (free > 0) != fetching:
+                        fetching = free > 0
+                        self._resume() if fetching else self._pause()
+                    if not fetching:
+                        # keep polling (membership, max.poll.interval) while tasks run
+                        self._task_done.wait(BUSY_POLL_INTERVAL)
+                        self._task_done.clear()
+                        backlog.extend(self._poll(0, 1))
+                    else:
+                        timeout = BUSY_POLL_INTERVAL if running else self.settings.poll_timeout
+                        records = self._poll(min(timeout, self.settings.poll_timeout),
+                                             min(free, self.settings.max_poll_records))
+                        backlog.extend(records)
+                        if not records and not running and not backlog and self._exit_when_idle:
+                            self._sweep()
+                            break
+                    self._sweep()
+            self._harvest(running, tracker)
+            self._checkpoint(tracker)
         finally:
             restore()
             self._shutdown()
 
-    def _process_batch(self, records: list[Record]) -> None:
-        uncommitted: dict[TopicPartition, int] = {}  # first offset not committed yet
-        done: dict[TopicPartition, int] = {}  # next offset to commit
-        deadline = time.monotonic() + self.settings.commit_interval
-        for index, record in enumerate(records):
-            tp = (record.topic, record.partition)
-            uncommitted.setdefault(tp, record.offset)
-            if not self._process(record):
-                # not this record's fault: commit what is done, read this one again later
-                committed = self._checkpoint(done) if done else True
-                self._rewind({} if committed else uncommitted, records[index:])
-                self._stopping.wait(self.settings.redo_backoff)
-                return
-            done[tp] = record.offset + 1
-            last = index == len(records) - 1
-            if last or self._stopping.is_set() or time.monotonic() >= deadline:
-                if not self._checkpoint(done):
-                    self._rewind(uncommitted, records[index + 1:])
-                    return
-                if self._stopping.is_set():
-                    return  # the rest was never committed: the next owner reads it
-                uncommitted, done = {}, {}
-                deadline = time.monotonic() + self.settings.commit_interval
+    def _harvest(self, running: dict[Future, Record], tracker: OffsetTracker) -> None:
+        for future in [f for f in running if f.done()]:
+            record = running.pop(future)
+            if future.result():
+                tracker.done(record)
+            # else: stopped while it had to be redone: left in flight, never committed
 
     def _process(self, record: Record) -> bool:
-        """Handle one record; False when it must be processed again (nothing to commit)."""
-        outcome = self.controller.handle(record.value, record.topic)
-        if outcome.redo:
-            logger.warning("%s will process %s[%d]@%d again: %s", self.name, record.topic,
-                           record.partition, record.offset, outcome.result.stderr)
+        """Handle one record in a task thread; redo it while its infrastructure fails.
+
+        Returns True when it is done (to be committed), False when the consumer
+        stopped before it could be.
+        """
+        try:
+            while True:
+                outcome = self.controller.handle(record.value, record.topic)
+                if outcome.undeliverable and not self._dead_letter(record, outcome.result.stderr):
+                    outcome.redo = True
+                if not outcome.redo:
+                    break
+                logger.warning("%s will process %s[%d]@%d again in %.1f s: %s", self.name,
+                               record.topic, record.partition, record.offset,
+                               self.settings.redo_backoff, outcome.result.stderr)
+                if self._stopping.wait(self.settings.redo_backoff):
+                    return False
+            self.processed += 1
+            if outcome.kmsg is not None:
+                logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d", self.name,
+                            outcome.kmsg.entrypoint, outcome.kmsg.uuid, record.topic,
+                            record.partition, record.offset, outcome.result.retcode)
+            return True
+        finally:
+            self._task_done.set()
+
+    def _dead_letter(self, record: Record, error: str) -> bool:
+        """Send ``record`` to the dead-letter topic; False if the broker did not take it."""
+        topic = self.settings.dlq_for(record.topic)
+        values = (error, record.topic, str(record.partition), str(record.offset), self.name)
+        headers = list(record.headers or []) + [
+            (name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
+        try:
+            self.producer.send_raw(topic, record.value or b"", record.key, headers)
+            self.producer.flush(timeout=60)
+        except Exception as exc:  # the broker is unreachable: try again later
+            logger.error("%s could not dead-letter %s[%d]@%d: %s", self.name, record.topic,
+                         record.partition, record.offset, exc)
             return False
-        self.processed += 1
-        if outcome.kmsg is not None:
-            logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d", self.name,
-                        outcome.kmsg.entrypoint, outcome.kmsg.uuid, record.topic,
-                        record.partition, record.offset, outcome.result.retcode)
-        if outcome.undeliverable:
-            self._dead_letter(record, outcome.result.stderr)
+        logger.warning("%s dead-lettered %s[%d]@%d to %s: %s", self.name, record.topic,
+                       record.partition, record.offset, topic, error)
         return True
 
     def _sweep(self) -> None:
-        """Let the sequencer re-send what a dead worker left (it rate-limits itself)."""
+        """Let the sequencer send due retries and what a dead worker left (rate-limited)."""
         sweep = getattr(self.controller.sequencer, "sweep", None)
         if sweep is None:
             return
@@ -192,39 +316,24 @@ class BaseConsumer:
         except Exception as exc:  # the store may be briefly unreachable; try next time
             logger.warning("%s: sweep failed: %s", self.name, exc)
 
-    def _dead_letter(self, record: Record, error: str) -> None:
-        topic = self.settings.dlq_for(record.topic)
-        values = (error, record.topic, str(record.partition), str(record.offset), self.name)
-        headers = list(record.headers or []) + [
-            (name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
-        self.producer.send_raw(topic, record.value or b"", record.key, headers)
-        logger.warning("%s dead-lettered %s[%d]@%d to %s: %s", self.name, record.topic,
-                       record.partition, record.offset, topic, error)
-
-    def _checkpoint(self, done: dict[TopicPartition, int]) -> bool:
-        """Wait until every produced message is acknowledged, then commit ``done``.
-
-        Returns False when the acknowledgement failed: nothing was committed.
-        """
+    def _checkpoint(self, tracker: OffsetTracker) -> None:
+        """Commit what may be committed, once everything produced is acknowledged."""
+        offsets = tracker.committable()
+        if not offsets:
+            return
         try:
-            self.producer.flush(timeout=self.settings.commit_interval + 60)
-        except Exception as exc:
-            logger.error("%s: follow-up messages were not acknowledged (%s); offsets not "
-                         "committed, the records will be processed again", self.name, exc)
-            return False
+            self.producer.flush(timeout=60)
+        except Exception as exc:  # not committing is always safe
+            logger.error("%s: messages not acknowledged (%s); offsets not committed",
+                         self.name, exc)
+            return
         try:
-            self._commit(done)
-        except Exception as exc:
+            self._commit(offsets)
+            tracker.committed(offsets)
+        except Exception as exc:  # e.g. partitions revoked by a rebalance
             logger.warning("%s: commit of %s failed (%s); the records will be delivered again",
-                           self.name, done, exc)
-        return True
-
-    def _rewind(self, uncommitted: dict[TopicPartition, int], remaining: list[Record]) -> None:
-        """Seek back to the first uncommitted record of every partition of the batch."""
-        offsets = dict(uncommitted)
-        for record in remaining:
-            offsets.setdefault((record.topic, record.partition), record.offset)
-        self._seek(offsets)
+                           self.name, offsets, exc)
+            tracker.forget(offsets)
 
     def _shutdown(self) -> None:
         try:
@@ -238,13 +347,14 @@ class BaseConsumer:
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        actions = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
+                   signal.SIGUSR1: self.pause, signal.SIGUSR2: self.resume}
+        previous = {sig: signal.getsignal(sig) for sig in actions}
 
         def on_signal(signum, _frame):
-            logger.info("%s: %s received, finishing the current record", self.name,
-                        signal.Signals(signum).name)
-            self.stop()
+            logger.info("%s: %s received", self.name, signal.Signals(signum).name)
+            actions[signum]()
 
-        for sig in previous:
+        for sig in actions:
             signal.signal(sig, on_signal)
         return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]

@@ -53,9 +53,11 @@ class Consumer(BaseConsumer):
         self.client.commit(offsets=[confluent_kafka.TopicPartition(t, p, o)
                                     for (t, p), o in offsets.items()], asynchronous=False)
 
-    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
-        for (topic, partition), offset in offsets.items():
-            self.client.seek(confluent_kafka.TopicPartition(topic, partition, offset))
+    def _pause(self) -> None:
+        self.client.pause(self.client.assignment())
+
+    def _resume(self) -> None:
+        self.client.resume(self.client.assignment())
 
     def _close(self) -> None:
         self.client.close()

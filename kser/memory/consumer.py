@@ -20,6 +20,7 @@ class Consumer(BaseConsumer):
         self.group = self.config.get("group_id", "kser")
         self._positions: dict[TopicPartition, int] = {}
         self._generation = -1
+        self._fetch_paused = False
         self.broker.join(self.group, self, self.topics)
 
     def run(self, until_idle: bool = True) -> None:
@@ -32,6 +33,8 @@ class Consumer(BaseConsumer):
         if generation != self._generation:  # a rebalance: restart from committed offsets
             self._generation, self._positions = generation, {}
         records: list[Record] = []
+        if self._fetch_paused:
+            return records
         for tp in self.broker.assignment(self.group, self, self.topics):
             position = self._positions.setdefault(tp, self.broker.committed(self.group, tp))
             fetched = self.broker.fetch(tp, position, max_records - len(records))
@@ -46,8 +49,11 @@ class Consumer(BaseConsumer):
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.broker.commit(self.group, offsets)
 
-    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
-        self._positions.update(offsets)
+    def _pause(self) -> None:
+        self._fetch_paused = True
+
+    def _resume(self) -> None:
+        self._fetch_paused = False
 
     def _close(self) -> None:
         self.broker.leave(self.group, self)

@@ -33,9 +33,11 @@ class Consumer(BaseConsumer):
         self.client.commit({KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                             for (t, p), o in offsets.items()})
 
-    def _seek(self, offsets: dict[TopicPartition, int]) -> None:
-        for (topic, partition), offset in offsets.items():
-            self.client.seek(KafkaTopicPartition(topic, partition), offset)
+    def _pause(self) -> None:
+        self.client.pause(*self.client.assignment())
+
+    def _resume(self) -> None:
+        self.client.resume(*self.client.paused())
 
     def _close(self) -> None:
         self.client.close(autocommit=False)

@@ -114,13 +114,42 @@ class FlakyProducer(Producer):
             raise ConnectionError("broker unreachable")
 
 
-def test_unacknowledged_follow_ups_mean_no_commit_and_the_work_is_redone(memory_broker_name):
+def test_offsets_are_committed_only_after_an_acknowledgement(memory_broker_name):
+    events = []
+
+    class Recording(Consumer):
+        def _commit(self, offsets):
+            events.append(("commit", offsets))
+            super()._commit(offsets)
+
+    class Failing(FlakyProducer):
+        def _flush(self, timeout):
+            try:
+                super()._flush(timeout)
+            except ConnectionError:
+                events.append(("flush failed", None))
+                raise
+
     send(memory_broker_name, {"n": 1}, {"n": 2})
-    producer = FlakyProducer({"broker": memory_broker_name})
-    consumer(memory_broker_name, producer=producer).run()
-    assert RUNS == [1, 2, 1, 2]
-    assert producer.failures == 0
+    c = Recording({"broker": memory_broker_name, "group_id": "g"}, ["jobs"],
+                  producer=Failing({"broker": memory_broker_name}))
+    c.REGISTRY = registry.controller
+    c.run()
+    assert RUNS == [1, 2]
+    assert events[0] == ("flush failed", None)  # nothing committed before an ack
+    assert events[-1] == ("commit", {("jobs", 0): 2})
     assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
+
+
+def test_a_dead_letter_the_broker_did_not_take_is_sent_again(memory_broker_name):
+    broker = get_broker(memory_broker_name)
+    broker.produce("jobs", b"not json")
+    producer = FlakyProducer({"broker": memory_broker_name})
+    settings = Settings(redo_backoff=0)
+    consumer(memory_broker_name, producer=producer, settings=settings).run()
+    assert producer.failures == 0
+    assert len(broker.records("jobs.dlq")) == 2  # the unacknowledged copy, then the one that was
+    assert broker.lag("g", ["jobs"]) == 0
 
 
 def test_stop_finishes_the_current_message_and_leaves_the_rest(memory_broker_name):
@@ -163,3 +192,83 @@ def test_registry_class_is_instantiated():
         assert c.controller is c.controller and not isinstance(c.controller, type)
     finally:
         c._close()
+
+
+def test_offset_tracker_commits_up_to_the_lowest_record_in_flight():
+    from kser import worker
+
+    tracker = worker.OffsetTracker()
+    records = ([worker.Record("t", 0, offset, b"") for offset in range(4)]
+               + [worker.Record("t", 1, 7, b"")])
+    for record in records:
+        tracker.started(record)
+    for record in (records[1], records[2], records[4]):
+        tracker.done(record)
+    assert tracker.committable() == {("t", 0): 0, ("t", 1): 8}
+    tracker.committed({("t", 1): 8})
+    tracker.done(records[0])
+    assert tracker.committable() == {("t", 0): 3}  # 3 is still running
+    tracker.done(records[3])
+    assert tracker.committable() == {("t", 0): 4}
+
+
+@registry.subscribe
+class Sleep(Task):
+    def run(self):
+        import threading
+        import time
+
+        RUNS.append(("start", self.params["n"], threading.current_thread().name))
+        time.sleep(self.params["seconds"])
+        RUNS.append(("end", self.params["n"]))
+        return Result(uuid=self.uuid)
+
+
+def send_sleeps(broker, count, seconds, topic="jobs"):
+    producer = Producer({"broker": broker})
+    for n in range(count):
+        producer.send(topic, Message(f"s{n}", Sleep.path, params={"n": n, "seconds": seconds}))
+
+
+def max_overlap(runs):
+    running = best = 0
+    for event in runs:
+        running += 1 if event[0] == "start" else -1
+        best = max(best, running)
+    return best
+
+
+def test_concurrency_runs_tasks_at_once_in_task_threads(memory_broker_name):
+    send_sleeps(memory_broker_name, 6, 0.2)
+    consumer(memory_broker_name, settings=Settings(concurrency=3)).run()
+    assert max_overlap(RUNS) == 3
+    assert len({event[2] for event in RUNS if event[0] == "start"}) == 3
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
+
+
+def test_without_concurrency_tasks_run_one_at_a_time(memory_broker_name):
+    send_sleeps(memory_broker_name, 3, 0.05)
+    consumer(memory_broker_name).run()
+    assert max_overlap(RUNS) == 1
+
+
+def test_pause_takes_no_new_record_and_resume_goes_on(memory_broker_name):
+    import threading
+    import time
+
+    c = consumer(memory_broker_name)
+    c.pause()
+    thread = threading.Thread(target=c.run, kwargs={"until_idle": False}, daemon=True)
+    thread.start()
+    send_sleeps(memory_broker_name, 2, 0)
+    time.sleep(0.5)
+    assert RUNS == [] and c.paused
+    c.resume()
+    deadline = time.monotonic() + 10
+    while len(RUNS) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [e[:2] for e in RUNS] == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
