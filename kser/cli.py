@@ -182,6 +182,86 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: 
     click.echo(kmsg.uuid)
 
 
+@main.group()
+def dlq() -> None:
+    """Inspect dead-lettered messages and send them back once fixed."""
+
+
+def _dlq_tools(settings: Settings):
+    module = _transport(settings.transport)
+    consumer_module = importlib.import_module(f"{module.__name__}.consumer")
+    producer_module = importlib.import_module(f"{module.__name__}.producer")
+
+    def make_consumer(group: str, topic: str):
+        if settings.transport == "memory":
+            config = {"broker": "default", "group_id": group}
+        else:
+            config = module.connection_config(settings.bootstrap_servers, group)
+        return consumer_module.Consumer(config, [topic], settings=settings)
+
+    def make_producer():
+        if settings.transport == "memory":
+            return producer_module.Producer({"broker": "default"})
+        return producer_module.Producer(module.connection_config(settings.bootstrap_servers))
+
+    return make_consumer, make_producer
+
+
+def _dlq_options(func):
+    func = click.option("--wait", default=10.0, show_default=True,
+                        help="Seconds without a new record after which the end is reached.")(func)
+    func = click.option("--dlq-topic", default=None,
+                        help="Dead-letter topic [env KSER_DLQ_TOPIC; default TOPIC.dlq].")(func)
+    return _connection_options(func)
+
+
+@dlq.command("list")
+@click.argument("topic")
+@_dlq_options
+@click.pass_obj
+def dlq_list(settings: Settings, topic: str, wait: float, dlq_topic: str | None,
+             transport: str | None, bootstrap_servers: str | None) -> None:
+    """List the dead letters of TOPIC: offset, source, error, value."""
+    from kser.dlq import list_dead_letters
+
+    settings = _apply(settings, dlq_topic=dlq_topic, transport=transport,
+                      bootstrap_servers=bootstrap_servers)
+    make_consumer, _ = _dlq_tools(settings)
+    try:
+        letters = list_dead_letters(make_consumer, settings.dlq_for(topic), wait)
+    except _connection_errors() as exc:
+        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}") from None
+    for letter in letters:
+        record = letter.record
+        click.echo(f"{record.topic}[{record.partition}]@{record.offset} from "
+                   f"{letter.headers.get('kser-source-topic', '?')}"
+                   f"[{letter.headers.get('kser-source-partition', '?')}]"
+                   f"@{letter.headers.get('kser-source-offset', '?')}: {letter.error}\n"
+                   f"    {letter.preview()}")
+    click.echo(f"{len(letters)} dead letter(s) in {settings.dlq_for(topic)}")
+
+
+@dlq.command("replay")
+@click.argument("topic")
+@_dlq_options
+@click.pass_obj
+def dlq_replay(settings: Settings, topic: str, wait: float, dlq_topic: str | None,
+               transport: str | None, bootstrap_servers: str | None) -> None:
+    """Send the dead letters of TOPIC not replayed yet back to their source topic."""
+    from kser.dlq import replay
+
+    settings = _apply(settings, dlq_topic=dlq_topic, transport=transport,
+                      bootstrap_servers=bootstrap_servers)
+    make_consumer, make_producer = _dlq_tools(settings)
+    try:
+        producer = make_producer()
+        letters = replay(make_consumer, producer, settings.dlq_for(topic), topic, wait)
+        producer.close()
+    except _connection_errors() as exc:
+        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}") from None
+    click.echo(f"replayed {len(letters)} dead letter(s) from {settings.dlq_for(topic)}")
+
+
 @main.command()
 @click.option("--store-url", default=None, help="Store [env KSER_STORE_URL, sqlite:///kser.db].")
 @click.pass_obj

@@ -92,3 +92,29 @@ def test_purge_with_a_bad_store_is_one_line(runner, tmp_path):
     result = runner.invoke(main, ["purge", "--store-url", "postgresql+psycopg://x@127.0.0.1:9/x"])
     assert result.exit_code == 1 and result.output.startswith("kser: store ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_dlq_list_and_replay(runner):
+    from kser.memory.broker import get_broker
+
+    broker = get_broker("default")
+    before = len(broker.records("cli-dlq"))
+    broker.produce("cli-dlq.dlq", b'{"uuid": "u", "entrypoint": "app.Fixed"}', key=b"k",
+                   headers=[("kser-error", b"Entrypoint 'app.Fixed' is not registered"),
+                            ("kser-source-topic", b"cli-dlq"), ("kser-source-partition", b"0"),
+                            ("kser-source-offset", b"4"), ("trace", b"abc")])
+    listed = runner.invoke(main, ["dlq", "list", "cli-dlq", "--transport", "memory",
+                                  "--wait", "0.5"])
+    assert listed.exit_code == 0, listed.output
+    assert "from cli-dlq[0]@4: Entrypoint 'app.Fixed' is not registered" in listed.output
+    assert "1 dead letter(s) in cli-dlq.dlq" in listed.output
+
+    replayed = runner.invoke(main, ["dlq", "replay", "cli-dlq", "--transport", "memory",
+                                    "--wait", "0.5"])
+    assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
+    [back] = broker.records("cli-dlq")[before:]
+    assert back.value == b'{"uuid": "u", "entrypoint": "app.Fixed"}' and back.key == b"k"
+    assert back.headers == [("trace", b"abc")]  # kser's dead-letter headers are dropped
+    again = runner.invoke(main, ["dlq", "replay", "cli-dlq", "--transport", "memory",
+                                 "--wait", "0.5"])
+    assert "replayed 0 dead letter(s)" in again.output  # each dead letter is replayed once
