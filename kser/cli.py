@@ -14,6 +14,7 @@ import uuid
 from types import ModuleType
 
 import click
+from cdumay_error import Error as CdumayError
 
 from kser import __version__
 from kser.config import TRANSPORTS, Settings
@@ -50,6 +51,8 @@ def _load_registry(spec: str) -> Controller:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise KserCliError(f"cannot import module '{module_name}': {exc}") from None
+    except CdumayError as exc:  # e.g. a bad KSER_SECRET_KEYS met while building the registry
+        raise KserCliError(f"cannot load '{spec}': {exc.message}") from None
     try:
         target = getattr(module, attribute)
     except AttributeError:
@@ -172,6 +175,8 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: 
     config["max_message_bytes"] = settings.max_message_bytes
     try:
         producer = producer_module.Producer(config)
+    except CdumayError as exc:
+        raise KserCliError(exc.message) from None
     except _connection_errors() as exc:
         raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
     kmsg = Message(uuid=str(uuid.uuid4()), entrypoint=entrypoint, params=decoded)
@@ -180,6 +185,17 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: 
     if result.retcode >= 300:
         raise KserCliError(result.stderr)
     click.echo(kmsg.uuid)
+
+
+@main.command()
+def keygen() -> None:
+    """Print a new random key for KSER_SECRET_KEYS (needs kser[crypto])."""
+    from kser.crypto import new_key
+
+    try:
+        click.echo(new_key())
+    except ImportError:
+        raise KserCliError("PyNaCl is not installed: pip install 'kser[crypto]'") from None
 
 
 @main.group()

@@ -58,6 +58,11 @@ class Settings:
     #: seconds between two sweeps for due retries, expired leases and unsent messages
     sweep_interval: float = field(
         default_factory=lambda: float(_env("KSER_SWEEP_INTERVAL", "1")))
+    #: base64 keys (comma-separated) sealing record values; the first one seals (kser[crypto])
+    secret_keys: str = field(default_factory=lambda: _env("KSER_SECRET_KEYS", ""))
+    #: refuse records that are not sealed
+    require_encryption: bool = field(
+        default_factory=lambda: _env("KSER_REQUIRE_ENCRYPTION", "0") in ("1", "true", "yes"))
     #: logging level of the ``kser`` command
     log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
+from kser.config import Settings
+from kser.crypto import Sealer
 from kser.entry import Entrypoint
 from kser.results import error_result, exception_result, is_success
 from kser.schemas import Message
@@ -108,6 +110,8 @@ class Controller(BaseController):
         self.producer: BaseProducer | None = None
         #: ``host:pid`` of the consumer running this controller
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        #: opens sealed records (KSER_SECRET_KEYS); a no-op without keys
+        self.sealer = Sealer.from_settings(Settings())
 
     def bind(self, producer: BaseProducer, worker_name: str) -> None:
         """Give this controller the consumer's producer and name (done by the consumer)."""
@@ -142,7 +146,7 @@ class Controller(BaseController):
             unless they name their own)
         """
         try:
-            kmsg = self._onmessage(self.TRANSPORT.loads(raw_data))
+            kmsg = self._onmessage(self.TRANSPORT.loads(self.sealer.open(raw_data)))
         except Exception as exc:
             return Outcome(None, self._onerror(None, exception_result(exc)), undeliverable=True)
 
@@ -200,6 +204,8 @@ class BaseProducer(BaseController):
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_message_bytes = max_message_bytes
+        #: seals record values when KSER_SECRET_KEYS is set
+        self.sealer = Sealer.from_settings(Settings())
 
     # -- transport adapter -------------------------------------------------------------
 
@@ -232,6 +238,7 @@ class BaseProducer(BaseController):
                 f"Message {kmsg.entrypoint}[{kmsg.uuid}] cannot be sent: its params, result or "
                 f"metadata are not JSON-serialisable ({exc}); pass only str, int, float, bool, "
                 "None, list and dict values", extra=dict(uuid=kmsg.uuid)) from None
+        value = self.sealer.seal(value)
         if len(value) > self.max_message_bytes:
             raise MessageTooLargeError(
                 f"Message {kmsg.entrypoint}[{kmsg.uuid}] is {len(value)} bytes, over the "

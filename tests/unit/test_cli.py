@@ -118,3 +118,14 @@ def test_dlq_list_and_replay(runner):
     again = runner.invoke(main, ["dlq", "replay", "cli-dlq", "--transport", "memory",
                                  "--wait", "0.5"])
     assert "replayed 0 dead letter(s)" in again.output  # each dead letter is replayed once
+
+
+def test_keygen_and_a_bad_key_is_one_line(runner, monkeypatch):
+    key = runner.invoke(main, ["keygen"]).output.strip()
+    import base64
+
+    assert len(base64.b64decode(key)) == 32
+    monkeypatch.setenv("KSER_SECRET_KEYS", "AAAA")
+    result = runner.invoke(main, ["send", "a.B", "--topic", "t", "--transport", "memory"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "kser: KSER_SECRET_KEYS key #1 has 3 bytes, not 32"
