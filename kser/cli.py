@@ -138,10 +138,7 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
     controller = _load_registry(registry)
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")
-    if settings.transport == "memory":
-        config = {"broker": "default", "group_id": settings.group}
-    else:
-        config = module.connection_config(settings.bootstrap_servers, settings.group)
+    config = settings.client_config(settings.group)
     try:
         consumer = consumer_module.Consumer(config, list(topics), settings=settings)
         consumer.REGISTRY = controller
@@ -170,8 +167,7 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: 
         raise KserCliError("--params must be a JSON object, e.g. '{\"name\": \"x\"}'")
     module = _transport(settings.transport)
     producer_module = importlib.import_module(f"{module.__name__}.producer")
-    config = ({"broker": "default"} if settings.transport == "memory"
-              else module.connection_config(settings.bootstrap_servers))
+    config = settings.client_config()
     config["max_message_bytes"] = settings.max_message_bytes
     try:
         producer = producer_module.Producer(config)
@@ -209,16 +205,11 @@ def _dlq_tools(settings: Settings):
     producer_module = importlib.import_module(f"{module.__name__}.producer")
 
     def make_consumer(group: str, topic: str):
-        if settings.transport == "memory":
-            config = {"broker": "default", "group_id": group}
-        else:
-            config = module.connection_config(settings.bootstrap_servers, group)
-        return consumer_module.Consumer(config, [topic], settings=settings)
+        return consumer_module.Consumer(settings.client_config(group), [topic],
+                                        settings=settings)
 
     def make_producer():
-        if settings.transport == "memory":
-            return producer_module.Producer({"broker": "default"})
-        return producer_module.Producer(module.connection_config(settings.bootstrap_servers))
+        return producer_module.Producer(settings.client_config())
 
     return make_consumer, make_producer
 

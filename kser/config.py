@@ -6,6 +6,7 @@ below; ``kser`` command-line flags override the environment.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -63,9 +64,32 @@ class Settings:
     #: refuse records that are not sealed
     require_encryption: bool = field(
         default_factory=lambda: _env("KSER_REQUIRE_ENCRYPTION", "0") in ("1", "true", "yes"))
+    #: Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (empty: the client's default)
+    security_protocol: str = field(default_factory=lambda: _env("KSER_SECURITY_PROTOCOL", ""))
+    #: SASL mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_mechanism: str = field(default_factory=lambda: _env("KSER_SASL_MECHANISM", ""))
+    sasl_username: str = field(default_factory=lambda: _env("KSER_SASL_USERNAME", ""))
+    sasl_password: str = field(default_factory=lambda: _env("KSER_SASL_PASSWORD", ""))
+    #: CA bundle, client certificate and key for SSL (PEM files)
+    ssl_cafile: str = field(default_factory=lambda: _env("KSER_SSL_CAFILE", ""))
+    ssl_certfile: str = field(default_factory=lambda: _env("KSER_SSL_CERTFILE", ""))
+    ssl_keyfile: str = field(default_factory=lambda: _env("KSER_SSL_KEYFILE", ""))
     #: logging level of the ``kser`` command
     log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
 
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic of ``topic``."""
         return self.dlq_topic or f"{topic}{self.dlq_suffix}"
+
+    def security(self) -> dict[str, str]:
+        """The security settings that are set, by neutral name (each transport maps them)."""
+        names = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+                 "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        return {name: getattr(self, name) for name in names if getattr(self, name)}
+
+    def client_config(self, group: str | None = None) -> dict:
+        """The configuration of a client of :attr:`transport` (a consumer if ``group``)."""
+        if self.transport == "memory":
+            return {"broker": "default", **({"group_id": group} if group else {})}
+        module = importlib.import_module(TRANSPORTS[self.transport])
+        return module.connection_config(self.bootstrap_servers, group, self.security())

@@ -69,17 +69,26 @@ class KafkaBroker:
 
     :param workdir: folder for its config, log dirs and output
     :param port: client port (default: a free one)
-    :param extra_properties: more ``server.properties`` lines (e.g. a SASL listener)
+    :param extra_properties: more ``server.properties`` lines
+    :param sasl_users: ``{user: password}``: also listen with SASL_PLAINTEXT (mechanism
+        PLAIN) on :attr:`sasl_port` for these users
     """
 
     def __init__(self, workdir: Path | str, port: int | None = None,
-                 libs: Path = DEFAULT_LIBS, extra_properties: dict[str, str] | None = None):
+                 libs: Path = DEFAULT_LIBS, extra_properties: dict[str, str] | None = None,
+                 sasl_users: dict[str, str] | None = None):
         self.workdir = Path(workdir).resolve()
         self.libs = libs
         self.port = port or free_port()
         self.controller_port = free_port()
+        self.sasl_users = sasl_users or {}
+        self.sasl_port = free_port() if self.sasl_users else None
         self.extra_properties = extra_properties or {}
         self.process: subprocess.Popen | None = None
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -115,6 +124,20 @@ class KafkaBroker:
             "auto.create.topics.enable": "true",
             "log.retention.hours": "24",
         }
+        if self.sasl_users:
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            properties.update({
+                "listeners": properties["listeners"]
+                + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                "advertised.listeners": properties["advertised.listeners"]
+                + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                "listener.security.protocol.map": properties["listener.security.protocol.map"]
+                + ",SASL_PLAINTEXT:SASL_PLAINTEXT",
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                    f"{users};",
+            })
         properties.update(self.extra_properties)
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))

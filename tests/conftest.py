@@ -23,6 +23,14 @@ def memory_broker_name():
     drop_broker(name)
 
 
-from tests.infra import kafka, pg_url, postgres, processes, store_url, topic  # noqa: E402
+from tests.infra import (  # noqa: E402
+    kafka,
+    kafka_sasl,
+    pg_url,
+    postgres,
+    processes,
+    store_url,
+    topic,
+)
 
-__all__ = ["kafka", "pg_url", "postgres", "processes", "store_url", "topic"]
+__all__ = ["kafka", "kafka_sasl", "pg_url", "postgres", "processes", "store_url", "topic"]

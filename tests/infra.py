@@ -176,3 +176,20 @@ def processes(tmp_path):
     yield Starter()
     for proc in started:
         proc.kill()
+
+
+#: users of the SASL_PLAINTEXT listener of the ``kafka_sasl`` broker
+SASL_USERS = {"kser": "kser-secret"}
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl(tmp_path_factory):
+    """A second broker that also listens with SASL_PLAINTEXT (PLAIN) for SASL_USERS."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"), sasl_users=SASL_USERS)
+    try:
+        broker.start()
+    except Exception as exc:  # reported as skip or failure
+        broker.stop()
+        _required("the SASL Kafka broker", exc)
+    yield broker
+    broker.stop()

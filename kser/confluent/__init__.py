@@ -1,9 +1,21 @@
 """Transport on confluent-kafka (librdkafka): ``pip install kser[confluent]``."""
 
 
-def connection_config(bootstrap_servers: str, group_id: str | None = None) -> dict:
-    """confluent-kafka configuration for ``bootstrap_servers`` (and a consumer group)."""
+#: kser's neutral security settings → librdkafka's names
+SECURITY_KEYS = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanisms",
+                 "sasl_username": "sasl.username", "sasl_password": "sasl.password",
+                 "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
+                 "ssl_keyfile": "ssl.key.location"}
+
+
+def connection_config(bootstrap_servers: str, group_id: str | None = None,
+                      security: dict | None = None) -> dict:
+    """confluent-kafka configuration for ``bootstrap_servers`` (and a consumer group).
+
+    :param security: ``Settings.security()``: SASL/SSL settings by kser's names
+    """
     config: dict = {"bootstrap.servers": bootstrap_servers}
     if group_id:
         config.update({"group.id": group_id, "auto.offset.reset": "earliest"})
+    config.update({SECURITY_KEYS[k]: v for k, v in (security or {}).items()})
     return config

@@ -17,7 +17,7 @@ CONSUMER_ONLY_KEYS = frozenset({
     "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
     "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
     "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs",
-    "logger"})
+    "logger", "error_cb"})
 
 
 class Consumer(BaseConsumer):

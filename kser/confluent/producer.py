@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException
 
 from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
 
@@ -29,11 +30,23 @@ class Producer(BaseProducer):
         config.setdefault("acks", "all")
         config.setdefault("enable.idempotence", True)
         config.setdefault("logger", logging.getLogger("confluent_kafka"))
+        self._client_errors: list[KafkaError] = []
+        config.setdefault("error_cb", self._client_errors.append)
         self.client = confluent_kafka.Producer(config)
         self._errors: list[str] = []
         # librdkafka retries an unreachable broker forever: ask for metadata once so
-        # a wrong address is an error now rather than a send that times out later
-        self.client.list_topics(timeout=CONNECT_TIMEOUT)
+        # a wrong address or a refused login is an error now, not a send that times out
+        try:
+            self.client.list_topics(timeout=CONNECT_TIMEOUT)
+        except KafkaException:
+            self.client.poll(0)  # serves error_cb: the reason, when librdkafka knows it
+            refused = [e for e in self._client_errors if e.code() == KafkaError._AUTHENTICATION]
+            if refused:
+                raise KafkaException(KafkaError(
+                    KafkaError._AUTHENTICATION,
+                    f"authentication failed ({refused[-1].str()}); check KSER_SASL_USERNAME, "
+                    "KSER_SASL_PASSWORD and KSER_SASL_MECHANISM")) from None
+            raise
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:

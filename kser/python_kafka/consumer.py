@@ -6,6 +6,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
+from kser.python_kafka import BOOTSTRAP_TIMEOUT_MS, explained_bootstrap
 from kser.python_kafka.producer import Producer
 from kser.worker import BaseConsumer, Record, TopicPartition
 
@@ -21,7 +22,9 @@ class Consumer(BaseConsumer):
     def __init__(self, config: dict, topics: list[str] | str, **kwargs):
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable_auto_commit")
-        self.client = KafkaConsumer(**client_config)
+        client_config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+        with explained_bootstrap():
+            self.client = KafkaConsumer(**client_config)
         self.client.subscribe(self.topics)
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kafka import KafkaProducer
 
 from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
+from kser.python_kafka import BOOTSTRAP_TIMEOUT_MS, explained_bootstrap
 
 #: acknowledgement by every in-sync replica: a follow-up is only "sent" once durable
 DEFAULT_ACKS = "all"
@@ -22,7 +23,9 @@ class Producer(BaseProducer):
         config = dict(config)
         super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         config.setdefault("acks", DEFAULT_ACKS)
-        self.client = KafkaProducer(**config)
+        config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+        with explained_bootstrap():
+            self.client = KafkaProducer(**config)
         self._futures: list = []
 
     def _produce(self, topic, value, key, headers=None) -> None:

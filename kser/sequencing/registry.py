@@ -74,11 +74,7 @@ class OperationRegistry:
             return self.controller.producer
         if self._producer is None:
             module = TRANSPORTS[self.settings.transport]
-            if self.settings.transport == "memory":
-                config = {"broker": "default"}
-            else:
-                config = importlib.import_module(module).connection_config(
-                    self.settings.bootstrap_servers)
+            config = self.settings.client_config()
             config["max_message_bytes"] = self.settings.max_message_bytes
             self._producer = importlib.import_module(f"{module}.producer").Producer(config)
         return self._producer
