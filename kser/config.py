@@ -39,6 +39,9 @@ class Settings:
     #: largest serialised message ``send`` accepts, bytes (Kafka's default limit is 1 MiB)
     max_message_bytes: int = field(
         default_factory=lambda: int(_env("KSER_MAX_MESSAGE_BYTES", str(1024 * 1024))))
+    #: seconds a worker waits for the broker to acknowledge what it produced before it
+    #: gives up and processes the record again
+    send_timeout: float = field(default_factory=lambda: float(_env("KSER_SEND_TIMEOUT", "60")))
     #: tasks one consumer runs at once (``kser worker --concurrency``)
     concurrency: int = field(default_factory=lambda: int(_env("KSER_CONCURRENCY", "1")))
     #: longest time processed records wait for their offset commit, seconds

@@ -297,7 +297,7 @@ class BaseConsumer:
             (name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
         try:
             self.producer.send_raw(topic, record.value or b"", record.key, headers)
-            self.producer.flush(timeout=60)
+            self.producer.flush(timeout=self.settings.send_timeout)
         except Exception as exc:  # the broker is unreachable: try again later
             logger.error("%s could not dead-letter %s[%d]@%d: %s", self.name, record.topic,
                          record.partition, record.offset, exc)
@@ -322,7 +322,7 @@ class BaseConsumer:
         if not offsets:
             return
         try:
-            self.producer.flush(timeout=60)
+            self.producer.flush(timeout=self.settings.send_timeout)
         except Exception as exc:  # not committing is always safe
             logger.error("%s: messages not acknowledged (%s); offsets not committed",
                          self.name, exc)

@@ -98,9 +98,13 @@ class KafkaBroker:
     def pidfile(self) -> Path:
         return self.workdir / "kafka.pid"
 
-    def _java(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(["java", "-cp", f"{self.libs}/*", *args], check=True,
-                              capture_output=True, text=True, **kwargs)
+    def _java(self, *args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(["java", "-cp", f"{self.libs}/*", *args], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} {args[1]} failed ({done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[-2000:]}")
+        return done
 
     def _write_config(self) -> Path:
         logs = self.workdir / "data"
@@ -150,9 +154,11 @@ class KafkaBroker:
         fetch(self.libs)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
-        cluster_id = self._java("kafka.tools.StorageTool", "random-uuid").stdout.strip()
-        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
-                   "--ignore-formatted")
+        if not (self.workdir / "data" / "meta.properties").exists():  # a restart keeps its data
+            cluster_id = self._java("kafka.tools.StorageTool", "random-uuid").stdout.strip()
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
+                       str(config), "--ignore-formatted")
+        self._starts_logged = self._count_started()
         output = open(self.workdir / "stdout.log", "ab")
         self.process = subprocess.Popen(
             ["java", "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-cp", f"{self.libs}/*",
@@ -172,9 +178,12 @@ class KafkaBroker:
         raise RuntimeError(f"Kafka did not start within {timeout} s; see "
                            f"{self.workdir / 'server.log'}")
 
-    def _started(self) -> bool:
+    def _count_started(self) -> int:
         log = self.workdir / "server.log"
-        if not log.exists() or "Kafka Server started" not in log.read_text(errors="replace"):
+        return log.read_text(errors="replace").count("Kafka Server started") if log.exists() else 0
+
+    def _started(self) -> bool:
+        if self._count_started() <= self._starts_logged:  # this start, not an earlier one
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):

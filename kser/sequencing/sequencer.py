@@ -343,7 +343,7 @@ class Sequencer:
         try:
             for row in rows:
                 producer.send_raw(row["topic"], row["value"], row["key"])
-            producer.flush(timeout=60)
+            producer.flush(timeout=self.settings.send_timeout)
         except Exception as exc:
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
                             f"acknowledged: {exc}") from exc

@@ -1,0 +1,25 @@
+"""What the benchmarks run: a no-op task, and operations of no-op tasks."""
+
+from cdumay_result import Result
+
+from kser.sequencing.operation import Operation
+from kser.sequencing.registry import OperationRegistry
+from kser.sequencing.task import Task
+
+registry = OperationRegistry()
+
+
+@registry.subscribe
+class Noop(Task):
+    """Does nothing: what is measured is kser's own cost per message."""
+
+    def run(self):
+        return Result(uuid=self.uuid)
+
+
+@registry.subscribe
+class NoopChain(Operation):
+    """``hops`` no-op tasks in a row."""
+
+    def build_tasks(self, hops=10, **kwargs):
+        return [Noop() for _ in range(int(hops))]

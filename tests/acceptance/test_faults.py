@@ -1,0 +1,98 @@
+"""Faults injected for real while 120 operations of 5 tasks run over 2 `kser worker`s.
+
+Each test ends with the same check (tests/acceptance/harness.py): every
+operation SUCCESS, every task SUCCESS exactly once in the store, task n saw
+task n-1's retval, nothing RUNNING, nothing left unconsumed.
+"""
+
+import threading
+import time
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from tests.acceptance.harness import Run, wait_for
+
+pytestmark = pytest.mark.acceptance
+
+OPERATIONS, HOPS = 120, 5
+
+
+def test_the_kafka_broker_stopped_for_10_s_mid_run(kafka, pg_url, processes):
+    run = Run(kafka, pg_url, processes)
+    run.submit(OPERATIONS, HOPS)
+    wait_for(lambda: run.succeeded_tasks() >= OPERATIONS, "a fifth of the tasks done")
+    kafka.stop()
+    time.sleep(10)
+    kafka.start()
+    run.wait_until_final()
+    run.check(HOPS)
+    logs = "".join(worker.output() for worker in run.workers)
+    assert "will process" in logs or "commit of" in logs, "the outage hit no worker"
+    run.close()
+
+
+def test_postgresql_restarted_mid_run(kafka, postgres, pg_url, processes):
+    run = Run(kafka, pg_url, processes)
+    run.submit(OPERATIONS, HOPS)
+    wait_for(lambda: run.succeeded_tasks() >= OPERATIONS, "a fifth of the tasks done")
+    postgres.stop()
+    time.sleep(3)
+    postgres.start()
+    run.wait_until_final()
+    run.check(HOPS)
+    logs = "".join(worker.output() for worker in run.workers)
+    assert "store unreachable" in logs, "the restart hit no worker"
+    run.close()
+
+
+def test_producers_failing_to_send_redo_the_work(kafka, pg_url, processes):
+    """The broker stops answering (SIGSTOP) for longer than the workers' send timeout:
+    their sends fail, their offsets are not committed, the work is redone."""
+    run = Run(kafka, pg_url, processes, env={"KSER_SEND_TIMEOUT": "3"})
+    run.submit(OPERATIONS, HOPS)
+    wait_for(lambda: run.succeeded_tasks() >= OPERATIONS, "a fifth of the tasks done")
+    kafka.pause()
+    time.sleep(8)
+    kafka.resume()
+    run.wait_until_final()
+    run.check(HOPS)
+    logs = "".join(worker.output() for worker in run.workers)
+    assert "will process" in logs and "again" in logs  # sends failed and were redone
+    run.close()
+
+
+def test_two_workers_racing_on_the_same_redelivered_messages(kafka, pg_url, processes):
+    """Every record of the topic is copied to another partition as it arrives, so two
+    workers receive the same operation and task messages at the same time."""
+    run = Run(kafka, pg_url, processes, partitions=2)
+    stop = threading.Event()
+    copied = []
+
+    def duplicate():
+        consumer = KafkaConsumer(run.topic, bootstrap_servers=kafka.bootstrap_servers,
+                                 auto_offset_reset="earliest", enable_auto_commit=False,
+                                 consumer_timeout_ms=500)
+        producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        while not stop.is_set():
+            for record in consumer:
+                if record.headers and ("copy", b"1") in record.headers:
+                    continue
+                producer.send(run.topic, record.value, partition=1 - record.partition,
+                              headers=[("copy", b"1")])
+                copied.append(record.offset)
+            producer.flush()
+        consumer.close()
+        producer.close()
+
+    copier = threading.Thread(target=duplicate, daemon=True)
+    copier.start()
+    try:
+        run.submit(OPERATIONS, HOPS)
+        run.wait_until_final()
+    finally:
+        stop.set()
+        copier.join(30)
+    assert len(copied) >= OPERATIONS * HOPS  # every operation and task message twice
+    run.check(HOPS)
+    run.close()
