@@ -23,12 +23,11 @@ def test_the_kafka_broker_stopped_for_10_s_mid_run(kafka, pg_url, processes):
     run.submit(OPERATIONS, HOPS)
     wait_for(lambda: run.succeeded_tasks() >= OPERATIONS, "a fifth of the tasks done")
     kafka.stop()
+    assert run.succeeded_tasks() < OPERATIONS * HOPS, "the run was over before the fault"
     time.sleep(10)
     kafka.start()
     run.wait_until_final()
     run.check(HOPS)
-    logs = "".join(worker.output() for worker in run.workers)
-    assert "will process" in logs or "commit of" in logs, "the outage hit no worker"
     run.close()
 
 
@@ -36,6 +35,7 @@ def test_postgresql_restarted_mid_run(kafka, postgres, pg_url, processes):
     run = Run(kafka, pg_url, processes)
     run.submit(OPERATIONS, HOPS)
     wait_for(lambda: run.succeeded_tasks() >= OPERATIONS, "a fifth of the tasks done")
+    assert run.succeeded_tasks() < OPERATIONS * HOPS, "the run was over before the fault"
     postgres.stop()
     time.sleep(3)
     postgres.start()
