@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from types import ModuleType
 
 import click
@@ -82,6 +83,16 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+@contextmanager
+def _kafka_errors(settings: Settings):
+    """A Kafka client error in the block is one line: which broker, what, what to check."""
+    try:
+        yield
+    except _connection_errors() as exc:
+        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}; is the "
+                           "broker running and reachable, are the credentials right?") from None
+
+
 @click.group()
 @click.version_option(__version__, prog_name="kser")
 @click.option("--log-level", default=None, help="Logging level [env KSER_LOG_LEVEL, INFO].")
@@ -139,13 +150,10 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")
     config = settings.client_config(settings.group)
-    try:
+    with _kafka_errors(settings):
         consumer = consumer_module.Consumer(config, list(topics), settings=settings)
         consumer.REGISTRY = controller
         consumer.run()
-    except _connection_errors() as exc:
-        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}; is the "
-                           "broker running and reachable?") from None
 
 
 @main.command()
@@ -234,10 +242,8 @@ def dlq_list(settings: Settings, topic: str, wait: float, dlq_topic: str | None,
     settings = _apply(settings, dlq_topic=dlq_topic, transport=transport,
                       bootstrap_servers=bootstrap_servers)
     make_consumer, _ = _dlq_tools(settings)
-    try:
+    with _kafka_errors(settings):
         letters = list_dead_letters(make_consumer, settings.dlq_for(topic), wait)
-    except _connection_errors() as exc:
-        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}") from None
     for letter in letters:
         record = letter.record
         click.echo(f"{record.topic}[{record.partition}]@{record.offset} from "
@@ -260,12 +266,10 @@ def dlq_replay(settings: Settings, topic: str, wait: float, dlq_topic: str | Non
     settings = _apply(settings, dlq_topic=dlq_topic, transport=transport,
                       bootstrap_servers=bootstrap_servers)
     make_consumer, make_producer = _dlq_tools(settings)
-    try:
+    with _kafka_errors(settings):
         producer = make_producer()
         letters = replay(make_consumer, producer, settings.dlq_for(topic), topic, wait)
         producer.close()
-    except _connection_errors() as exc:
-        raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}") from None
     click.echo(f"replayed {len(letters)} dead letter(s) from {settings.dlq_for(topic)}")
 
 

@@ -31,20 +31,20 @@ WAIT = 60
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory):
     """A running broker; ``.bootstrap_servers`` is its address."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
-    try:
-        broker.start()
-    except Exception as exc:
-        broker.stop()
-        _required("the Kafka broker", exc)
+    broker = _serve(KafkaBroker(tmp_path_factory.mktemp("kafka")), "the Kafka broker")
     yield broker
     broker.stop()
 
 
-def _required(what: str, exc: Exception):
-    if os.environ.get("KSER_REQUIRE_KAFKA") == "1":
-        pytest.fail(f"KSER_REQUIRE_KAFKA=1 and {what} did not start: {exc}")
-    pytest.skip(f"no {what}: {exc}")
+def _serve(server, what: str):
+    """``server`` started; if it cannot start, a skip, or a failure under KSER_REQUIRE_KAFKA=1."""
+    try:
+        return server.start()
+    except Exception as exc:  # reported as skip or failure
+        server.stop()
+        if os.environ.get("KSER_REQUIRE_KAFKA") == "1":
+            pytest.fail(f"KSER_REQUIRE_KAFKA=1 and {what} did not start: {exc}")
+        pytest.skip(f"no {what}: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +54,7 @@ def postgres(tmp_path_factory):
     # cannot enter root's private folders
     workdir = Path(tempfile.mkdtemp(prefix="kser-pg-"))
     workdir.chmod(0o755)
-    server = PostgresServer(workdir)
-    try:
-        server.start()
-    except Exception as exc:  # reported as skip or failure
-        server.stop()
-        _required("PostgreSQL", exc)
+    server = _serve(PostgresServer(workdir), "PostgreSQL")
     yield server
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -185,11 +180,7 @@ SASL_USERS = {"kser": "kser-secret"}
 @pytest.fixture(scope="session")
 def kafka_sasl(tmp_path_factory):
     """A second broker that also listens with SASL_PLAINTEXT (PLAIN) for SASL_USERS."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"), sasl_users=SASL_USERS)
-    try:
-        broker.start()
-    except Exception as exc:  # reported as skip or failure
-        broker.stop()
-        _required("the SASL Kafka broker", exc)
+    broker = _serve(KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"), sasl_users=SASL_USERS),
+                    "the SASL Kafka broker")
     yield broker
     broker.stop()
