@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 #: headers added to a dead-lettered record
 DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer")
-#: longest wait of the main thread for a task to finish before it polls again, seconds
+#: longest the main thread goes without polling while tasks run, seconds
 BUSY_POLL_INTERVAL = 0.2
 
 TopicPartition = tuple[str, int]
@@ -213,15 +213,12 @@ class BaseConsumer:
         backlog: deque[Record] = deque()
         running: dict[Future, Record] = {}
         fetching = True
-        last_commit = time.monotonic()
+        last_commit = last_poll = time.monotonic()
         try:
             with ThreadPoolExecutor(concurrency, thread_name_prefix="kser-task") as executor:
                 while True:
+                    self._task_done.clear()  # before harvesting: no completion is missed
                     self._harvest(running, tracker)
-                    if time.monotonic() - last_commit >= self.settings.commit_interval or \
-                            not running:
-                        self._checkpoint(tracker)
-                        last_commit = time.monotonic()
                     if self._stopping.is_set():
                         if not running:
                             break
@@ -231,23 +228,35 @@ class BaseConsumer:
                         record = backlog.popleft()
                         tracker.started(record)
                         running[executor.submit(self._process, record)] = record
-                    free = 0 if self.paused else concurrency - len(running) - len(backlog)
-                    if (free > 0) != fetching:
-                        fetching = free > 0
-                        self._resume() if fetching else self._pause()
-                    if not fetching:
-                        # keep polling (membership, max.poll.interval) while tasks run
-                        self._task_done.wait(BUSY_POLL_INTERVAL)
-                        self._task_done.clear()
-                        backlog.extend(self._poll(0, 1))
-                    else:
-                        timeout = BUSY_POLL_INTERVAL if running else self.settings.poll_timeout
-                        records = self._poll(min(timeout, self.settings.poll_timeout),
-                                             min(free, self.settings.max_poll_records))
+                    idle = not running and not backlog
+                    if idle or time.monotonic() - last_commit >= self.settings.commit_interval:
+                        self._checkpoint(tracker)
+                        last_commit = time.monotonic()
+                    if not backlog and not self.paused:
+                        # fetch only when everything fetched has been handed out
+                        if not fetching:
+                            self._resume()
+                            fetching = True
+                        records = self._poll(
+                            BUSY_POLL_INTERVAL if running else self.settings.poll_timeout,
+                            self.settings.max_poll_records)
+                        last_poll = time.monotonic()
                         backlog.extend(records)
-                        if not records and not running and not backlog and self._exit_when_idle:
+                        if idle and not records and self._exit_when_idle:
                             self._sweep()
                             break
+                        if not records and running:
+                            self._task_done.wait(BUSY_POLL_INTERVAL)
+                    else:
+                        self._task_done.wait(BUSY_POLL_INTERVAL)
+                        if time.monotonic() - last_poll >= BUSY_POLL_INTERVAL:
+                            # a long wait: pause the partitions and poll, which keeps the
+                            # membership (max.poll.interval) without fetching more
+                            if fetching:
+                                self._pause()
+                                fetching = False
+                            backlog.extend(self._poll(0, self.settings.max_poll_records))
+                            last_poll = time.monotonic()
                     self._sweep()
             self._harvest(running, tracker)
             self._checkpoint(tracker)

@@ -413,7 +413,9 @@ def test_retries(h, how, fail, status, attempts):
         assert failed[0]["error"] == "TimeLimitExceeded: time limit exceeded after 1 s"
 
 
-def test_a_retry_waits_in_the_store_not_in_a_consumer(h):
+def test_a_retry_waits_in_the_store_not_in_a_consumer(h, monkeypatch):
+    monkeypatch.setattr(tasks.Unreliable, "RETRY_MIN_BACKOFF", 1.0)
+    monkeypatch.setattr(tasks.Unreliable, "RETRY_MAX_BACKOFF", 1.0)
     tasks.FAILURES.clear()
     op = tasks.OneUnreliable(params={"how": "raise", "fail": 1}).send()
     h.drain()
