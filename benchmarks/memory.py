@@ -52,12 +52,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
         consumer.close()
 
 
-def produce(bootstrap: str, topic: str, count: int) -> None:
+def produce(bootstrap: str, topic: str, count: int,
+            entrypoint: str = "benchmarks.tasks.Noop") -> None:
+    """Produce ``count`` no-op task messages to ``topic``."""
     producer = Producer({"bootstrap_servers": bootstrap, "linger_ms": 20,
                          "batch_size": 256 * 1024})
     batch = 5000
     for start in range(0, count, batch):
-        kmsgs = [Message(str(uuid.uuid4()), "benchmarks.tasks.Noop")
+        kmsgs = [Message(str(uuid.uuid4()), entrypoint)
                  for _ in range(min(batch, count - start))]
         result = producer.bulk_send(topic, kmsgs, timeout=120)
         assert result.retcode == 0, result.stderr
