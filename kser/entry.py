@@ -136,6 +136,20 @@ class Entrypoint(metaclass=EntrypointMeta):
 
     # -- internals: logging around the hooks ---------------------------------------------
 
+    def _log(self, level: int, event: str, result: Result | None = None) -> None:
+        """``{Name}.{event}: {path}[{uuid}]`` with the message (and result) as ``extra``.
+
+        The extras are dumped only when the line is logged: the hot path pays
+        nothing for a filtered level.
+        """
+        if logger.isEnabledFor(level):
+            if result is None:
+                logger.log(level, "%s.%s: %s[%s]", type(self).__name__, event, type(self).path,
+                           self.uuid, extra=self._log_extra())
+            else:
+                logger.log(level, "%s.%s: %s[%s]: %s", type(self).__name__, event,
+                           type(self).path, self.uuid, result, extra=self._log_extra(result))
+
     def _log_extra(self, result: Result | None = None) -> dict[str, Any]:
         extra: dict[str, Any] = dict(kmsg=Message(self.uuid, entrypoint=self.__class__.path,
                                                   params=self.params,
@@ -151,8 +165,7 @@ class Entrypoint(metaclass=EntrypointMeta):
             self._init_error = exception_result(exc, uuid=self.uuid)
 
     def _prerun(self) -> None:
-        logger.debug("%s.PreRun: %s[%s]", self.__class__.__name__, self.__class__.path,
-                     self.uuid, extra=self._log_extra())
+        self._log(logging.DEBUG, "PreRun")
         self.check_required_params()
         self.prerun()
 
@@ -168,12 +181,10 @@ class Entrypoint(metaclass=EntrypointMeta):
 
     def _onsuccess(self, result: Result | None) -> Result:
         result = self.result + result if result else self.result
-        logger.info("%s.Success: %s[%s]: %s", self.__class__.__name__, self.__class__.path,
-                    self.uuid, result, extra=self._log_extra(result))
+        self._log(logging.INFO, "Success", result)
         return self.onsuccess(result)
 
     def _onerror(self, result: Result) -> Result:
         result = self.result + result if result else self.result
-        logger.error("%s.Failed: %s[%s]: %s", self.__class__.__name__, self.__class__.path,
-                     self.uuid, result, extra=self._log_extra(result))
+        self._log(logging.ERROR, "Failed", result)
         return self.onerror(result)

@@ -78,8 +78,9 @@ class Task(Entrypoint):
         """
         prefix = f"{type(self).__name__}.{self.status}: {type(self).path}[{self.uuid}]: "
         extra = dict(kwargs.pop("extra", None) or {})
-        extra.setdefault("kmsg", self._log_extra()["kmsg"])
-        logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
+        if logger.isEnabledFor(level):
+            extra.setdefault("kmsg", self._log_extra()["kmsg"])
+            logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
         self.log_lines.append((time.time(), level, prefix + (str(message) % args if args
                                                               else str(message))))
 
