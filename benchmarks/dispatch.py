@@ -39,7 +39,7 @@ from kafka import KafkaConsumer  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.structs import TopicPartition  # noqa: E402
 
-from benchmarks.memory import produce  # noqa: E402
+from benchmarks.memory import kafka_bootstrap, produce  # noqa: E402
 
 LEGACY_VENV = ROOT / "benchmarks" / ".venv-kser0827"
 
@@ -156,23 +156,13 @@ def main() -> int:
     parser.add_argument("--only", choices=CONFIGURATIONS, action="append")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KSER_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        from kafka_local import KafkaBroker
-
-        broker = KafkaBroker(tempfile.mkdtemp(prefix="kser-bench-kafka-")).start()
-        bootstrap = broker.bootstrap_servers
     results = {}
-    try:
+    with kafka_bootstrap() as bootstrap:
         for run in range(args.runs):
             for name in args.only or CONFIGURATIONS:
                 rate = one_run(name, bootstrap, args.messages)
                 results.setdefault(name, []).append(round(rate))
                 print(f"run {run + 1}: {name}: {rate:.0f} messages/s", flush=True)
-    finally:
-        if broker is not None:
-            broker.stop()
     summary = {name: dict(runs=rates, median=statistics.median(rates))
                for name, rates in results.items()}
     out = Path(args.out)

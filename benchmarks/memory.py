@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,24 +103,29 @@ def run(bootstrap: str, messages: int, transport: str, partitions: int = 3) -> d
                 samples=samples)
 
 
+@contextmanager
+def kafka_bootstrap():
+    """``KSER_BOOTSTRAP_SERVERS``, or a local broker (scripts/kafka-local) for the block."""
+    if os.environ.get("KSER_BOOTSTRAP_SERVERS"):
+        yield os.environ["KSER_BOOTSTRAP_SERVERS"]
+        return
+    from kafka_local import KafkaBroker
+
+    broker = KafkaBroker(tempfile.mkdtemp(prefix="kser-bench-kafka-")).start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--transport", choices=["kafka", "confluent"], default="kafka")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KSER_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        from kafka_local import KafkaBroker
-
-        broker = KafkaBroker(tempfile.mkdtemp(prefix="kser-bench-kafka-")).start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_bootstrap() as bootstrap:
         result = run(bootstrap, args.messages, args.transport)
-    finally:
-        if broker is not None:
-            broker.stop()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"memory-{args.transport}.json").write_text(json.dumps(result, indent=1))
