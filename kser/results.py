@@ -36,6 +36,6 @@ def exception_result(exc: BaseException, uuid: str | None = None) -> Result:
     if isinstance(exc, Error):
         return error_result(exc, uuid)
     error = from_exc(exc)
-    if not isinstance(exc, Error) and error.message == str(exc):
+    if error.message == str(exc):  # a bare str(exc); marshmallow errors have their own
         error.message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return error_result(error, uuid)
