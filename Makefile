@@ -11,7 +11,7 @@ demo: $(VENV)/.installed
 	$(BIN)/kser --log-level WARNING demo
 
 test: install system-deps kafka-jars
-	$(BIN)/ruff check kser tests scripts examples
+	$(BIN)/ruff check kser tests scripts examples benchmarks
 	$(BIN)/python -m pytest tests
 
 install: $(VENV)/.installed
@@ -29,4 +29,4 @@ kafka-jars:
 	$(PYTHON) scripts/kafka_local.py fetch
 
 lint: install
-	$(BIN)/ruff check kser tests scripts examples
+	$(BIN)/ruff check kser tests scripts examples benchmarks

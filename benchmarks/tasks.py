@@ -1,5 +1,7 @@
 """What the benchmarks run: a no-op task, and operations of no-op tasks."""
 
+import time
+
 from cdumay_result import Result
 
 from kser.sequencing.operation import Operation
@@ -23,3 +25,21 @@ class NoopChain(Operation):
 
     def build_tasks(self, hops=10, **kwargs):
         return [Noop() for _ in range(int(hops))]
+
+
+@registry.subscribe
+class Timed(Task):
+    """A no-op that reports when its body started and ended (``retval["s"]``/``["f"]``),
+    so hop latency is measured body to body, as benchmarks/celery_chain.py does."""
+
+    def run(self):
+        started = time.time()
+        return Result(uuid=self.uuid, retval=dict(s=started, f=time.time()))
+
+
+@registry.subscribe
+class TimedChain(Operation):
+    """``hops`` :class:`Timed` tasks in a row."""
+
+    def build_tasks(self, hops=10, **kwargs):
+        return [Timed() for _ in range(int(hops))]

@@ -260,6 +260,7 @@ class BaseConsumer:
                     self._sweep()
             self._harvest(running, tracker)
             self._checkpoint(tracker)
+            self._flush_sent()
         finally:
             restore()
             self._shutdown()
@@ -324,6 +325,16 @@ class BaseConsumer:
             sweep()
         except Exception as exc:  # the store may be briefly unreachable; try next time
             logger.warning("%s: sweep failed: %s", self.name, exc)
+
+    def _flush_sent(self) -> None:
+        """Let the sequencer write the sent marks it holds (else a sweep re-sends those rows)."""
+        flush = getattr(self.controller.sequencer, "flush_sent", None)
+        if flush is None:
+            return
+        try:
+            flush()
+        except Exception as exc:  # harmless: the rows are sent again and change nothing
+            logger.warning("%s: sent marks not written: %s", self.name, exc)
 
     def _checkpoint(self, tracker: OffsetTracker) -> None:
         """Commit what may be committed, once everything produced is acknowledged."""

@@ -25,8 +25,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result, ResultSchema
@@ -93,6 +94,10 @@ class Sequencer:
         self._store = store
         self._store_lock = threading.Lock()
         self._last_sweep = 0.0
+        #: outbox rows Kafka acknowledged, marked sent by the next transaction (see publish)
+        self._sent: list[int] = []
+        self._sent_lock = threading.Lock()
+        self._leases = _Leases(lambda: self.store, self.settings.task_lease)
 
     @property
     def store(self) -> Store:
@@ -105,6 +110,26 @@ class Sequencer:
     @store.setter
     def store(self, store: Store) -> None:
         self._store = store
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Tx]:
+        """A store transaction that also marks sent the rows acknowledged since the last one."""
+        with self._sent_lock:
+            sent, self._sent = self._sent, []
+        try:
+            with self.store.transaction() as tx:
+                tx.mark_sent(sent)
+                yield tx
+        except BaseException:
+            with self._sent_lock:
+                self._sent.extend(sent)
+            raise
+
+    def flush_sent(self) -> None:
+        """Mark sent, now, the outbox rows acknowledged since the last transaction."""
+        if self._sent:
+            with self._transaction():
+                pass
 
     # -- routing -----------------------------------------------------------------------
 
@@ -151,7 +176,7 @@ class Sequencer:
                 attempt=0))
             if position:
                 dependencies.append((task.uuid, operation.tasks[position - 1].uuid))
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             created = tx.insert_operation(op_row)
             if created:
                 tx.insert_tasks(task_rows, dependencies)
@@ -169,12 +194,12 @@ class Sequencer:
 
     def store_has(self, operation_id: str) -> bool:
         """True when the operation is in the store."""
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             return tx.get_operation(operation_id) is not None
 
     def emit_ready(self, operation_id: str) -> Result:
         """Send the messages of the operation's tasks that are ready to run now."""
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             queued = self._emit_ready(tx, operation_id) if op["status"] == RUNNING else 0
         self.publish(operation_id)
@@ -190,7 +215,7 @@ class Sequencer:
         wait_until = time.monotonic() + lease * DUPLICATE_WAIT_LEASES
         while True:
             now = time.time()
-            with self.store.transaction() as tx:
+            with self._transaction() as tx:
                 task = tx.get_task(task_id)
                 op = tx.get_operation(operation_id) if operation_id else None
                 if task is None or op is None or task["operation_id"] != operation_id:
@@ -200,7 +225,8 @@ class Sequencer:
                         extra=dict(uuid=kmsg.uuid))
                 verdict = _verdict(task, op, mode, now, worker)
                 if verdict == "run" and tx.claim_task(task_id, task["attempt"], worker,
-                                                     now + lease, now):
+                                                     now + lease, now,
+                                                     taking_over=task["status"] == RUNNING):
                     attempt = task["attempt"] + 1
                     break
             if verdict == "done":
@@ -225,7 +251,7 @@ class Sequencer:
                               result=load_result(forwarded), metadata=metadata)
         if isinstance(instance, Task):
             instance.status = RUNNING
-        with _LeaseKeeper(self.store, task_id, attempt, self.settings.task_lease):
+        with self._leases.held(task_id, attempt):
             result = instance.execute()
         success = is_success(result)
         exception = getattr(instance, "exception", None)
@@ -235,7 +261,7 @@ class Sequencer:
             retry_in = backoff(entrypoint, attempt, exception)
         now = time.time()
         transitions: list[tuple[str, dict | None]] = []
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             if not tx.finish_attempt(task_id, attempt, SUCCESS if success else FAILED,
                                      dump_result(result), now,
                                      None if success else result.stderr,
@@ -252,22 +278,23 @@ class Sequencer:
                                attempt, result.stderr, retry_in)
                 self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
             elif success:
-                if not self._emit_ready(tx, operation_id):
+                if not self._emit_ready(tx, operation_id, op):
                     if all(t["status"] == SUCCESS for t in tx.get_tasks(operation_id)):
                         transitions.append(self._finish_operation(
                             tx, operation_id, SUCCESS, dump_result(result)))
             else:
                 transitions.append(self._finish_operation(tx, operation_id, FAILED,
                                                           dump_result(result)))
+            queued = tx.queued
         self._notify_status(operation_id, transitions)
-        self.publish(operation_id)
+        self.publish(operation_id, queued)
         return result
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _emit_ready(self, tx: Tx, operation_id: str) -> int:
+    def _emit_ready(self, tx: Tx, operation_id: str, op=None) -> int:
         """Queue the message of every PENDING task whose dependencies all succeeded."""
-        op = tx.get_operation(operation_id)
+        op = op or tx.get_operation(operation_id)
         tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
         deps = tx.dependencies(operation_id)
         ready = [t for t in tasks.values() if t["status"] == PENDING and all(
@@ -311,7 +338,7 @@ class Sequencer:
         """Call the operation class's ``set_status`` for each transition, if registered here."""
         if not transitions:
             return
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             op = tx.get_operation(operation_id)
         cls = self._entrypoints.get(op["entrypoint"]) if op else None
         if cls is None:
@@ -330,13 +357,25 @@ class Sequencer:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def publish(self, operation_id: str) -> int:
+    def publish(self, operation_id: str, rows: list[dict] | None = None) -> int:
         """Produce the operation's unsent outbox messages, wait for the acks, mark them sent.
+
+        :param rows: the rows to send, as the transaction that queued them returned them
+            (default: read the operation's unsent ones). Rows with a due time are left
+            to the sweep.
+
+        Sent rows are marked by this worker's next transaction (or sweep, within
+        ``sweep_interval``): a row a crash left unmarked is sent again by a sweep
+        after ``UNSENT_GRACE``, and its duplicate message changes nothing.
 
         :raises RedoError: the broker did not acknowledge them (they stay unsent)
         """
-        with self.store.transaction() as tx:
-            rows = tx.unsent(operation_id, now=time.time())
+        if rows is None:
+            with self._transaction() as tx:
+                rows = tx.unsent(operation_id, now=time.time())
+        else:
+            now = time.time()
+            rows = [row for row in rows if row["due_at"] is None or row["due_at"] <= now]
         if not rows:
             return 0
         producer = self._producer()
@@ -347,8 +386,8 @@ class Sequencer:
         except Exception as exc:
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
                             f"acknowledged: {exc}") from exc
-        with self.store.transaction() as tx:
-            tx.mark_sent([row["id"] for row in rows])
+        with self._sent_lock:
+            self._sent.extend(row["id"] for row in rows)
         return len(rows)
 
     # -- sweeping ------------------------------------------------------------------------
@@ -365,7 +404,7 @@ class Sequencer:
         self._last_sweep = time.monotonic()
         now = time.time()
         grace = UNSENT_GRACE
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             expired = tx.expired_tasks(now)
             for task in expired:
                 op = tx.get_operation(task["operation_id"])
@@ -386,7 +425,7 @@ class Sequencer:
 
         A task already running finishes, but nothing follows it.
         """
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             if op["status"] in FINAL_STATUSES:
                 return Result(uuid=operation_id, retcode=409, stderr=f"Operation {operation_id}"
@@ -398,7 +437,7 @@ class Sequencer:
 
     def recover(self, operation_id: str) -> Result:
         """Restart a FAILED operation from its failed task(s), keeping earlier results."""
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             if op["status"] != FAILED:
                 return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
@@ -414,7 +453,7 @@ class Sequencer:
 
     def run_from(self, operation_id: str, task_id: str) -> Result:
         """Reset ``task_id`` and every task that depends on it, then run from it."""
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             if op["status"] == RUNNING:
                 return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
@@ -433,7 +472,7 @@ class Sequencer:
 
         The operation's status does not change (synergy_flow's run_one).
         """
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             op = self._get(tx, operation_id)
             if op["status"] == RUNNING:
                 return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
@@ -448,7 +487,7 @@ class Sequencer:
 
     def purge(self) -> int:
         """Delete finished operations whose TTL strategy expired; return how many."""
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             return tx.purge(time.time())
 
     def _restart(self, tx: Tx, operation_id: str) -> None:
@@ -512,30 +551,51 @@ def _user_metadata(metadata: dict | None) -> dict:
     return {k: v for k, v in (metadata or {}).items() if k != KSER_METADATA_KEY}
 
 
-class _LeaseKeeper:
-    """Renews a running attempt's lease every third of its length, in a thread."""
+class _Leases:
+    """Renews the leases of the attempts running in this process, in one thread.
 
-    def __init__(self, store: Store, task_id: str, attempt: int, lease: float):
-        self.store, self.task_id, self.attempt, self.lease = store, task_id, attempt, lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, daemon=True,
-                                        name=f"kser-lease-{task_id}")
+    Every third of a lease, one transaction extends every held lease; a lease
+    another worker took over is dropped (with a warning) and its attempt's
+    result will be discarded by :meth:`Tx.finish_attempt`.
+    """
 
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
+    def __init__(self, store: Callable[[], Store], lease: float):
+        self._store, self.lease = store, lease
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
+    @contextmanager
+    def held(self, task_id: str, attempt: int) -> Iterator[None]:
+        with self._lock:
+            self._held[task_id] = attempt
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._renew, daemon=True,
+                                                name="kser-leases")
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(task_id, None)
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.lease / 3):
+        while True:
+            time.sleep(self.lease / 3)
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
             try:
-                with self.store.transaction() as tx:
-                    if not tx.renew_lease(self.task_id, self.attempt, time.time() + self.lease):
-                        logger.warning("Task %s attempt %d: lease lost", self.task_id,
-                                       self.attempt)
-                        return
-            except Exception as exc:  # the store may come back before the lease ends
-                logger.warning("Task %s: lease not renewed (%s)", self.task_id, exc)
+                with self._store().transaction() as tx:
+                    until = time.time() + self.lease
+                    lost = [task_id for task_id, attempt in held.items()
+                            if not tx.renew_lease(task_id, attempt, until)]
+            except Exception as exc:  # the store may come back before the leases end
+                logger.warning("%d lease(s) not renewed (%s)", len(held), exc)
+                continue
+            for task_id in lost:
+                logger.warning("Task %s attempt %d: lease lost", task_id, held[task_id])
+                with self._lock:
+                    if self._held.get(task_id) == held[task_id]:
+                        del self._held[task_id]

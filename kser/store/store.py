@@ -7,9 +7,19 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, and_, create_engine, delete, event, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine, RowMapping
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from kser.store import schema
 from kser.store.migrations import migrate
@@ -18,11 +28,67 @@ from kser.store.migrations import migrate
 FINAL_STATUSES = ("SUCCESS", "FAILED", "SKIPPED", "CANCELED")
 
 
+_op, _task, _attempt, _box = (schema.operations.c, schema.tasks.c, schema.attempts.c,
+                              schema.outbox.c)
+
+# The statements of a task's hop, built once: SQLAlchemy then caches their compiled
+# form, where building them per call cost more than running them (benchmarks/).
+_GET_OPERATION = select(schema.operations).where(_op.id == bindparam("b_id"))
+_GET_OPERATION_LOCKED = _GET_OPERATION.with_for_update()
+_GET_TASK = select(schema.tasks).where(_task.id == bindparam("b_id"))
+_GET_TASKS = (select(schema.tasks).where(_task.operation_id == bindparam("b_id"))
+              .order_by(_task.position))
+_DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
+                        schema.task_dependencies.c.depends_on)
+                 .join(schema.tasks, _task.id == schema.task_dependencies.c.task_id)
+                 .where(_task.operation_id == bindparam("b_id")))
+_CLAIM = (update(schema.tasks)
+          .where(and_(_task.id == bindparam("b_id"), _task.attempt == bindparam("b_attempt"),
+                      or_(_task.status == "PENDING",
+                          and_(_task.status == "RUNNING",
+                               or_(_task.lease_expires_at < bindparam("b_now"),
+                                   _task.worker == bindparam("b_worker"))))))
+          .values(status="RUNNING", attempt=bindparam("b_next"), worker=bindparam("b_worker"),
+                  lease_expires_at=bindparam("b_lease"), started_at=bindparam("b_now"),
+                  finished_at=None))
+_TAKEN_OVER = (update(schema.attempts)
+               .where(and_(_attempt.task_id == bindparam("b_id"),
+                           _attempt.number == bindparam("b_attempt"),
+                           _attempt.status == "RUNNING"))
+               .values(status="FAILED", finished_at=bindparam("b_now"),
+                       error=bindparam("b_error")))
+_NEW_ATTEMPT = schema.attempts.insert().values(
+    task_id=bindparam("b_id"), number=bindparam("b_next"), worker=bindparam("b_worker"),
+    status="RUNNING", started_at=bindparam("b_now"))
+_RENEW = (update(schema.tasks)
+          .where(and_(_task.id == bindparam("b_id"), _task.attempt == bindparam("b_attempt"),
+                      _task.status == "RUNNING"))
+          .values(lease_expires_at=bindparam("b_lease")))
+_FINISH_TASK = (update(schema.tasks)
+                .where(and_(_task.id == bindparam("b_id"),
+                            _task.attempt == bindparam("b_attempt"),
+                            _task.status == "RUNNING"))
+                .values(status=bindparam("b_status"), result=bindparam("b_result"),
+                        finished_at=bindparam("b_finished"), lease_expires_at=None))
+_FINISH_ATTEMPT = (update(schema.attempts)
+                   .where(and_(_attempt.task_id == bindparam("b_id"),
+                               _attempt.number == bindparam("b_attempt")))
+                   .values(status=bindparam("b_status"), finished_at=bindparam("b_now"),
+                           retcode=bindparam("b_retcode"), error=bindparam("b_error")))
+_ADD_OUTBOX = schema.outbox.insert().values(
+    operation_id=bindparam("b_operation"), topic=bindparam("b_topic"), key=bindparam("b_key"),
+    value=bindparam("b_value"), created_at=bindparam("b_now"), due_at=bindparam("b_due"))
+_MARK_SENT = (update(schema.outbox).where(_box.id.in_(bindparam("b_ids", expanding=True)))
+              .values(sent_at=bindparam("b_now")))
+
+
 class Tx:
     """One transaction on the store; every method reads or writes plain dicts."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
+        #: the outbox rows added in this transaction (id, topic, key, value, due_at)
+        self.queued: list[dict] = []
 
     # -- operations --------------------------------------------------------------------
 
@@ -34,10 +100,8 @@ class Tx:
         return True
 
     def get_operation(self, operation_id: str, lock: bool = False) -> RowMapping | None:
-        query = select(schema.operations).where(schema.operations.c.id == operation_id)
-        if lock:
-            query = query.with_for_update()
-        return self.connection.execute(query).mappings().first()
+        return self.connection.execute(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
+                                       dict(b_id=operation_id)).mappings().first()
 
     def update_operation(self, operation_id: str, **values: Any) -> None:
         values.setdefault("updated_at", time.time())
@@ -54,24 +118,17 @@ class Tx:
             self.connection.execute(schema.task_dependencies.insert(),
                                     [dict(task_id=t, depends_on=d) for t, d in dependencies])
 
-    def get_task(self, task_id: str, lock: bool = False) -> RowMapping | None:
-        query = select(schema.tasks).where(schema.tasks.c.id == task_id)
-        if lock:
-            query = query.with_for_update()
-        return self.connection.execute(query).mappings().first()
+    def get_task(self, task_id: str) -> RowMapping | None:
+        return self.connection.execute(_GET_TASK, dict(b_id=task_id)).mappings().first()
 
     def get_tasks(self, operation_id: str) -> list[RowMapping]:
-        return list(self.connection.execute(
-            select(schema.tasks).where(schema.tasks.c.operation_id == operation_id)
-            .order_by(schema.tasks.c.position)).mappings())
+        return list(self.connection.execute(_GET_TASKS, dict(b_id=operation_id)).mappings())
 
     def dependencies(self, operation_id: str) -> dict[str, set[str]]:
         """``{task_id: {ids it depends on}}`` for every task of the operation."""
         deps: dict[str, set[str]] = {}
-        query = (select(schema.task_dependencies.c.task_id, schema.task_dependencies.c.depends_on)
-                 .join(schema.tasks, schema.tasks.c.id == schema.task_dependencies.c.task_id)
-                 .where(schema.tasks.c.operation_id == operation_id))
-        for task_id, depends_on in self.connection.execute(query):
+        for task_id, depends_on in self.connection.execute(_DEPENDENCIES,
+                                                           dict(b_id=operation_id)):
             deps.setdefault(task_id, set()).add(depends_on)
         return deps
 
@@ -80,44 +137,29 @@ class Tx:
                                 .values(**values))
 
     def claim_task(self, task_id: str, attempt: int, worker: str, lease_until: float,
-                   now: float) -> bool:
+                   now: float, taking_over: bool = True) -> bool:
         """Start attempt ``attempt + 1`` if the task is PENDING, or RUNNING with an expired
         lease or on this very worker (which is not running it any more: it is here).
 
         A compare-and-set on (status, attempt): of two workers racing for the
-        same task, exactly one gets True.
+        same task, exactly one gets True. ``taking_over=False`` (the task was
+        read PENDING) skips closing a RUNNING attempt that cannot exist.
         """
-        task = schema.tasks.c
-        claimed = self.connection.execute(
-            update(schema.tasks)
-            .where(and_(task.id == task_id, task.attempt == attempt,
-                        or_(task.status == "PENDING",
-                            and_(task.status == "RUNNING",
-                                 or_(task.lease_expires_at < now, task.worker == worker)))))
-            .values(status="RUNNING", attempt=attempt + 1, worker=worker,
-                    lease_expires_at=lease_until, started_at=now, finished_at=None)
-        ).rowcount == 1
+        params = dict(b_id=task_id, b_attempt=attempt, b_next=attempt + 1, b_worker=worker,
+                      b_lease=lease_until, b_now=now)
+        claimed = self.connection.execute(_CLAIM, params).rowcount == 1
         if claimed:
-            # a taken-over attempt ended when its worker stopped renewing the lease
-            self.connection.execute(
-                update(schema.attempts)
-                .where(and_(schema.attempts.c.task_id == task_id,
-                            schema.attempts.c.number == attempt,
-                            schema.attempts.c.status == "RUNNING"))
-                .values(status="FAILED", finished_at=now,
-                        error=f"lease expired: its worker stopped; taken over by {worker}"))
-            self.connection.execute(schema.attempts.insert().values(
-                task_id=task_id, number=attempt + 1, worker=worker, status="RUNNING",
-                started_at=now))
+            if taking_over:  # a taken-over attempt ended when its worker stopped renewing
+                self.connection.execute(_TAKEN_OVER, dict(
+                    b_id=task_id, b_attempt=attempt, b_now=now,
+                    b_error=f"lease expired: its worker stopped; taken over by {worker}"))
+            self.connection.execute(_NEW_ATTEMPT, params)
         return claimed
 
     def renew_lease(self, task_id: str, attempt: int, lease_until: float) -> bool:
         """Extend the lease of a RUNNING attempt; False if it is no longer ours."""
-        task = schema.tasks.c
-        return self.connection.execute(
-            update(schema.tasks)
-            .where(and_(task.id == task_id, task.attempt == attempt, task.status == "RUNNING"))
-            .values(lease_expires_at=lease_until)).rowcount == 1
+        return self.connection.execute(_RENEW, dict(b_id=task_id, b_attempt=attempt,
+                                                    b_lease=lease_until)).rowcount == 1
 
     def finish_attempt(self, task_id: str, attempt: int, status: str, result: dict,
                        now: float, error: str | None, task_status: str | None = None) -> bool:
@@ -126,22 +168,16 @@ class Tx:
 
         False if another worker took the task over meanwhile: nothing is written.
         """
-        task = schema.tasks.c
         task_status = task_status or status
-        finished = self.connection.execute(
-            update(schema.tasks)
-            .where(and_(task.id == task_id, task.attempt == attempt, task.status == "RUNNING"))
-            .values(status=task_status, result=None if task_status == "PENDING" else result,
-                    finished_at=None if task_status == "PENDING" else now,
-                    lease_expires_at=None)
+        retry = task_status == "PENDING"
+        finished = self.connection.execute(_FINISH_TASK, dict(
+            b_id=task_id, b_attempt=attempt, b_status=task_status,
+            b_result=None if retry else result, b_finished=None if retry else now)
         ).rowcount == 1
         if finished:
-            self.connection.execute(
-                update(schema.attempts)
-                .where(and_(schema.attempts.c.task_id == task_id,
-                            schema.attempts.c.number == attempt))
-                .values(status=status, finished_at=now, retcode=result.get("retcode"),
-                        error=error))
+            self.connection.execute(_FINISH_ATTEMPT, dict(
+                b_id=task_id, b_attempt=attempt, b_status=status, b_now=now,
+                b_retcode=result.get("retcode"), b_error=error))
         return finished
 
     def add_logs(self, task_id: str, attempt: int, lines: Iterable[tuple[float, int, str]]) -> None:
@@ -181,10 +217,12 @@ class Tx:
 
     def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
                    value: bytes, due_at: float | None = None) -> None:
-        """Queue a message; with ``due_at`` it is not sent before that time."""
-        self.connection.execute(schema.outbox.insert().values(
-            operation_id=operation_id, topic=topic, key=key, value=value,
-            created_at=time.time(), due_at=due_at))
+        """Queue a message (see :attr:`queued`); with ``due_at`` not sent before that time."""
+        inserted = self.connection.execute(_ADD_OUTBOX, dict(
+            b_operation=operation_id, b_topic=topic, b_key=key, b_value=value,
+            b_now=time.time(), b_due=due_at))
+        self.queued.append(dict(id=inserted.inserted_primary_key[0], operation_id=operation_id,
+                                topic=topic, key=key, value=value, due_at=due_at))
 
     def unsent(self, operation_id: str, now: float | None = None) -> list[RowMapping]:
         """The operation's unsent messages that are due (all of them when ``now`` is None)."""
@@ -197,8 +235,7 @@ class Tx:
 
     def mark_sent(self, ids: list[int]) -> None:
         if ids:
-            self.connection.execute(update(schema.outbox).where(schema.outbox.c.id.in_(ids))
-                                    .values(sent_at=time.time()))
+            self.connection.execute(_MARK_SENT, dict(b_ids=list(ids), b_now=time.time()))
 
     # -- retention ---------------------------------------------------------------------
 
@@ -264,9 +301,11 @@ class Store:
 
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        # one connection per checkout: SQLite files are shared by processes, not pools
-        engine = create_engine(url, poolclass=NullPool,
-                               connect_args={"timeout": 60, "isolation_level": None})
+        # a pool of open connections: opening one costs its PRAGMAs, and closing the last
+        # one checkpoints the WAL (an fsync) -- both per transaction with no pool
+        engine = create_engine(url, poolclass=QueuePool, pool_size=5, max_overflow=5,
+                               connect_args={"timeout": 60, "isolation_level": None,
+                                             "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_settings(dbapi_connection, _record):

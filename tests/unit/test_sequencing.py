@@ -180,6 +180,7 @@ def test_a_duplicate_operation_message_is_not_stored_twice(h):
 
 def test_unsent_outbox_rows_are_resent_by_a_duplicate(h):
     op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.registry.sequencer.flush_sent()  # no mark left pending in memory, then none in store:
     with h.store.transaction() as tx:  # as if the sender died before marking it sent
         tx.connection.exec_driver_sql("UPDATE kser_outbox SET sent_at = NULL")
     h.registry.sequencer.submit(tasks.ThreeSteps(uuid=op.uuid, params={"name": "n"}), "ops")
@@ -438,3 +439,17 @@ def test_a_retry_waits_in_the_store_not_in_a_consumer(h, monkeypatch):
     assert len(h.messages("ops")) == 2
     h.drain()
     assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_sent_rows_are_marked_by_the_next_transaction(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    with h.store.transaction() as tx:
+        assert [row["sent_at"] for row in tx.unsent(op.uuid)] == [None]  # mark pending
+    h.registry.sequencer.flush_sent()
+    with h.store.transaction() as tx:
+        assert tx.unsent(op.uuid) == []
+    h.drain()
+    h.registry.sequencer.sweep(force=True)  # a sweep's transaction writes pending marks
+    with h.store.transaction() as tx:
+        assert tx.connection.exec_driver_sql(
+            "SELECT count(*) FROM kser_outbox WHERE sent_at IS NULL").scalar() == 0

@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""Sequencing: operations of no-op tasks through kser workers, side by side with Celery chains.
+
+    python benchmarks/sequencing.py [--operations 1000] [--hops 10] [--unloaded 50]
+                                    [--workers 1 --workers 2] [--store sqlite --store postgresql]
+                                    [--no-celery] [--scaling 100,1000,10000]
+
+In one run, on this machine: a local Kafka broker (scripts/kafka-local, unless
+KSER_BOOTSTRAP_SERVERS is set), a local PostgreSQL (scripts/pg-local) and a
+local Redis (Debian's redis-server, append-only file fsynced every second).
+
+- **kser**: ``--operations`` operations of ``--hops`` timed no-op tasks
+  (benchmarks.tasks.TimedChain) are produced at once to a 4-partition topic
+  read by 1 or 2 `kser worker` processes (concurrency 1), on a SQLite or a
+  PostgreSQL store.
+- **Celery**: the same number of ``chain``s of the same number of no-op tasks
+  (benchmarks/celery_chain.py, Celery 5 in its own venv
+  benchmarks/.venv-celery, not committed) sent at once to Redis, with as many
+  solo-pool worker processes, acks_late.
+
+Figures: task runs/s (all task runs / first body start to last body end);
+hop latency (task n's body ended → task n+1's body started), p50/p99, loaded
+(that bulk run) and unloaded (``--unloaded`` operations one after the other).
+Scaling: with 1 worker on SQLite, hops/s of 100 operations after the store was
+filled with 100, 1,000 and 10,000 finished operations.
+
+Writes benchmarks/results/sequencing.json and prints a summary. A benchmark,
+not a test: nothing here passes or fails on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
+from kafka.errors import KafkaError  # noqa: E402
+
+from benchmarks.memory import kafka_bootstrap  # noqa: E402
+from kser.python_kafka.producer import Producer  # noqa: E402
+from kser.schemas import Message  # noqa: E402
+from kser.store import Store, schema  # noqa: E402
+
+CELERY_VENV = ROOT / "benchmarks" / ".venv-celery"
+CELERY_VERSION = "5.7.0"
+PARTITIONS = 4
+#: seconds any one phase may take before the benchmark gives up
+PHASE_TIMEOUT = 900
+
+
+# -- infrastructure --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def postgres():
+    """A local PostgreSQL (scripts/pg-local) for the block; yields a fresh-database maker."""
+    from pg_local import PostgresServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="kser-bench-pg-", dir="/tmp"))
+    os.chmod(workdir, 0o755)
+    server = PostgresServer(workdir / "pg").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def new_database(server) -> str:
+    """A new empty database on ``server``: every configuration starts from an empty store."""
+    import sqlalchemy
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@contextmanager
+def redis_server():
+    """Debian's redis-server on 127.0.0.1 for the block (append-only, fsync every second)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install redis-server "
+                           "(scripts/install-system-deps does it)")
+    workdir, port = tempfile.mkdtemp(prefix="kser-bench-redis-"), free_port()
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir,
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def celery_python() -> str:
+    """The throwaway venv with Celery and redis-py from PyPI (created on first use)."""
+    python = CELERY_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(CELERY_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q",
+                        f"celery[redis]=={CELERY_VERSION}"], check=True)
+    return str(python)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+
+def wait_for(condition, what: str, timeout: float = PHASE_TIMEOUT, every: float = 0.05,
+             processes: list[subprocess.Popen] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what}: a worker exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not done within {timeout} s")
+        time.sleep(every)
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def figures(chains: list[list[tuple[float, float]]]) -> dict:
+    """Task runs/s and hop latencies (ms) from each chain's (start, end) body times."""
+    runs = [span for chain in chains for span in chain]
+    hops = [(chain[i][0] - chain[i - 1][1]) * 1000 for chain in chains
+            for i in range(1, len(chain))]
+    elapsed = max(end for _, end in runs) - min(start for start, _ in runs)
+    return dict(task_runs=len(runs), seconds=round(elapsed, 2),
+                task_runs_per_second=round(len(runs) / elapsed, 1),
+                hop_p50_ms=round(percentile(hops, 0.5), 2),
+                hop_p99_ms=round(percentile(hops, 0.99), 2),
+                hops_ms=[round(h, 3) for h in hops])
+
+
+# -- kser ------------------------------------------------------------------------------
+
+
+class KserRun:
+    """kser workers on one topic and one store; operations sent in bulk or one by one."""
+
+    def __init__(self, bootstrap: str, store_url: str, workers: int):
+        self.bootstrap, self.store_url, self.workers = bootstrap, store_url, workers
+        self.topic = f"bench-seq-{uuid.uuid4().hex[:8]}"
+        self.group = f"bench-{uuid.uuid4().hex[:6]}"
+        self.store = Store(store_url)
+        self.processes: list[subprocess.Popen] = []
+        self.producer = Producer({"bootstrap_servers": bootstrap, "linger_ms": 5})
+        self.logs = Path(tempfile.mkdtemp(prefix="kser-bench-logs-"))
+
+    def __enter__(self) -> KserRun:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin.create_topics([NewTopic(self.topic, num_partitions=PARTITIONS,
+                                      replication_factor=1)])
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "KSER_LOG_LEVEL": "WARNING",
+               "KSER_STORE_URL": self.store_url}
+        for number in range(self.workers):
+            log = open(self.logs / f"worker-{number}.log", "wb")
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "kser.cli", "worker", "benchmarks.tasks:registry",
+                 "--topic", self.topic, "--group", self.group, "--transport", "kafka",
+                 "--bootstrap-servers", self.bootstrap], env=env, cwd=self.logs,
+                stdout=log, stderr=subprocess.STDOUT))
+
+        def joined() -> bool:
+            try:
+                group = admin.describe_groups([self.group]).get(self.group) or {}
+            except KafkaError:  # the coordinator is still being elected
+                return False
+            return (group.get("group_state") == "Stable"
+                    and len(group.get("members") or ()) == self.workers)
+
+        try:
+            wait_for(joined, "kser workers joining their group", 120, 0.2, self.processes)
+        finally:
+            admin.close()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        stop_all(self.processes)
+        self.producer.close()
+        self.store.close()
+        for log in self.logs.iterdir():
+            text = log.read_text(errors="replace")
+            if "Traceback" in text or "ERROR" in text:
+                print(f"--- {log} ---\n{text[-3000:]}", file=sys.stderr)
+
+    def _send(self, ids: list[str], hops: int) -> None:
+        kmsgs = [Message(op_id, "benchmarks.tasks.TimedChain", params=dict(hops=hops))
+                 for op_id in ids]
+        result = self.producer.bulk_send(self.topic, kmsgs, timeout=120)
+        assert result.retcode == 0, result.stderr
+
+    def _finished(self, ids: list[str]) -> int:
+        op = schema.operations.c
+        with self.store.transaction() as tx:
+            rows = tx.connection.execute(
+                schema.operations.select().with_only_columns(op.id, op.status)
+                .where(op.id.in_(ids))).all()
+        failed = [row.id for row in rows if row.status not in ("RUNNING", "SUCCESS")]
+        if failed:
+            raise RuntimeError(f"operations ended {failed[:3]}...: see {self.logs}")
+        return sum(row.status == "SUCCESS" for row in rows)
+
+    def bulk(self, operations: int, hops: int) -> dict:
+        ids = [str(uuid.uuid4()) for _ in range(operations)]
+        self._send(ids, hops)
+        wait_for(lambda: self._finished(ids) == len(ids), "kser bulk run", every=0.2,
+                 processes=self.processes)
+        return figures(self._chains(ids))
+
+    def unloaded(self, operations: int, hops: int) -> dict:
+        ids = []
+        for _ in range(operations):
+            ids.append(str(uuid.uuid4()))
+            self._send(ids[-1:], hops)
+            wait_for(lambda: self._finished(ids[-1:]) == 1, "kser unloaded operation", 60,
+                     0.005, self.processes)
+        return figures(self._chains(ids))
+
+    def _chains(self, ids: list[str]) -> list[list[tuple[float, float]]]:
+        task = schema.tasks.c
+        chains: dict[str, list] = {}
+        with self.store.transaction() as tx:
+            for row in tx.connection.execute(
+                    schema.tasks.select().with_only_columns(task.operation_id, task.result)
+                    .where(task.operation_id.in_(ids)).order_by(task.position)):
+                retval = row.result["retval"]
+                chains.setdefault(row.operation_id, []).append((retval["s"], retval["f"]))
+        return list(chains.values())
+
+
+def fill_store(store_url: str, operations: int, hops: int) -> None:
+    """Store ``operations`` finished operations (as a long-running deployment keeps them)."""
+    store, now = Store(store_url), time.time()
+    for start in range(0, operations, 500):
+        ops, tasks, deps, attempts = [], [], [], []
+        for _ in range(min(500, operations - start)):
+            op_id = str(uuid.uuid4())
+            ops.append(dict(id=op_id, entrypoint="benchmarks.tasks.TimedChain",
+                            status="SUCCESS", params=dict(hops=hops), metadata={},
+                            result=None, topic="filled", exit_notify=None, ttl_strategy=None,
+                            created_at=now, updated_at=now, finished_at=now))
+            ids = [str(uuid.uuid4()) for _ in range(hops)]
+            for position, task_id in enumerate(ids):
+                tasks.append(dict(id=task_id, operation_id=op_id, position=position,
+                                  entrypoint="benchmarks.tasks.Timed", topic=None,
+                                  status="SUCCESS", params={}, metadata={},
+                                  result=dict(retcode=0, retval=dict(s=now, f=now)),
+                                  attempt=1, worker="filled", started_at=now,
+                                  finished_at=now))
+                attempts.append(dict(task_id=task_id, number=1, worker="filled",
+                                     status="SUCCESS", started_at=now, finished_at=now,
+                                     retcode=0))
+                if position:
+                    deps.append(dict(task_id=task_id, depends_on=ids[position - 1]))
+        with store.transaction() as tx:
+            for table, rows in ((schema.operations, ops), (schema.tasks, tasks),
+                                (schema.task_dependencies, deps), (schema.attempts, attempts)):
+                tx.connection.execute(table.insert(), rows)
+    store.close()
+
+
+# -- Celery ----------------------------------------------------------------------------
+
+
+class CeleryRun:
+    """Celery solo-pool workers on one Redis; chains sent in bulk or one by one."""
+
+    def __init__(self, redis_url: str, workers: int):
+        self.python = celery_python()
+        self.times = Path(tempfile.mkdtemp(prefix="kser-bench-celery-"))
+        self.env = {**os.environ, "BENCH_REDIS_URL": redis_url,
+                    "BENCH_TIMES_DIR": str(self.times),
+                    "PYTHONPATH": str(ROOT / "benchmarks")}
+        self.env.pop("VIRTUAL_ENV", None)
+        self.workers = workers
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def __enter__(self) -> CeleryRun:
+        subprocess.run([self.python, "-m", "celery", "-A", "celery_chain", "purge", "-f"],
+                       env=self.env, check=True, capture_output=True, timeout=60)
+        for number in range(self.workers):
+            log = self.times.parent / f"{self.times.name}-worker-{number}.log"
+            self.logs.append(log)
+            self.processes.append(subprocess.Popen(
+                [self.python, "-m", "celery", "-A", "celery_chain", "worker", "--pool", "solo",
+                 "-n", f"bench{number}@%h", "-Q", "bench", "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "-l", "INFO"],
+                env=self.env, cwd=self.times.parent, stdout=open(log, "wb"),
+                stderr=subprocess.STDOUT))
+        wait_for(lambda: all(" ready." in log.read_text(errors="replace") for log in self.logs),
+                 "Celery workers starting", 120, 0.2, self.processes)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        stop_all(self.processes)
+
+    def _chains(self, ids: set[str]) -> list[list[tuple[float, float]]]:
+        chains: dict[str, dict[int, tuple[float, float]]] = {}
+        for times in self.times.glob("*.tsv"):
+            for line in times.read_text().splitlines():
+                chain_id, position, start, end = line.split("\t")
+                if chain_id in ids:
+                    chains.setdefault(chain_id, {})[int(position)] = (float(start), float(end))
+        return [[spans[i] for i in sorted(spans)] for spans in chains.values()]
+
+    def _run(self, mode: str, operations: int, hops: int) -> dict:
+        sent = subprocess.run([self.python, str(ROOT / "benchmarks" / "celery_chain.py"),
+                               "send", mode, str(operations), str(hops)], env=self.env,
+                              check=True, timeout=PHASE_TIMEOUT, capture_output=True, text=True)
+        ids = set(sent.stdout.split())
+        total = operations * hops
+        wait_for(lambda: sum(len(c) for c in self._chains(ids)) >= total, "Celery chains",
+                 every=0.2, processes=self.processes)
+        return figures(self._chains(ids))
+
+    def bulk(self, operations: int, hops: int) -> dict:
+        return self._run("BULK", operations, hops)
+
+    def unloaded(self, operations: int, hops: int) -> dict:
+        return self._run("ONE", operations, hops)
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--operations", type=int, default=1000)
+    parser.add_argument("--hops", type=int, default=10)
+    parser.add_argument("--unloaded", type=int, default=50)
+    parser.add_argument("--workers", type=int, action="append", choices=[1, 2])
+    parser.add_argument("--store", action="append", choices=["sqlite", "postgresql"])
+    parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument("--scaling", default="100,1000,10000",
+                        help="stored operations before each scaling run ('' to skip)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    workers, stores = args.workers or [1, 2], args.store or ["sqlite", "postgresql"]
+    results: dict[str, dict] = {}
+
+    def report(name: str, kind: str, data: dict) -> None:
+        results.setdefault(name, {})[kind] = data
+        print(f"{name:<32} {kind:<9} {data['task_runs_per_second']:>8.1f} task runs/s  "
+              f"hop p50 {data['hop_p50_ms']:.2f} ms  p99 {data['hop_p99_ms']:.2f} ms",
+              flush=True)
+
+    with ExitStack() as stack:
+        bootstrap = stack.enter_context(kafka_bootstrap())
+        pg = stack.enter_context(postgres()) if "postgresql" in stores else None
+        for store in stores:
+            for count in workers:
+                url = (new_database(pg) if store == "postgresql"
+                       else f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db")
+                name = f"kser, {store}, {count} worker{'s' * (count > 1)}"
+                with KserRun(bootstrap, url, count) as run:
+                    report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
+                    report(name, "bulk", run.bulk(args.operations, args.hops))
+        if not args.no_celery:
+            redis_url = stack.enter_context(redis_server())
+            for count in workers:
+                name = f"Celery {CELERY_VERSION} chain, Redis, {count} worker{'s' * (count > 1)}"
+                with CeleryRun(redis_url, count) as run:
+                    report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
+                    report(name, "bulk", run.bulk(args.operations, args.hops))
+        scaling = [int(n) for n in args.scaling.split(",") if n]
+        for stored in scaling:
+            url = f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db"
+            fill_store(url, stored, args.hops)
+            with KserRun(bootstrap, url, 1) as run:
+                data = run.bulk(min(100, args.operations), args.hops)
+            data.pop("hops_ms")
+            results.setdefault("scaling (kser, sqlite, 1 worker)", {})[str(stored)] = data
+            print(f"scaling: {stored:>6} stored operations: "
+                  f"{data['task_runs_per_second']:.1f} hops/s", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sequencing.json").write_text(json.dumps(dict(
+        operations=args.operations, hops=args.hops, unloaded=args.unloaded,
+        partitions=PARTITIONS, results=results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
