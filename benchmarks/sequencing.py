@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+import sqlalchemy  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
@@ -188,11 +189,14 @@ def figures(chains: list[list[tuple[float, float]]]) -> dict:
 class KserRun:
     """kser workers on one topic and one store; operations sent in bulk or one by one."""
 
-    def __init__(self, bootstrap: str, store_url: str, workers: int):
+    def __init__(self, bootstrap: str, store_url: str, workers: int, transport: str):
         self.bootstrap, self.store_url, self.workers = bootstrap, store_url, workers
+        self.transport = transport
         self.topic = f"bench-seq-{uuid.uuid4().hex[:8]}"
         self.group = f"bench-{uuid.uuid4().hex[:6]}"
-        self.store = Store(store_url)
+        Store(store_url).close()  # created and migrated before the workers start
+        # read without taking the store's write lock (kser's SQLite transactions do)
+        self.reader = sqlalchemy.create_engine(store_url)
         self.processes: list[subprocess.Popen] = []
         self.producer = Producer({"bootstrap_servers": bootstrap, "linger_ms": 5})
         self.logs = Path(tempfile.mkdtemp(prefix="kser-bench-logs-"))
@@ -207,7 +211,7 @@ class KserRun:
             log = open(self.logs / f"worker-{number}.log", "wb")
             self.processes.append(subprocess.Popen(
                 [sys.executable, "-m", "kser.cli", "worker", "benchmarks.tasks:registry",
-                 "--topic", self.topic, "--group", self.group, "--transport", "kafka",
+                 "--topic", self.topic, "--group", self.group, "--transport", self.transport,
                  "--bootstrap-servers", self.bootstrap], env=env, cwd=self.logs,
                 stdout=log, stderr=subprocess.STDOUT))
 
@@ -228,7 +232,7 @@ class KserRun:
     def __exit__(self, *exc_info) -> None:
         stop_all(self.processes)
         self.producer.close()
-        self.store.close()
+        self.reader.dispose()
         for log in self.logs.iterdir():
             text = log.read_text(errors="replace")
             if "Traceback" in text or "ERROR" in text:
@@ -242,8 +246,8 @@ class KserRun:
 
     def _finished(self, ids: list[str]) -> int:
         op = schema.operations.c
-        with self.store.transaction() as tx:
-            rows = tx.connection.execute(
+        with self.reader.connect() as connection:
+            rows = connection.execute(
                 schema.operations.select().with_only_columns(op.id, op.status)
                 .where(op.id.in_(ids))).all()
         failed = [row.id for row in rows if row.status not in ("RUNNING", "SUCCESS")]
@@ -270,8 +274,8 @@ class KserRun:
     def _chains(self, ids: list[str]) -> list[list[tuple[float, float]]]:
         task = schema.tasks.c
         chains: dict[str, list] = {}
-        with self.store.transaction() as tx:
-            for row in tx.connection.execute(
+        with self.reader.connect() as connection:
+            for row in connection.execute(
                     schema.tasks.select().with_only_columns(task.operation_id, task.result)
                     .where(task.operation_id.in_(ids)).order_by(task.position)):
                 retval = row.result["retval"]
@@ -382,6 +386,8 @@ def main() -> int:
     parser.add_argument("--unloaded", type=int, default=50)
     parser.add_argument("--workers", type=int, action="append", choices=[1, 2])
     parser.add_argument("--store", action="append", choices=["sqlite", "postgresql"])
+    parser.add_argument("--transport", choices=["kafka", "confluent"], default="confluent",
+                        help="kser's Kafka client (default: confluent, the faster one)")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--scaling", default="100,1000,10000",
                         help="stored operations before each scaling run ('' to skip)")
@@ -403,8 +409,8 @@ def main() -> int:
             for count in workers:
                 url = (new_database(pg) if store == "postgresql"
                        else f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db")
-                name = f"kser, {store}, {count} worker{'s' * (count > 1)}"
-                with KserRun(bootstrap, url, count) as run:
+                name = f"kser ({args.transport}), {store}, {count} worker{'s' * (count > 1)}"
+                with KserRun(bootstrap, url, count, args.transport) as run:
                     report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
                     report(name, "bulk", run.bulk(args.operations, args.hops))
         if not args.no_celery:
@@ -418,7 +424,7 @@ def main() -> int:
         for stored in scaling:
             url = f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db"
             fill_store(url, stored, args.hops)
-            with KserRun(bootstrap, url, 1) as run:
+            with KserRun(bootstrap, url, 1, args.transport) as run:
                 data = run.bulk(min(100, args.operations), args.hops)
             data.pop("hops_ms")
             results.setdefault("scaling (kser, sqlite, 1 worker)", {})[str(stored)] = data

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cdumay_error.types import NotFound, ValidationError
@@ -210,7 +210,8 @@ class BaseProducer(BaseController):
     # -- transport adapter -------------------------------------------------------------
 
     def _produce(self, topic: str, value: bytes, key: bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: list[tuple[str, bytes]] | None = None,
+                 on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         raise NotImplementedError
 
     def _flush(self, timeout: float) -> None:
@@ -281,9 +282,14 @@ class BaseProducer(BaseController):
         return Result(uuid=uuid, stdout=stdout)
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Queue a raw record (dead letters, replays); :meth:`flush` waits for it."""
-        self._produce(topic, value, key, headers)
+                 headers: list[tuple[str, bytes]] | None = None,
+                 on_delivery: Callable[[Exception | None], None] | None = None) -> None:
+        """Queue a raw record (dead letters, replays, follow-ups); :meth:`flush` waits for it.
+
+        :param on_delivery: called with None once the broker acknowledged the record,
+            or with the error that lost it (in the client's thread, or during a flush)
+        """
+        self._produce(topic, value, key, headers, on_delivery)
 
     def flush(self, timeout: float = 60) -> None:
         """Wait until every queued record is acknowledged; raise if one failed."""

@@ -40,8 +40,13 @@ logger = logging.getLogger(__name__)
 #: headers added to a dead-lettered record
 DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer")
-#: longest the main thread goes without polling while tasks run, seconds
+#: longest the main thread waits in one poll, or for a task, while tasks run, seconds
 BUSY_POLL_INTERVAL = 0.2
+#: longest the main thread goes without polling while it has work in hand, seconds: the
+#: group membership (max.poll.interval.ms) needs a poll now and then; a poll that would
+#: fetch beyond a full backlog pauses the partitions first (a pause drops what the client
+#: prefetched, so it is kept for long waits)
+KEEPALIVE_POLL_INTERVAL = 1.0
 
 TopicPartition = tuple[str, int]
 
@@ -249,10 +254,10 @@ class BaseConsumer:
                             self._task_done.wait(BUSY_POLL_INTERVAL)
                     else:
                         self._task_done.wait(BUSY_POLL_INTERVAL)
-                        if time.monotonic() - last_poll >= BUSY_POLL_INTERVAL:
-                            # a long wait: pause the partitions and poll, which keeps the
-                            # membership (max.poll.interval) without fetching more
-                            if fetching:
+                        if time.monotonic() - last_poll >= KEEPALIVE_POLL_INTERVAL:
+                            # a long wait: poll to keep the membership; with a full
+                            # backlog, pause the partitions first so nothing more comes
+                            if fetching and len(backlog) >= self.settings.max_poll_records:
                                 self._pause()
                                 fetching = False
                             backlog.extend(self._poll(0, self.settings.max_poll_records))

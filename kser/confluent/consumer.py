@@ -36,8 +36,16 @@ class Consumer(BaseConsumer):
         self.client.subscribe(self.topics)
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
+        # consume() waits for max_records or the timeout: wait for the first message
+        # only, then take what is already fetched
+        first = self.client.poll(timeout)
+        if first is None:
+            return []
+        messages = [first]
+        if max_records > 1:
+            messages += self.client.consume(num_messages=max_records - 1, timeout=0)
         records = []
-        for message in self.client.consume(num_messages=max_records, timeout=timeout):
+        for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:

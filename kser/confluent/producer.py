@@ -18,7 +18,10 @@ class Producer(BaseProducer):
 
     :param config: librdkafka configuration (``bootstrap.servers``, security
         settings...); ``acks`` defaults to ``all`` and idempotence is enabled;
-        librdkafka's logs go to the ``confluent_kafka`` Python logger.
+        ``linger.ms`` defaults to 0 (librdkafka's 5 ms would be added to every hop
+        of an operation: a follow-up is sent without waiting for a flush, and
+        messages still batch while a request is in flight); librdkafka's logs go
+        to the ``confluent_kafka`` Python logger.
         kser's own ``max_message_bytes`` may be given too.
     :raises confluent_kafka.KafkaException: the cluster did not answer within
         :data:`CONNECT_TIMEOUT` seconds
@@ -29,6 +32,7 @@ class Producer(BaseProducer):
         super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         config.setdefault("acks", "all")
         config.setdefault("enable.idempotence", True)
+        config.setdefault("linger.ms", 0)
         config.setdefault("logger", logging.getLogger("confluent_kafka"))
         self._client_errors: list[KafkaError] = []
         config.setdefault("error_cb", self._client_errors.append)
@@ -52,11 +56,16 @@ class Producer(BaseProducer):
         if error is not None:
             self._errors.append(f"{message.topic()}: {error.str()}")
 
-    def _produce(self, topic, value, key, headers=None) -> None:
+    def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+        report = self._on_delivery
+        if on_delivery is not None:
+            def report(error, message):
+                self._on_delivery(error, message)
+                on_delivery(None if error is None else KafkaException(error))
         while True:
             try:
                 self.client.produce(topic, value=value, key=key, headers=headers or None,
-                                    on_delivery=self._on_delivery)
+                                    on_delivery=report)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self.client.poll(0.1)

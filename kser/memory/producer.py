@@ -18,8 +18,10 @@ class Producer(BaseProducer):
         super().__init__(config.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         self.broker = get_broker(config.get("broker", "default"))
 
-    def _produce(self, topic, value, key, headers=None) -> None:
+    def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
         self.broker.produce(topic, value, key, headers)
+        if on_delivery is not None:
+            on_delivery(None)
 
     def _flush(self, timeout: float) -> None:
         """Nothing to wait for: a record is stored as soon as it is produced."""

@@ -28,9 +28,12 @@ class Producer(BaseProducer):
             self.client = KafkaProducer(**config)
         self._futures: list = []
 
-    def _produce(self, topic, value, key, headers=None) -> None:
-        self._futures.append(self.client.send(topic, value=value, key=key,
-                                              headers=headers or None))
+    def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+        future = self.client.send(topic, value=value, key=key, headers=headers or None)
+        if on_delivery is not None:
+            future.add_callback(lambda _metadata: on_delivery(None))
+            future.add_errback(on_delivery)
+        self._futures.append(future)
 
     def _flush(self, timeout: float) -> None:
         futures, self._futures = self._futures, []

@@ -216,14 +216,13 @@ class Sequencer:
         while True:
             now = time.time()
             with self._transaction() as tx:
-                task = tx.get_task(task_id)
-                op = tx.get_operation(operation_id) if operation_id else None
-                if task is None or op is None or task["operation_id"] != operation_id:
+                task = tx.get_task_to_run(task_id)
+                if task is None or task["operation_id"] != operation_id:
                     raise UndeliverableError(
                         f"Task {task_id} of operation {operation_id} is not in the store "
                         f"({self.store}): purged, or sent to consumers of another store",
                         extra=dict(uuid=kmsg.uuid))
-                verdict = _verdict(task, op, mode, now, worker)
+                verdict = _verdict(task, task["operation_status"], mode, now, worker)
                 if verdict == "run" and tx.claim_task(task_id, task["attempt"], worker,
                                                      now + lease, now,
                                                      taking_over=task["status"] == RUNNING):
@@ -232,7 +231,7 @@ class Sequencer:
             if verdict == "done":
                 self.publish(operation_id)
                 return Result(uuid=task_id, stdout=f"Task {task_id} is {task['status']} "
-                              f"(operation {op['status']}): nothing to do")
+                              f"(operation {task['operation_status']}): nothing to do")
             if verdict == "wait":
                 if time.monotonic() >= wait_until:
                     return Result(uuid=task_id, stdout=f"Task {task_id} is running on "
@@ -278,23 +277,33 @@ class Sequencer:
                                attempt, result.stderr, retry_in)
                 self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
             elif success:
-                if not self._emit_ready(tx, operation_id, op):
-                    if all(t["status"] == SUCCESS for t in tx.get_tasks(operation_id)):
-                        transitions.append(self._finish_operation(
-                            tx, operation_id, SUCCESS, dump_result(result)))
+                if not self._emit_dependents(tx, op, task_id) and tx.all_succeeded(operation_id):
+                    transitions.append(self._finish_operation(
+                        tx, operation_id, SUCCESS, dump_result(result)))
             else:
                 transitions.append(self._finish_operation(tx, operation_id, FAILED,
                                                           dump_result(result)))
             queued = tx.queued
         self._notify_status(operation_id, transitions)
-        self.publish(operation_id, queued)
+        self.publish(operation_id, queued, wait=False)
         return result
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _emit_ready(self, tx: Tx, operation_id: str, op=None) -> int:
+    def _emit_dependents(self, tx: Tx, op, task_id: str) -> int:
+        """Queue the message of each task that ``task_id`` succeeding made ready.
+
+        Reads only those tasks and their dependencies' results, so a hop costs
+        the same whatever the operation's size.
+        """
+        ready = tx.ready_dependents(task_id)
+        for task in ready:
+            self._queue_task(tx, op, task, _merged(tx.dependency_results(task["id"])))
+        return len(ready)
+
+    def _emit_ready(self, tx: Tx, operation_id: str) -> int:
         """Queue the message of every PENDING task whose dependencies all succeeded."""
-        op = op or tx.get_operation(operation_id)
+        op = tx.get_operation(operation_id)
         tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
         deps = tx.dependencies(operation_id)
         ready = [t for t in tasks.values() if t["status"] == PENDING and all(
@@ -357,18 +366,22 @@ class Sequencer:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def publish(self, operation_id: str, rows: list[dict] | None = None) -> int:
-        """Produce the operation's unsent outbox messages, wait for the acks, mark them sent.
+    def publish(self, operation_id: str, rows: list[dict] | None = None,
+                wait: bool = True) -> int:
+        """Produce the operation's unsent outbox messages and mark them sent once acknowledged.
 
         :param rows: the rows to send, as the transaction that queued them returned them
             (default: read the operation's unsent ones). Rows with a due time are left
             to the sweep.
+        :param wait: wait for the acknowledgements (False: a consumer's hop, whose
+            checkpoint flushes the producer before it commits its offsets)
 
-        Sent rows are marked by this worker's next transaction (or sweep, within
-        ``sweep_interval``): a row a crash left unmarked is sent again by a sweep
-        after ``UNSENT_GRACE``, and its duplicate message changes nothing.
+        Acknowledged rows are marked sent by this process's next transaction (or
+        sweep, within ``sweep_interval``, or the worker's stop). A row never marked
+        (a crash, a refused send) is sent again by a sweep after ``UNSENT_GRACE``;
+        its duplicate message changes nothing.
 
-        :raises RedoError: the broker did not acknowledge them (they stay unsent)
+        :raises RedoError: the broker did not take them (they stay unsent)
         """
         if rows is None:
             with self._transaction() as tx:
@@ -381,14 +394,24 @@ class Sequencer:
         producer = self._producer()
         try:
             for row in rows:
-                producer.send_raw(row["topic"], row["value"], row["key"])
-            producer.flush(timeout=self.settings.send_timeout)
+                producer.send_raw(row["topic"], row["value"], row["key"],
+                                  on_delivery=self._delivery_of(row["id"]))
+            if wait:
+                producer.flush(timeout=self.settings.send_timeout)
         except Exception as exc:
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
                             f"acknowledged: {exc}") from exc
-        with self._sent_lock:
-            self._sent.extend(row["id"] for row in rows)
         return len(rows)
+
+    def _delivery_of(self, row_id: int) -> Callable[[Exception | None], None]:
+        def delivered(error: Exception | None) -> None:
+            if error is None:
+                with self._sent_lock:
+                    self._sent.append(row_id)
+            else:
+                logger.warning("Outbox message %d not acknowledged (%s): a sweep sends it "
+                               "again", row_id, error)
+        return delivered
 
     # -- sweeping ------------------------------------------------------------------------
 
@@ -510,7 +533,7 @@ class Sequencer:
         return task
 
 
-def _verdict(task, op, mode: str | None, now: float, worker: str) -> str:
+def _verdict(task, operation_status: str, mode: str | None, now: float, worker: str) -> str:
     """What a task message should do: "run", "wait" (live elsewhere) or "done"."""
     if task["status"] == RUNNING:
         lease = task["lease_expires_at"]
@@ -519,7 +542,7 @@ def _verdict(task, op, mode: str | None, now: float, worker: str) -> str:
         return "run" if lease is None or lease < now else "wait"
     if task["status"] != PENDING:
         return "done"
-    if mode != "one" and op["status"] != RUNNING:
+    if mode != "one" and operation_status != RUNNING:
         return "done"  # the operation failed or was canceled: its pending tasks never run
     return "run"
 
@@ -528,9 +551,15 @@ def _forwarded(op, tasks: dict, dependencies) -> dict | None:
     """The result a task receives: its dependencies' results merged, else the operation's."""
     if not dependencies:
         return op["result"]
+    return _merged([tasks[dep]["result"] for dep in
+                    sorted(dependencies, key=lambda d: tasks[d]["position"])])
+
+
+def _merged(results: list[dict | None]) -> dict:
+    """Results merged in order (``Result`` addition), as the next task receives them."""
     merged = Result()
-    for dep in sorted(dependencies, key=lambda d: tasks[d]["position"]):
-        merged = merged + load_result(tasks[dep]["result"])
+    for result in results:
+        merged = merged + load_result(result)
     return dump_result(merged)
 
 

@@ -37,8 +37,15 @@ def _v2(connection: Connection) -> None:
             connection.execute(text(f"CREATE INDEX {name} ON {table} {columns_sql}"))
 
 
+def _v3(connection: Connection) -> None:
+    """An index to find the tasks that depend on a task (each hop reads them)."""
+    table, name = schema.task_dependencies.name, "ix_kser_task_dependencies_depends_on"
+    if name not in {i["name"] for i in inspect(connection).get_indexes(table)}:
+        connection.execute(text(f"CREATE INDEX {name} ON {table} (depends_on)"))
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 
 
 def current_version(engine: Engine) -> int:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -91,6 +91,8 @@ task_dependencies = Table(
            primary_key=True),
     Column("depends_on", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
            primary_key=True),
+    #: the tasks a finished task may make ready, found without reading its operation
+    Index("ix_kser_task_dependencies_depends_on", "depends_on"),
 )
 
 attempts = Table(

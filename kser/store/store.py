@@ -36,6 +36,27 @@ _op, _task, _attempt, _box = (schema.operations.c, schema.tasks.c, schema.attemp
 _GET_OPERATION = select(schema.operations).where(_op.id == bindparam("b_id"))
 _GET_OPERATION_LOCKED = _GET_OPERATION.with_for_update()
 _GET_TASK = select(schema.tasks).where(_task.id == bindparam("b_id"))
+_GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"))
+                    .join(schema.operations, _op.id == _task.operation_id)
+                    .where(_task.id == bindparam("b_id")))
+_dep, _blocker = schema.task_dependencies.alias("dep"), schema.task_dependencies.alias("blocker")
+_blocking_task = schema.tasks.alias("blocking_task")
+_READY_DEPENDENTS = (
+    select(schema.tasks)
+    # found by id from the dependents; their status is checked by ready_dependents, as
+    # SQLite would otherwise look them up by status: a scan of every pending task
+    .where(and_(_task.id.in_(select(_dep.c.task_id)
+                             .where(_dep.c.depends_on == bindparam("b_id"))),
+                ~select(_blocker.c.task_id)
+                .join(_blocking_task, _blocking_task.c.id == _blocker.c.depends_on)
+                .where(and_(_blocker.c.task_id == _task.id,
+                            _blocking_task.c.status != "SUCCESS")).exists()))
+    .order_by(_task.position))
+_DEPENDENCY_RESULTS = (select(_task.id, _task.position, _task.result)
+                       .join(_dep, _dep.c.depends_on == _task.id)
+                       .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
+_UNSUCCESSFUL = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
+                                             _task.status != "SUCCESS")).limit(1))
 _GET_TASKS = (select(schema.tasks).where(_task.operation_id == bindparam("b_id"))
               .order_by(_task.position))
 _DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
@@ -120,6 +141,24 @@ class Tx:
 
     def get_task(self, task_id: str) -> RowMapping | None:
         return self.connection.execute(_GET_TASK, dict(b_id=task_id)).mappings().first()
+
+    def get_task_to_run(self, task_id: str) -> RowMapping | None:
+        """A task with its operation's status (``operation_status``), in one read."""
+        return self.connection.execute(_GET_TASK_TO_RUN, dict(b_id=task_id)).mappings().first()
+
+    def ready_dependents(self, task_id: str) -> list[RowMapping]:
+        """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded."""
+        return [row for row in self.connection.execute(_READY_DEPENDENTS,
+                                                       dict(b_id=task_id)).mappings()
+                if row["status"] == "PENDING"]
+
+    def dependency_results(self, task_id: str) -> list[dict | None]:
+        """The results of the tasks ``task_id`` depends on, in their operation's order."""
+        return [row.result for row in self.connection.execute(_DEPENDENCY_RESULTS,
+                                                              dict(b_id=task_id))]
+
+    def all_succeeded(self, operation_id: str) -> bool:
+        return self.connection.execute(_UNSUCCESSFUL, dict(b_id=operation_id)).first() is None
 
     def get_tasks(self, operation_id: str) -> list[RowMapping]:
         return list(self.connection.execute(_GET_TASKS, dict(b_id=operation_id)).mappings())

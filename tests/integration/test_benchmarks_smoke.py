@@ -12,26 +12,32 @@ from tests.infra import ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_memory_benchmark_smoke(kafka, tmp_path):
+def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
+    """benchmarks/run_all.py --smoke: dispatch (kser 0.8.27 and the bare loop included),
+    memory on both clients, sequencing on SQLite and PostgreSQL against Celery on Redis,
+    scaling, plots and the tables of docs/benchmarks.md."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/memory.py", "--messages", "600", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "benchmarks/run_all.py", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "KSER_BOOTSTRAP_SERVERS": kafka.bootstrap_servers})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "memory-kafka.json").read_text())
-    assert result["messages"] == 600 and result["samples"]
-    assert result["samples"][-1][1] == 600  # every message committed
-    assert "600 messages, kafka" in done.stdout
-
-
-def test_dispatch_benchmark_smoke(kafka, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "benchmarks/dispatch.py", "--messages", "500", "--runs", "1",
-         "--only", "kser (kafka-python)", "--only", "bare kafka-python loop",
-         "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "KSER_BOOTSTRAP_SERVERS": kafka.bootstrap_servers})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "dispatch.json").read_text())
-    assert set(result["results"]) == {"kser (kafka-python)", "bare kafka-python loop"}
-    assert all(data["median"] > 0 for data in result["results"].values())
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    dispatch = json.loads((tmp_path / "dispatch.json").read_text())
+    assert set(dispatch["results"]) == {"kser (kafka-python)", "kser (confluent-kafka)",
+                                        "kser 0.8.27", "bare kafka-python loop"}
+    assert all(data["median"] > 0 for data in dispatch["results"].values())
+    for transport in ("kafka", "confluent"):
+        memory = json.loads((tmp_path / f"memory-{transport}.json").read_text())
+        assert memory["samples"][-1][1] == 600  # every message committed
+    sequencing = json.loads((tmp_path / "sequencing.json").read_text())["results"]
+    names = set(sequencing)
+    assert {"kser (confluent), sqlite, 1 worker", "kser (confluent), postgresql, 1 worker",
+            "Celery 5.7.0 chain, Redis, 1 worker",
+            "scaling (kser, sqlite, 1 worker)"} == names
+    for name in names - {"scaling (kser, sqlite, 1 worker)"}:
+        assert sequencing[name]["bulk"]["task_runs"] == 10 * 10  # every task ran once
+        assert sequencing[name]["unloaded"]["task_runs"] == 2 * 10
+    assert set(sequencing["scaling (kser, sqlite, 1 worker)"]) == {"10", "20"}
+    for image in ("hop-latency.png", "throughput.png", "scaling.png"):
+        assert (tmp_path / "img" / image).stat().st_size > 1000
+    tables = (tmp_path / "benchmarks.md").read_text()
+    assert "### Sequencing" in tables and "### Dispatch" in tables

@@ -12,26 +12,29 @@ from kser.store.store import _expired
 
 def test_a_new_store_is_migrated_to_the_current_version(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/a.db")
-    assert current_version(store.engine) == schema.SCHEMA_VERSION == 2
+    assert current_version(store.engine) == schema.SCHEMA_VERSION == 3
     tables = set(inspect(store.engine).get_table_names())
     assert {"kser_operations", "kser_tasks", "kser_task_dependencies", "kser_attempts",
             "kser_task_logs", "kser_outbox", "kser_schema_version"} <= tables
-    assert migrate(store.engine) == 2  # idempotent
+    assert migrate(store.engine) == 3  # idempotent
     store.close()
 
 
-def test_a_version_1_store_is_migrated_to_version_2(tmp_path):
+def test_a_version_1_store_is_migrated_to_the_current_version(tmp_path):
     url = f"sqlite:///{tmp_path}/v1.db"
     store = Store(url)
     with store.engine.begin() as connection:  # turn it back into what version 1 created
         connection.exec_driver_sql("DROP INDEX ix_kser_outbox_due")
         connection.exec_driver_sql("DROP INDEX ix_kser_tasks_leases")
+        connection.exec_driver_sql("DROP INDEX ix_kser_task_dependencies_depends_on")
         connection.exec_driver_sql("ALTER TABLE kser_outbox DROP COLUMN due_at")
-        connection.exec_driver_sql("DELETE FROM kser_schema_version WHERE version = 2")
+        connection.exec_driver_sql("DELETE FROM kser_schema_version WHERE version > 1")
     store.close()
-    assert current_version(Store(url).engine) == 2
-    columns = {c["name"] for c in inspect(Store(url).engine).get_columns("kser_outbox")}
-    assert "due_at" in columns
+    assert current_version(Store(url).engine) == 3
+    inspector = inspect(Store(url).engine)
+    assert "due_at" in {c["name"] for c in inspector.get_columns("kser_outbox")}
+    assert "ix_kser_task_dependencies_depends_on" in {
+        i["name"] for i in inspector.get_indexes("kser_task_dependencies")}
 
 
 def test_a_store_newer_than_this_kser_is_refused(tmp_path):

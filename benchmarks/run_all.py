@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Every benchmark in one command; the figures go to docs/benchmarks.md.
+
+    python benchmarks/run_all.py            # the sizes of issue 5 (about 20 minutes)
+    python benchmarks/run_all.py --smoke    # tiny sizes: checks the harness works
+
+Runs dispatch.py, memory.py (both clients), sequencing.py and plots.py, each
+on its own local broker (and PostgreSQL and Redis for sequencing), then
+rewrites the part of docs/benchmarks.md between the ``results:begin`` and
+``results:end`` markers with the machine, the versions, the exact commands
+and the tables (``--smoke`` writes to --out instead and leaves the docs alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+FULL = dict(dispatch=["--messages", "20000", "--runs", "5"], memory=["--messages", "100000"],
+            sequencing=["--operations", "1000", "--unloaded", "50"])
+SMOKE = dict(dispatch=["--messages", "300", "--runs", "1"], memory=["--messages", "600"],
+             sequencing=["--operations", "10", "--unloaded", "2", "--workers", "1",
+                         "--scaling", "10,20"])
+
+
+def run(script: str, args: list[str], out: Path) -> str:
+    command = [sys.executable, f"benchmarks/{script}", *args, "--out", str(out)]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+    return "python " + " ".join(command[1:-2])
+
+
+def versions() -> list[str]:
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    def output(command: list[str]) -> str:
+        try:
+            return subprocess.run(command, capture_output=True, text=True,
+                                  timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "not found"
+
+    pom = (ROOT / "scripts" / "kafka" / "pom.xml").read_text()
+    kafka = pom.split("<kafka.version>")[1].split("<")[0]
+    memory = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+    return [f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+            f"{int(memory) // 1024 ** 2} GiB, {platform.platform()}",
+            f"Python {platform.python_version()}; kser {version('kser')}, kafka-python "
+            f"{version('kafka-python')}, confluent-kafka {version('confluent-kafka')}, "
+            f"SQLAlchemy {version('SQLAlchemy')}, psycopg {version('psycopg')}",
+            f"Apache Kafka {kafka} (scripts/kafka-local, one KRaft node, same machine)",
+            f"PostgreSQL: {output(['bash', '-c', 'ls -d /usr/lib/postgresql/*/bin | tail -1'])}"
+            " (scripts/pg-local); Redis: " + output(["redis-server", "--version"]),
+            "Celery: benchmarks/.venv-celery (see benchmarks/sequencing.py for its version); "
+            "kser 0.8.27: benchmarks/.venv-kser0827"]
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}x" if reference else "n/a"
+
+
+def tables(out: Path, commands: list[str]) -> str:
+    lines = [f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+             "`python benchmarks/run_all.py`:", ""]
+    lines += [f"- {line}" for line in versions()]
+    lines += ["", "Commands it ran:", "", "```sh", *commands,
+              "python benchmarks/plots.py", "```", ""]
+    dispatch = json.loads((out / "dispatch.json").read_text())
+    legacy = dispatch["results"].get("kser 0.8.27", {}).get("median", 0)
+    bare = dispatch["results"].get("bare kafka-python loop", {}).get("median", 0)
+    lines += [f"### Dispatch: {dispatch['messages']:,} no-op task messages, one worker", "",
+              "| consumer | median messages/s | runs | vs kser 0.8.27 (target >= 3x) "
+              "| vs bare loop (target >= 50%) |", "| --- | --- | --- | --- | --- |"]
+    for name, data in dispatch["results"].items():
+        lines.append(f"| {name} | {data['median']:,.0f} | {', '.join(map(str, data['runs']))} "
+                     f"| {_ratio(data['median'], legacy)} | "
+                     f"{100 * data['median'] / bare:.0f}% |" if bare else "| n/a |")
+    lines += ["", "### Memory: RSS of one worker", "",
+              "| transport | messages | messages/s | RSS after warm-up | peak after warm-up "
+              "| growth (target < 10%) |", "| --- | --- | --- | --- | --- | --- |"]
+    for transport in ("kafka", "confluent"):
+        path = out / f"memory-{transport}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            lines.append(f"| {transport} | {data['messages']:,} | "
+                         f"{data['messages_per_second']:,} | "
+                         f"{data['rss_after_warm_up_kib'] / 1024:.1f} MiB | "
+                         f"{data['rss_peak_after_warm_up_kib'] / 1024:.1f} MiB | "
+                         f"{data['growth_percent']}% |")
+    sequencing = json.loads((out / "sequencing.json").read_text())
+    results = sequencing["results"]
+    lines += ["", f"### Sequencing: {sequencing['operations']:,} operations x "
+              f"{sequencing['hops']} no-op tasks at once; hop latency unloaded over "
+              f"{sequencing['unloaded']} operations one at a time", "",
+              "| configuration | task runs/s | vs Celery, same workers (target >= 1.5x) "
+              "| loaded hop p50 / p99 | unloaded hop p50 / p99 (target: p50 <= Celery's, "
+              "p99 <= 2x Celery's) |", "| --- | --- | --- | --- | --- |"]
+    for name, runs in results.items():
+        if "bulk" not in runs:
+            continue
+        workers = name.rsplit(", ", 1)[-1]
+        celery = next((r for n, r in results.items() if n.startswith("Celery")
+                       and n.endswith(workers)), None)
+        bulk, unloaded = runs["bulk"], runs["unloaded"]
+        versus = ("" if name.startswith("Celery") or celery is None
+                  else _ratio(bulk["task_runs_per_second"], celery["bulk"]["task_runs_per_second"]))
+        lines.append(f"| {name} | {bulk['task_runs_per_second']:,.0f} | {versus} | "
+                     f"{bulk['hop_p50_ms']:.1f} / {bulk['hop_p99_ms']:.1f} ms | "
+                     f"{unloaded['hop_p50_ms']:.2f} / {unloaded['hop_p99_ms']:.2f} ms |")
+    scaling = results.get("scaling (kser, sqlite, 1 worker)")
+    if scaling:
+        first = scaling[min(scaling, key=int)]["task_runs_per_second"]
+        lines += ["", "### Scaling: hops/s with operations already in the store "
+                  "(kser, SQLite, 1 worker)", "",
+                  "| operations stored | hops/s | vs the smallest store (target: within 10%) |",
+                  "| --- | --- | --- |"]
+        for stored in sorted(scaling, key=int):
+            rate = scaling[stored]["task_runs_per_second"]
+            lines.append(f"| {int(stored):,} | {rate:,.0f} | "
+                         f"{100 * (rate - first) / first:+.0f}% |")
+    lines += ["", "![hop latency](img/hop-latency.png)", "",
+              "![throughput](img/throughput.png)", "", "![scaling](img/scaling.png)"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; docs left alone")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    sizes, out = (SMOKE if args.smoke else FULL), Path(args.out)
+    commands = [run("dispatch.py", sizes["dispatch"], out)]
+    for transport in ("kafka", "confluent"):
+        commands.append(run("memory.py", [*sizes["memory"], "--transport", transport], out))
+    commands.append(run("sequencing.py", sizes["sequencing"], out))
+    images = out / "img" if args.smoke else ROOT / "docs" / "img"
+    subprocess.run([sys.executable, "benchmarks/plots.py", "--results", str(out),
+                    "--out", str(images)], cwd=ROOT, check=True)
+    section = tables(out, commands)
+    if args.smoke:
+        (out / "benchmarks.md").write_text(section + "\n")
+        return 0
+    text = DOC.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    DOC.write_text(text[:start] + "\n" + section + "\n" + text[end:])
+    print(f"{DOC} updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
