@@ -10,7 +10,8 @@ KSER_BOOTSTRAP_SERVERS is set), a local PostgreSQL (scripts/pg-local) and a
 local Redis (Debian's redis-server, append-only file fsynced every second).
 
 - **kser**: ``--operations`` operations of ``--hops`` timed no-op tasks
-  (benchmarks.tasks.TimedChain) are produced at once to a 4-partition topic
+  (benchmarks.tasks.TimedChain) are submitted at once (``Operation.send()``:
+  stored, and their first task sent, by this process) to a 4-partition topic
   read by 1 or 2 `kser worker` processes (concurrency 1), on a SQLite or a
   PostgreSQL store.
 - **Celery**: the same number of ``chain``s of the same number of no-op tasks
@@ -52,6 +53,7 @@ from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
 from benchmarks.memory import kafka_bootstrap  # noqa: E402
+from benchmarks.tasks import TimedChain, registry  # noqa: E402
 from kser.python_kafka.producer import Producer  # noqa: E402
 from kser.schemas import Message  # noqa: E402
 from kser.store import Store, schema  # noqa: E402
@@ -189,16 +191,18 @@ def figures(chains: list[list[tuple[float, float]]]) -> dict:
 class KserRun:
     """kser workers on one topic and one store; operations sent in bulk or one by one."""
 
-    def __init__(self, bootstrap: str, store_url: str, workers: int, transport: str):
+    def __init__(self, bootstrap: str, store_url: str, workers: int, transport: str,
+                 submit: str = "client"):
         self.bootstrap, self.store_url, self.workers = bootstrap, store_url, workers
-        self.transport = transport
+        self.transport, self.submit = transport, submit
         self.topic = f"bench-seq-{uuid.uuid4().hex[:8]}"
         self.group = f"bench-{uuid.uuid4().hex[:6]}"
-        Store(store_url).close()  # created and migrated before the workers start
+        self.store = Store(store_url)  # created and migrated before the workers start
         # read without taking the store's write lock (kser's SQLite transactions do)
         self.reader = sqlalchemy.create_engine(store_url)
         self.processes: list[subprocess.Popen] = []
         self.producer = Producer({"bootstrap_servers": bootstrap, "linger_ms": 5})
+        registry.configure(store=self.store, producer=self.producer, topic=self.topic)
         self.logs = Path(tempfile.mkdtemp(prefix="kser-bench-logs-"))
 
     def __enter__(self) -> KserRun:
@@ -233,12 +237,17 @@ class KserRun:
         stop_all(self.processes)
         self.producer.close()
         self.reader.dispose()
+        self.store.close()
         for log in self.logs.iterdir():
             text = log.read_text(errors="replace")
             if "Traceback" in text or "ERROR" in text:
                 print(f"--- {log} ---\n{text[-3000:]}", file=sys.stderr)
 
     def _send(self, ids: list[str], hops: int) -> None:
+        if self.submit == "client":  # stored and started here, as Celery's apply_async does
+            for op_id in ids:
+                TimedChain(uuid=op_id, params=dict(hops=hops)).send(self.topic)
+            return
         kmsgs = [Message(op_id, "benchmarks.tasks.TimedChain", params=dict(hops=hops))
                  for op_id in ids]
         result = self.producer.bulk_send(self.topic, kmsgs, timeout=120)
@@ -388,6 +397,10 @@ def main() -> int:
     parser.add_argument("--store", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--transport", choices=["kafka", "confluent"], default="confluent",
                         help="kser's Kafka client (default: confluent, the faster one)")
+    parser.add_argument("--submit", choices=["client", "worker"], default="client",
+                        help="client: Operation.send() here stores each operation and sends "
+                        "its first task (as Celery's apply_async sends a chain's first); "
+                        "worker: an operation message, stored by the worker that gets it")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--scaling", default="100,1000,10000",
                         help="stored operations before each scaling run ('' to skip)")
@@ -410,7 +423,7 @@ def main() -> int:
                 url = (new_database(pg) if store == "postgresql"
                        else f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db")
                 name = f"kser ({args.transport}), {store}, {count} worker{'s' * (count > 1)}"
-                with KserRun(bootstrap, url, count, args.transport) as run:
+                with KserRun(bootstrap, url, count, args.transport, args.submit) as run:
                     report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
                     report(name, "bulk", run.bulk(args.operations, args.hops))
         if not args.no_celery:
@@ -424,7 +437,7 @@ def main() -> int:
         for stored in scaling:
             url = f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db"
             fill_store(url, stored, args.hops)
-            with KserRun(bootstrap, url, 1, args.transport) as run:
+            with KserRun(bootstrap, url, 1, args.transport, args.submit) as run:
                 data = run.bulk(min(100, args.operations), args.hops)
             data.pop("hops_ms")
             results.setdefault("scaling (kser, sqlite, 1 worker)", {})[str(stored)] = data

@@ -42,11 +42,8 @@ DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer")
 #: longest the main thread waits in one poll, or for a task, while tasks run, seconds
 BUSY_POLL_INTERVAL = 0.2
-#: longest the main thread goes without polling while it has work in hand, seconds: the
-#: group membership (max.poll.interval.ms) needs a poll now and then; a poll that would
-#: fetch beyond a full backlog pauses the partitions first (a pause drops what the client
-#: prefetched, so it is kept for long waits)
-KEEPALIVE_POLL_INTERVAL = 1.0
+#: the client's max.poll.interval.ms when its configuration does not set it (both clients)
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
 TopicPartition = tuple[str, int]
 
@@ -116,6 +113,8 @@ class BaseConsumer:
 
     #: the controller (or a Controller subclass, instantiated on first use) that runs records
     REGISTRY: Controller | type[Controller] = Controller
+    #: the client's name for max.poll.interval.ms (None: the transport has no such limit)
+    MAX_POLL_INTERVAL_KEY: str | None = None
 
     def __init__(self, config: dict, topics: list[str] | str, *,
                  producer: BaseProducer | None = None, settings: Settings | None = None):
@@ -132,6 +131,13 @@ class BaseConsumer:
         self._task_done = threading.Event()
         self._exit_when_idle = False
         self.processed = 0
+        #: longest the main thread goes without polling while it has work in hand: a
+        #: third of max.poll.interval.ms, the most a group member may go without a poll.
+        #: Such a poll pauses the partitions first if the backlog is full (a pause drops
+        #: what the client prefetched: it is for long tasks, not for every batch)
+        limit = self.config.get(self.MAX_POLL_INTERVAL_KEY, DEFAULT_MAX_POLL_INTERVAL_MS)
+        self.keepalive_interval = (int(limit) / 3000 if self.MAX_POLL_INTERVAL_KEY
+                                   else BUSY_POLL_INTERVAL)
 
     # -- what a transport adapts -------------------------------------------------------
 
@@ -254,7 +260,7 @@ class BaseConsumer:
                             self._task_done.wait(BUSY_POLL_INTERVAL)
                     else:
                         self._task_done.wait(BUSY_POLL_INTERVAL)
-                        if time.monotonic() - last_poll >= KEEPALIVE_POLL_INTERVAL:
+                        if time.monotonic() - last_poll >= self.keepalive_interval:
                             # a long wait: poll to keep the membership; with a full
                             # backlog, pause the partitions first so nothing more comes
                             if fetching and len(backlog) >= self.settings.max_poll_records:

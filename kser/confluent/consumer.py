@@ -28,6 +28,8 @@ class Consumer(BaseConsumer):
     :param topics: topics to subscribe to
     """
 
+    MAX_POLL_INTERVAL_KEY = "max.poll.interval.ms"
+
     def __init__(self, config: dict, topics: list[str] | str, **kwargs):
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable.auto.commit")

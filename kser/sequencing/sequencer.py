@@ -277,7 +277,8 @@ class Sequencer:
                                attempt, result.stderr, retry_in)
                 self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
             elif success:
-                if not self._emit_dependents(tx, op, task_id) and tx.all_succeeded(operation_id):
+                if (not self._emit_dependents(tx, op, task_id, dump_result(result))
+                        and tx.all_succeeded(operation_id)):
                     transitions.append(self._finish_operation(
                         tx, operation_id, SUCCESS, dump_result(result)))
             else:
@@ -290,15 +291,18 @@ class Sequencer:
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _emit_dependents(self, tx: Tx, op, task_id: str) -> int:
-        """Queue the message of each task that ``task_id`` succeeding made ready.
+    def _emit_dependents(self, tx: Tx, op, task_id: str, result: dict) -> int:
+        """Queue the message of each task that ``task_id`` succeeding (with ``result``)
+        made ready.
 
-        Reads only those tasks and their dependencies' results, so a hop costs
-        the same whatever the operation's size.
+        Reads only those tasks (and, for a task with several dependencies, their
+        results), so a hop costs the same whatever the operation's size.
         """
         ready = tx.ready_dependents(task_id)
         for task in ready:
-            self._queue_task(tx, op, task, _merged(tx.dependency_results(task["id"])))
+            forwarded = (result if task["dependency_count"] == 1
+                         else _merged(tx.dependency_results(task["id"])))
+            self._queue_task(tx, op, task, forwarded)
         return len(ready)
 
     def _emit_ready(self, tx: Tx, operation_id: str) -> int:

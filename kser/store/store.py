@@ -14,6 +14,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     or_,
     select,
     update,
@@ -42,7 +43,10 @@ _GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"))
 _dep, _blocker = schema.task_dependencies.alias("dep"), schema.task_dependencies.alias("blocker")
 _blocking_task = schema.tasks.alias("blocking_task")
 _READY_DEPENDENTS = (
-    select(schema.tasks)
+    select(schema.tasks,
+           select(func.count()).select_from(_blocker)
+           .where(_blocker.c.task_id == _task.id).scalar_subquery()
+           .label("dependency_count"))
     # found by id from the dependents; their status is checked by ready_dependents, as
     # SQLite would otherwise look them up by status: a scan of every pending task
     .where(and_(_task.id.in_(select(_dep.c.task_id)
@@ -147,7 +151,8 @@ class Tx:
         return self.connection.execute(_GET_TASK_TO_RUN, dict(b_id=task_id)).mappings().first()
 
     def ready_dependents(self, task_id: str) -> list[RowMapping]:
-        """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded."""
+        """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded
+        (with ``dependency_count``, how many tasks each depends on)."""
         return [row for row in self.connection.execute(_READY_DEPENDENTS,
                                                        dict(b_id=task_id)).mappings()
                 if row["status"] == "PENDING"]
@@ -342,7 +347,10 @@ def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # a pool of open connections: opening one costs its PRAGMAs, and closing the last
         # one checkpoints the WAL (an fsync) -- both per transaction with no pool
+        # (no rollback on check-in: every checkout is a transaction() that ended with
+        # COMMIT or ROLLBACK, and a rollback per transaction costs a call into SQLite)
         engine = create_engine(url, poolclass=QueuePool, pool_size=5, max_overflow=5,
+                               pool_reset_on_return=None,
                                connect_args={"timeout": 60, "isolation_level": None,
                                              "check_same_thread": False})
 
