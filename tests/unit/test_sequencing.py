@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cdumay_result import Result
 from sqlalchemy.exc import OperationalError
 
 from kser.memory.broker import get_broker
@@ -453,3 +454,16 @@ def test_sent_rows_are_marked_by_the_next_transaction(h):
     with h.store.transaction() as tx:
         assert tx.connection.exec_driver_sql(
             "SELECT count(*) FROM kser_outbox WHERE sent_at IS NULL").scalar() == 0
+
+
+@pytest.mark.parametrize("result", [
+    Result(uuid="u", retcode=0, stdout="out", retval={"x": [1, {"y": None}]}),
+    Result(retcode=500, stderr="boom"),
+    Result(uuid=3, retcode="7", stdout=None, stderr=None, retval=None),
+])
+def test_results_are_stored_as_the_schema_dumps_them(result):
+    from cdumay_result import ResultSchema
+
+    from kser.sequencing.sequencer import dump_result
+
+    assert dump_result(result) == ResultSchema().dump(result)
