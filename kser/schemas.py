@@ -24,6 +24,25 @@ from marshmallow import ValidationError as MarshmallowValidationError
 KSER_METADATA_KEY = "kser"
 
 
+def dump_result(result: Result | None) -> dict | None:
+    """``ResultSchema().dump(result)`` without marshmallow: the dumps of a hop cost more
+    than its task (tests/unit/test_sequencing.py checks they agree)."""
+    if result is None:
+        return None
+
+    def text(value):
+        return None if value is None else str(value)
+
+    return dict(uuid=text(result.uuid),
+                retcode=None if result.retcode is None else int(result.retcode),
+                stdout=text(result.stdout), stderr=text(result.stderr),
+                retval=None if result.retval is None else dict(result.retval))
+
+
+def _string_keys(value: dict | None) -> dict | None:
+    return None if value is None else {str(key): item for key, item in value.items()}
+
+
 class BaseSchema(Schema):
     """Fields every entrypoint message has; unknown fields are ignored."""
 
@@ -76,6 +95,16 @@ class Message(Base):
 
     MARSHMALLOW_SCHEMA = MessageSchema()
 
+    def dump(self) -> dict:
+        """This message as a JSON-compatible ``dict`` (what :class:`MessageSchema` dumps,
+        built directly: tests/unit/test_schemas.py checks they agree)."""
+        if type(self.MARSHMALLOW_SCHEMA) is not MessageSchema:
+            return super().dump()
+        return dict(uuid=None if self.uuid is None else str(self.uuid),
+                    entrypoint=None if self.entrypoint is None else str(self.entrypoint),
+                    params=_string_keys(self.params), result=dump_result(self.result),
+                    metadata=_string_keys(self.metadata))
+
     def __init__(
         self,
         uuid: str,
@@ -117,6 +146,10 @@ class Message(Base):
                 f"Message must be a JSON object, got {_json_type(data)}",
                 extra=dict(reason="not-an-object"),
             )
+        if type(cls.MARSHMALLOW_SCHEMA) is MessageSchema:
+            plain = _plain_message(data)
+            if plain is not None:
+                return cls(**plain)
         try:
             return cls(**cls.MARSHMALLOW_SCHEMA.load(data))
         except MarshmallowValidationError as exc:
@@ -132,6 +165,47 @@ class Message(Base):
     def __repr__(self) -> str:
         return (f"Message<uuid='{self.uuid}', entrypoint='{self.entrypoint}', "
                 f"result={self.result!r}>")
+
+
+_RESULT_TYPES = {"uuid": str, "retcode": int, "stdout": str, "stderr": str, "retval": dict}
+
+
+def _string_keyed(value: Any) -> bool:
+    return type(value) is dict and all(type(key) is str for key in value)
+
+
+def _plain_message(data: dict) -> dict | None:
+    """What ``MessageSchema().load(data)`` returns, for a message whose every field has
+    exactly the type the schema wants (the messages kser writes); None for any other,
+    which the schema then loads or explains. The schema's cost was most of a decode."""
+    uuid, entrypoint = data.get("uuid"), data.get("entrypoint")
+    if type(uuid) is not str or type(entrypoint) is not str:
+        return None
+    fields_ = {}
+    for name in ("params", "metadata"):
+        value = data.get(name, _MISSING)
+        if value is _MISSING:
+            fields_[name] = {}
+        elif _string_keyed(value):
+            fields_[name] = dict(value)
+        else:
+            return None
+    result = data.get("result")
+    if result is not None:
+        if type(result) is not dict:
+            return None
+        loaded = {}
+        for name, kind in _RESULT_TYPES.items():
+            if name in result:
+                if type(result[name]) is not kind:
+                    return None
+                loaded[name] = dict(result[name]) if kind is dict else result[name]
+        result = loaded
+    return dict(uuid=uuid, entrypoint=entrypoint, params=fields_["params"], result=result,
+                metadata=fields_["metadata"])
+
+
+_MISSING = object()
 
 
 def _decode_json(raw: str | bytes | bytearray | None) -> Any:

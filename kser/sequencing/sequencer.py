@@ -37,7 +37,7 @@ from kser.config import Settings
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.entry import Entrypoint
 from kser.results import is_success
-from kser.schemas import KSER_METADATA_KEY, Message
+from kser.schemas import KSER_METADATA_KEY, Message, dump_result
 from kser.sequencing.retries import backoff, should_retry
 from kser.sequencing.task import (
     CANCELED,
@@ -61,21 +61,6 @@ EXIT_ENTRYPOINT = "kser.operation.exit"
 UNSENT_GRACE = 10.0
 #: how long a duplicate message waits for a task another worker runs, in leases
 DUPLICATE_WAIT_LEASES = 1.5
-
-
-def dump_result(result: Result | None) -> dict | None:
-    """``ResultSchema().dump(result)`` without marshmallow: two of them per hop cost
-    more than the task (tests/unit/test_sequencing.py checks they agree)."""
-    if result is None:
-        return None
-
-    def text(value):
-        return None if value is None else str(value)
-
-    return dict(uuid=text(result.uuid),
-                retcode=None if result.retcode is None else int(result.retcode),
-                stdout=text(result.stdout), stderr=text(result.stderr),
-                retval=None if result.retval is None else dict(result.retval))
 
 
 def load_result(data: dict | None, uuid_: str | None = None) -> Result:

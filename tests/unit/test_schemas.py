@@ -76,3 +76,17 @@ def test_unknown_fields_are_ignored_and_missing_ones_defaulted():
     kmsg = Message.loads(b'{"uuid": "u", "entrypoint": "e", "future": 1}')
     assert kmsg.params == {} and kmsg.metadata == {}
     assert kmsg.result.uuid == "u" and kmsg.result.retcode == 0
+
+
+@pytest.mark.parametrize("message", [
+    Message("u", "a.B"),
+    Message("u", "a.B", params={"x": [1, {"y": None}], 2: "two"},
+            result=Result(uuid="r", retcode=3, stdout="o", stderr="e", retval={"k": 1.5}),
+            metadata={"kser": {"operation_id": "o", "task_id": "t"}, "user": "me"}),
+    Message(7, "a.B", result={"retcode": 500, "stderr": "boom"}),
+])
+def test_message_dump_is_what_the_schema_dumps(message):
+    from kser.schemas import MessageSchema
+
+    assert message.dump() == MessageSchema().dump(message)
+    assert list(message.dump()) == list(MessageSchema().dump(message))  # same key order

@@ -464,6 +464,6 @@ def test_sent_rows_are_marked_by_the_next_transaction(h):
 def test_results_are_stored_as_the_schema_dumps_them(result):
     from cdumay_result import ResultSchema
 
-    from kser.sequencing.sequencer import dump_result
+    from kser.schemas import dump_result
 
     assert dump_result(result) == ResultSchema().dump(result)
