@@ -34,14 +34,26 @@ MAX_POLL_INTERVAL_MS = 6000
 LONG_TASK = 20  # seconds: more than three times the limit
 
 
+def group_members(kafka, group: str) -> int:
+    """Members of a Stable consumer group (0 while it is (re)balancing)."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        described = admin.describe_groups([group]).get(group) or {}
+    except KafkaError:  # the coordinator is still being elected
+        return 0
+    finally:
+        admin.close()
+    stable = described.get("group_state") == "Stable"
+    return len(described.get("members") or ()) if stable else 0
+
+
 @pytest.mark.parametrize("name", ["kafka", "confluent"])
 def test_a_task_longer_than_max_poll_interval_runs_once_without_rebalance(kafka, topic, name):
     connection_config, Producer, Consumer = transport(name)
-    producer = Producer(connection_config(kafka.bootstrap_servers))
     kmsg = Message(str(uuid.uuid4()), Long.path, params={"seconds": LONG_TASK})
-    assert producer.send(topic, kmsg).retcode == 0
-    producer.close()
-
     group = f"g-{uuid.uuid4().hex[:6]}"
     config = connection_config(kafka.bootstrap_servers, group)
     if name == "kafka":
@@ -59,6 +71,12 @@ def test_a_task_longer_than_max_poll_interval_runs_once_without_rebalance(kafka,
         threads.append(threading.Thread(target=consumer.run, daemon=True))
         threads[-1].start()
     try:
+        # both members joined before the record exists: only leaving the group (no poll
+        # within max.poll.interval.ms) can then move the partition to the other one
+        wait_until(lambda: group_members(kafka, group) == 2, "both consumers in the group")
+        producer = Producer(connection_config(kafka.bootstrap_servers))
+        assert producer.send(topic, kmsg).retcode == 0
+        producer.close()
         wait_until(lambda: RUNS, "the long task started")
         deadline = time.monotonic() + LONG_TASK + WAIT
         while group_lag(kafka, group, topic) and time.monotonic() < deadline:
