@@ -223,7 +223,7 @@ class BaseConsumer:
         tracker = OffsetTracker()
         backlog: deque[Record] = deque()
         running: dict[Future, Record] = {}
-        fetching = True
+        fetching = fetched_nothing = True
         last_commit = last_poll = time.monotonic()
         try:
             with ThreadPoolExecutor(concurrency, thread_name_prefix="kser-task") as executor:
@@ -240,7 +240,11 @@ class BaseConsumer:
                         tracker.started(record)
                         running[executor.submit(self._process, record)] = record
                     idle = not running and not backlog
-                    if idle or time.monotonic() - last_commit >= self.settings.commit_interval:
+                    # commit when nothing more came (a checkpoint waits for the broker
+                    # twice: it would delay the record an operation's last hop just
+                    # sent), or every commit_interval under load
+                    if ((idle and fetched_nothing)
+                            or time.monotonic() - last_commit >= self.settings.commit_interval):
                         self._checkpoint(tracker)
                         last_commit = time.monotonic()
                     if not backlog and not self.paused:
@@ -253,6 +257,7 @@ class BaseConsumer:
                             self.settings.max_poll_records)
                         last_poll = time.monotonic()
                         backlog.extend(records)
+                        fetched_nothing = not records
                         if idle and not records and self._exit_when_idle:
                             self._sweep()
                             break
