@@ -57,7 +57,10 @@ def test_a_worker_with_wrong_credentials_fails_fast_with_a_clear_error(kafka_sas
     assert worker.popen.wait(WAIT) == 1, worker.output()
     assert time.monotonic() - started < WAIT
     last = worker.output().strip().splitlines()[-1]
-    assert last.startswith("kser: Kafka at ") and "auth" in last.lower(), last
+    # the refusal itself when the client reported it before its bootstrap timed out
+    # (kafka-python does not always: then the error still names the credentials)
+    assert last.startswith("kser: Kafka at ") and (
+        "auth" in last.lower() or "credentials" in last.lower()), last
     assert "Traceback" not in worker.output()
 
 
