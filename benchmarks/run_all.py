@@ -3,6 +3,7 @@
 
     python benchmarks/run_all.py            # the sizes of issue 5 (about 20 minutes)
     python benchmarks/run_all.py --smoke    # tiny sizes: checks the harness works
+    python benchmarks/run_all.py --tables-only   # docs and plots from the last results
 
 Runs dispatch.py, memory.py (both clients), sequencing.py and plots.py, each
 on its own local broker (and PostgreSQL and Redis for sequencing), then
@@ -75,7 +76,8 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def tables(out: Path, commands: list[str]) -> str:
-    lines = [f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+    finished = (out / "sequencing.json").stat().st_mtime  # the run's last benchmark
+    lines = [f"Run ending {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(finished))}, by "
              "`python benchmarks/run_all.py`:", ""]
     lines += [f"- {line}" for line in versions()]
     lines += ["", "Commands it ran:", "", "```sh", *commands,
@@ -91,16 +93,18 @@ def tables(out: Path, commands: list[str]) -> str:
                      f"| {_ratio(data['median'], legacy)} | "
                      f"{100 * data['median'] / bare:.0f}% |" if bare else "| n/a |")
     lines += ["", "### Memory: RSS of one worker", "",
-              "| transport | messages | messages/s | RSS after warm-up | peak after warm-up "
-              "| growth (target < 10%) |", "| --- | --- | --- | --- | --- | --- |"]
+              "| transport | messages | messages/s | RSS peak during warm-up (first 10%) "
+              "| RSS peak after warm-up | final | growth (target < 10%) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for transport in ("kafka", "confluent"):
         path = out / f"memory-{transport}.json"
         if path.exists():
             data = json.loads(path.read_text())
             lines.append(f"| {transport} | {data['messages']:,} | "
                          f"{data['messages_per_second']:,} | "
-                         f"{data['rss_after_warm_up_kib'] / 1024:.1f} MiB | "
+                         f"{data['rss_peak_during_warm_up_kib'] / 1024:.1f} MiB | "
                          f"{data['rss_peak_after_warm_up_kib'] / 1024:.1f} MiB | "
+                         f"{data['rss_final_kib'] / 1024:.1f} MiB | "
                          f"{data['growth_percent']}% |")
     sequencing = json.loads((out / "sequencing.json").read_text())
     results = sequencing["results"]
@@ -141,13 +145,20 @@ def tables(out: Path, commands: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; docs left alone")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="rewrite plots and docs from the results already in --out")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     sizes, out = (SMOKE if args.smoke else FULL), Path(args.out)
-    commands = [run("dispatch.py", sizes["dispatch"], out)]
-    for transport in ("kafka", "confluent"):
-        commands.append(run("memory.py", [*sizes["memory"], "--transport", transport], out))
-    commands.append(run("sequencing.py", sizes["sequencing"], out))
+    scripts = [("dispatch.py", sizes["dispatch"])]
+    scripts += [("memory.py", [*sizes["memory"], "--transport", transport])
+                for transport in ("kafka", "confluent")]
+    scripts.append(("sequencing.py", sizes["sequencing"]))
+    if args.tables_only:
+        commands = [f"python benchmarks/{script} {' '.join(arguments)}"
+                    for script, arguments in scripts]
+    else:
+        commands = [run(script, arguments, out) for script, arguments in scripts]
     images = out / "img" if args.smoke else ROOT / "docs" / "img"
     subprocess.run([sys.executable, "benchmarks/plots.py", "--results", str(out),
                     "--out", str(images)], cwd=ROOT, check=True)
