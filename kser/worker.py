@@ -334,23 +334,23 @@ class BaseConsumer:
 
     def _sweep(self) -> None:
         """Let the sequencer send due retries and what a dead worker left (rate-limited)."""
-        sweep = getattr(self.controller.sequencer, "sweep", None)
-        if sweep is None:
-            return
-        try:
-            sweep()
-        except Exception as exc:  # the store may be briefly unreachable; try next time
-            logger.warning("%s: sweep failed: %s", self.name, exc)
+        self._call_sequencer("sweep", "sweep")
 
     def _flush_sent(self) -> None:
         """Let the sequencer write the sent marks it holds (else a sweep re-sends those rows)."""
-        flush = getattr(self.controller.sequencer, "flush_sent", None)
-        if flush is None:
+        self._call_sequencer("flush_sent", "writing the sent marks")
+
+    def _call_sequencer(self, method: str, what: str) -> None:
+        """Call the sequencer's ``method``, if there is one; a failure is logged, never
+        raised: the store may be briefly unreachable, and the next call tries again
+        (unwritten sent marks only mean rows sent again, which change nothing)."""
+        call = getattr(self.controller.sequencer, method, None)
+        if call is None:
             return
         try:
-            flush()
-        except Exception as exc:  # harmless: the rows are sent again and change nothing
-            logger.warning("%s: sent marks not written: %s", self.name, exc)
+            call()
+        except Exception as exc:
+            logger.warning("%s: %s failed: %s", self.name, what, exc)
 
     def _checkpoint(self, tracker: OffsetTracker) -> None:
         """Commit what may be committed, once everything produced is acknowledged."""
