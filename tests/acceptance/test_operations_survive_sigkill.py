@@ -39,21 +39,24 @@ def test_operations_survive_a_worker_killed_mid_task(kafka, pg_url, processes, t
     ids = run.submit(OPERATIONS, HOPS, params)
     failing = {op_id for i, op_id in enumerate(ids) if "fail_at" in params(i)}
 
-    # kill worker 0 with SIGKILL while it is in the middle of a slow task
-    victim = f"{socket.gethostname()}:{run.workers[0].popen.pid}"
+    # kill with SIGKILL whichever worker is in the middle of a slow task (the slow
+    # operations' partitions may all belong to one of them)
+    workers = {f"{socket.gethostname()}:{w.popen.pid}": w for w in run.workers}
 
-    def victim_mid_task():
+    def worker_mid_task():
         task = schema.tasks.c
         with run.store.transaction() as tx:
             return tx.connection.execute(
-                schema.tasks.select().where(task.status == "RUNNING", task.worker == victim,
+                schema.tasks.select().where(task.status == "RUNNING",
+                                            task.worker.in_(list(workers)),
                                             task.started_at > time.time() - SLOW_HOP / 2)
                 .where(task.params["sleep"].as_float() == SLOW_HOP)).mappings().first()
 
-    killed_task = wait_for(victim_mid_task, "worker 0 in the middle of a slow task", timeout=120)
-    run.workers[0].popen.kill()
-    run.workers[0].popen.wait(30)
-    run.workers.append(run.start_worker("worker0-restarted"))
+    killed_task = wait_for(worker_mid_task, "a worker in the middle of a slow task", timeout=120)
+    victim = killed_task["worker"]
+    workers[victim].popen.kill()
+    workers[victim].popen.wait(30)
+    run.workers.append(run.start_worker("killed-worker-restarted"))
 
     done = OPERATIONS - len(failing)
     run.wait_until_final({"SUCCESS": done, "FAILED": len(failing)})
