@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -99,7 +100,10 @@ def _kafka_errors(settings: Settings):
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:
     """kser: sequence tasks over Apache Kafka."""
-    settings = Settings()
+    try:
+        settings = Settings()
+    except CdumayError as exc:
+        raise KserCliError(exc.message) from None
     if log_level:
         settings.log_level = log_level
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
@@ -134,18 +138,28 @@ def _apply(settings: Settings, **overrides) -> Settings:
               help="Dead-letter topic [env KSER_DLQ_TOPIC; default <topic>.dlq].")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Tasks run at once [env KSER_CONCURRENCY, 1].")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds a stop waits for the tasks in hand [env KSER_SHUTDOWN_TIMEOUT, 30].")
 @_connection_options
 @click.pass_obj
 def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: str | None,
-           dlq_topic: str | None, concurrency: int | None, transport: str | None,
-           bootstrap_servers: str | None) -> None:
+           dlq_topic: str | None, concurrency: int | None, shutdown_timeout: float | None,
+           transport: str | None, bootstrap_servers: str | None) -> None:
     """Consume TOPIC(s) and run each message through REGISTRY (MODULE:ATTRIBUTE).
 
-    SIGTERM or SIGINT: tasks in hand finish and are committed, then exit 0.
+    SIGTERM or SIGINT: tasks in hand finish and are committed, then exit 0; if they
+    are not done within --shutdown-timeout, or at a second SIGTERM/SIGINT, exit 1
+    without committing them (another worker redoes them).
     SIGUSR1 pauses (no new task; the partitions are kept), SIGUSR2 resumes.
+    Before it starts, the worker checks its store and creates its topics and their
+    dead-letter topics if they do not exist (KSER_PARTITIONS partitions).
     """
+    from kser.store.store import StoreError
+    from kser.worker import WorkerStartError
+
     settings = _apply(settings, group=group, dlq_topic=dlq_topic, transport=transport,
-                      bootstrap_servers=bootstrap_servers, concurrency=concurrency)
+                      bootstrap_servers=bootstrap_servers, concurrency=concurrency,
+                      shutdown_timeout=shutdown_timeout)
     controller = _load_registry(registry)
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")
@@ -153,7 +167,18 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
     with _kafka_errors(settings):
         consumer = consumer_module.Consumer(config, list(topics), settings=settings)
         consumer.REGISTRY = controller
-        consumer.run()
+        try:
+            consumer.run()
+        except (WorkerStartError, StoreError) as exc:
+            raise KserCliError(f"worker not started: {exc}") from None
+    if consumer.fatal is not None:
+        click.echo(f"kser: worker stopped: {consumer.fatal}", err=True)
+    if consumer.abandoned:
+        # the abandoned task threads never end: leave without waiting for them
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(consumer.exit_code)
+    sys.exit(consumer.exit_code)
 
 
 @main.command()
@@ -281,6 +306,7 @@ def purge(settings: Settings, store_url: str | None) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from kser.store import Store
+    from kser.store.store import StoreError
 
     url = store_url or settings.store_url
     try:
@@ -288,9 +314,11 @@ def purge(settings: Settings, store_url: str | None) -> None:
         with store.transaction() as tx:
             count = tx.purge(time.time())
         store.close()
-    except (SQLAlchemyError, RuntimeError) as exc:
+    except StoreError as exc:
+        raise KserCliError(str(exc)) from None
+    except SQLAlchemyError as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        raise KserCliError(f"store {url} failed: {reason}") from None
+        raise KserCliError(f"the store {url} failed: {reason}") from None
     click.echo(f"purged {count} operation(s)")
 
 

@@ -1,7 +1,8 @@
 """Configuration: one home for every setting.
 
 Each setting is read from an environment variable ``KSER_*`` with the default
-below; ``kser`` command-line flags override the environment.
+below; ``kser`` command-line flags override the environment. A value that is
+not what the setting needs raises ``ConfigurationError`` naming the variable.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import importlib
 import os
 from dataclasses import dataclass, field
 
+from cdumay_error.types import ConfigurationError
+
 #: transports by the name ``--transport`` / ``KSER_TRANSPORT`` use
 TRANSPORTS = {"kafka": "kser.python_kafka", "confluent": "kser.confluent",
               "memory": "kser.memory"}
@@ -17,6 +20,28 @@ TRANSPORTS = {"kafka": "kser.python_kafka", "confluent": "kser.confluent",
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _number(name: str, default: str, kind: type[int] | type[float]):
+    """The number in the environment variable ``name``, or a ConfigurationError saying
+    what is wrong with it."""
+    text = _env(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigurationError(f"{name}={text!r} is not {noun} (default {default})") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigurationError(f"{name}={text!r} is not a finite number")
+    return value
+
+
+def _int(name: str, default: str) -> int:
+    return _number(name, default, int)
+
+
+def _float(name: str, default: str) -> float:
+    return _number(name, default, float)
 
 
 @dataclass
@@ -38,30 +63,40 @@ class Settings:
     dlq_topic: str = field(default_factory=lambda: _env("KSER_DLQ_TOPIC", ""))
     #: largest serialised message ``send`` accepts, bytes (Kafka's default limit is 1 MiB)
     max_message_bytes: int = field(
-        default_factory=lambda: int(_env("KSER_MAX_MESSAGE_BYTES", str(1024 * 1024))))
+        default_factory=lambda: _int("KSER_MAX_MESSAGE_BYTES", str(1024 * 1024)))
     #: seconds a worker waits for the broker to acknowledge what it produced before it
     #: gives up and processes the record again
-    send_timeout: float = field(default_factory=lambda: float(_env("KSER_SEND_TIMEOUT", "60")))
+    send_timeout: float = field(default_factory=lambda: _float("KSER_SEND_TIMEOUT", "60"))
+    #: partitions of the topics a worker creates when they do not exist (its topics and
+    #: their dead-letter topics): as many workers of a group can share a topic
+    partitions: int = field(default_factory=lambda: _int("KSER_PARTITIONS", "12"))
+    #: replicas of the topics a worker creates (-1: the broker's default.replication.factor)
+    replication_factor: int = field(
+        default_factory=lambda: _int("KSER_REPLICATION_FACTOR", "-1"))
+    #: seconds a stopping worker waits for the tasks in hand; after it (or at a second
+    #: SIGTERM/SIGINT) it exits 1 without committing them: another worker redoes them
+    shutdown_timeout: float = field(
+        default_factory=lambda: _float("KSER_SHUTDOWN_TIMEOUT", "30"))
     #: tasks one consumer runs at once (``kser worker --concurrency``)
-    concurrency: int = field(default_factory=lambda: int(_env("KSER_CONCURRENCY", "1")))
+    concurrency: int = field(default_factory=lambda: _int("KSER_CONCURRENCY", "1"))
     #: longest time processed records wait for their offset commit, seconds
     commit_interval: float = field(
-        default_factory=lambda: float(_env("KSER_COMMIT_INTERVAL", "1.0")))
+        default_factory=lambda: _float("KSER_COMMIT_INTERVAL", "1.0"))
     #: how long one poll waits for records, seconds (bounds the reaction to a stop signal)
-    poll_timeout: float = field(default_factory=lambda: float(_env("KSER_POLL_TIMEOUT", "0.5")))
+    poll_timeout: float = field(default_factory=lambda: _float("KSER_POLL_TIMEOUT", "0.5"))
     #: most records taken by one poll
     max_poll_records: int = field(
-        default_factory=lambda: int(_env("KSER_MAX_POLL_RECORDS", "100")))
+        default_factory=lambda: _int("KSER_MAX_POLL_RECORDS", "100"))
     #: seconds to wait before processing again a record whose store or broker failed
-    redo_backoff: float = field(default_factory=lambda: float(_env("KSER_REDO_BACKOFF", "1.0")))
+    redo_backoff: float = field(default_factory=lambda: _float("KSER_REDO_BACKOFF", "1.0"))
     #: SQLAlchemy URL of the store (operations, tasks, outbox)
     store_url: str = field(default_factory=lambda: _env("KSER_STORE_URL", "sqlite:///kser.db"))
     #: seconds a running task's lease lasts; renewed every third of it while the task runs.
     #: A task whose worker died is taken over once its lease expired.
-    task_lease: float = field(default_factory=lambda: float(_env("KSER_TASK_LEASE", "30")))
+    task_lease: float = field(default_factory=lambda: _float("KSER_TASK_LEASE", "30"))
     #: seconds between two sweeps for due retries, expired leases and unsent messages
     sweep_interval: float = field(
-        default_factory=lambda: float(_env("KSER_SWEEP_INTERVAL", "1")))
+        default_factory=lambda: _float("KSER_SWEEP_INTERVAL", "1"))
     #: base64 keys (comma-separated) sealing record values; the first one seals (kser[crypto])
     secret_keys: str = field(default_factory=lambda: _env("KSER_SECRET_KEYS", ""))
     #: refuse records that are not sealed

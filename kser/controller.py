@@ -19,6 +19,7 @@ from cdumay_result import Result
 from kser.config import Settings
 from kser.crypto import Sealer
 from kser.entry import Entrypoint
+from kser.errors import WorkerFatalError, safe_text
 from kser.results import error_result, exception_result, is_success
 from kser.schemas import Message
 
@@ -149,12 +150,17 @@ class Controller(BaseController):
             kmsg = self._onmessage(self.TRANSPORT.loads(self.sealer.open(raw_data)))
         except Exception as exc:
             return Outcome(None, self._onerror(None, exception_result(exc)), undeliverable=True)
+        if not isinstance(kmsg, Message):
+            error = ValidationError(f"{type(self).__name__}.onmessage returned "
+                                    f"{type(kmsg).__name__}, not a Message")
+            return Outcome(None, self._onerror(None, error_result(error)), undeliverable=True)
 
         entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
         if entrypoint is None:
             error = NotFound(
-                f"Entrypoint '{kmsg.entrypoint}' is not registered on this consumer; "
-                f"registered: {', '.join(sorted(self.ENTRYPOINTS)) or 'none'}",
+                f"Entrypoint '{safe_text(kmsg.entrypoint, 300)}' is not registered on this "
+                f"consumer ({len(self.ENTRYPOINTS)} are: the worker's start-up log lists "
+                "them); check the name, and that the worker runs the registry defining it",
                 extra=dict(uuid=kmsg.uuid, entrypoint=kmsg.entrypoint))
             return Outcome(kmsg, self._onerror(kmsg, error_result(error, kmsg.uuid)),
                            undeliverable=True)
@@ -167,6 +173,8 @@ class Controller(BaseController):
             logger.warning("%s.Redo: %s[%s]: %s", type(self).__name__, kmsg.entrypoint,
                            kmsg.uuid, exc)
             return Outcome(kmsg, exception_result(exc, kmsg.uuid), redo=True)
+        except WorkerFatalError:
+            raise  # the worker stops: not this message's fault, nor one to commit
         except Exception as exc:  # an entrypoint bug is the message's failure
             result = exception_result(exc, kmsg.uuid)
         try:

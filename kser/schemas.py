@@ -22,6 +22,12 @@ from marshmallow import ValidationError as MarshmallowValidationError
 
 #: the key of ``metadata`` that kser reserves for its own bookkeeping
 KSER_METADATA_KEY = "kser"
+#: longest message, operation or task id, characters (the store's id columns)
+MAX_ID_LENGTH = 64
+#: longest entrypoint name, characters (the store's entrypoint columns)
+MAX_ENTRYPOINT_LENGTH = 255
+#: the range of a result's retcode and an attempt number (the store's 32-bit integers)
+MIN_INT32, MAX_INT32 = -(2 ** 31), 2 ** 31 - 1
 
 
 def dump_result(result: Result | None) -> dict | None:
@@ -140,7 +146,8 @@ class Message(Base):
 
     @classmethod
     def from_dict(cls, data: Any) -> Message:
-        """Build a message from already decoded JSON (see :meth:`loads`)."""
+        """Build a message from already decoded JSON (see :meth:`loads`), checking the
+        limits every part of kser relies on (see :func:`check_limits`)."""
         if not isinstance(data, dict):
             raise ValidationError(
                 f"Message must be a JSON object, got {_json_type(data)}",
@@ -149,9 +156,11 @@ class Message(Base):
         if type(cls.MARSHMALLOW_SCHEMA) is MessageSchema:
             plain = _plain_message(data)
             if plain is not None:
-                return cls(**plain)
+                kmsg = cls(**plain)
+                check_limits(kmsg)
+                return kmsg
         try:
-            return cls(**cls.MARSHMALLOW_SCHEMA.load(data))
+            kmsg = cls(**cls.MARSHMALLOW_SCHEMA.load(data))
         except MarshmallowValidationError as exc:
             fields_in_error = "; ".join(
                 f"{name}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
@@ -161,6 +170,8 @@ class Message(Base):
                 f"Message does not match the kser schema ({fields_in_error})",
                 extra=dict(reason="schema", fields=exc.normalized_messages()),
             ) from None
+        check_limits(kmsg)
+        return kmsg
 
     def __repr__(self) -> str:
         return (f"Message<uuid='{self.uuid}', entrypoint='{self.entrypoint}', "
@@ -208,6 +219,58 @@ def _plain_message(data: dict) -> dict | None:
 _MISSING = object()
 
 
+def _limit_error(message: str, reason: str) -> ValidationError:
+    return ValidationError(f"Message refused: {message}", extra=dict(reason=reason))
+
+
+def _check_id(value: Any, what: str, limit: int = MAX_ID_LENGTH) -> None:
+    if not isinstance(value, str):
+        raise _limit_error(f"{what} must be a string, got {_json_type(value)}", "limits")
+    if not value or len(value) > limit:
+        raise _limit_error(f"{what} must have 1 to {limit} characters, not {len(value)}",
+                           "limits")
+    if not value.isprintable():
+        raise _limit_error(f"{what} {value.encode('unicode_escape').decode()[:80]!r} holds "
+                           "control or non-character code points", "limits")
+
+
+def check_limits(kmsg: Message) -> None:
+    """Refuse what the store, headers or logs could not hold, before anything runs.
+
+    Ids (``uuid``, kser's ``operation_id``, ``task_id``, ``exit_of``) are printable
+    strings of at most :data:`MAX_ID_LENGTH` characters, the entrypoint of at most
+    :data:`MAX_ENTRYPOINT_LENGTH`; ``result.retcode`` and kser's ``attempt`` fit 32
+    bits; kser's ``mode`` is absent or ``"one"``. (Non-finite numbers and lone
+    surrogates were refused while decoding.)
+
+    :raises cdumay_error.types.ValidationError: (400) saying which limit and where
+    """
+    _check_id(kmsg.uuid, "uuid")
+    _check_id(kmsg.entrypoint, "entrypoint", MAX_ENTRYPOINT_LENGTH)
+    retcode = kmsg.result.retcode if kmsg.result is not None else 0
+    if not isinstance(retcode, int) or not MIN_INT32 <= retcode <= MAX_INT32:
+        raise _limit_error(f"result.retcode {retcode} is not a 32-bit integer", "limits")
+    own = kmsg.metadata.get(KSER_METADATA_KEY)
+    if own is None:
+        return
+    if not isinstance(own, dict):
+        raise _limit_error(f"metadata.{KSER_METADATA_KEY} is kser's own and must be an object,"
+                           f" got {_json_type(own)}", "limits")
+    for name in ("operation_id", "task_id", "exit_of"):
+        if name in own:
+            _check_id(own[name], f"metadata.{KSER_METADATA_KEY}.{name}")
+    attempt = own.get("attempt", 1)
+    if type(attempt) is not int or not 0 <= attempt <= MAX_INT32:
+        raise _limit_error(f"metadata.{KSER_METADATA_KEY}.attempt must be a 32-bit "
+                           "non-negative integer", "limits")
+    if own.get("mode") not in (None, "one"):
+        raise _limit_error(f"metadata.{KSER_METADATA_KEY}.mode must be absent or \"one\"",
+                           "limits")
+    if "task_id" in own and "operation_id" not in own:
+        raise _limit_error(f"metadata.{KSER_METADATA_KEY} names a task_id without its "
+                           "operation_id", "limits")
+
+
 def _decode_json(raw: str | bytes | bytearray | None) -> Any:
     if raw is None or len(raw) == 0:
         raise ValidationError("Empty record: a kser message is a JSON object",
@@ -221,10 +284,40 @@ def _decode_json(raw: str | bytes | bytearray | None) -> Any:
                 extra=dict(reason="encoding"),
             ) from None
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_float=_finite_float, parse_constant=_refuse_constant)
+    except _NotFiniteError as exc:
+        raise ValidationError(f"Record holds the number {exc}, which is not finite: JSON "
+                              "numbers in a kser message must be finite",
+                              extra=dict(reason="number")) from None
     except (ValueError, RecursionError) as exc:
         raise ValidationError(f"Record is not valid JSON: {exc}",
                               extra=dict(reason="json")) from None
+    if "\\ud" in raw or "\\uD" in raw:  # an escaped surrogate: is it a lone one?
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError(
+                f"Record holds a lone surrogate ({exc.object[exc.start]!a}), which is not "
+                "valid Unicode: kser messages must be valid Unicode text",
+                extra=dict(reason="encoding")) from None
+        except (ValueError, RecursionError):
+            pass  # nothing more to check here; the schema says what is wrong
+    return data
+
+
+class _NotFiniteError(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotFiniteError(text[:40])
+    return value
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotFiniteError(name)
 
 
 def _json_type(value: Any) -> str:

@@ -10,10 +10,20 @@ was processed and what it produced was acknowledged by the broker; per
 partition, only up to the lowest record still in flight. A record whose
 processing failed for a reason outside the message (store or broker
 unreachable: ``Outcome.redo``) is processed again after ``redo_backoff``
-seconds and blocks the commit of its partition until then. A record that
-cannot be decoded or routed goes, with its error, to the dead-letter topic
-and its offset is committed: one bad record never stops or blocks a
-partition.
+seconds (doubling up to :data:`REDO_MAX_BACKOFF`) and blocks the commit of its
+partition until then. A record that cannot be decoded, routed or handled goes,
+with its error, to the dead-letter topic (or the store: see
+:mod:`kser.deadletter`) and its offset is committed: one bad record never
+stops or blocks a partition.
+
+Nothing a record holds can end the loop: everything between poll and commit
+is guarded, and an error the loop did not foresee is handled as a transient
+one. A failing poll (the broker stopped, a rebalance cut short) is retried
+with backoff. The loop ends only on :meth:`BaseConsumer.stop` (SIGTERM,
+SIGINT), after the tasks in hand finished or ``shutdown_timeout`` passed (or a
+second signal came: then the unfinished records are left uncommitted, to be
+redone elsewhere, and :attr:`BaseConsumer.exit_code` is 1), or on a
+:class:`~kser.errors.WorkerFatalError` (its store file removed).
 
 A transport subclasses :class:`BaseConsumer` and adapts its client's calls:
 ``_poll``, ``_commit``, ``_pause``, ``_resume``, ``_close``, ``_new_producer``.
@@ -33,15 +43,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kser.config import Settings
-from kser.controller import BaseProducer, Controller
+from kser.controller import BaseProducer, Controller, Outcome
+from kser.deadletter import DLQ_HEADERS, DeadLetters
+from kser.errors import WorkerFatalError, safe_text
+from kser.results import exception_result
 
 logger = logging.getLogger(__name__)
 
-#: headers added to a dead-lettered record
-DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
-               "kser-source-offset", "kser-consumer")
+__all__ = ["DLQ_HEADERS", "BaseConsumer", "Record", "WorkerStartError"]
+
 #: longest the main thread waits in one poll, or for a task, while tasks run, seconds
 BUSY_POLL_INTERVAL = 0.2
+#: longest wait before a record whose infrastructure failed is processed again, seconds
+REDO_MAX_BACKOFF = 30.0
+#: first and longest wait after a failed poll before the next one, seconds
+POLL_RETRY_MIN, POLL_RETRY_MAX = 0.5, 10.0
 #: the client's max.poll.interval.ms when its configuration does not set it (both clients)
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
@@ -100,6 +116,10 @@ class OffsetTracker:
             self._committed.pop(tp, None)
 
 
+class WorkerStartError(Exception):
+    """The worker cannot start: the message says what is missing and what to do."""
+
+
 class BaseConsumer:
     """Consume ``topics`` and run each record through :attr:`REGISTRY`.
 
@@ -127,10 +147,21 @@ class BaseConsumer:
         self.name = f"{socket.gethostname()}:{os.getpid()}" + (f"-{number}" if number > 1 else "")
         self._producer = producer
         self._stopping = threading.Event()
+        self._aborting = threading.Event()
         self._paused = threading.Event()
         self._task_done = threading.Event()
         self._exit_when_idle = False
+        self._poll_failures = 0
+        self._own_store = None
         self.processed = 0
+        #: 0 after a clean stop; 1 when tasks were abandoned or a fatal error stopped it
+        self.exit_code = 0
+        #: tasks still running when the worker gave up waiting for them at its stop
+        self.abandoned = 0
+        #: the WorkerFatalError that stopped the worker, if one did
+        self.fatal: WorkerFatalError | None = None
+        self.dead_letters = DeadLetters(lambda: self.producer, self.settings,
+                                        self._dead_letter_store, self.name)
         #: longest the main thread goes without polling while it has work in hand: a
         #: third of max.poll.interval.ms, the most a group member may go without a poll.
         #: Such a poll pauses the partitions first if the backlog is full (a pause drops
@@ -162,6 +193,11 @@ class BaseConsumer:
     def _new_producer(self) -> BaseProducer:
         raise NotImplementedError
 
+    def _ensure_topics(self, topics: list[str]) -> list[str]:
+        """Create those of ``topics`` that do not exist (``settings.partitions``
+        partitions, ``settings.replication_factor`` replicas); return the created ones."""
+        raise NotImplementedError
+
     @staticmethod
     def _force_manual_commit(config: dict, key: str) -> dict:
         """Turn the client's auto-commit off: it would commit before processing."""
@@ -188,10 +224,13 @@ class BaseConsumer:
         return self.REGISTRY
 
     def stop(self) -> None:
-        """Stop: tasks in hand finish and are committed, nothing new starts.
+        """Stop: tasks in hand finish (for up to ``settings.shutdown_timeout`` seconds)
+        and are committed, nothing new starts; a second call gives up on the tasks at once.
 
         Safe from any thread or signal handler.
         """
+        if self._stopping.is_set():
+            self._aborting.set()
         self._stopping.set()
 
     def pause(self) -> None:
@@ -214,72 +253,161 @@ class BaseConsumer:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
-        """Consume until :meth:`stop`, SIGTERM or SIGINT; then finish, commit, close, return."""
+        """Consume until :meth:`stop`, SIGTERM or SIGINT; then finish, commit, close, return.
+
+        :raises WorkerStartError: what the worker needs is missing (its store, its
+            topics): nothing was consumed
+        """
         restore = self._install_signal_handlers()
+        executor = None
+        clean = False
+        try:
+            self._prepare()
+            concurrency = max(1, self.settings.concurrency)
+            logger.info("%s.Starting: consumer %s on %s (concurrency %d)", type(self).__name__,
+                        self.name, ", ".join(self.topics), concurrency)
+            executor = ThreadPoolExecutor(concurrency, thread_name_prefix="kser-task")
+            self._loop(executor, concurrency)
+            clean = True
+        finally:
+            if executor is not None:
+                # abandoned tasks are never waited for: their records stay uncommitted
+                executor.shutdown(wait=clean and not self.abandoned, cancel_futures=True)
+            restore()
+            self._shutdown()
+
+    def _prepare(self) -> None:
+        """Check what the worker needs before it takes a record; refuse to start without it."""
         self.controller.bind(self.producer, self.name)
-        concurrency = max(1, self.settings.concurrency)
-        logger.info("%s.Starting: consumer %s on %s (concurrency %d)", type(self).__name__,
-                    self.name, ", ".join(self.topics), concurrency)
+        entrypoints = sorted(self.controller.ENTRYPOINTS)
+        logger.info("%s: %d entrypoint(s) registered: %s", self.name, len(entrypoints),
+                    ", ".join(entrypoints) or "none")
+        sequencer = self.controller.sequencer
+        if sequencer is not None and sequencer.runs_operations:
+            from kser.store.store import StoreError
+
+            try:
+                sequencer.store.check_file()
+            except StoreError as exc:
+                raise WorkerStartError(str(exc)) from None
+        topics = list(dict.fromkeys([*self.topics,
+                                     *(self.settings.dlq_for(t) for t in self.topics)]))
+        try:
+            created = self._ensure_topics(topics)
+        except Exception as exc:
+            raise WorkerStartError(
+                f"the topics {', '.join(topics)} cannot be checked or created "
+                f"({safe_text(exc, 500)}): a worker needs its topics and their dead-letter "
+                "topics; create them, or give kser the right to (and check the names)"
+            ) from None
+        if created:
+            logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
+
+    def _loop(self, executor: ThreadPoolExecutor, concurrency: int) -> None:
         tracker = OffsetTracker()
         backlog: deque[Record] = deque()
         running: dict[Future, Record] = {}
         fetching = fetched_nothing = True
         last_commit = last_poll = time.monotonic()
-        try:
-            with ThreadPoolExecutor(concurrency, thread_name_prefix="kser-task") as executor:
-                while True:
-                    self._task_done.clear()  # before harvesting: no completion is missed
-                    self._harvest(running, tracker)
-                    if self._stopping.is_set():
-                        if not running:
-                            break
-                        self._task_done.wait(BUSY_POLL_INTERVAL)
-                        continue
-                    while backlog and len(running) < concurrency and not self.paused:
-                        record = backlog.popleft()
-                        tracker.started(record)
-                        running[executor.submit(self._process, record)] = record
-                    idle = not running and not backlog
-                    # commit when nothing more came (a checkpoint waits for the broker
-                    # twice: it would delay the record an operation's last hop just
-                    # sent), or every commit_interval under load
-                    if ((idle and fetched_nothing)
-                            or time.monotonic() - last_commit >= self.settings.commit_interval):
-                        self._checkpoint(tracker)
-                        last_commit = time.monotonic()
-                    if not backlog and not self.paused:
-                        # fetch only when everything fetched has been handed out
-                        if not fetching:
-                            self._resume()
-                            fetching = True
-                        records = self._poll(
-                            BUSY_POLL_INTERVAL if running else self.settings.poll_timeout,
-                            self.settings.max_poll_records)
-                        last_poll = time.monotonic()
-                        backlog.extend(records)
-                        fetched_nothing = not records
-                        if idle and not records and self._exit_when_idle:
-                            self._sweep()
-                            break
-                        if not records and running:
-                            self._task_done.wait(BUSY_POLL_INTERVAL)
-                    else:
-                        self._task_done.wait(BUSY_POLL_INTERVAL)
-                        if time.monotonic() - last_poll >= self.keepalive_interval:
-                            # a long wait: poll to keep the membership; with a full
-                            # backlog, pause the partitions first so nothing more comes
-                            if fetching and len(backlog) >= self.settings.max_poll_records:
-                                self._pause()
-                                fetching = False
-                            backlog.extend(self._poll(0, self.settings.max_poll_records))
-                            last_poll = time.monotonic()
-                    self._sweep()
+        stop_deadline = None
+        while True:
+            self._task_done.clear()  # before harvesting: no completion is missed
             self._harvest(running, tracker)
-            self._checkpoint(tracker)
-            self._flush_sent()
-        finally:
-            restore()
-            self._shutdown()
+            if self._stopping.is_set():
+                if not running:
+                    break
+                if stop_deadline is None:
+                    stop_deadline = time.monotonic() + self.settings.shutdown_timeout
+                    logger.info("%s: stopping; waiting up to %g s for %d task(s)", self.name,
+                                self.settings.shutdown_timeout, len(running))
+                if self._aborting.is_set() or time.monotonic() >= stop_deadline:
+                    self.abandoned, self.exit_code = len(running), 1
+                    logger.error("%s: %d task(s) still running %s: their records are not "
+                                 "committed and will be processed again by another worker",
+                                 self.name, len(running),
+                                 "at a second stop signal" if self._aborting.is_set() else
+                                 f"after {self.settings.shutdown_timeout:g} s")
+                    break
+                self._task_done.wait(BUSY_POLL_INTERVAL)
+                continue
+            while backlog and len(running) < concurrency and not self.paused:
+                record = backlog.popleft()
+                tracker.started(record)
+                running[executor.submit(self._process, record)] = record
+            idle = not running and not backlog
+            # commit when nothing more came (a checkpoint waits for the broker
+            # twice: it would delay the record an operation's last hop just
+            # sent), or every commit_interval under load
+            if ((idle and fetched_nothing)
+                    or time.monotonic() - last_commit >= self.settings.commit_interval):
+                self._checkpoint(tracker)
+                last_commit = time.monotonic()
+            if not backlog and not self.paused:
+                # fetch only when everything fetched has been handed out
+                if not fetching:
+                    fetching = self._call_client(self._resume, "resume")
+                records = self._poll_guarded(
+                    BUSY_POLL_INTERVAL if running else self.settings.poll_timeout,
+                    self.settings.max_poll_records)
+                last_poll = time.monotonic()
+                backlog.extend(records)
+                fetched_nothing = not records
+                if idle and not records and self._exit_when_idle:
+                    self._sweep()
+                    break
+                if not records and running:
+                    self._task_done.wait(BUSY_POLL_INTERVAL)
+            else:
+                self._task_done.wait(BUSY_POLL_INTERVAL)
+                if time.monotonic() - last_poll >= self.keepalive_interval:
+                    # a long wait: poll to keep the membership; with a full
+                    # backlog, pause the partitions first so nothing more comes
+                    if fetching and len(backlog) >= self.settings.max_poll_records:
+                        fetching = not self._call_client(self._pause, "pause")
+                    backlog.extend(self._poll_guarded(0, self.settings.max_poll_records))
+                    last_poll = time.monotonic()
+            self._sweep()
+        self._harvest(running, tracker)
+        self._checkpoint(tracker)
+        self._flush_sent()
+
+    def _poll_guarded(self, timeout: float, max_records: int) -> list[Record]:
+        """Poll; a failing poll (broker gone, a rebalance cut short) is logged and tried
+        again after a backoff, never the end of the worker."""
+        try:
+            records = self._poll(timeout, max_records)
+        except WorkerFatalError as exc:
+            self._fatal(exc)
+            return []
+        except Exception as exc:
+            self._poll_failures += 1
+            delay = min(POLL_RETRY_MIN * 2 ** (self._poll_failures - 1), POLL_RETRY_MAX)
+            logger.warning("%s: poll failed (%s: %s); polling again in %.1f s (failure %d in "
+                           "a row)", self.name, type(exc).__name__, safe_text(exc, 500), delay,
+                           self._poll_failures)
+            self._stopping.wait(delay)
+            return []
+        if self._poll_failures:
+            logger.info("%s: polling again after %d failure(s)", self.name,
+                        self._poll_failures)
+            self._poll_failures = 0
+        return records
+
+    def _call_client(self, action, what: str) -> bool:
+        """Pause or resume the client's fetching; True if done (a failure is logged: the
+        next poll tells whether the client is usable)."""
+        try:
+            action()
+            return True
+        except Exception as exc:
+            logger.warning("%s: %s failed: %s", self.name, what, safe_text(exc, 500))
+            return False
+
+    def _fatal(self, exc: WorkerFatalError) -> None:
+        if self.fatal is None:
+            logger.error("%s: %s", self.name, safe_text(exc, None))
+            self.fatal, self.exit_code = exc, 1
+        self.stop()
 
     def _harvest(self, running: dict[Future, Record], tracker: OffsetTracker) -> None:
         for future in [f for f in running if f.done()]:
@@ -292,19 +420,23 @@ class BaseConsumer:
         """Handle one record in a task thread; redo it while its infrastructure fails.
 
         Returns True when it is done (to be committed), False when the consumer
-        stopped before it could be.
+        stopped before it could be. Never raises, whatever the record holds.
         """
         try:
+            redo = 0
             while True:
-                outcome = self.controller.handle(record.value, record.topic)
-                if outcome.undeliverable and not self._dead_letter(record, outcome.result.stderr):
+                outcome = self._handle(record)
+                if outcome.undeliverable and not self.dead_letters.send(
+                        record, outcome.result.stderr or "undeliverable"):
                     outcome.redo = True
                 if not outcome.redo:
                     break
+                delay = min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)
+                redo += 1
                 logger.warning("%s will process %s[%d]@%d again in %.1f s: %s", self.name,
-                               record.topic, record.partition, record.offset,
-                               self.settings.redo_backoff, outcome.result.stderr)
-                if self._stopping.wait(self.settings.redo_backoff):
+                               record.topic, record.partition, record.offset, delay,
+                               safe_text(outcome.result.stderr, 1000))
+                if self._stopping.wait(delay):
                     return False
             self.processed += 1
             if outcome.kmsg is not None:
@@ -312,25 +444,35 @@ class BaseConsumer:
                             outcome.kmsg.entrypoint, outcome.kmsg.uuid, record.topic,
                             record.partition, record.offset, outcome.result.retcode)
             return True
+        except WorkerFatalError as exc:
+            self._fatal(exc)
+            return False
         finally:
             self._task_done.set()
 
-    def _dead_letter(self, record: Record, error: str) -> bool:
-        """Send ``record`` to the dead-letter topic; False if the broker did not take it."""
-        topic = self.settings.dlq_for(record.topic)
-        values = (error, record.topic, str(record.partition), str(record.offset), self.name)
-        headers = list(record.headers or []) + [
-            (name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
+    def _handle(self, record: Record) -> Outcome:
+        """The controller's outcome for ``record``; an error it did not foresee (a bug, a
+        failing user hook) is redone later, like a failure of the infrastructure."""
         try:
-            self.producer.send_raw(topic, record.value or b"", record.key, headers)
-            self.producer.flush(timeout=self.settings.send_timeout)
-        except Exception as exc:  # the broker is unreachable: try again later
-            logger.error("%s could not dead-letter %s[%d]@%d: %s", self.name, record.topic,
-                         record.partition, record.offset, exc)
-            return False
-        logger.warning("%s dead-lettered %s[%d]@%d to %s: %s", self.name, record.topic,
-                       record.partition, record.offset, topic, error)
-        return True
+            return self.controller.handle(record.value, record.topic)
+        except WorkerFatalError:
+            raise
+        except Exception as exc:
+            logger.error("%s: %s[%d]@%d raised %s: %s", self.name, record.topic,
+                         record.partition, record.offset, type(exc).__name__,
+                         safe_text(exc, 1000))
+            return Outcome(None, exception_result(exc), redo=True)
+
+    def _dead_letter_store(self):
+        """The store dead letters fall back on: the sequencer's, else one of this consumer."""
+        sequencer = self.controller.sequencer
+        if sequencer is not None:
+            return sequencer.store
+        if self._own_store is None:
+            from kser.store import Store
+
+            self._own_store = Store(self.settings.store_url)
+        return self._own_store
 
     def _sweep(self) -> None:
         """Let the sequencer send due retries and what a dead worker left (rate-limited)."""
@@ -349,8 +491,10 @@ class BaseConsumer:
             return
         try:
             call()
+        except WorkerFatalError as exc:
+            self._fatal(exc)
         except Exception as exc:
-            logger.warning("%s: %s failed: %s", self.name, what, exc)
+            logger.warning("%s: %s failed: %s", self.name, what, safe_text(exc, 1000))
 
     def _checkpoint(self, tracker: OffsetTracker) -> None:
         """Commit what may be committed, once everything produced is acknowledged."""
@@ -374,9 +518,15 @@ class BaseConsumer:
     def _shutdown(self) -> None:
         try:
             self._close()
+        except Exception as exc:  # the broker may be gone: nothing left to tell it
+            logger.warning("%s: closing the consumer failed: %s", self.name, safe_text(exc))
         finally:
             if self._producer is not None:
-                self._producer.close()
+                try:
+                    self._producer.close()
+                except Exception as exc:
+                    logger.warning("%s: closing the producer failed: %s", self.name,
+                                   safe_text(exc))
         logger.info("%s.Stopped: consumer %s after %d record(s)", type(self).__name__,
                     self.name, self.processed)
 
@@ -388,7 +538,9 @@ class BaseConsumer:
         previous = {sig: signal.getsignal(sig) for sig in actions}
 
         def on_signal(signum, _frame):
-            logger.info("%s: %s received", self.name, signal.Signals(signum).name)
+            again = signum in (signal.SIGTERM, signal.SIGINT) and self._stopping.is_set()
+            logger.info("%s: %s received%s", self.name, signal.Signals(signum).name,
+                        ": not waiting for the tasks in hand" if again else "")
             actions[signum]()
 
         for sig in actions:

@@ -6,6 +6,7 @@ import logging
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from kser.confluent.producer import Producer
 from kser.worker import BaseConsumer, Record, TopicPartition
@@ -18,6 +19,10 @@ CONSUMER_ONLY_KEYS = frozenset({
     "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
     "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs",
     "logger", "error_cb"})
+
+
+#: seconds to wait for the cluster when the worker checks or creates its topics
+TOPICS_TIMEOUT = 15
 
 
 class Consumer(BaseConsumer):
@@ -71,6 +76,25 @@ class Consumer(BaseConsumer):
 
     def _close(self) -> None:
         self.client.close()
+
+    def _ensure_topics(self, topics: list[str]) -> list[str]:
+        existing = self.client.list_topics(timeout=TOPICS_TIMEOUT).topics
+        missing = [topic for topic in topics if topic not in existing]
+        if not missing:
+            return []
+        admin = AdminClient({key: value for key, value in self.config.items()
+                             if key not in CONSUMER_ONLY_KEYS})
+        futures = admin.create_topics(
+            [NewTopic(topic, num_partitions=self.settings.partitions,
+                      replication_factor=self.settings.replication_factor)
+             for topic in missing], request_timeout=TOPICS_TIMEOUT)
+        for future in futures.values():
+            try:
+                future.result(timeout=TOPICS_TIMEOUT)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        return missing
 
     def _new_producer(self) -> Producer:
         return Producer({key: value for key, value in self.config.items()

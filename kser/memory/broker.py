@@ -53,6 +53,10 @@ class MemoryBroker:
             if topic not in self._topics:
                 self._topics[topic] = [[] for _ in range(partitions or self.default_partitions)]
 
+    def has_topic(self, topic: str) -> bool:
+        with self._lock:
+            return topic in self._topics
+
     def produce(self, topic: str, value: bytes, key: bytes | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> Record:
         """Append a record; the key (or the record count) picks the partition."""

@@ -58,5 +58,11 @@ class Consumer(BaseConsumer):
     def _close(self) -> None:
         self.broker.leave(self.group, self)
 
+    def _ensure_topics(self, topics: list[str]) -> list[str]:
+        missing = [topic for topic in topics if not self.broker.has_topic(topic)]
+        for topic in missing:
+            self.broker.create_topic(topic)
+        return missing
+
     def _new_producer(self) -> Producer:
         return Producer({"broker": self.broker.name})

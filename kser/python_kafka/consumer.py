@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
@@ -46,6 +48,24 @@ class Consumer(BaseConsumer):
 
     def _close(self) -> None:
         self.client.close(autocommit=False)
+
+    def _ensure_topics(self, topics: list[str]) -> list[str]:
+        missing = [topic for topic in topics if topic not in self.client.topics()]
+        if not missing:
+            return []
+        admin_config = {key: value for key, value in self.config.items()
+                        if key in KafkaAdminClient.DEFAULT_CONFIG and key != "client_id"}
+        admin = KafkaAdminClient(**admin_config)
+        try:
+            for topic in missing:
+                try:
+                    admin.create_topics([NewTopic(topic, self.settings.partitions,
+                                                  self.settings.replication_factor)])
+                except TopicAlreadyExistsError:
+                    pass  # another worker created it meanwhile
+        finally:
+            admin.close()
+        return missing
 
     def _new_producer(self) -> Producer:
         return Producer({key: value for key, value in self.config.items()

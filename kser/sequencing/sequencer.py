@@ -21,6 +21,7 @@ expired (a periodic :meth:`Sequencer.sweep` re-emits it if no message does).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -31,13 +32,13 @@ from typing import TYPE_CHECKING
 
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
-from sqlalchemy.exc import DBAPIError
 
 from kser.config import Settings
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.entry import Entrypoint
-from kser.results import is_success
-from kser.schemas import KSER_METADATA_KEY, Message, dump_result
+from kser.errors import WorkerFatalError, is_transient, safe_text
+from kser.results import exception_result, is_success
+from kser.schemas import KSER_METADATA_KEY, MAX_INT32, MIN_INT32, Message, dump_result
 from kser.sequencing.retries import backoff, should_retry
 from kser.sequencing.task import (
     CANCELED,
@@ -61,6 +62,9 @@ EXIT_ENTRYPOINT = "kser.operation.exit"
 UNSENT_GRACE = 10.0
 #: how long a duplicate message waits for a task another worker runs, in leases
 DUPLICATE_WAIT_LEASES = 1.5
+#: first and largest wait between two tries to store a finished task's result while the
+#: store is unreachable, seconds (it is tried for one lease, then the record is redone)
+FINISH_RETRY_MIN, FINISH_RETRY_MAX = 0.5, 5.0
 
 
 def load_result(data: dict | None, uuid_: str | None = None) -> Result:
@@ -93,6 +97,10 @@ class Sequencer:
         self._sent: list[int] = []
         self._sent_lock = threading.Lock()
         self._leases = _Leases(lambda: self.store, self.settings.task_lease)
+        #: tasks a thread of this process is handling now: a second message for one of
+        #: them (a duplicate, a sweep's re-send) never runs it again alongside
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
 
     @property
     def store(self) -> Store:
@@ -105,6 +113,14 @@ class Sequencer:
     @store.setter
     def store(self, store: Store) -> None:
         self._store = store
+
+    @property
+    def runs_operations(self) -> bool:
+        """True when an Operation is registered here (so a store is needed)."""
+        from kser.sequencing.operation import Operation
+
+        return any(issubclass(cls, Operation) for cls in self._entrypoints.values()
+                   if isinstance(cls, type))
 
     @contextmanager
     def _transaction(self) -> Iterator[Tx]:
@@ -136,14 +152,30 @@ class Sequencer:
         return issubclass(entrypoint, Operation) or "task_id" in kmsg.kser_metadata
 
     def execute(self, entrypoint: type[Entrypoint], kmsg: Message, topic: str | None) -> Result:
-        """Handle an operation or task message (see :meth:`handles`)."""
+        """Handle an operation or task message (see :meth:`handles`).
+
+        Every failure leaves here as what the worker must do about it: a transient
+        one (store or broker unreachable) as :class:`RedoError`, any other one (the
+        message cannot be handled, and never will be) as :class:`UndeliverableError`,
+        so that the record is dead-lettered rather than lost or looped on.
+        """
         try:
             if "task_id" in kmsg.kser_metadata:
                 return self.run_task(entrypoint, kmsg)
             operation = entrypoint.from_Message(kmsg)
             return self.submit(operation, topic or self.settings.topic)
-        except DBAPIError as exc:
-            raise RedoError(f"store unreachable: {exc.orig or exc}") from exc
+        except (RedoError, UndeliverableError, WorkerFatalError):
+            raise
+        except Exception as exc:
+            reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
+            if is_transient(exc):
+                raise RedoError(f"store unreachable: {reason}") from exc
+            what = "task" if "task_id" in kmsg.kser_metadata else "operation"
+            raise UndeliverableError(
+                f"The {what} message {kmsg.entrypoint}[{kmsg.uuid}] cannot be handled: "
+                f"{reason if hasattr(exc, 'code') else f'{type(exc).__name__}: {reason}'}; "
+                "fix the cause, then send it again (kser dlq replay)",
+                extra=dict(uuid=kmsg.uuid), code=getattr(exc, "code", None) or 500) from exc
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -178,6 +210,13 @@ class Sequencer:
                 if not self._emit_ready(tx, operation.uuid):
                     self._finish_operation(tx, operation.uuid, SUCCESS,
                                            dump_result(operation.result))
+            else:
+                stored = tx.get_operation(operation.uuid)["entrypoint"]
+                if stored != op_row["entrypoint"]:
+                    raise UndeliverableError(
+                        f"Operation {operation.uuid} is a {stored} in the store, but this "
+                        f"message names {op_row['entrypoint']}: forged or corrupt, it runs "
+                        "nothing", extra=dict(uuid=operation.uuid))
         if created:
             operation._set_status(RUNNING)
         self.publish(operation.uuid)
@@ -203,7 +242,28 @@ class Sequencer:
     # -- running a task ----------------------------------------------------------------
 
     def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
-        """Run the task a task message names, at most once at a time, and sequence what follows."""
+        """Run the task a task message names, at most once at a time, and sequence what follows.
+
+        The message is checked against the stored task before anything runs (see
+        :func:`_verdict`): one naming another entrypoint, coming before the task's
+        upstream tasks are done, or for an operation that already ended is stale or
+        forged and is dead-lettered; one for a task that is finished, or running
+        here or on a live worker, is a harmless duplicate.
+        """
+        meta = kmsg.kser_metadata
+        task_id = meta["task_id"]
+        with self._running_lock:
+            if task_id in self._running:
+                return Result(uuid=task_id, stdout=f"Task {task_id} is running in this worker: "
+                              "a duplicate message, left to it")
+            self._running.add(task_id)
+        try:
+            return self._claim_and_run(entrypoint, kmsg)
+        finally:
+            with self._running_lock:
+                self._running.discard(task_id)
+
+    def _claim_and_run(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
         meta = kmsg.kser_metadata
         operation_id, task_id, mode = meta.get("operation_id"), meta["task_id"], meta.get("mode")
         worker, lease = self._worker_name(), self.settings.task_lease
@@ -217,7 +277,10 @@ class Sequencer:
                         f"Task {task_id} of operation {operation_id} is not in the store "
                         f"({self.store}): purged, or sent to consumers of another store",
                         extra=dict(uuid=kmsg.uuid))
-                verdict = _verdict(task, task["operation_status"], mode, now, worker)
+                verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker)
+                if verdict == "refuse":
+                    raise UndeliverableError(f"Task message {task_id} refused: {why}",
+                                             extra=dict(uuid=kmsg.uuid))
                 if verdict == "run" and tx.claim_task(task_id, task["attempt"], worker,
                                                      now + lease, now,
                                                      taking_over=task["status"] == RUNNING):
@@ -241,18 +304,65 @@ class Sequencer:
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
         # a copy: Result's + changes its left side, and a retry must forward the original
         forwarded = dump_result(kmsg.result)
-        instance = entrypoint(uuid=task_id, params=task_row["params"],
-                              result=load_result(forwarded), metadata=metadata)
-        if isinstance(instance, Task):
-            instance.status = RUNNING
-        with self._leases.held(task_id, attempt):
-            result = instance.execute()
+        try:
+            instance = entrypoint(uuid=task_id, params=task_row["params"],
+                                  result=load_result(forwarded), metadata=metadata)
+        except Exception as exc:  # a broken __init__ fails the attempt like a broken run
+            instance, result = None, exception_result(exc, task_id)
+        if instance is not None:
+            if isinstance(instance, Task):
+                instance.status = RUNNING
+            with self._leases.held(task_id, attempt):
+                result = instance.execute()
+        result, unstorable = _storable(result, task_id)
         success = is_success(result)
         exception = getattr(instance, "exception", None)
         retry_in = None
-        if (not success and mode != "one" and attempt <= getattr(entrypoint, "MAX_RETRIES", 0)
+        if (not success and unstorable is None and mode != "one"
+                and attempt <= getattr(entrypoint, "MAX_RETRIES", 0)
                 and should_retry(entrypoint, exception, result.retcode)):
             retry_in = backoff(entrypoint, attempt, exception)
+        logs = getattr(instance, "log_lines", [])
+        deadline, delay = time.monotonic() + self.settings.task_lease, FINISH_RETRY_MIN
+        while True:
+            try:
+                ended = self._record_end(task_row, forwarded, attempt, mode, result, success,
+                                         retry_in, logs)
+                break
+            except (RedoError, UndeliverableError, WorkerFatalError):
+                raise
+            except Exception as exc:
+                reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
+                if not is_transient(exc):
+                    # this result can never be stored or forwarded: the task fails with why
+                    logger.error("Task %s attempt %d: its result cannot be stored or "
+                                 "forwarded (%s): the task FAILED", task_id, attempt, reason)
+                    result = _unstorable_result(task_id, f"{type(exc).__name__}: {reason}")
+                    ended = self._record_failure(task_row, attempt, result, logs)
+                    break
+                if time.monotonic() >= deadline:
+                    raise RedoError(f"store unreachable: {reason}") from exc
+                logger.warning("Task %s attempt %d finished, but the store is unreachable "
+                               "(%s): storing its result again in %.1f s", task_id, attempt,
+                               reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, FINISH_RETRY_MAX)
+        if ended is None:
+            return result
+        transitions, queued = ended
+        try:
+            self._notify_status(operation_id, transitions)
+        except Exception as exc:  # the transition is committed; only the hooks are missed
+            logger.error("Operation %s: status hooks not called: %s", operation_id,
+                         safe_text(exc, 500))
+        self.publish(operation_id, queued, wait=False)
+        return result
+
+    def _record_end(self, task_row, forwarded, attempt: int, mode: str | None, result: Result,
+                    success: bool, retry_in: float | None, logs):
+        """One transaction: the attempt's end, its logs, and what follows (next tasks, a
+        retry, the operation's end). None if another worker took the task over."""
+        operation_id, task_id = task_row["operation_id"], task_row["id"]
         now = time.time()
         transitions: list[tuple[str, dict | None]] = []
         with self._transaction() as tx:
@@ -262,14 +372,14 @@ class Sequencer:
                                      task_status=PENDING if retry_in is not None else None):
                 logger.warning("Task %s attempt %d finished after another worker took it "
                                "over: its result is discarded", task_id, attempt)
-                return result
-            tx.add_logs(task_id, attempt, getattr(instance, "log_lines", []))
+                return None
+            tx.add_logs(task_id, attempt, logs)
             op = tx.get_operation(operation_id, lock=True)
             if mode == "one" or op["status"] != RUNNING:
                 pass  # run_one, or the operation was canceled meanwhile: nothing follows
             elif retry_in is not None:
                 logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
-                               attempt, result.stderr, retry_in)
+                               attempt, safe_text(result.stderr, 500), retry_in)
                 self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
             elif success:
                 if (not self._emit_dependents(tx, op, task_id, dump_result(result))
@@ -279,10 +389,24 @@ class Sequencer:
             else:
                 transitions.append(self._finish_operation(tx, operation_id, FAILED,
                                                           dump_result(result)))
-            queued = tx.queued
-        self._notify_status(operation_id, transitions)
-        self.publish(operation_id, queued, wait=False)
-        return result
+            return transitions, tx.queued
+
+    def _record_failure(self, task_row, attempt: int, result: Result, logs):
+        """The end of an attempt whose own result could not be stored: the task and its
+        operation FAILED with ``result``; if even that fails for good, the bare status."""
+        try:
+            return self._record_end(task_row, None, attempt, None, result, False, None, logs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            logger.error("Task %s: failure not stored with its details (%s): storing the "
+                         "status alone", task_row["id"], safe_text(exc, 500))
+        now, error = time.time(), result.stderr
+        with self._transaction() as tx:
+            if tx.finish_attempt(task_row["id"], attempt, FAILED, dict(retcode=500), now,
+                                 error):
+                tx.update_operation(task_row["operation_id"], status=FAILED, finished_at=now)
+        return [], []
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
@@ -419,15 +543,14 @@ class Sequencer:
         ``sweep_interval`` seconds unless ``force``. Returns the messages sent."""
         if not force and time.monotonic() - self._last_sweep < self.settings.sweep_interval:
             return 0
-        from kser.sequencing.operation import Operation
-
-        if not any(issubclass(cls, Operation) for cls in self._entrypoints.values()):
+        if not self.runs_operations:
             return 0  # no operation runs here: nothing to sweep, no store to open
         self._last_sweep = time.monotonic()
         now = time.time()
         grace = UNSENT_GRACE
         with self._transaction() as tx:
-            expired = tx.expired_tasks(now)
+            orphans = tx.end_orphaned_tasks(now)
+            expired = tx.expired_tasks(now, self.settings.task_lease)
             for task in expired:
                 op = tx.get_operation(task["operation_id"])
                 tasks = {t["id"]: t for t in tx.get_tasks(op["id"])}
@@ -438,6 +561,9 @@ class Sequencer:
         if expired:
             logger.warning("Sweep: %d task(s) whose worker stopped renewing its lease "
                            "re-sent", len(expired))
+        if orphans:
+            logger.warning("Sweep: %d task(s) whose worker stopped after their operation "
+                           "ended marked CANCELED", orphans)
         return sum(self.publish(op_id) for op_id in operations)
 
     # -- controls ------------------------------------------------------------------------
@@ -532,18 +658,58 @@ class Sequencer:
         return task
 
 
-def _verdict(task, operation_status: str, mode: str | None, now: float, worker: str) -> str:
-    """What a task message should do: "run", "wait" (live elsewhere) or "done"."""
+def _verdict(task, entrypoint: str, mode: str | None, now: float,
+             worker: str) -> tuple[str, str]:
+    """What a task message should do, and why: "run"; "wait" (it runs on a live worker);
+    "done" (a duplicate of a finished task); "refuse" (stale or forged: dead-lettered).
+
+    Called only when no thread of this process handles the task (``Sequencer._running``),
+    so a task RUNNING under this worker's own name was interrupted here: it is redone.
+    """
+    if task["entrypoint"] != entrypoint:
+        return "refuse", (f"it names {entrypoint}, but the stored task is a "
+                          f"{task['entrypoint']}: forged or corrupt")
+    if task["status"] not in (PENDING, RUNNING):
+        return "done", ""
+    operation_status = task["operation_status"]
+    if mode == "one":
+        if operation_status == RUNNING:
+            return "refuse", ("a run-one message for a task of a RUNNING operation: run_one "
+                              "is for ended operations, so it is stale or forged")
+    elif operation_status != RUNNING:
+        return "refuse", (f"its operation is {operation_status}: the message is stale, and "
+                          "an ended operation's tasks never start")
+    elif task["blocking_count"]:
+        return "refuse", (f"{task['blocking_count']} task(s) it depends on are not done: the "
+                          "message is early (stale, replayed or forged)")
     if task["status"] == RUNNING:
         lease = task["lease_expires_at"]
-        if task["worker"] == worker:  # this worker was interrupted (e.g. store down): redo
-            return "run"
-        return "run" if lease is None or lease < now else "wait"
-    if task["status"] != PENDING:
-        return "done"
-    if mode != "one" and operation_status != RUNNING:
-        return "done"  # the operation failed or was canceled: its pending tasks never run
-    return "run"
+        if task["worker"] == worker or lease is None or lease < now:
+            return "run", ""
+        return "wait", ""
+    return "run", ""
+
+
+def _storable(result: Result | None, task_id: str) -> tuple[Result, str | None]:
+    """``result`` if the store can hold it and a message can forward it, else a failure
+    saying why (and the why): a retcode beyond 32 bits, values JSON cannot represent."""
+    try:
+        dumped = dump_result(result)
+        if dumped is not None:
+            json.dumps(dumped, allow_nan=False).encode("utf-8")
+            if not MIN_INT32 <= dumped["retcode"] <= MAX_INT32:
+                raise ValueError(f"retcode {dumped['retcode']} does not fit 32 bits")
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {safe_text(exc, 500)}"
+        return _unstorable_result(task_id, why), why
+    return result, None
+
+
+def _unstorable_result(task_id: str, why: str) -> Result:
+    return Result(uuid=task_id, retcode=500, stderr=(
+        f"Task {task_id} returned a result kser cannot store or forward ({why}); return a "
+        "Result whose retcode fits 32 bits and whose retval holds only JSON values (str, "
+        "int, float, bool, None, list, dict), small enough to be sent"))
 
 
 def _forwarded(op, tasks: dict, dependencies) -> dict | None:

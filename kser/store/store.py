@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,14 +22,21 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine, RowMapping, make_url
 from sqlalchemy.pool import QueuePool
 
+from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.store import schema
 from kser.store.migrations import migrate
 
 #: statuses after which an operation or a task does not change by itself
 FINAL_STATUSES = ("SUCCESS", "FAILED", "SKIPPED", "CANCELED")
+#: most log lines stored per task attempt (a note says how many more there were)
+MAX_LOG_LINES = 1000
+#: longest stored log line, characters
+MAX_LOG_LINE = 10_000
 
 
 _op, _task, _attempt, _box = (schema.operations.c, schema.tasks.c, schema.attempts.c,
@@ -39,11 +47,17 @@ _op, _task, _attempt, _box = (schema.operations.c, schema.tasks.c, schema.attemp
 _GET_OPERATION = select(schema.operations).where(_op.id == bindparam("b_id"))
 _GET_OPERATION_LOCKED = _GET_OPERATION.with_for_update()
 _GET_TASK = select(schema.tasks).where(_task.id == bindparam("b_id"))
-_GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"))
-                    .join(schema.operations, _op.id == _task.operation_id)
-                    .where(_task.id == bindparam("b_id")))
 _dep, _blocker = schema.task_dependencies.alias("dep"), schema.task_dependencies.alias("blocker")
 _blocking_task = schema.tasks.alias("blocking_task")
+_GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"),
+                           # upstream tasks not SUCCESS: a message for this task is early
+                           select(func.count()).select_from(_blocker)
+                           .join(_blocking_task, _blocking_task.c.id == _blocker.c.depends_on)
+                           .where(and_(_blocker.c.task_id == _task.id,
+                                       _blocking_task.c.status != "SUCCESS"))
+                           .scalar_subquery().label("blocking_count"))
+                    .join(schema.operations, _op.id == _task.operation_id)
+                    .where(_task.id == bindparam("b_id")))
 _READY_DEPENDENTS = (
     select(schema.tasks,
            select(func.count()).select_from(_blocker)
@@ -179,11 +193,16 @@ class Tx:
     # -- operations --------------------------------------------------------------------
 
     def insert_operation(self, row: dict) -> bool:
-        """Insert an operation; False if one with this id exists (a duplicate message)."""
-        if self.get_operation(row["id"], lock=True) is not None:
-            return False
-        self.connection.execute(schema.operations.insert().values(**row))
-        return True
+        """Insert an operation; False if one with this id exists (a duplicate message).
+
+        INSERT ... ON CONFLICT DO NOTHING: two workers submitting the same operation
+        at once never collide on its key (a unique violation would otherwise be an
+        error the same message could raise again).
+        """
+        insert = (sqlite_insert if self.connection.dialect.name == "sqlite"
+                  else postgresql_insert)(schema.operations)
+        return self.connection.execute(
+            insert.values(**row).on_conflict_do_nothing(index_elements=["id"])).rowcount == 1
 
     def get_operation(self, operation_id: str, lock: bool = False) -> RowMapping | None:
         return self._first(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
@@ -279,12 +298,21 @@ class Tx:
         if finished:
             self._rowcount(_FINISH_ATTEMPT, dict(
                 b_id=task_id, b_attempt=attempt, b_status=status, b_now=now,
-                b_retcode=result.get("retcode"), b_error=error))
+                b_retcode=result.get("retcode"),
+                b_error=None if error is None else safe_text(error, None)))
         return finished
 
     def add_logs(self, task_id: str, attempt: int, lines: Iterable[tuple[float, int, str]]) -> None:
-        rows = [dict(task_id=task_id, attempt=attempt, created_at=at, level=level, message=msg)
-                for at, level, msg in lines]
+        """Store an attempt's log lines: at most :data:`MAX_LOG_LINES`, each cut at
+        :data:`MAX_LOG_LINE` characters, made safe for a text column."""
+        lines = list(lines)
+        rows = [dict(task_id=task_id, attempt=attempt, created_at=at, level=int(level),
+                     message=safe_text(msg, MAX_LOG_LINE))
+                for at, level, msg in lines[:MAX_LOG_LINES]]
+        if len(lines) > MAX_LOG_LINES:
+            rows.append(dict(task_id=task_id, attempt=attempt, created_at=time.time(),
+                             level=30, message=f"… {len(lines) - MAX_LOG_LINES} more log "
+                             f"line(s) of this attempt not stored (limit {MAX_LOG_LINES})"))
         if rows:
             self.connection.execute(schema.task_logs.insert(), rows)
 
@@ -298,13 +326,44 @@ class Tx:
             select(schema.attempts).where(schema.attempts.c.task_id == task_id)
             .order_by(schema.attempts.c.number)).mappings())
 
-    def expired_tasks(self, now: float) -> list[RowMapping]:
-        """RUNNING tasks of RUNNING operations whose lease is past: their worker stopped."""
+    def expired_tasks(self, now: float, lease: float) -> list[RowMapping]:
+        """RUNNING tasks of RUNNING operations whose lease is past (their worker stopped)
+        and that no sweep re-sent in the last ``lease`` seconds; each is marked re-sent."""
         task, op = schema.tasks.c, schema.operations.c
-        return list(self.connection.execute(
+        expired = list(self.connection.execute(
             select(schema.tasks).join(schema.operations, op.id == task.operation_id)
             .where(and_(task.status == "RUNNING", task.lease_expires_at < now,
-                        op.status == "RUNNING"))).mappings())
+                        op.status == "RUNNING",
+                        or_(task.resent_at.is_(None), task.resent_at < now - lease))))
+            .mappings())
+        if expired:
+            self.connection.execute(update(schema.tasks)
+                                    .where(task.id.in_([row["id"] for row in expired]))
+                                    .values(resent_at=now))
+        return expired
+
+    def end_orphaned_tasks(self, now: float) -> int:
+        """RUNNING tasks whose lease is past in operations that already ended (canceled,
+        failed): their worker stopped and nothing may take them over. Each becomes
+        CANCELED, its attempt FAILED; returns how many."""
+        task, op = schema.tasks.c, schema.operations.c
+        orphans = self.connection.execute(
+            select(task.id, task.attempt, op.status)
+            .join(schema.operations, op.id == task.operation_id)
+            .where(and_(task.status == "RUNNING", task.lease_expires_at < now,
+                        op.status != "RUNNING"))).all()
+        for task_id, attempt, op_status in orphans:
+            self.connection.execute(update(schema.tasks).where(task.id == task_id)
+                                    .values(status="CANCELED", finished_at=now,
+                                            lease_expires_at=None))
+            self.connection.execute(
+                update(schema.attempts)
+                .where(and_(_attempt.task_id == task_id, _attempt.number == attempt,
+                            _attempt.status == "RUNNING"))
+                .values(status="FAILED", finished_at=now,
+                        error=f"lease expired: its worker stopped after the operation "
+                              f"was {op_status}; not taken over"))
+        return len(orphans)
 
     # -- outbox ------------------------------------------------------------------------
 
@@ -345,6 +404,37 @@ class Tx:
                                if order is not None else rows)
             cursor.close()
 
+    # -- dead letters ------------------------------------------------------------------
+
+    def add_dead_letter(self, row: dict) -> int:
+        """Keep a dead letter; the id of its row (the existing one when the same record,
+        by topic, partition and offset, was stored before)."""
+        letters = schema.dead_letters.c
+        where = and_(letters.topic == row["topic"], letters.partition == row["partition"],
+                     letters.offset == row["offset"])
+        found = self.connection.execute(select(letters.id).where(where)).scalar()
+        if found is not None:
+            return found
+        return self.connection.execute(
+            schema.dead_letters.insert().values(**row).returning(letters.id)).scalar_one()
+
+    def dead_letters(self, topics: Iterable[str] | None = None,
+                     replayed: bool | None = None) -> list[RowMapping]:
+        """Dead letters in the store (of ``topics``; only replayed or unreplayed ones)."""
+        letters = schema.dead_letters.c
+        query = select(schema.dead_letters).order_by(letters.id)
+        if topics is not None:
+            query = query.where(letters.topic.in_(list(topics)))
+        if replayed is not None:
+            query = query.where(letters.replayed_at.is_not(None) if replayed
+                                else letters.replayed_at.is_(None))
+        return list(self.connection.execute(query).mappings())
+
+    def mark_replayed(self, letter_id: int, now: float) -> None:
+        self.connection.execute(update(schema.dead_letters)
+                                .where(schema.dead_letters.c.id == letter_id)
+                                .values(replayed_at=now))
+
     # -- retention ---------------------------------------------------------------------
 
     def purge(self, now: float) -> int:
@@ -382,29 +472,96 @@ def _expired(status: str, finished_at: float, ttl: dict | None, now: float) -> b
     return any(limit is not None and now - finished_at >= limit for limit in limits)
 
 
+class StoreError(Exception):
+    """The store cannot be used: a wrong URL, a missing driver, an unreachable database."""
+
+
 class Store:
     """The database of operations, tasks and the outbox.
 
+    A SQLite file is watched: if it is removed or replaced while open, the next
+    transaction raises :class:`~kser.errors.WorkerFatalError` (writes would go to
+    a file nobody will ever read). After a transient error (a lost connection, a
+    locked or read-only database), every pooled connection is renewed, so the store
+    recovers as soon as the database does.
+
     :param url: SQLAlchemy URL, e.g. ``sqlite:///kser.db`` or
         ``postgresql+psycopg://kser:kser@127.0.0.1:5432/kser``
+    :raises StoreError: the store cannot be opened, with what to check
     """
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = _create_engine(url)
-        migrate(self.engine)
+        try:
+            self.engine = _create_engine(url)
+            migrate(self.engine)
+        except Exception as exc:
+            reason = " ".join(safe_text(getattr(exc, "orig", None) or exc).split())
+            raise StoreError(f"the store {_hide_password(url)} cannot be used: {reason}; check "
+                             "KSER_STORE_URL (e.g. sqlite:///kser.db, or "
+                             "postgresql+psycopg://user:password@host/db)") from exc
+        self._watched = _sqlite_file(self.engine)
+        self._identity = _identity(self._watched) if self._watched else None
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """A transaction, committed when the block ends, rolled back if it raises."""
-        with self.engine.begin() as connection:
-            yield Tx(connection)
+        if self._watched is not None:
+            self.check_file()
+        try:
+            with self.engine.begin() as connection:
+                yield Tx(connection)
+        except Exception as exc:
+            if is_transient(exc):
+                # a connection that saw the database fail may keep failing after it is
+                # fine again (SQLite keeps a read-only state): renew every one
+                self.engine.dispose()
+            raise
+
+    def check_file(self) -> None:
+        """Raise :class:`~kser.errors.WorkerFatalError` if the SQLite file this store
+        opened was removed or replaced (a no-op for other stores)."""
+        if self._watched is None:
+            return
+        identity = _identity(self._watched)
+        if identity == self._identity:
+            return
+        change = "removed" if identity is None else "replaced by another file"
+        raise WorkerFatalError(
+            f"the SQLite store {self._watched} was {change} while in use: stopping, as "
+            "writes would go to a file nobody reads; put the file back (or point "
+            "KSER_STORE_URL at the right one) and restart")
 
     def close(self) -> None:
         self.engine.dispose()
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)})"
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The path of a SQLite file database (None for in-memory ones and other databases)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.database.startswith("file:"):
+        return None
+    return os.path.abspath(url.database)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _create_engine(url: str) -> Engine:

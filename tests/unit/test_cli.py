@@ -90,7 +90,7 @@ def test_purge_applies_retention(runner, tmp_path):
 
 def test_purge_with_a_bad_store_is_one_line(runner, tmp_path):
     result = runner.invoke(main, ["purge", "--store-url", "postgresql+psycopg://x@127.0.0.1:9/x"])
-    assert result.exit_code == 1 and result.output.startswith("kser: store ")
+    assert result.exit_code == 1 and result.output.startswith("kser: the store ")
     assert len(result.output.strip().splitlines()) == 1
 
 

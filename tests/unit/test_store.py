@@ -7,16 +7,17 @@ from sqlalchemy import inspect
 
 from kser.store import Store, schema
 from kser.store.migrations import current_version, migrate
-from kser.store.store import _expired
+from kser.store.store import StoreError, _expired
 
 
 def test_a_new_store_is_migrated_to_the_current_version(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/a.db")
-    assert current_version(store.engine) == schema.SCHEMA_VERSION == 3
+    assert current_version(store.engine) == schema.SCHEMA_VERSION == 4
     tables = set(inspect(store.engine).get_table_names())
     assert {"kser_operations", "kser_tasks", "kser_task_dependencies", "kser_attempts",
-            "kser_task_logs", "kser_outbox", "kser_schema_version"} <= tables
-    assert migrate(store.engine) == 3  # idempotent
+            "kser_task_logs", "kser_outbox", "kser_dead_letters",
+            "kser_schema_version"} <= tables
+    assert migrate(store.engine) == 4  # idempotent
     store.close()
 
 
@@ -28,11 +29,15 @@ def test_a_version_1_store_is_migrated_to_the_current_version(tmp_path):
         connection.exec_driver_sql("DROP INDEX ix_kser_tasks_leases")
         connection.exec_driver_sql("DROP INDEX ix_kser_task_dependencies_depends_on")
         connection.exec_driver_sql("ALTER TABLE kser_outbox DROP COLUMN due_at")
+        connection.exec_driver_sql("ALTER TABLE kser_tasks DROP COLUMN resent_at")
+        connection.exec_driver_sql("DROP TABLE kser_dead_letters")
         connection.exec_driver_sql("DELETE FROM kser_schema_version WHERE version > 1")
     store.close()
-    assert current_version(Store(url).engine) == 3
+    assert current_version(Store(url).engine) == 4
     inspector = inspect(Store(url).engine)
     assert "due_at" in {c["name"] for c in inspector.get_columns("kser_outbox")}
+    assert "resent_at" in {c["name"] for c in inspector.get_columns("kser_tasks")}
+    assert "kser_dead_letters" in inspector.get_table_names()
     assert "ix_kser_task_dependencies_depends_on" in {
         i["name"] for i in inspector.get_indexes("kser_task_dependencies")}
 
@@ -41,7 +46,7 @@ def test_a_store_newer_than_this_kser_is_refused(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/b.db")
     with store.engine.begin() as connection:
         connection.execute(schema.schema_version.insert().values(version=99, applied_at=0))
-    with pytest.raises(RuntimeError, match="newer than this kser"):
+    with pytest.raises(StoreError, match="newer than this kser"):
         Store(f"sqlite:///{tmp_path}/b.db")
     store.close()
 

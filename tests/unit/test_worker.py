@@ -141,15 +141,51 @@ def test_offsets_are_committed_only_after_an_acknowledgement(memory_broker_name)
     assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
 
 
-def test_a_dead_letter_the_broker_did_not_take_is_sent_again(memory_broker_name):
+class RefusingProducer(Producer):
+    """Reports its first ``failures`` records as not acknowledged (nothing is stored)."""
+
+    def __init__(self, config, failures=1, error=ConnectionError("broker unreachable")):
+        super().__init__(config)
+        self.failures, self.error = failures, error
+
+    def _produce(self, topic, value, key, headers=None, on_delivery=None):
+        if self.failures:
+            self.failures -= 1
+            if on_delivery is not None:
+                on_delivery(self.error)
+            return
+        super()._produce(topic, value, key, headers, on_delivery)
+
+
+def test_a_dead_letter_the_broker_did_not_take_is_sent_again(memory_broker_name, monkeypatch):
+    monkeypatch.setattr("kser.deadletter.KAFKA_RETRY_DELAY", 0)
     broker = get_broker(memory_broker_name)
     broker.produce("jobs", b"not json")
-    producer = FlakyProducer({"broker": memory_broker_name})
-    settings = Settings(redo_backoff=0)
-    consumer(memory_broker_name, producer=producer, settings=settings).run()
+    producer = RefusingProducer({"broker": memory_broker_name})
+    consumer(memory_broker_name, producer=producer, settings=Settings(redo_backoff=0)).run()
     assert producer.failures == 0
-    assert len(broker.records("jobs.dlq")) == 2  # the unacknowledged copy, then the one that was
+    assert len(broker.records("jobs.dlq")) == 1  # the second try was acknowledged
     assert broker.lag("g", ["jobs"]) == 0
+
+
+def test_a_dead_letter_the_broker_refuses_for_good_goes_to_the_store(memory_broker_name,
+                                                                      monkeypatch):
+    from kafka.errors import MessageSizeTooLargeError
+
+    monkeypatch.setattr("kser.deadletter.KAFKA_RETRY_DELAY", 0)
+    broker = get_broker(memory_broker_name)
+    broker.produce("jobs", b"not json", key=b"k", headers=[("h", None)])
+    producer = RefusingProducer({"broker": memory_broker_name}, failures=99,
+                                error=MessageSizeTooLargeError("too large"))
+    worker = consumer(memory_broker_name, producer=producer, settings=Settings(redo_backoff=0))
+    worker.run()
+    assert producer.failures == 98  # refused for good: tried once, not three times
+    assert broker.records("jobs.dlq") == [] and broker.lag("g", ["jobs"]) == 0
+    with worker.dead_letters._store().transaction() as tx:  # the registry's store
+        (letter,) = [d for d in tx.dead_letters() if d["worker"] == worker.name]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("jobs", 0, 0)
+    assert (letter["value"], letter["key"], letter["headers"]) == (b"not json", b"k", [["h", ""]])
+    assert "not valid JSON" in letter["error"]
 
 
 def test_stop_finishes_the_current_message_and_leaves_the_rest(memory_broker_name):

@@ -1,0 +1,86 @@
+"""What kind of failure an exception is, and text that is safe to put anywhere.
+
+kser handles every failure by its kind, decided here once:
+
+* **transient**: the infrastructure failed (a lost connection to the broker or
+  the store, a timeout, a locked or read-only database). The same input will
+  work later: the work is redone with backoff, and never ends a worker.
+* **permanent**: the input itself cannot be handled (a value the store cannot
+  hold, a message over the size limit, a schema violation). Doing it again
+  would fail again: the record is dead-lettered, or the task fails, at once.
+* **fatal**: this worker must not go on (:class:`WorkerFatalError`): it stops,
+  commits nothing it did not finish, and exits non-zero.
+
+Text that came from a record (entrypoint names, errors quoting it) goes into
+Kafka headers, log lines and database columns, which accept only valid
+Unicode without NUL characters: :func:`safe_text` makes it so.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: longest text kept by :func:`safe_text` unless told otherwise, characters
+DEFAULT_TEXT_LIMIT = 2000
+
+
+class WorkerFatalError(Exception):
+    """This worker cannot go on (e.g. its SQLite store file was removed): it stops."""
+
+
+def safe_text(value: object, limit: int | None = DEFAULT_TEXT_LIMIT) -> str:
+    """``value`` as text that encodes to UTF-8 and holds no NUL character.
+
+    Lone surrogates and undecodable bytes are escaped (``\\ud800``, ``\\xff``),
+    NUL becomes ``\\x00``; text longer than ``limit`` characters is cut with a
+    note of how much was left out.
+    """
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("utf-8", "backslashreplace")
+    else:
+        text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}… ({len(text) - limit} more characters)"
+    return text
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` says the infrastructure failed, not the input (see the module)."""
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, WorkerFatalError):
+        return False
+    if isinstance(exc, sa.DBAPIError):
+        # connections lost or refused, locks, timeouts, read-only or full disks; a
+        # connection SQLAlchemy invalidated is a lost one whatever the driver said
+        if exc.connection_invalidated:
+            return True
+        return isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.InternalError)
+    if isinstance(exc, sa.TimeoutError | sa.DisconnectionError):
+        return True  # the connection pool is exhausted, or a connection died
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    if any(cls.__name__ in _DBAPI_TRANSIENT for cls in type(exc).__mro__):
+        return True  # a driver's own (psycopg's, on the hop's DB-API fast path)
+    retriable = getattr(exc, "retriable", None)  # kafka-python's errors say it themselves
+    if isinstance(retriable, bool):
+        return retriable
+    if type(exc).__name__ == "NoBrokersAvailable":  # kafka-python's, which does not say
+        return True
+    kafka_error = exc.args[0] if exc.args else None  # confluent_kafka.KafkaException
+    if callable(getattr(kafka_error, "retriable", None)):
+        return bool(kafka_error.retriable()) or kafka_error.name() in _LIBRDKAFKA_TRANSIENT
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+#: DB-API exception classes (PEP 249) that mean the database, not the statement, failed
+_DBAPI_TRANSIENT = frozenset({"OperationalError", "InterfaceError"})
+#: librdkafka's local errors that mean "the cluster could not be reached in time"
+_LIBRDKAFKA_TRANSIENT = frozenset({"_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT",
+                                   "_MSG_TIMED_OUT", "_RESOLVE", "_WAIT_COORD"})
