@@ -247,7 +247,21 @@ def _dlq_tools(settings: Settings):
     return make_consumer, make_producer
 
 
+def _dlq_store(settings: Settings, store_url: str | None):
+    """The store whose kser_dead_letters table is read too (None: it cannot be opened)."""
+    from kser.store.store import Store, StoreError
+
+    try:
+        return Store(store_url or settings.store_url)
+    except StoreError as exc:
+        click.echo(f"kser: dead letters in the store not read: {exc}", err=True)
+        return None
+
+
 def _dlq_options(func):
+    func = click.option("--store-url", default=None,
+                        help="Store whose dead letters are read too "
+                             "[env KSER_STORE_URL, sqlite:///kser.db].")(func)
     func = click.option("--wait", default=10.0, show_default=True,
                         help="Seconds without a new record after which the end is reached.")(func)
     func = click.option("--dlq-topic", default=None,
@@ -259,43 +273,53 @@ def _dlq_options(func):
 @click.argument("topic")
 @_dlq_options
 @click.pass_obj
-def dlq_list(settings: Settings, topic: str, wait: float, dlq_topic: str | None,
-             transport: str | None, bootstrap_servers: str | None) -> None:
-    """List the dead letters of TOPIC: offset, source, error, value."""
+def dlq_list(settings: Settings, topic: str, wait: float, store_url: str | None,
+             dlq_topic: str | None, transport: str | None,
+             bootstrap_servers: str | None) -> None:
+    """List the dead letters of TOPIC (its dead-letter topic, then the store): where,
+    source, error, value."""
     from kser.dlq import list_dead_letters
 
     settings = _apply(settings, dlq_topic=dlq_topic, transport=transport,
                       bootstrap_servers=bootstrap_servers)
     make_consumer, _ = _dlq_tools(settings)
+    store = _dlq_store(settings, store_url)
     with _kafka_errors(settings):
-        letters = list_dead_letters(make_consumer, settings.dlq_for(topic), wait)
+        letters = list_dead_letters(make_consumer, settings.dlq_for(topic), wait, store, topic)
     for letter in letters:
         record = letter.record
-        click.echo(f"{record.topic}[{record.partition}]@{record.offset} from "
+        where = (f"store #{letter.stored_id}" if letter.stored_id is not None
+                 else f"{record.topic}[{record.partition}]@{record.offset}")
+        click.echo(f"{where} from "
                    f"{letter.headers.get('kser-source-topic', '?')}"
                    f"[{letter.headers.get('kser-source-partition', '?')}]"
                    f"@{letter.headers.get('kser-source-offset', '?')}: {letter.error}\n"
                    f"    {letter.preview()}")
-    click.echo(f"{len(letters)} dead letter(s) in {settings.dlq_for(topic)}")
+    click.echo(f"{len(letters)} dead letter(s) in {settings.dlq_for(topic)}"
+               + (" and the store" if store is not None else ""))
 
 
 @dlq.command("replay")
 @click.argument("topic")
 @_dlq_options
 @click.pass_obj
-def dlq_replay(settings: Settings, topic: str, wait: float, dlq_topic: str | None,
-               transport: str | None, bootstrap_servers: str | None) -> None:
-    """Send the dead letters of TOPIC not replayed yet back to their source topic."""
+def dlq_replay(settings: Settings, topic: str, wait: float, store_url: str | None,
+               dlq_topic: str | None, transport: str | None,
+               bootstrap_servers: str | None) -> None:
+    """Send the dead letters of TOPIC not replayed yet (from its dead-letter topic and
+    the store) back to their source topic."""
     from kser.dlq import replay
 
     settings = _apply(settings, dlq_topic=dlq_topic, transport=transport,
                       bootstrap_servers=bootstrap_servers)
     make_consumer, make_producer = _dlq_tools(settings)
+    store = _dlq_store(settings, store_url)
     with _kafka_errors(settings):
         producer = make_producer()
-        letters = replay(make_consumer, producer, settings.dlq_for(topic), topic, wait)
+        letters = replay(make_consumer, producer, settings.dlq_for(topic), topic, wait, store)
         producer.close()
-    click.echo(f"replayed {len(letters)} dead letter(s) from {settings.dlq_for(topic)}")
+    click.echo(f"replayed {len(letters)} dead letter(s) from {settings.dlq_for(topic)}"
+               + (" and the store" if store is not None else ""))
 
 
 @main.command()

@@ -2,21 +2,29 @@
 
 A dead-lettered record is the original value and key, with headers saying
 why (``kser-error``) and where it came from (``kser-source-topic``,
-``-partition``, ``-offset``). ``replay`` sends every dead letter not yet
-replayed back to its source topic and remembers how far it went as the
-offsets of the consumer group ``kser-dlq-replay``, so running it again sends
-only newer dead letters. ``list`` reads without committing anything.
+``-partition``, ``-offset``); see :mod:`kser.deadletter`. Most are in the
+dead-letter topic; those the topic did not take are rows of the store's
+``kser_dead_letters`` table, and both are listed and replayed together.
+
+``replay`` sends every dead letter not yet replayed back to its source topic:
+for the topic, it remembers how far it went as the offsets of the consumer
+group ``kser-dlq-replay``; for the store, it marks each row replayed. Running
+it again sends only newer dead letters. ``list`` reads without changing
+anything. A record dead-lettered twice (its worker killed before it committed
+the record) is listed and replayed once per run.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kser.controller import BaseProducer
-from kser.worker import DLQ_HEADERS, BaseConsumer, Record
+from kser.deadletter import DLQ_HEADERS
+from kser.worker import BaseConsumer, Record
 
 #: consumer group whose offsets say how far ``replay`` went on a dead-letter topic
 REPLAY_GROUP = "kser-dlq-replay"
@@ -27,6 +35,25 @@ class DeadLetter:
     """A dead-lettered record and what its headers say."""
 
     record: Record
+    #: the row of ``kser_dead_letters`` holding it (None: it is in the dead-letter topic)
+    stored_id: int | None = None
+
+    @classmethod
+    def from_row(cls, row) -> DeadLetter:
+        """A dead letter kept in the store (its record as it was consumed)."""
+        headers = [(name, base64.b64decode(value)) for name, value in row["headers"]]
+        headers += [("kser-error", row["error"].encode("utf-8")),
+                    ("kser-source-topic", row["topic"].encode("utf-8")),
+                    ("kser-source-partition", str(row["partition"]).encode()),
+                    ("kser-source-offset", str(row["offset"]).encode())]
+        return cls(Record("store", 0, row["id"], row["value"], row["key"], headers), row["id"])
+
+    @property
+    def source(self) -> tuple[str | None, str | None, str | None]:
+        """(topic, partition, offset) the record was consumed from."""
+        return (self.headers.get("kser-source-topic"),
+                self.headers.get("kser-source-partition"),
+                self.headers.get("kser-source-offset"))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -65,33 +92,68 @@ def read(consumer: BaseConsumer, wait: float, commit: bool = False) -> Iterator[
         deadline = time.monotonic() + (wait / 4 if seen else wait)
 
 
+def _once(letters: list[DeadLetter]) -> list[DeadLetter]:
+    """Each dead-lettered record once (by where it was consumed from)."""
+    seen, unique = set(), []
+    for letter in letters:
+        source = letter.source
+        if None in source or source not in seen:
+            seen.add(source)
+            unique.append(letter)
+    return unique
+
+
 def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer], dlq_topic: str,
-                      wait: float = 10) -> list[DeadLetter]:
-    """All dead letters of ``dlq_topic`` (nothing is committed)."""
+                      wait: float = 10, store=None,
+                      source_topic: str | None = None) -> list[DeadLetter]:
+    """All dead letters of ``dlq_topic``, then those of ``source_topic`` in ``store``
+    (nothing is committed or marked)."""
     consumer = make_consumer(f"kser-dlq-list-{uuid.uuid4().hex[:8]}", dlq_topic)
     try:
-        return [DeadLetter(record) for record in read(consumer, wait)]
+        letters = [DeadLetter(record) for record in read(consumer, wait)]
     finally:
         consumer._close()
+    if store is not None and source_topic is not None:
+        with store.transaction() as tx:
+            letters += [DeadLetter.from_row(row) for row in tx.dead_letters([source_topic])]
+    return _once(letters)
 
 
 def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProducer,
-           dlq_topic: str, default_topic: str, wait: float = 10) -> list[DeadLetter]:
+           dlq_topic: str, default_topic: str, wait: float = 10,
+           store=None) -> list[DeadLetter]:
     """Send the dead letters not replayed yet back to their source topic; return them.
 
-    A record's offset is committed only after the broker acknowledged its copy.
+    A record's offset is committed (a stored one marked replayed) only after the
+    broker acknowledged its copy.
     """
     consumer = make_consumer(REPLAY_GROUP, dlq_topic)
-    replayed = []
+    replayed, seen = [], set()
     try:
         for record in read(consumer, wait):
             letter = DeadLetter(record)
-            headers = [(n, v) for n, v in record.headers if n not in DLQ_HEADERS]
-            producer.send_raw(letter.source_topic or default_topic, record.value or b"",
-                              record.key, headers)
-            producer.flush(timeout=60)
+            if None in letter.source or letter.source not in seen:
+                _send_back(producer, letter, default_topic)
+                replayed.append(letter)
+            seen.add(letter.source)
             consumer._commit({(record.topic, record.partition): record.offset + 1})
-            replayed.append(letter)
     finally:
         consumer._close()
+    if store is not None:
+        with store.transaction() as tx:
+            rows = tx.dead_letters([default_topic], replayed=False)
+        for row in rows:
+            letter = DeadLetter.from_row(row)
+            if letter.source not in seen:
+                _send_back(producer, letter, default_topic)
+                replayed.append(letter)
+            with store.transaction() as tx:
+                tx.mark_replayed(row["id"], time.time())
     return replayed
+
+
+def _send_back(producer: BaseProducer, letter: DeadLetter, default_topic: str) -> None:
+    record = letter.record
+    headers = [(n, v) for n, v in record.headers if n not in DLQ_HEADERS]
+    producer.send_raw(letter.source_topic or default_topic, record.value, record.key, headers)
+    producer.flush(timeout=60)

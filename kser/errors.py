@@ -71,8 +71,6 @@ def is_transient(exc: BaseException) -> bool:
     retriable = getattr(exc, "retriable", None)  # kafka-python's errors say it themselves
     if isinstance(retriable, bool):
         return retriable
-    if type(exc).__name__ == "NoBrokersAvailable":  # kafka-python's, which does not say
-        return True
     kafka_error = exc.args[0] if exc.args else None  # confluent_kafka.KafkaException
     if callable(getattr(kafka_error, "retriable", None)):
         return bool(kafka_error.retriable()) or kafka_error.name() in _LIBRDKAFKA_TRANSIENT

@@ -288,7 +288,7 @@ class BaseConsumer:
 
             try:
                 sequencer.store.check_file()
-            except StoreError as exc:
+            except (StoreError, WorkerFatalError) as exc:
                 raise WorkerStartError(str(exc)) from None
         topics = list(dict.fromkeys([*self.topics,
                                      *(self.settings.dlq_for(t) for t in self.topics)]))

@@ -12,6 +12,7 @@ from kser.entry import Entrypoint
 from kser.results import exception_result
 from kser.schemas import KSER_METADATA_KEY
 from kser.sequencing.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
+from kser.store.store import MAX_LOG_LINE, MAX_LOG_LINES
 from kser.timelimit import TimeLimitExceeded, time_limit
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Task(Entrypoint):
         self.status = status
         #: ``(time, level, message)`` of every :meth:`log` call, stored with the attempt
         self.log_lines: list[tuple[float, int, str]] = []
+        self._log_lines_dropped = 0
         Entrypoint.__init__(self, uuid=uuid, params=params, result=result, metadata=metadata)
 
     @property
@@ -74,6 +76,10 @@ class Task(Entrypoint):
 
         (e.g. ``DiceRoll.RUNNING: app.DiceRoll[6f1c...]: ``).
 
+        The line is also kept for the store (``kser_task_logs``): at most
+        ``MAX_LOG_LINES`` (1,000) lines per attempt, each cut at ``MAX_LOG_LINE``
+        (10,000) characters; the last kept line says how many more there were.
+
         ``args`` and ``kwargs`` are passed to :meth:`logging.Logger.log`.
         """
         prefix = f"{type(self).__name__}.{self.status}: {type(self).path}[{self.uuid}]: "
@@ -81,8 +87,15 @@ class Task(Entrypoint):
         if logger.isEnabledFor(level):
             extra.setdefault("kmsg", self._log_extra()["kmsg"])
             logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
-        self.log_lines.append((time.time(), level, prefix + (str(message) % args if args
-                                                              else str(message))))
+        # what is kept for the store is bounded, however much a task logs
+        if len(self.log_lines) < MAX_LOG_LINES - 1:
+            text = str(message) % args if args else str(message)
+            self.log_lines.append((time.time(), level, prefix + text[:MAX_LOG_LINE]))
+        else:
+            self._log_lines_dropped += 1
+            self.log_lines[MAX_LOG_LINES - 1:] = [(
+                time.time(), logging.WARNING, f"{prefix}… {self._log_lines_dropped} more log "
+                f"line(s) not kept (limit {MAX_LOG_LINES} per attempt)")]
 
     def execute(self, result: Result | None = None) -> Result:
         """Run the lifecycle (within ``TIME_LIMIT`` if set); always return a ``Result``."""
