@@ -273,7 +273,7 @@ def test_a_canceled_operations_running_task_is_not_taken_over(env):
 
 
 def test_the_sweep_re_sends_an_expired_task_once_per_lease(env):
-    op, ids = launch(env)
+    _op, ids = launch(env)
     with env.store.transaction() as tx:
         assert tx.claim_task(ids[0], 0, "dead:1", time.time() - 1, time.time() - 40)
     before = len(env.broker.records("ops"))
@@ -319,7 +319,7 @@ def test_a_task_returning_a_retcode_the_store_cannot_hold_fails_once(env, retcod
 def test_a_task_returning_what_json_cannot_hold_fails_once(env):
     op = StrangeOp().send()
     env.drain()
-    row, tasks = env.tasks(op.uuid)
+    row, _tasks = env.tasks(op.uuid)
     assert row["status"] == "FAILED" and "cannot store or forward" in row["result"]["stderr"]
     assert len(RUNS) == 1
 
@@ -344,7 +344,7 @@ def test_an_operation_too_large_to_send_its_tasks_is_dead_lettered_not_lost(env)
 
 
 def test_task_logs_are_capped_per_attempt(env):
-    op, ids = launch(env, steps=1, task_params={"log_lines": 1500, "log_width": 20_000})
+    _op, ids = launch(env, steps=1, task_params={"log_lines": 1500, "log_width": 20_000})
     env.drain()
     with env.store.transaction() as tx:
         logs = tx.get_logs(ids[0])

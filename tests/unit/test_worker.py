@@ -144,9 +144,10 @@ def test_offsets_are_committed_only_after_an_acknowledgement(memory_broker_name)
 class RefusingProducer(Producer):
     """Reports its first ``failures`` records as not acknowledged (nothing is stored)."""
 
-    def __init__(self, config, failures=1, error=ConnectionError("broker unreachable")):
+    def __init__(self, config, failures=1, error=None):
         super().__init__(config)
-        self.failures, self.error = failures, error
+        self.failures = failures
+        self.error = error or ConnectionError("broker unreachable")
 
     def _produce(self, topic, value, key, headers=None, on_delivery=None):
         if self.failures:
