@@ -76,6 +76,9 @@ class Record:
     value: bytes | None
     key: bytes | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: why the client library could not read this record (then value, key and headers
+    #: are empty): it is dead-lettered as a placeholder naming where the record is
+    unreadable: str | None = None
 
 
 class OffsetTracker:
@@ -425,7 +428,11 @@ class BaseConsumer:
         try:
             redo = 0
             while True:
-                outcome = self._handle(record)
+                outcome = (self._handle(record) if record.unreadable is None else Outcome(
+                    None, exception_result(ValueError(
+                        f"The Kafka client could not read this record ({record.unreadable}); "
+                        "this dead letter only says where it is: read it with another "
+                        "client before the topic's retention removes it")), undeliverable=True))
                 if outcome.undeliverable and not self.dead_letters.send(
                         record, outcome.result.stderr or "undeliverable"):
                     outcome.redo = True

@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kser.confluent.producer import Producer
+from kser.errors import safe_text
 from kser.worker import BaseConsumer, Record, TopicPartition
 
 #: librdkafka settings that only make sense for a consumer (not copied to the producer)
@@ -60,8 +61,13 @@ class Consumer(BaseConsumer):
                 if error.fatal():
                     raise KafkaException(error)
                 continue  # librdkafka retries transient errors itself
+            try:
+                headers = list(message.headers() or [])
+            except Exception as exc:  # a header name that is not UTF-8: asking twice
+                # returns a NULL name, so the headers are given up and said so
+                headers = [("kser-unreadable-headers", safe_text(exc, 300).encode())]
             records.append(Record(message.topic(), message.partition(), message.offset(),
-                                  message.value(), message.key(), list(message.headers() or [])))
+                                  message.value(), message.key(), headers))
         return records
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:

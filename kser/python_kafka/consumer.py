@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import CorruptRecordError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from kser.python_kafka import BOOTSTRAP_TIMEOUT_MS, explained_bootstrap
 from kser.python_kafka.producer import Producer
 from kser.worker import BaseConsumer, Record, TopicPartition
+
+#: seconds to wait for topics the worker created to appear in the cluster's metadata
+TOPICS_TIMEOUT = 15
 
 
 class Consumer(BaseConsumer):
@@ -32,9 +37,30 @@ class Consumer(BaseConsumer):
         self.client.subscribe(self.topics)
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
-        batches = self.client.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        try:
+            batches = self.client.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except CorruptRecordError as exc:
+            return self._skip_unreadable(exc)
         return [Record(r.topic, r.partition, r.offset, r.value, r.key, list(r.headers or []))
                 for records in batches.values() for r in records]
+
+    def _skip_unreadable(self, exc: CorruptRecordError) -> list[Record]:
+        """A record kafka-python cannot parse (a header name that is not UTF-8, a failed
+        CRC): its poll raises once, and every later poll spins forever on the dead record
+        iterator (kafka-python 3.0). Drop that iterator, move past the record, and hand
+        the worker a placeholder to dead-letter in its place.
+        """
+        fetcher = self.client._fetcher
+        part = fetcher._next_partition_records
+        if part is None:
+            raise exc
+        tp = part.topic_partition
+        offset = self.client.position(tp)
+        part.drain()
+        fetcher._next_partition_records = None
+        self.client.seek(tp, offset + 1)
+        return [Record(tp.topic, tp.partition, offset, None,
+                       unreadable=f"{type(exc).__name__}: {exc}")]
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.client.commit({KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1)
@@ -65,6 +91,11 @@ class Consumer(BaseConsumer):
                     pass  # another worker created it meanwhile
         finally:
             admin.close()
+        # the subscription learns of a topic created after it at the next metadata
+        # refresh (metadata_max_age_ms, 5 minutes): fetch the metadata now
+        deadline = time.monotonic() + TOPICS_TIMEOUT
+        while not set(missing) <= self.client.topics() and time.monotonic() < deadline:
+            time.sleep(0.2)
         return missing
 
     def _new_producer(self) -> Producer:

@@ -12,6 +12,15 @@ from kser.sequencing.task import Task
 registry = OperationRegistry()
 
 
+def ran(task_id):
+    """Append ``task_id`` to the side-effect log (KSER_TEST_SIDE_EFFECTS), if one is set:
+    what proves that a task body ran once, whatever the store says."""
+    path = os.environ.get("KSER_TEST_SIDE_EFFECTS")
+    if path:
+        with open(path, "a") as log:
+            log.write(f"{task_id}\n")
+
+
 @registry.subscribe
 class Hop(Task):
     """Checks it saw every hop before it in ``retval["hops"]``, then adds its own index.
@@ -22,6 +31,7 @@ class Hop(Task):
     REQUIRED_FIELDS = ("index",)
 
     def run(self):
+        ran(self.uuid)
         index = self.params["index"]
         seen = list(self.result.retval.get("hops", []))
         if seen != list(range(index)):
@@ -30,7 +40,20 @@ class Hop(Task):
             return Result(uuid=self.uuid, retcode=500, stderr=f"hop {index} fails on purpose")
         time.sleep(float(self.params.get("sleep", 0.02)))
         self.log(f"hop {index} after {seen}")
-        return Result(uuid=self.uuid, stdout=f"hop {index}", retval={"hops": [*seen, index]})
+        return Result(uuid=self.uuid, stdout=f"hop {index}", retval={"hops": [*seen, index]},
+                      retcode=self.params.get("retcode", 0) if index == 0 else 0)
+
+
+@registry.subscribe
+class Lone(Task):
+    """A task sent alone; with ``hang_unless`` it never returns unless that file exists."""
+
+    def run(self):
+        ran(self.uuid)
+        marker = self.params.get("hang_unless")
+        while marker and not os.path.exists(marker):
+            time.sleep(0.1)
+        return Result(uuid=self.uuid, stdout="lone")
 
 
 @registry.subscribe

@@ -114,3 +114,65 @@ def test_the_fast_decoder_agrees_with_the_schema(raw):
     if plain["result"] and not plain["result"].get("uuid"):
         del fast["result"]["uuid"], slow["result"]["uuid"]  # Result draws a random one
     assert fast == slow
+
+
+header_names = st.one_of(st.text(max_size=8), st.binary(max_size=8), st.integers(), st.none())
+header_values = st.one_of(st.binary(max_size=16), st.text(max_size=8), st.none(), st.integers())
+edge_numbers = st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", str(2 ** 31),
+                                str(-(2 ** 31) - 1), str(10 ** 30), "0", "-0.0", "1e-400"])
+
+
+@st.composite
+def hostile_values(draw):
+    """Record values a hostile producer could send: random bytes, null, or a message with
+    edge numbers, lone surrogates, long or control-character ids in any field."""
+    kind = draw(st.sampled_from(["bytes", "none", "message", "big"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=64))
+    if kind == "none":
+        return None
+    if kind == "big":
+        return b"x" * draw(st.integers(1_000, 40_000))
+    text = draw(st.sampled_from(['"\\ud800"', '"\\udfff"', '"ok"', '"a\\u0000b"',
+                                 '"' + "i" * 70 + '"', '"\\ud83d\\ude00"']))
+    number = draw(edge_numbers)
+    field = draw(st.sampled_from(["uuid", "entrypoint", "params", "retcode", "kser"]))
+    parts = {"uuid": '"u"', "entrypoint": f'"{tasks.Echo.path}"',
+             "params": '{"text": "t"}', "retcode": "0", "kser": "{}"}
+    parts[field] = {"uuid": text, "entrypoint": text,
+                    "params": f'{{"text": {text}, "n": {number}}}', "retcode": number,
+                    "kser": f'{{"operation_id": {text}, "task_id": {text}}}'}[field]
+    return (f'{{"uuid": {parts["uuid"]}, "entrypoint": {parts["entrypoint"]}, '
+            f'"params": {parts["params"]}, "result": {{"retcode": {parts["retcode"]}}}, '
+            f'"metadata": {{"kser": {parts["kser"]}}}}}').encode()
+
+
+hostile_records = st.tuples(hostile_values(), st.one_of(st.none(), st.binary(max_size=16)),
+                            st.lists(st.tuples(header_names, header_values), max_size=4))
+
+
+@given(st.lists(hostile_records, min_size=1, max_size=6))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_loop_accounts_for_every_hostile_record_and_never_raises(records):
+    """Whatever a record's value, key and headers: the loop returns, every record is
+    processed or dead-lettered (as it was: value and key unchanged), nothing is left."""
+    from kser.config import Settings
+
+    name = "hostile-fuzz"
+    drop_broker(name)
+    broker = get_broker(name)
+    for value, key, headers in records:
+        broker.produce("jobs", value, key, headers)
+    consumer = Consumer({"broker": name, "group_id": "g"}, ["jobs"],
+                        settings=Settings(max_message_bytes=20_000, redo_backoff=0.01))
+    consumer.REGISTRY = tasks.registry.controller
+    consumer.run()
+    assert broker.lag("g", ["jobs"]) == 0
+    dead = broker.records("jobs.dlq")
+    assert consumer.processed == len(records)
+    for letter in dead:
+        source = broker.records("jobs")[int(dict(letter.headers)["kser-source-offset"])]
+        if b"kser-value-trimmed" not in b"".join(n.encode() for n, _ in letter.headers):
+            assert (letter.value, letter.key) == (source.value, source.key)
+        dict(letter.headers)["kser-error"].decode("utf-8")
+    drop_broker(name)

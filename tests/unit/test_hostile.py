@@ -29,6 +29,7 @@ from kser.worker import WorkerStartError
 registry = OperationRegistry()
 RUNS: list[str] = []
 RELEASE = threading.Event()
+HUNG = threading.Event()
 
 
 @registry.subscribe
@@ -40,7 +41,7 @@ class Note(Task):
         if self.params.get("block"):
             RELEASE.wait(30)
         if self.params.get("hang"):
-            threading.Event().wait()  # never returns, like a stuck network call
+            HUNG.wait()  # does not return until the test is over, like a stuck network call
         if self.params.get("sleep"):
             time.sleep(self.params["sleep"])
         for _ in range(self.params.get("log_lines", 0)):
@@ -75,6 +76,7 @@ class StrangeOp(Operation):
 def env(memory_broker_name, tmp_path, monkeypatch):
     RUNS.clear()
     RELEASE.clear()
+    HUNG.clear()
     monkeypatch.setattr("kser.deadletter.KAFKA_RETRY_DELAY", 0)
     store = Store(f"sqlite:///{tmp_path}/store.db")
     monkeypatch.setattr(registry.sequencer, "_store", store)
@@ -84,6 +86,7 @@ def env(memory_broker_name, tmp_path, monkeypatch):
     monkeypatch.setattr(registry.settings, "redo_backoff", 0.01)
     yield Env(memory_broker_name, store)
     RELEASE.set()
+    HUNG.set()  # let the abandoned task threads end, as the process would end them
     store.close()
 
 
