@@ -79,8 +79,11 @@ class KafkaBroker:
                  sasl_users: dict[str, str] | None = None):
         self.workdir = Path(workdir).resolve()
         self.libs = libs
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        # a broker started again in the same folder keeps its ports when they are free,
+        # so the address users copied stays right
+        kept = _kept_ports(self.workdir / "ports")
+        self.port = port or kept.get("port") or free_port()
+        self.controller_port = kept.get("controller_port") or free_port()
         self.sasl_users = sasl_users or {}
         self.sasl_port = free_port() if self.sasl_users else None
         self.extra_properties = extra_properties or {}
@@ -166,6 +169,8 @@ class KafkaBroker:
              "kafka.Kafka", str(config)],
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         self.pidfile.write_text(str(self.process.pid))
+        (self.workdir / "ports").write_text(f"port={self.port}\n"
+                                            f"controller_port={self.controller_port}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -222,6 +227,22 @@ class KafkaBroker:
                 self.process.wait(10)
         self.pidfile.unlink(missing_ok=True)
         self.process = None
+
+
+def _kept_ports(path: Path) -> dict[str, int]:
+    """The ports an earlier start in this folder used, those still free."""
+    if not path.exists():
+        return {}
+    kept = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", int(value)))
+        except (OSError, ValueError):
+            continue
+        kept[name] = int(value)
+    return kept
 
 
 def _alive(pid: int, process: subprocess.Popen | None) -> bool:

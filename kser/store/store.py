@@ -201,8 +201,10 @@ class Tx:
         """
         insert = (sqlite_insert if self.connection.dialect.name == "sqlite"
                   else postgresql_insert)(schema.operations)
-        return self.connection.execute(
-            insert.values(**row).on_conflict_do_nothing(index_elements=["id"])).rowcount == 1
+        inserted = self.connection.execute(
+            insert.values(**row).on_conflict_do_nothing(index_elements=["id"])
+            .returning(schema.operations.c.id)).first()
+        return inserted is not None
 
     def get_operation(self, operation_id: str, lock: bool = False) -> RowMapping | None:
         return self._first(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
