@@ -49,6 +49,11 @@ class DeadLetter:
         return cls(Record("store", 0, row["id"], row["value"], row["key"], headers), row["id"])
 
     @property
+    def trimmed(self) -> bool:
+        """True for a topic copy whose value was cut to fit (the store has it whole)."""
+        return "kser-value-trimmed" in self.headers
+
+    @property
     def source(self) -> tuple[str | None, str | None, str | None]:
         """(topic, partition, offset) the record was consumed from."""
         return (self.headers.get("kser-source-topic"),
@@ -93,9 +98,11 @@ def read(consumer: BaseConsumer, wait: float, commit: bool = False) -> Iterator[
 
 
 def _once(letters: list[DeadLetter]) -> list[DeadLetter]:
-    """Each dead-lettered record once (by where it was consumed from)."""
+    """Each dead-lettered record once (by where it was consumed from), whole: the store's
+    copy rather than a topic copy whose value was cut to fit."""
+    whole = [letter for letter in letters if not letter.trimmed]
     seen, unique = set(), []
-    for letter in letters:
+    for letter in whole + [letter for letter in letters if letter.trimmed]:
         source = letter.source
         if None in source or source not in seen:
             seen.add(source)
@@ -132,10 +139,12 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
     try:
         for record in read(consumer, wait):
             letter = DeadLetter(record)
-            if None in letter.source or letter.source not in seen:
+            if letter.trimmed:
+                pass  # a cut copy: the whole record is replayed from the store below
+            elif None in letter.source or letter.source not in seen:
                 _send_back(producer, letter, default_topic)
                 replayed.append(letter)
-            seen.add(letter.source)
+                seen.add(letter.source)
             consumer._commit({(record.topic, record.partition): record.offset + 1})
     finally:
         consumer._close()

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
-from kser.errors import WorkerFatalError, safe_text
+from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ __all__ = ["DLQ_HEADERS", "BaseConsumer", "Record", "WorkerStartError"]
 BUSY_POLL_INTERVAL = 0.2
 #: longest wait before a record whose infrastructure failed is processed again, seconds
 REDO_MAX_BACKOFF = 30.0
+#: how long a starting worker retries checking its topics while the broker is unreachable
+#: (its client reached the broker a moment before), seconds
+STARTUP_RETRY_TIMEOUT = 60.0
 #: first and longest wait after a failed poll before the next one, seconds
 POLL_RETRY_MIN, POLL_RETRY_MAX = 0.5, 10.0
 #: the client's max.poll.interval.ms when its configuration does not set it (both clients)
@@ -217,6 +220,8 @@ class BaseConsumer:
         """The producer of follow-up messages and dead letters."""
         if self._producer is None:
             self._producer = self._new_producer()
+            # the same limit for follow-ups as for sends (KSER_MAX_MESSAGE_BYTES)
+            self._producer.max_message_bytes = self.settings.max_message_bytes
         return self._producer
 
     @property
@@ -295,14 +300,23 @@ class BaseConsumer:
                 raise WorkerStartError(str(exc)) from None
         topics = list(dict.fromkeys([*self.topics,
                                      *(self.settings.dlq_for(t) for t in self.topics)]))
-        try:
-            created = self._ensure_topics(topics)
-        except Exception as exc:
-            raise WorkerStartError(
-                f"the topics {', '.join(topics)} cannot be checked or created "
-                f"({safe_text(exc, 500)}): a worker needs its topics and their dead-letter "
-                "topics; create them, or give kser the right to (and check the names)"
-            ) from None
+        deadline = time.monotonic() + STARTUP_RETRY_TIMEOUT
+        while True:
+            try:
+                created = self._ensure_topics(topics)
+                break
+            except Exception as exc:
+                if is_transient(exc) and time.monotonic() < deadline:
+                    # the client just reached the broker: a blip, not a wrong setting
+                    logger.warning("%s: checking the topics failed (%s); trying again",
+                                   self.name, safe_text(exc, 300))
+                    self._stopping.wait(POLL_RETRY_MIN * 2)
+                    continue
+                raise WorkerStartError(
+                    f"the topics {', '.join(topics)} cannot be checked or created "
+                    f"({safe_text(exc, 500)}): a worker needs its topics and their "
+                    "dead-letter topics; create them, or give kser the right to (and check "
+                    "the names)") from None
         if created:
             logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
 
