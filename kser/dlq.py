@@ -11,7 +11,10 @@ for the topic, it remembers how far it went as the offsets of the consumer
 group ``kser-dlq-replay``; for the store, it marks each row replayed. Running
 it again sends only newer dead letters. ``list`` reads without changing
 anything. A record dead-lettered twice (its worker killed before it committed
-the record) is listed and replayed once per run.
+the record) is listed and replayed once per run; a topic copy whose value was
+cut is replayed whole, from the store. A replayed record carries
+``kser-replayed-by``: when a run meets a record it sent back itself (its cause
+was not fixed, and a worker dead-lettered it again), it stops there.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from kser.worker import BaseConsumer, Record
 
 #: consumer group whose offsets say how far ``replay`` went on a dead-letter topic
 REPLAY_GROUP = "kser-dlq-replay"
+#: header a replayed record carries: the run of ``replay`` that sent it back
+REPLAY_HEADER = "kser-replayed-by"
 
 
 @dataclass
@@ -136,13 +141,18 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
     """
     consumer = make_consumer(REPLAY_GROUP, dlq_topic)
     replayed, seen = [], set()
+    run = uuid.uuid4().hex.encode()
     try:
         for record in read(consumer, wait):
             letter = DeadLetter(record)
+            if (REPLAY_HEADER, run) in record.headers:
+                # dead-lettered again after this very run sent it back (its cause is not
+                # fixed, and a worker is consuming): stop here, or the two would loop
+                break
             if letter.trimmed:
                 pass  # a cut copy: the whole record is replayed from the store below
             elif None in letter.source or letter.source not in seen:
-                _send_back(producer, letter, default_topic)
+                _send_back(producer, letter, default_topic, run)
                 replayed.append(letter)
                 seen.add(letter.source)
             consumer._commit({(record.topic, record.partition): record.offset + 1})
@@ -154,15 +164,17 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
         for row in rows:
             letter = DeadLetter.from_row(row)
             if letter.source not in seen:
-                _send_back(producer, letter, default_topic)
+                _send_back(producer, letter, default_topic, run)
                 replayed.append(letter)
             with store.transaction() as tx:
                 tx.mark_replayed(row["id"], time.time())
     return replayed
 
 
-def _send_back(producer: BaseProducer, letter: DeadLetter, default_topic: str) -> None:
+def _send_back(producer: BaseProducer, letter: DeadLetter, default_topic: str,
+               run: bytes) -> None:
     record = letter.record
-    headers = [(n, v) for n, v in record.headers if n not in DLQ_HEADERS]
+    headers = [(n, v) for n, v in record.headers if n not in DLQ_HEADERS and n != REPLAY_HEADER]
+    headers.append((REPLAY_HEADER, run))
     producer.send_raw(letter.source_topic or default_topic, record.value, record.key, headers)
     producer.flush(timeout=60)

@@ -259,8 +259,7 @@ def test_concurrency_4_with_every_record_duplicated_runs_each_step_once(kafka, p
 
 
 def test_the_broker_stopped_for_15_s_during_a_rebalance(kafka, pg_url, processes, tmp_path):
-    run, effects = hostile_run(kafka, pg_url, processes, tmp_path, "kafka", workers=2,
-                               env={"KSER_LOG_LEVEL": "WARNING"})
+    run, effects = hostile_run(kafka, pg_url, processes, tmp_path, "kafka", workers=2)
     run.submit(100, 5, lambda i: {"sleep": 0.05})
     wait_for(lambda: run.succeeded_tasks() >= 50, "the run under way")
     run.workers.append(run.start_worker("joiner"))  # the group rebalances...
