@@ -424,7 +424,7 @@ class BaseConsumer:
         if self.fatal is None:
             logger.error("%s: %s", self.name, safe_text(exc, None))
             self.fatal, self.exit_code = exc, 1
-        self.stop()
+        self._stopping.set()  # not stop(): a second fatal error is no second signal
 
     def _harvest(self, running: dict[Future, Record], tracker: OffsetTracker) -> None:
         for future in [f for f in running if f.done()]:
