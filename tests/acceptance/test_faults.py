@@ -42,7 +42,9 @@ def test_postgresql_restarted_mid_run(kafka, postgres, pg_url, processes):
     run.wait_until_final()
     run.check(HOPS)
     logs = "".join(worker.output() for worker in run.workers)
-    assert "store unreachable" in logs, "the restart hit no worker"
+    # a record redone, or a finished task's result written again once the store is back
+    assert "store unreachable" in logs or "the store is unreachable" in logs, \
+        "the restart hit no worker"
     run.close()
 
 
