@@ -303,3 +303,16 @@ class BaseProducer(BaseController):
         """Wait until every queued record is acknowledged; raise if one failed."""
         self._flush(timeout)
 
+    def wait_sent(self, timeout: float = 60) -> None:
+        """Wait until every queued record was acknowledged or failed, raising nothing: the
+        failures stay for :meth:`flush` (the consumer's checkpoint) and the records' own
+        delivery callbacks, whichever thread queued them."""
+        self._drain(timeout)
+
+    def _drain(self, timeout: float) -> None:
+        """Wait for every queued record's outcome without collecting failures."""
+        try:
+            self._flush(timeout)
+        except Exception:  # kept by the transports that can keep them (see _drain there)
+            pass
+

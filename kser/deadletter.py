@@ -168,10 +168,8 @@ class DeadLetters:
 
             try:
                 self._producer().send_raw(topic, value, key, headers, on_delivery=delivered)
-                try:
-                    self._producer().flush(timeout=self.settings.send_timeout)
-                except Exception:  # another record's failure, or a timeout:
-                    pass  # this record's own outcome is what its callback says
+                # not flush(): other threads' failures are theirs to see
+                self._producer().wait_sent(timeout=self.settings.send_timeout)
                 if done.wait(0 if done.is_set() else 1.0) and not errors:
                     return None
                 exc = errors[0] if errors else TimeoutError(

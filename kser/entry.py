@@ -116,6 +116,10 @@ class Entrypoint(metaclass=EntrypointMeta):
         except Exception as exc:  # the safety net is the point
             self.exception = exc
             return self._onerror(exception_result(exc, uuid=self.uuid))
+        except SystemExit as exc:  # sys.exit() in a task ends the task, not the worker
+            self.exception = exc
+            return self._onerror(exception_result(
+                RuntimeError(f"the task called sys.exit({exc.code!r})"), uuid=self.uuid))
 
     # -- conversions --------------------------------------------------------------------
 

@@ -61,7 +61,10 @@ def is_transient(exc: BaseException) -> bool:
         # connection SQLAlchemy invalidated is a lost one whatever the driver said
         if exc.connection_invalidated:
             return True
-        return isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.InternalError)
+        # our statements are fixed: a ProgrammingError is a missing table or grant, and a
+        # bare DatabaseError a damaged file -- the database's state, not the input's
+        return (isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.InternalError
+                           | sa.ProgrammingError) or type(exc) is sa.DatabaseError)
     if isinstance(exc, sa.TimeoutError | sa.DisconnectionError):
         return True  # the connection pool is exhausted, or a connection died
     if isinstance(exc, sqlite3.OperationalError):

@@ -115,9 +115,10 @@ class OffsetTracker:
         self._committed.update(offsets)
 
     def forget(self, tps) -> None:
-        """Partitions this consumer lost: their offsets are another consumer's now."""
+        """A commit of these partitions failed (a rebalance, a blip): forget what was done
+        and committed there, so that nothing is committed past a record still running
+        (its offset stays in flight until it ends), whoever owns the partition next."""
         for tp in tps:
-            self._in_flight.pop(tp, None)
             self._next.pop(tp, None)
             self._committed.pop(tp, None)
 
@@ -219,9 +220,8 @@ class BaseConsumer:
     def producer(self) -> BaseProducer:
         """The producer of follow-up messages and dead letters."""
         if self._producer is None:
+            # built with KSER_MAX_MESSAGE_BYTES: the same limit for follow-ups as for sends
             self._producer = self._new_producer()
-            # the same limit for follow-ups as for sends (KSER_MAX_MESSAGE_BYTES)
-            self._producer.max_message_bytes = self.settings.max_message_bytes
         return self._producer
 
     @property

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kser.confluent.producer import Producer
-from kser.errors import safe_text
+from kser.errors import WorkerFatalError, safe_text
 from kser.worker import BaseConsumer, Record, TopicPartition
 
 #: librdkafka settings that only make sense for a consumer (not copied to the producer)
@@ -58,8 +58,8 @@ class Consumer(BaseConsumer):
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                if error.fatal():
-                    raise KafkaException(error)
+                if error.fatal():  # the client is unusable: polling it again does nothing
+                    raise WorkerFatalError(f"the Kafka client failed for good: {error.str()}")
                 continue  # librdkafka retries transient errors itself
             try:
                 headers = list(message.headers() or [])
@@ -103,5 +103,6 @@ class Consumer(BaseConsumer):
         return missing
 
     def _new_producer(self) -> Producer:
-        return Producer({key: value for key, value in self.config.items()
-                         if key not in CONSUMER_ONLY_KEYS})
+        return Producer({**{key: value for key, value in self.config.items()
+                            if key not in CONSUMER_ONLY_KEYS},
+                         "max_message_bytes": self.settings.max_message_bytes})

@@ -9,6 +9,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
 
+#: bytes a record's framing adds to its value, allowed above KSER_MAX_MESSAGE_BYTES
+REQUEST_OVERHEAD = 4096
 #: seconds a new producer waits for the cluster's metadata before giving up
 CONNECT_TIMEOUT = 15
 
@@ -31,6 +33,9 @@ class Producer(BaseProducer):
         config = dict(config)
         super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         config.setdefault("acks", "all")
+        # what kser's own size check lets through, the client lets through (librdkafka's
+        # default is 1,000,000 bytes, below kser's 1 MiB)
+        config.setdefault("message.max.bytes", self.max_message_bytes + REQUEST_OVERHEAD)
         config.setdefault("enable.idempotence", True)
         config.setdefault("linger.ms", 0)
         config.setdefault("logger", logging.getLogger("confluent_kafka"))
@@ -69,6 +74,9 @@ class Producer(BaseProducer):
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self.client.poll(0.1)
+
+    def _drain(self, timeout: float) -> None:
+        self.client.flush(timeout)  # failures stay in _errors for the next _flush
 
     def _flush(self, timeout: float) -> None:
         remaining = self.client.flush(timeout)

@@ -65,4 +65,5 @@ class Consumer(BaseConsumer):
         return missing
 
     def _new_producer(self) -> Producer:
-        return Producer({"broker": self.broker.name})
+        return Producer({"broker": self.broker.name,
+                         "max_message_bytes": self.settings.max_message_bytes})

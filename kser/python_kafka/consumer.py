@@ -99,5 +99,6 @@ class Consumer(BaseConsumer):
         return missing
 
     def _new_producer(self) -> Producer:
-        return Producer({key: value for key, value in self.config.items()
-                         if key in KafkaProducer.DEFAULT_CONFIG and key != "client_id"})
+        return Producer({**{key: value for key, value in self.config.items()
+                            if key in KafkaProducer.DEFAULT_CONFIG and key != "client_id"},
+                         "max_message_bytes": self.settings.max_message_bytes})

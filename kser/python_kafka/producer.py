@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from kafka import KafkaProducer
 
 from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
@@ -9,6 +11,8 @@ from kser.python_kafka import BOOTSTRAP_TIMEOUT_MS, explained_bootstrap
 
 #: acknowledgement by every in-sync replica: a follow-up is only "sent" once durable
 DEFAULT_ACKS = "all"
+#: bytes a record's framing adds to its value, allowed above KSER_MAX_MESSAGE_BYTES
+REQUEST_OVERHEAD = 4096
 
 
 class Producer(BaseProducer):
@@ -23,20 +27,29 @@ class Producer(BaseProducer):
         config = dict(config)
         super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         config.setdefault("acks", DEFAULT_ACKS)
+        # what kser's own size check lets through, the client lets through (the broker
+        # still has the last word: its refusal is a permanent error)
+        config.setdefault("max_request_size", self.max_message_bytes + REQUEST_OVERHEAD)
         config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
         with explained_bootstrap():
             self.client = KafkaProducer(**config)
         self._futures: list = []
+        self._futures_lock = threading.Lock()
 
     def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
         future = self.client.send(topic, value=value, key=key, headers=headers or None)
         if on_delivery is not None:
             future.add_callback(lambda _metadata: on_delivery(None))
             future.add_errback(on_delivery)
-        self._futures.append(future)
+        with self._futures_lock:
+            self._futures.append(future)
+
+    def _drain(self, timeout: float) -> None:
+        self.client.flush(timeout=timeout)  # the futures stay for the next _flush
 
     def _flush(self, timeout: float) -> None:
-        futures, self._futures = self._futures, []
+        with self._futures_lock:
+            futures, self._futures = self._futures, []
         self.client.flush(timeout=timeout)
         for future in futures:
             if not future.is_done:

@@ -299,7 +299,7 @@ class Sequencer:
 
     def _run_claimed(self, entrypoint, kmsg: Message, task_row, attempt: int,
                      mode: str | None) -> Result:
-        operation_id, task_id = task_row["operation_id"], task_row["id"]
+        task_id = task_row["id"]
         metadata = dict(task_row["metadata"] or {})
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
         # a copy: Result's + changes its left side, and a retry must forward the original
@@ -309,11 +309,19 @@ class Sequencer:
                                   result=load_result(forwarded), metadata=metadata)
         except Exception as exc:  # a broken __init__ fails the attempt like a broken run
             instance, result = None, exception_result(exc, task_id)
+        else:
+            result = None
+        with self._leases.held(task_id, attempt):  # until its end is stored
+            return self._run_and_finish(instance, result, entrypoint, task_row, forwarded,
+                                        attempt, mode)
+
+    def _run_and_finish(self, instance, result, entrypoint, task_row, forwarded,
+                        attempt: int, mode: str | None) -> Result:
+        operation_id, task_id = task_row["operation_id"], task_row["id"]
         if instance is not None:
             if isinstance(instance, Task):
                 instance.status = RUNNING
-            with self._leases.held(task_id, attempt):
-                result = instance.execute()
+            result = instance.execute()
         result, unstorable = _storable(result, task_id)
         success = is_success(result)
         exception = getattr(instance, "exception", None)
@@ -522,8 +530,13 @@ class Sequencer:
             if wait:
                 producer.flush(timeout=self.settings.send_timeout)
         except Exception as exc:
+            if not is_transient(exc):  # sending it again would be refused again
+                raise UndeliverableError(
+                    f"follow-up messages of operation {operation_id} are refused by the "
+                    f"broker ({safe_text(exc, 500)}); they stay unsent in the outbox",
+                    extra=dict(uuid=operation_id)) from exc
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
-                            f"acknowledged: {exc}") from exc
+                            f"acknowledged: {safe_text(exc, 500)}") from exc
         return len(rows)
 
     def _delivery_of(self, row_id: int) -> Callable[[Exception | None], None]:
@@ -564,7 +577,13 @@ class Sequencer:
         if orphans:
             logger.warning("Sweep: %d task(s) whose worker stopped after their operation "
                            "ended marked CANCELED", orphans)
-        return sum(self.publish(op_id) for op_id in operations)
+        sent = 0
+        for op_id in operations:  # one operation's refused rows never hold up the others
+            try:
+                sent += self.publish(op_id)
+            except (RedoError, UndeliverableError) as exc:
+                logger.warning("Sweep: %s", exc)
+        return sent
 
     # -- controls ------------------------------------------------------------------------
 

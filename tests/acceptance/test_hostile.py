@@ -64,8 +64,10 @@ def test_hostile_records_neither_crash_block_nor_run_anything_twice(kafka, pg_ur
                                                                     tmp_path, transport):
     # messages over 500 kB are refused when sent: the operation below is read, but its
     # tasks' messages (holding its params) cannot be sent
+    # two task threads: the hostile records are handled while the target's first hop waits
     run, effects = hostile_run(kafka, pg_url, processes, tmp_path, transport, workers=1,
-                               env={"KSER_MAX_MESSAGE_BYTES": "500000"})
+                               env={"KSER_MAX_MESSAGE_BYTES": "500000",
+                                    "KSER_CONCURRENCY": "2"})
     worker = run.workers[0]
     worker.wait_for("Starting: consumer")
     raw = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, max_request_size=2_000_000)
@@ -90,8 +92,10 @@ def test_hostile_records_neither_crash_block_nor_run_anything_twice(kafka, pg_ur
     def dumps(**message):
         return json.dumps(message).encode()
 
-    # a stored, running operation whose first hop is slow: the target of forged messages
-    [target] = run.submit(1, 3, lambda i: {"sleep": 8})
+    # a stored, running operation whose first hop waits for a file: the target of forged
+    # messages, which find its upstream hops not done whatever the timing
+    hold = tmp_path / "hold"
+    [target] = run.submit(1, 3, lambda i: {"hold_until": str(hold)})
     wait_for(lambda: _task_ids(run, target), "the target operation stored", timeout=60)
     t2 = _task_ids(run, target)[2]
     meta = {"kser": {"operation_id": target, "task_id": t2}}
@@ -125,11 +129,12 @@ def test_hostile_records_neither_crash_block_nor_run_anything_twice(kafka, pg_ur
     produce(dumps(uuid=good_lone, entrypoint=Lone.path))
     good_ops = run.submit(5, 3)
 
+    wait_for(lambda: set(hostile.values()) <= dead_letters(run),
+             f"every hostile record dead-lettered ({hostile})", timeout=120)
+    hold.touch()
     wait_for(lambda: all(_status(run, op) == "SUCCESS" for op in [target, *good_ops]),
              "the good operations done", timeout=180)
     wait_for(lambda: _status(run, failing) == "FAILED", "the failing operation FAILED", 60)
-    wait_for(lambda: set(hostile.values()) <= dead_letters(run),
-             f"every hostile record dead-lettered ({hostile})", timeout=120)
     assert worker.popen.poll() is None, worker.output()[-3000:]
     assert "Traceback" not in worker.output(), worker.output()[-5000:]
     ran = side_effects(effects)

@@ -36,6 +36,9 @@ class Hop(Task):
         seen = list(self.result.retval.get("hops", []))
         if seen != list(range(index)):
             return Result(uuid=self.uuid, retcode=500, stderr=f"hop {index} saw {seen}")
+        hold = self.params.get("hold_until")  # the first hop waits for this file
+        while index == 0 and hold and not os.path.exists(hold):
+            time.sleep(0.1)
         if self.params.get("fail_at") == index and not os.path.exists(self.params["fixed"]):
             return Result(uuid=self.uuid, retcode=500, stderr=f"hop {index} fails on purpose")
         time.sleep(float(self.params.get("sleep", 0.02)))

@@ -471,3 +471,54 @@ def test_settings_that_are_not_numbers_are_one_clear_error(monkeypatch):
     monkeypatch.setenv("KSER_CONCURRENCY", "abc")
     with pytest.raises(ConfigurationError, match="KSER_CONCURRENCY='abc' is not an integer"):
         Settings()
+
+
+@registry.subscribe
+class Exits(Task):
+    def run(self):
+        RUNS.append(self.uuid)
+        raise SystemExit(0)
+
+
+def test_a_task_calling_sys_exit_fails_that_task_not_the_worker(env):
+    env.produce({"uuid": "exits", "entrypoint": Exits.path})
+    env.good()
+    consumer = env.drain()
+    assert RUNS == ["exits", "good-0"] and consumer.processed == 2
+    assert env.broker.lag("g", ["ops"]) == 0
+
+
+def test_a_failed_commit_never_lets_a_later_offset_pass_a_record_still_running():
+    from kser.worker import OffsetTracker, Record
+
+    tracker = OffsetTracker()
+    running, later = Record("t", 0, 10, b""), Record("t", 0, 12, b"")
+    tracker.started(running)
+    tracker.started(later)
+    tracker.done(later)
+    tracker.forget(tracker.committable())  # the commit of offset 10 failed
+    assert tracker.committable() == {}  # nothing past 10 while it runs
+    tracker.done(running)
+    assert tracker.committable() == {("t", 0): 11}
+
+
+def test_a_follow_up_the_broker_refuses_for_good_is_dead_lettered_not_redone(env):
+    from kafka.errors import MessageSizeTooLargeError
+
+    class RefusesFollowUps(Producer):
+        def _produce(self, topic, value, key, headers=None, on_delivery=None):
+            if topic == "ops":
+                raise MessageSizeTooLargeError("too large for the broker")
+            super()._produce(topic, value, key, headers, on_delivery)
+
+    op, ids = launch(env, steps=2)
+    consumer = Consumer({"broker": env.broker.name, "group_id": "g"}, ["ops"],
+                        producer=RefusesFollowUps({"broker": env.broker.name}),
+                        settings=Settings(redo_backoff=0.01))
+    consumer.REGISTRY = registry.controller
+    consumer.run()  # returns: the record is not redone forever
+    assert RUNS == ids[:1] and env.broker.lag("g", ["ops"]) == 0
+    [letter] = env.dead()
+    assert "refused by the broker" in env.error(letter)
+    with env.store.transaction() as tx:  # the follow-up waits in the outbox
+        assert [row["operation_id"] for row in tx.unsent(op.uuid)] == [op.uuid]
