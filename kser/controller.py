@@ -241,7 +241,8 @@ class BaseProducer(BaseController):
         """
         kmsg = self._onmessage(kmsg)
         try:
-            value = json.dumps(kmsg.dump(), allow_nan=False).encode("utf-8")
+            # ensure_ascii=False: a lone surrogate fails here, as it fails on decode
+            value = json.dumps(kmsg.dump(), allow_nan=False, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise ValidationError(
                 f"Message {kmsg.entrypoint}[{kmsg.uuid}] cannot be sent: its params, result or "

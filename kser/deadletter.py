@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: headers kser adds to a dead letter
 DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer", "kser-value-trimmed",
-               "kser-headers-dropped")
+               "kser-headers-dropped", "kser-dead-letter-id")
 #: tries to produce a dead letter to Kafka before it goes to the store
 KAFKA_TRIES = 3
 #: seconds between two of those tries
@@ -67,8 +67,6 @@ def safe_headers(headers) -> list[tuple[str, bytes]]:
             name = safe_text(name, 200)
         if value is None:
             value = b""
-        elif isinstance(value, str):
-            value = safe_text(value, None).encode("utf-8")
         elif not isinstance(value, bytes | bytearray):
             value = safe_text(value, None).encode("utf-8")
         safe.append((name, bytes(value)))
@@ -133,22 +131,21 @@ class DeadLetters:
         (the record is then processed again later)."""
         topic = self.settings.dlq_for(record.topic)
         value, key, headers, trimmed = self.copy(record, error)
-        where = topic
+        stored = None
         if trimmed is not None:  # the whole record is kept in the store
             stored = self._to_store(record, error)
             if stored is None:
                 return False
-            where = f"{topic} (value cut from {trimmed} bytes) and the store (#{stored})"
             headers.append(("kser-dead-letter-id", str(stored).encode()))
         failure = self._to_kafka(topic, value, key, headers)
-        if failure is not None:
-            if trimmed is not None:
-                where = f"the store (#{stored}; {topic} refused it: {failure})"
-            else:
-                stored = self._to_store(record, error)
-                if stored is None:
-                    return False
-                where = f"the store (#{stored}; {topic} refused it: {failure})"
+        if failure is None:
+            where = topic if stored is None else (
+                f"{topic} (value cut from {trimmed} bytes) and the store (#{stored})")
+        else:
+            stored = stored if stored is not None else self._to_store(record, error)
+            if stored is None:
+                return False
+            where = f"the store (#{stored}; {topic} refused it: {failure})"
         logger.warning("%s dead-lettered %s[%d]@%d to %s: %s", self.worker_name,
                        safe_text(record.topic), record.partition, record.offset, where,
                        safe_text(error))

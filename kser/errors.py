@@ -18,8 +18,6 @@ Unicode without NUL characters: :func:`safe_text` makes it so.
 
 from __future__ import annotations
 
-import sqlite3
-
 #: longest text kept by :func:`safe_text` unless told otherwise, characters
 DEFAULT_TEXT_LIMIT = 2000
 
@@ -67,8 +65,6 @@ def is_transient(exc: BaseException) -> bool:
                            | sa.ProgrammingError) or type(exc) is sa.DatabaseError)
     if isinstance(exc, sa.TimeoutError | sa.DisconnectionError):
         return True  # the connection pool is exhausted, or a connection died
-    if isinstance(exc, sqlite3.OperationalError):
-        return True
     if any(cls.__name__ in _DBAPI_TRANSIENT for cls in type(exc).__mro__):
         return True  # a driver's own (psycopg's, on the hop's DB-API fast path)
     retriable = getattr(exc, "retriable", None)  # kafka-python's errors say it themselves

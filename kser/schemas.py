@@ -284,7 +284,7 @@ def _decode_json(raw: str | bytes | bytearray | None) -> Any:
                 extra=dict(reason="encoding"),
             ) from None
     try:
-        data = json.loads(raw, parse_float=_finite_float, parse_constant=_refuse_constant)
+        data = _DECODER.decode(raw)
     except _NotFiniteError as exc:
         raise ValidationError(f"Record holds the number {exc}, which is not finite: JSON "
                               "numbers in a kser message must be finite",
@@ -318,6 +318,10 @@ def _finite_float(text: str) -> float:
 
 def _refuse_constant(name: str) -> float:
     raise _NotFiniteError(name)
+
+
+#: the decoder of every record: built once (json.loads with hooks builds one per call)
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
 def _json_type(value: Any) -> str:

@@ -21,7 +21,6 @@ expired (a periodic :meth:`Sequencer.sweep` re-emits it if no message does).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -710,12 +709,12 @@ def _verdict(task, entrypoint: str, mode: str | None, now: float,
 
 
 def _storable(result: Result | None, task_id: str) -> tuple[Result, str | None]:
-    """``result`` if the store can hold it and a message can forward it, else a failure
-    saying why (and the why): a retcode beyond 32 bits, values JSON cannot represent."""
+    """``result`` if its retcode fits 32 bits (every store holds it, every decoder takes
+    it), else a failure saying why (and the why). Values JSON or a message cannot hold
+    fail the finishing transaction itself, which then fails the task the same way."""
     try:
         dumped = dump_result(result)
         if dumped is not None:
-            json.dumps(dumped, allow_nan=False).encode("utf-8")
             if not MIN_INT32 <= dumped["retcode"] <= MAX_INT32:
                 raise ValueError(f"retcode {dumped['retcode']} does not fit 32 bits")
     except Exception as exc:

@@ -2,9 +2,12 @@
 and checks what every fault test must end with."""
 
 import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from sqlalchemy import func, select
 
@@ -32,6 +35,39 @@ def wait_for(condition, what, timeout=DEADLINE):
             return value
         time.sleep(0.5)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+@contextmanager
+def every_record_twice(run, other_partition=False):
+    """Copy every record of ``run.topic`` once more as it arrives (to the other of two
+    partitions, or by its key), so workers get each operation and task message twice;
+    yields the list of the offsets copied."""
+    stop, copied = threading.Event(), []
+
+    def duplicate():
+        consumer = KafkaConsumer(run.topic, bootstrap_servers=run.kafka.bootstrap_servers,
+                                 auto_offset_reset="earliest", enable_auto_commit=False,
+                                 consumer_timeout_ms=300)
+        producer = KafkaProducer(bootstrap_servers=run.kafka.bootstrap_servers)
+        while not stop.is_set():
+            for record in consumer:
+                if record.headers and ("copy", b"1") in record.headers:
+                    continue
+                where = (dict(partition=1 - record.partition) if other_partition
+                         else dict(key=record.key))
+                producer.send(run.topic, record.value, headers=[("copy", b"1")], **where)
+                copied.append(record.offset)
+            producer.flush()
+        consumer.close()
+        producer.close()
+
+    copier = threading.Thread(target=duplicate, daemon=True)
+    copier.start()
+    try:
+        yield copied
+    finally:
+        stop.set()
+        copier.join(30)
 
 
 class Run:

@@ -5,13 +5,11 @@ operation SUCCESS, every task SUCCESS exactly once in the store, task n saw
 task n-1's retval, nothing RUNNING, nothing left unconsumed.
 """
 
-import threading
 import time
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 
-from tests.acceptance.harness import Run, wait_for
+from tests.acceptance.harness import Run, every_record_twice, wait_for
 
 pytestmark = pytest.mark.acceptance
 
@@ -69,33 +67,9 @@ def test_two_workers_racing_on_the_same_redelivered_messages(kafka, pg_url, proc
     """Every record of the topic is copied to another partition as it arrives, so two
     workers receive the same operation and task messages at the same time."""
     run = Run(kafka, pg_url, processes, partitions=2)
-    stop = threading.Event()
-    copied = []
-
-    def duplicate():
-        consumer = KafkaConsumer(run.topic, bootstrap_servers=kafka.bootstrap_servers,
-                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                 consumer_timeout_ms=500)
-        producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
-        while not stop.is_set():
-            for record in consumer:
-                if record.headers and ("copy", b"1") in record.headers:
-                    continue
-                producer.send(run.topic, record.value, partition=1 - record.partition,
-                              headers=[("copy", b"1")])
-                copied.append(record.offset)
-            producer.flush()
-        consumer.close()
-        producer.close()
-
-    copier = threading.Thread(target=duplicate, daemon=True)
-    copier.start()
-    try:
+    with every_record_twice(run, other_partition=True) as copied:
         run.submit(OPERATIONS, HOPS)
         run.wait_until_final()
-    finally:
-        stop.set()
-        copier.join(30)
     assert len(copied) >= OPERATIONS * HOPS  # every operation and task message twice
     run.check(HOPS)
     run.close()

@@ -8,7 +8,6 @@ store), and no task body ran twice (the side-effect log, tests/acceptance/worklo
 import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -17,7 +16,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from kser.schemas import Message
-from tests.acceptance.harness import Run, wait_for
+from tests.acceptance.harness import Run, every_record_twice, wait_for
 from tests.acceptance.workload import Chain, Hop, Lone
 
 pytestmark = pytest.mark.acceptance
@@ -230,32 +229,9 @@ def test_concurrency_4_with_every_record_duplicated_runs_each_step_once(kafka, p
     run, effects = hostile_run(kafka, pg_url, processes, tmp_path, "kafka", workers=0,
                                env={"KSER_LOG_LEVEL": "WARNING"})
     run.workers = [processes.start([*run.worker_args(), "--concurrency", "4"], env=run.env)]
-    stop, copied = threading.Event(), []
-
-    def duplicate():
-        consumer = KafkaConsumer(run.topic, bootstrap_servers=kafka.bootstrap_servers,
-                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                 consumer_timeout_ms=300)
-        producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
-        while not stop.is_set():
-            for record in consumer:
-                if record.headers and ("copy", b"1") in record.headers:
-                    continue
-                producer.send(run.topic, record.value, key=record.key,
-                              headers=[("copy", b"1")])
-                copied.append(record.offset)
-            producer.flush()
-        consumer.close()
-        producer.close()
-
-    copier = threading.Thread(target=duplicate, daemon=True)
-    copier.start()
-    try:
+    with every_record_twice(run) as copied:
         run.submit(50, 5, lambda i: {"sleep": 0.05})
         run.wait_until_final()
-    finally:
-        stop.set()
-        copier.join(30)
     assert len(copied) >= 50 * 6  # every operation and task message twice
     run.check(5)
     ran = side_effects(effects)

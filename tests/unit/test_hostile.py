@@ -51,12 +51,23 @@ class Note(Task):
         return Result(uuid=self.uuid, retcode=self.params.get("retcode", 0), retval=retval)
 
 
+@registry.subscribe
 class Strange(Task):
     """Returns a retval JSON cannot hold."""
 
     def run(self):
         RUNS.append(self.uuid)
         return Result(uuid=self.uuid, retval={"when": object()})
+
+
+@registry.subscribe
+class Undecodable(Task):
+    """Returns a file name as os.fsdecode gives it for bytes that are not UTF-8."""
+
+    def run(self):
+        RUNS.append(self.uuid)
+        return Result(uuid=self.uuid, retval={"path": b"/tmp/\xff".decode("utf-8",
+                                                                          "surrogateescape")})
 
 
 @registry.subscribe
@@ -68,8 +79,8 @@ class Steps(Operation):
 
 @registry.subscribe
 class StrangeOp(Operation):
-    def build_tasks(self, **params):
-        return [Strange(), Note()]
+    def build_tasks(self, kind="json", **params):
+        return [Undecodable() if kind == "surrogate" else Strange(), Note()]
 
 
 @pytest.fixture
@@ -126,6 +137,18 @@ class Env:
     def attempts(self, task_id):
         with self.store.transaction() as tx:
             return tx.get_attempts(task_id)
+
+
+def start_until(consumer, condition):
+    """Run ``consumer`` in a thread (not leaving when idle) until ``condition()`` holds;
+    return the thread."""
+    consumer._exit_when_idle = False
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return thread
 
 
 def note(uuid, **fields):
@@ -223,7 +246,6 @@ def task_message(op_id, task_id, entrypoint=Note.path, **kser):
 
 
 def test_a_message_naming_another_entrypoint_for_a_stored_task_runs_nothing(env):
-    registry.subscribe(Strange)
     op, ids = launch(env)
     env.produce(task_message(op.uuid, ids[0], entrypoint=Strange.path))
     env.drain()
@@ -327,6 +349,16 @@ def test_a_task_returning_what_json_cannot_hold_fails_once(env):
     assert len(RUNS) == 1
 
 
+def test_a_result_holding_a_lone_surrogate_fails_the_task_instead_of_its_follow_up(env):
+    """kser's decoder refuses lone surrogates: its encoder does too, so the task fails
+    with why, rather than its next task's message being dead-lettered on arrival."""
+    op = StrangeOp(params={"kind": "surrogate"}).send()
+    env.drain()
+    row, _tasks = env.tasks(op.uuid)
+    assert row["status"] == "FAILED" and "cannot store or forward" in row["result"]["stderr"]
+    assert len(RUNS) == 1 and env.dead() == []
+
+
 def test_a_result_too_large_to_forward_fails_the_task_once(env):
     op, ids = launch(env, task_params={"blob_size": 2_000_000})
     env.drain()
@@ -363,12 +395,7 @@ def test_a_removed_sqlite_store_stops_the_worker(env, tmp_path, monkeypatch):
     monkeypatch.setattr(registry.sequencer, "_store", store)
     launch(env, steps=1, task_params={"block": True})
     consumer = env.consumer()
-    consumer._exit_when_idle = False
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not RUNS and time.monotonic() < deadline:
-        time.sleep(0.05)
+    thread = start_until(consumer, lambda: RUNS)
     os.remove(f"{tmp_path}/gone.db")  # while the task runs
     RELEASE.set()
     thread.join(10)
@@ -437,12 +464,7 @@ def test_safe_text_escapes_what_utf8_and_databases_refuse():
 def test_a_task_that_never_returns_does_not_stop_a_worker_from_stopping(env):
     env.produce(note("hung", params={"hang": True}))
     consumer = env.consumer(shutdown_timeout=0.5)
-    consumer._exit_when_idle = False
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while "hung" not in RUNS and time.monotonic() < deadline:
-        time.sleep(0.05)
+    thread = start_until(consumer, lambda: "hung" in RUNS)
     consumer.stop()
     thread.join(10)
     assert not thread.is_alive()
@@ -453,12 +475,7 @@ def test_a_task_that_never_returns_does_not_stop_a_worker_from_stopping(env):
 def test_a_second_stop_gives_up_on_the_tasks_at_once(env):
     env.produce(note("hung", params={"hang": True}))
     consumer = env.consumer(shutdown_timeout=3600)
-    consumer._exit_when_idle = False
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while "hung" not in RUNS and time.monotonic() < deadline:
-        time.sleep(0.05)
+    thread = start_until(consumer, lambda: "hung" in RUNS)
     consumer.stop()
     time.sleep(0.3)
     assert thread.is_alive()
