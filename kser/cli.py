@@ -5,6 +5,7 @@ Every error is one line on stderr and a non-zero exit status, not a traceback.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import logging
@@ -19,11 +20,14 @@ import click
 from cdumay_error import Error as CdumayError
 
 from kser import __version__
-from kser.config import TRANSPORTS, Settings
+from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
+from kser.errors import StoreError
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
 
+#: the store of ``kser demo``, in the state folder ``.kser`` of the working directory
+DEMO_STORE_URL = "sqlite:///.kser/demo.db"
 #: log line format of the ``kser`` command (the worker name in messages says which consumer)
 LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
 
@@ -94,7 +98,19 @@ def _kafka_errors(settings: Settings):
                            "broker running and reachable, are the credentials right?") from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """kser's commands: a store or configuration error in any of them is one line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            raise KserCliError(str(exc)) from None
+        except CdumayError as exc:  # e.g. a ConfigurationError of a setting
+            raise KserCliError(exc.message) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="kser")
 @click.option("--log-level", default=None, help="Logging level [env KSER_LOG_LEVEL, INFO].")
 @click.pass_context
@@ -140,11 +156,13 @@ def _apply(settings: Settings, **overrides) -> Settings:
               help="Tasks run at once [env KSER_CONCURRENCY, 1].")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=None,
               help="Seconds a stop waits for the tasks in hand [env KSER_SHUTDOWN_TIMEOUT, 30].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds to wait for the broker at start [env KSER_CONNECT_TIMEOUT, 15].")
 @_connection_options
 @click.pass_obj
 def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: str | None,
            dlq_topic: str | None, concurrency: int | None, shutdown_timeout: float | None,
-           transport: str | None, bootstrap_servers: str | None) -> None:
+           timeout: float | None, transport: str | None, bootstrap_servers: str | None) -> None:
     """Consume TOPIC(s) and run each message through REGISTRY (MODULE:ATTRIBUTE).
 
     SIGTERM or SIGINT: tasks in hand finish and are committed, then exit 0; if they
@@ -154,12 +172,11 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
     Before it starts, the worker checks its store and creates its topics and their
     dead-letter topics if they do not exist (KSER_PARTITIONS partitions).
     """
-    from kser.store.store import StoreError
     from kser.worker import WorkerStartError
 
     settings = _apply(settings, group=group, dlq_topic=dlq_topic, transport=transport,
                       bootstrap_servers=bootstrap_servers, concurrency=concurrency,
-                      shutdown_timeout=shutdown_timeout)
+                      shutdown_timeout=shutdown_timeout, connect_timeout=timeout)
     controller = _load_registry(registry)
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")
@@ -170,7 +187,8 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
         try:
             consumer.run()
         except (WorkerStartError, StoreError) as exc:
-            raise KserCliError(f"worker not started: {exc}") from None
+            raise KserCliError(f"worker not started: {exc} (Kafka at {settings.bootstrap_servers}"
+                               f", store {_store_name(settings.store_url)})") from None
     if consumer.fatal is not None:
         click.echo(f"kser: worker stopped: {consumer.fatal}", err=True)
     if consumer.abandoned:
@@ -185,35 +203,74 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
 @click.argument("entrypoint")
 @click.option("--topic", required=True, help="Topic to send to.")
 @click.option("--params", default="{}", help="Parameters as a JSON object.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the ack.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Messages to send (each its own uuid).")
+@click.option("--registry", "registry_spec", default=None, metavar="MODULE:ATTR",
+              help="Check ENTRYPOINT and its required params against this registry first.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds the whole send may take: reaching the broker (at most "
+                   "KSER_CONNECT_TIMEOUT, 15) and its acknowledgement.")
 @_connection_options
 @click.pass_obj
-def send(settings: Settings, entrypoint: str, topic: str, params: str, timeout: float,
-         transport: str | None, bootstrap_servers: str | None) -> None:
-    """Send one message for ENTRYPOINT (e.g. myapp.tasks.Resize) and print its uuid."""
+def send(settings: Settings, entrypoint: str, topic: str, params: str, count: int,
+         registry_spec: str | None, timeout: float, transport: str | None,
+         bootstrap_servers: str | None) -> None:
+    """Send a message for ENTRYPOINT (e.g. myapp.tasks.Resize) and print its uuid.
+
+    A TOPIC that does not exist is created with KSER_PARTITIONS partitions.
+    """
+    started = time.monotonic()
     settings = _apply(settings, transport=transport, bootstrap_servers=bootstrap_servers)
+    settings.connect_timeout = min(settings.connect_timeout, timeout)
     try:
         decoded = json.loads(params)
     except ValueError as exc:
         raise KserCliError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(decoded, dict):
         raise KserCliError("--params must be a JSON object, e.g. '{\"name\": \"x\"}'")
+    if registry_spec is not None:
+        _check_entrypoint(_load_registry(registry_spec), registry_spec, entrypoint, decoded)
     module = _transport(settings.transport)
     producer_module = importlib.import_module(f"{module.__name__}.producer")
-    config = settings.client_config()
-    config["max_message_bytes"] = settings.max_message_bytes
     try:
-        producer = producer_module.Producer(config)
-    except CdumayError as exc:
-        raise KserCliError(exc.message) from None
+        producer = producer_module.Producer(settings.producer_config())
     except _connection_errors() as exc:
-        raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
-    kmsg = Message(uuid=str(uuid.uuid4()), entrypoint=entrypoint, params=decoded)
-    result = producer.send(topic, kmsg, timeout=timeout)
+        raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers} within "
+                           f"{settings.connect_timeout:g} s ({exc}): is the broker running "
+                           "and reachable? (KSER_BOOTSTRAP_SERVERS, --bootstrap-servers; "
+                           "scripts/kafka-local start prints the export line)") from None
+    kmsgs = [Message(uuid=str(uuid.uuid4()), entrypoint=entrypoint, params=decoded)
+             for _ in range(count)]
+    remaining = max(0.1, timeout - (time.monotonic() - started))
+    result = producer.bulk_send(topic, kmsgs, timeout=remaining)
     producer.close()
     if result.retcode >= 300:
-        raise KserCliError(result.stderr)
-    click.echo(kmsg.uuid)
+        raise KserCliError(f"not sent: {result.stderr}")
+    for kmsg in kmsgs:
+        click.echo(kmsg.uuid)
+
+
+def _check_entrypoint(controller: Controller, spec: str, entrypoint: str,
+                      params: dict) -> None:
+    """Refuse an entrypoint ``controller`` does not know, or params it would refuse."""
+    known = controller.ENTRYPOINTS.get(entrypoint)
+    if known is None:
+        close = difflib.get_close_matches(entrypoint, list(controller.ENTRYPOINTS), n=3)
+        raise KserCliError(
+            f"{entrypoint} is not registered in {spec}"
+            + (f"; did you mean {' or '.join(close)}?" if close else
+               f" (it has: {', '.join(sorted(controller.ENTRYPOINTS)) or 'nothing'})"))
+    missing = [name for name in known.REQUIRED_FIELDS if name not in params]
+    if missing:
+        raise KserCliError(f"{entrypoint} requires the param(s) {', '.join(missing)}: give "
+                           f"them in --params")
+
+
+def _store_name(url: str) -> str:
+    """A store URL as shown to people: without its password."""
+    from kser.store.store import _hide_password
+
+    return _hide_password(url)
 
 
 @main.command()
@@ -261,7 +318,7 @@ def _dlq_store(settings: Settings, store_url: str | None):
 def _dlq_options(func):
     func = click.option("--store-url", default=None,
                         help="Store whose dead letters are read too "
-                             "[env KSER_STORE_URL, sqlite:///kser.db].")(func)
+                             f"[env KSER_STORE_URL, {DEFAULT_STORE_URL}].")(func)
     func = click.option("--wait", default=10.0, show_default=True,
                         help="Seconds without a new record after which the end is reached.")(func)
     func = click.option("--dlq-topic", default=None,
@@ -323,14 +380,13 @@ def dlq_replay(settings: Settings, topic: str, wait: float, store_url: str | Non
 
 
 @main.command()
-@click.option("--store-url", default=None, help="Store [env KSER_STORE_URL, sqlite:///kser.db].")
+@click.option("--store-url", default=None, help=f"Store [env KSER_STORE_URL, {DEFAULT_STORE_URL}].")
 @click.pass_obj
 def purge(settings: Settings, store_url: str | None) -> None:
     """Delete finished operations whose retention (TTL_STRATEGY) has expired."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from kser.store import Store
-    from kser.store.store import StoreError
 
     url = store_url or settings.store_url
     try:
@@ -346,13 +402,98 @@ def purge(settings: Settings, store_url: str | None) -> None:
     click.echo(f"purged {count} operation(s)")
 
 
+@main.group()
+def topics() -> None:
+    """Create and describe topics (partitions, replicas, who reads what)."""
+
+
+def _admin(settings: Settings):
+    if settings.transport == "memory":
+        raise KserCliError("the memory transport lives inside one process: kser topics "
+                           "needs a Kafka cluster (--transport kafka or confluent)")
+    module = _transport(settings.transport)
+    admin_module = importlib.import_module(f"{module.__name__}.admin")
+    try:
+        return admin_module.Admin(settings.client_config(), partitions=settings.partitions,
+                                  replication_factor=settings.replication_factor,
+                                  timeout=settings.connect_timeout)
+    except _connection_errors() as exc:
+        raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers} within "
+                           f"{settings.connect_timeout:g} s ({exc}): is the broker running "
+                           "and reachable?") from None
+
+
+@topics.command("create")
+@click.argument("names", nargs=-1, required=True, metavar="TOPIC...")
+@click.option("--partitions", type=click.IntRange(min=1), default=None,
+              help="Partitions: how many workers of a group can share each topic "
+                   "[env KSER_PARTITIONS, 12].")
+@click.option("--replication-factor", type=click.IntRange(min=-1), default=None,
+              help="Replicas of each partition (-1: the broker's default) "
+                   "[env KSER_REPLICATION_FACTOR, -1].")
+@click.option("--dlq/--no-dlq", default=True, show_default=True,
+              help="Create each topic's dead-letter topic too.")
+@_connection_options
+@click.pass_obj
+def topics_create(settings: Settings, names: tuple[str, ...], partitions: int | None,
+                  replication_factor: int | None, dlq: bool, transport: str | None,
+                  bootstrap_servers: str | None) -> None:
+    """Create TOPIC(s) (and their dead-letter topics) unless they exist."""
+    settings = _apply(settings, partitions=partitions, replication_factor=replication_factor,
+                      transport=transport, bootstrap_servers=bootstrap_servers)
+    wanted = list(dict.fromkeys(
+        [*names, *((settings.dlq_for(name) for name in names) if dlq else ())]))
+    with _kafka_errors(settings), _admin(settings) as admin:
+        created = admin.ensure(wanted)
+        infos = admin.describe(wanted)
+    for info in infos:
+        state = "created" if info.name in created else "exists"
+        line = (f"{info.name}: {state}, {len(info.partitions)} partition(s), replication "
+                f"factor {info.replication_factor}")
+        if info.name not in created and len(info.partitions) < settings.partitions:
+            line += (f" (fewer than {settings.partitions}: at most {len(info.partitions)} "
+                     "worker(s) of a group work on it; Kafka can add partitions: "
+                     "kafka-topics.sh --alter --partitions N)")
+        click.echo(line)
+
+
+@topics.command("describe")
+@click.argument("names", nargs=-1, required=True, metavar="TOPIC...")
+@click.option("--group", default=None, help="Consumer group [env KSER_GROUP, kser].")
+@_connection_options
+@click.pass_obj
+def topics_describe(settings: Settings, names: tuple[str, ...], group: str | None,
+                    transport: str | None, bootstrap_servers: str | None) -> None:
+    """Show TOPIC(s): partitions, replicas, and per partition the group's owner and lag."""
+    from kser.topics import TopicNotFoundError
+
+    settings = _apply(settings, group=group, transport=transport,
+                      bootstrap_servers=bootstrap_servers)
+    try:
+        with _kafka_errors(settings), _admin(settings) as admin:
+            infos = admin.describe(list(names), settings.group)
+    except TopicNotFoundError as exc:
+        raise KserCliError(str(exc)) from None
+    for info in infos:
+        click.echo(f"{info.name}: {len(info.partitions)} partition(s), replication factor "
+                   f"{info.replication_factor}; group {info.group}: {info.members} "
+                   f"member(s), lag {info.lag}")
+        for part in info.partitions:
+            click.echo(f"  partition {part.partition:>3}: leader {part.leader}, end "
+                       f"{part.end_offset}, committed "
+                       f"{'-' if part.committed is None else part.committed}, lag {part.lag}, "
+                       f"owner {part.owner or '-'}")
+
+
 @main.command()
 @click.option("--dice", default=3, show_default=True, help="Dice to roll.")
-@click.option("--store-url", default=None, help="Store [env KSER_STORE_URL, sqlite:///kser.db].")
+@click.option("--store-url", default=None,
+              help=f"Store [default {DEMO_STORE_URL}, in the state folder .kser].")
 def demo(dice: int, store_url: str | None) -> None:
     """Run the dice example end to end in this process (no broker needed)."""
     from kser.demo import run_demo
 
+    store_url = store_url or DEMO_STORE_URL
     operation = run_demo(dice, store_url)
     click.echo(f"\nOperation {operation['entrypoint']}[{operation['id']}]: {operation['status']}")
     for task in operation["tasks"]:
@@ -362,6 +503,9 @@ def demo(dice: int, store_url: str | None) -> None:
                    f"{result.get('stdout', '')}")
     rolls = (operation["result"] or {}).get("retval", {}).get("rolls", [])
     click.echo(f"rolled {len(rolls)} dice: {', '.join(map(str, rolls))} (total {sum(rolls)})")
+    click.echo(f"state kept in {_store_name(store_url)}: the operation, its "
+               "tasks, their attempts and results (kser purge --store-url ... clears "
+               "finished ones)")
     if operation["status"] != "SUCCESS":
         sys.exit(1)
 

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from cdumay_error.types import ConfigurationError
 
+#: the embedded store: a SQLite file in the state directory ``.kser`` of the working
+#: directory (created when needed; .gitignore it)
+DEFAULT_STORE_URL = "sqlite:///.kser/kser.db"
+
 #: transports by the name ``--transport`` / ``KSER_TRANSPORT`` use
 TRANSPORTS = {"kafka": "kser.python_kafka", "confluent": "kser.confluent",
               "memory": "kser.memory"}
@@ -64,6 +68,19 @@ class Settings:
     #: largest serialised message ``send`` accepts, bytes (Kafka's default limit is 1 MiB)
     max_message_bytes: int = field(
         default_factory=lambda: _int("KSER_MAX_MESSAGE_BYTES", str(1024 * 1024)))
+    #: seconds a client waits for the cluster when it starts (``kser send --timeout``,
+    #: ``kser worker --timeout``) before it says the broker cannot be reached
+    connect_timeout: float = field(
+        default_factory=lambda: _float("KSER_CONNECT_TIMEOUT", "15"))
+    #: seconds after which the group gives a silent worker's partitions to the others
+    #: (its session timeout: what a SIGKILLed worker's records wait for); the broker
+    #: bounds it (group.min.session.timeout.ms, 6 s by default)
+    session_timeout: float = field(
+        default_factory=lambda: _float("KSER_SESSION_TIMEOUT", "10"))
+    #: seconds between a worker's heartbeats to its group (a third of the session timeout
+    #: or less)
+    heartbeat_interval: float = field(
+        default_factory=lambda: _float("KSER_HEARTBEAT_INTERVAL", "3"))
     #: seconds a worker waits for the broker to acknowledge what it produced before it
     #: gives up and processes the record again
     send_timeout: float = field(default_factory=lambda: _float("KSER_SEND_TIMEOUT", "60"))
@@ -90,10 +107,10 @@ class Settings:
     #: seconds to wait before processing again a record whose store or broker failed
     redo_backoff: float = field(default_factory=lambda: _float("KSER_REDO_BACKOFF", "1.0"))
     #: SQLAlchemy URL of the store (operations, tasks, outbox)
-    store_url: str = field(default_factory=lambda: _env("KSER_STORE_URL", "sqlite:///kser.db"))
+    store_url: str = field(default_factory=lambda: _env("KSER_STORE_URL", DEFAULT_STORE_URL))
     #: seconds a running task's lease lasts; renewed every third of it while the task runs.
     #: A task whose worker died is taken over once its lease expired.
-    task_lease: float = field(default_factory=lambda: _float("KSER_TASK_LEASE", "30"))
+    task_lease: float = field(default_factory=lambda: _float("KSER_TASK_LEASE", "10"))
     #: seconds between two sweeps for due retries, expired leases and unsent messages
     sweep_interval: float = field(
         default_factory=lambda: _float("KSER_SWEEP_INTERVAL", "1"))
@@ -131,3 +148,15 @@ class Settings:
             return {"broker": "default", **({"group_id": group} if group else {})}
         module = importlib.import_module(TRANSPORTS[self.transport])
         return module.connection_config(self.bootstrap_servers, group, self.security())
+
+    def producer_options(self) -> dict:
+        """kser's own producer options (every transport's producer takes them out of
+        its configuration): the size limit, the connect timeout, and the partitions and
+        replicas of the topics it creates."""
+        return {"max_message_bytes": self.max_message_bytes,
+                "connect_timeout": self.connect_timeout, "partitions": self.partitions,
+                "replication_factor": self.replication_factor}
+
+    def producer_config(self) -> dict:
+        """The configuration of a producer of :attr:`transport`, kser's options included."""
+        return {**self.client_config(), **self.producer_options()}

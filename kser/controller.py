@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -19,15 +21,23 @@ from cdumay_result import Result
 from kser.config import Settings
 from kser.crypto import Sealer
 from kser.entry import Entrypoint
-from kser.errors import WorkerFatalError, safe_text
+from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import error_result, exception_result, is_success
 from kser.schemas import Message
+from kser.topics import TopicAdmin
 
 logger = logging.getLogger(__name__)
 
 #: default largest serialised message accepted by ``send`` (bytes); Kafka's
 #: own default ``max.message.bytes`` is 1 MiB
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+#: seconds a new client waits for the cluster (KSER_CONNECT_TIMEOUT)
+DEFAULT_CONNECT_TIMEOUT = 15.0
+#: kser's own options in a transport producer's configuration
+PRODUCER_OPTIONS = ("max_message_bytes", "connect_timeout", "partitions", "replication_factor")
+#: seconds before a topic that could not be checked (the cluster did not answer) is
+#: checked again
+TOPIC_RETRY_INTERVAL = 60.0
 
 
 class BaseController:
@@ -210,10 +220,25 @@ class BaseProducer(BaseController):
         are refused at send time with a clear error instead of by the broker
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 12,
+                 replication_factor: int = -1) -> None:
         self.max_message_bytes = max_message_bytes
+        #: seconds the client waits for the cluster when it starts
+        self.connect_timeout = connect_timeout
+        #: partitions and replicas of the topics it creates (see :mod:`kser.topics`)
+        self.partitions, self.replication_factor = partitions, replication_factor
         #: seals record values when KSER_SECRET_KEYS is set
         self.sealer = Sealer.from_settings(Settings())
+        self._topics_checked: set[str] = set()
+        self._topics_retry: dict[str, float] = {}
+        self._topics_lock = threading.Lock()
+
+    @staticmethod
+    def take_options(config: dict) -> dict:
+        """Take kser's own options (:meth:`kser.config.Settings.producer_options`) out of
+        a transport's producer ``config``; return them as this class's keyword arguments."""
+        return {name: config.pop(name) for name in PRODUCER_OPTIONS if name in config}
 
     # -- transport adapter -------------------------------------------------------------
 
@@ -227,6 +252,42 @@ class BaseProducer(BaseController):
 
     def close(self) -> None:
         """Release the client (flushes what is queued)."""
+
+    def _new_admin(self) -> TopicAdmin:
+        """A topic admin of this producer's cluster (not implemented: topics are not
+        checked)."""
+        raise NotImplementedError
+
+    def _admin_options(self) -> dict:
+        return dict(partitions=self.partitions, replication_factor=self.replication_factor,
+                    timeout=self.connect_timeout)
+
+    def ensure_topic(self, topic: str) -> None:
+        """Create ``topic`` with :attr:`partitions` partitions if it does not exist, once
+        per producer (before its first record to it); a failure is logged, never raised:
+        the record is sent anyway (Kafka then creates the topic with its own
+        ``num.partitions`` if it may, or refuses the record)."""
+        if topic in self._topics_checked:
+            return
+        with self._topics_lock:
+            if topic in self._topics_checked or (
+                    time.monotonic() < self._topics_retry.get(topic, 0)):
+                return
+            try:
+                with self._new_admin() as admin:
+                    if admin.ensure([topic]):
+                        logger.info("%s: created topic %s (%d partitions)",
+                                    type(self).__name__, topic, self.partitions)
+            except NotImplementedError:
+                pass
+            except Exception as exc:
+                logger.warning("%s: topic %s could not be checked or created (%s); sending "
+                               "anyway. Create it: kser topics create %s",
+                               type(self).__name__, topic, safe_text(exc, 300), topic)
+                if is_transient(exc):  # the cluster may answer later: ask again then
+                    self._topics_retry[topic] = time.monotonic() + TOPIC_RETRY_INTERVAL
+                    return
+            self._topics_checked.add(topic)
 
     # -- shared behaviour --------------------------------------------------------------
 
@@ -275,6 +336,7 @@ class BaseProducer(BaseController):
         kmsgs = list(kmsgs)
         try:
             records = [self.encode(kmsg) for kmsg in kmsgs]
+            self.ensure_topic(topic)
             for key, value in records:
                 self._produce(topic, value, key)
             self._flush(timeout)
@@ -298,6 +360,7 @@ class BaseProducer(BaseController):
         :param on_delivery: called with None once the broker acknowledged the record,
             or with the error that lost it (in the client's thread, or during a flush)
         """
+        self.ensure_topic(topic)
         self._produce(topic, value, key, headers, on_delivery)
 
     def flush(self, timeout: float = 60) -> None:

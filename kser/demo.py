@@ -45,7 +45,8 @@ class DiceLaunch(Operation):
 def run_demo(dice: int = 3, store_url: str | None = None) -> dict:
     """Launch one DiceLaunch and consume until done; return the operation as stored.
 
-    :param store_url: the store (default ``KSER_STORE_URL``, a SQLite file ``kser.db``)
+    :param store_url: the store (default ``KSER_STORE_URL``, the SQLite file
+        ``.kser/kser.db``; ``kser demo`` uses ``.kser/demo.db``)
     """
     registry.configure(store=store_url, producer=Producer({"broker": BROKER}), topic=TOPIC)
     operation = DiceLaunch(params={"dice": dice})

@@ -22,6 +22,10 @@ from __future__ import annotations
 DEFAULT_TEXT_LIMIT = 2000
 
 
+class StoreError(Exception):
+    """The store cannot be used: a wrong URL, a missing driver, an unreachable database."""
+
+
 class WorkerFatalError(Exception):
     """This worker cannot go on (e.g. its SQLite store file was removed): it stops."""
 
@@ -78,6 +82,11 @@ def is_transient(exc: BaseException) -> bool:
 
 #: DB-API exception classes (PEP 249) that mean the database, not the statement, failed
 _DBAPI_TRANSIENT = frozenset({"OperationalError", "InterfaceError"})
-#: librdkafka's local errors that mean "the cluster could not be reached in time"
-_LIBRDKAFKA_TRANSIENT = frozenset({"_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT",
-                                   "_MSG_TIMED_OUT", "_RESOLVE", "_WAIT_COORD"})
+#: librdkafka's local errors that mean "the cluster could not be reached in time", and
+#: the broker's errors of a cluster that is moving (a leader or coordinator changing, a
+#: topic just created), which librdkafka does not always flag retriable
+_LIBRDKAFKA_TRANSIENT = frozenset({
+    "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_MSG_TIMED_OUT", "_RESOLVE",
+    "_WAIT_COORD", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE",
+    "UNKNOWN_TOPIC_OR_PART", "NOT_COORDINATOR", "COORDINATOR_NOT_AVAILABLE",
+    "COORDINATOR_LOAD_IN_PROGRESS", "REQUEST_TIMED_OUT"})

@@ -26,7 +26,11 @@ redone elsewhere, and :attr:`BaseConsumer.exit_code` is 1), or on a
 :class:`~kser.errors.WorkerFatalError` (its store file removed).
 
 A transport subclasses :class:`BaseConsumer` and adapts its client's calls:
-``_poll``, ``_commit``, ``_pause``, ``_resume``, ``_close``, ``_new_producer``.
+``_poll``, ``_commit``, ``_pause``, ``_resume``, ``_close``, ``_new_producer``,
+``_new_admin``. Its client's group session timeout and heartbeat interval
+default to ``settings.session_timeout`` and ``settings.heartbeat_interval``, and
+its client id to the worker's name (``kser topics describe`` shows who owns
+which partition).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from kser.controller import BaseProducer, Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
 from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result
+from kser.topics import TopicAdmin
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +61,6 @@ __all__ = ["DLQ_HEADERS", "BaseConsumer", "Record", "WorkerStartError"]
 BUSY_POLL_INTERVAL = 0.2
 #: longest wait before a record whose infrastructure failed is processed again, seconds
 REDO_MAX_BACKOFF = 30.0
-#: how long a starting worker retries checking its topics while the broker is unreachable
-#: (its client reached the broker a moment before), seconds
-STARTUP_RETRY_TIMEOUT = 60.0
 #: first and longest wait after a failed poll before the next one, seconds
 POLL_RETRY_MIN, POLL_RETRY_MAX = 0.5, 10.0
 #: the client's max.poll.interval.ms when its configuration does not set it (both clients)
@@ -200,10 +202,24 @@ class BaseConsumer:
     def _new_producer(self) -> BaseProducer:
         raise NotImplementedError
 
+    def _new_admin(self) -> TopicAdmin:
+        """A topic admin of this consumer's cluster (see :mod:`kser.topics`)."""
+        raise NotImplementedError
+
     def _ensure_topics(self, topics: list[str]) -> list[str]:
         """Create those of ``topics`` that do not exist (``settings.partitions``
         partitions, ``settings.replication_factor`` replicas); return the created ones."""
-        raise NotImplementedError
+        with self._new_admin() as admin:
+            return admin.ensure(topics)
+
+    def _producer_options(self) -> dict:
+        """kser's own producer options, from this consumer's settings."""
+        return self.settings.producer_options()
+
+    def _admin_options(self) -> dict:
+        return dict(partitions=self.settings.partitions,
+                    replication_factor=self.settings.replication_factor,
+                    timeout=self.settings.connect_timeout)
 
     @staticmethod
     def _force_manual_commit(config: dict, key: str) -> dict:
@@ -300,23 +316,28 @@ class BaseConsumer:
                 raise WorkerStartError(str(exc)) from None
         topics = list(dict.fromkeys([*self.topics,
                                      *(self.settings.dlq_for(t) for t in self.topics)]))
-        deadline = time.monotonic() + STARTUP_RETRY_TIMEOUT
+        # a blip is tried again; a cluster that stays silent for connect_timeout is an error
+        deadline = time.monotonic() + self.settings.connect_timeout
         while True:
             try:
                 created = self._ensure_topics(topics)
                 break
             except Exception as exc:
-                if is_transient(exc) and time.monotonic() < deadline:
-                    # the client just reached the broker: a blip, not a wrong setting
-                    logger.warning("%s: checking the topics failed (%s); trying again",
-                                   self.name, safe_text(exc, 300))
-                    self._stopping.wait(POLL_RETRY_MIN * 2)
-                    continue
-                raise WorkerStartError(
-                    f"the topics {', '.join(topics)} cannot be checked or created "
-                    f"({safe_text(exc, 500)}): a worker needs its topics and their "
-                    "dead-letter topics; create them, or give kser the right to (and check "
-                    "the names)") from None
+                if not is_transient(exc):
+                    raise WorkerStartError(
+                        f"the topics {', '.join(topics)} cannot be checked or created "
+                        f"({safe_text(exc, 500)}): a worker needs its topics and their "
+                        "dead-letter topics; create them (kser topics create), or give kser "
+                        "the right to, and check the names") from None
+                if time.monotonic() >= deadline:
+                    raise WorkerStartError(
+                        f"the Kafka cluster did not answer within "
+                        f"{self.settings.connect_timeout:g} s ({safe_text(exc, 300)}): is "
+                        "the broker running and reachable?") from None
+                logger.warning("%s: checking the topics failed (%s); trying again",
+                               self.name, safe_text(exc, 300))
+                if self._stopping.wait(POLL_RETRY_MIN * 2):
+                    raise WorkerStartError("stopped while it checked its topics") from None
         if created:
             logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
 

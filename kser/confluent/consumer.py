@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError
 
 from kser.confluent.producer import Producer
 from kser.errors import WorkerFatalError, safe_text
@@ -20,10 +19,6 @@ CONSUMER_ONLY_KEYS = frozenset({
     "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
     "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs",
     "logger", "error_cb"})
-
-
-#: seconds to wait for the cluster when the worker checks or creates its topics
-TOPICS_TIMEOUT = 15
 
 
 class Consumer(BaseConsumer):
@@ -40,6 +35,10 @@ class Consumer(BaseConsumer):
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable.auto.commit")
         client_config.setdefault("logger", logging.getLogger("confluent_kafka"))
+        client_config.setdefault("session.timeout.ms", int(self.settings.session_timeout * 1000))
+        client_config.setdefault("heartbeat.interval.ms",
+                                 int(self.settings.heartbeat_interval * 1000))
+        client_config.setdefault("client.id", self.name)
         self.client = confluent_kafka.Consumer(client_config)
         self.client.subscribe(self.topics)
 
@@ -83,28 +82,14 @@ class Consumer(BaseConsumer):
     def _close(self) -> None:
         self.client.close()
 
-    def _ensure_topics(self, topics: list[str]) -> list[str]:
+    def _new_admin(self):
         # a client of its own: the consumer's list_topics() left its later fetches slower
         # (unloaded hop p50 about 3.5 ms against 2.5 ms, benchmarks/sequencing.py)
-        admin = AdminClient({key: value for key, value in self.config.items()
-                             if key not in CONSUMER_ONLY_KEYS})
-        existing = admin.list_topics(timeout=TOPICS_TIMEOUT).topics
-        missing = [topic for topic in topics if topic not in existing]
-        if not missing:
-            return []
-        futures = admin.create_topics(
-            [NewTopic(topic, num_partitions=self.settings.partitions,
-                      replication_factor=self.settings.replication_factor)
-             for topic in missing], request_timeout=TOPICS_TIMEOUT)
-        for future in futures.values():
-            try:
-                future.result(timeout=TOPICS_TIMEOUT)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-        return missing
+        from kser.confluent.admin import Admin
+
+        return Admin(self.config, **self._admin_options())
 
     def _new_producer(self) -> Producer:
         return Producer({**{key: value for key, value in self.config.items()
                             if key not in CONSUMER_ONLY_KEYS},
-                         "max_message_bytes": self.settings.max_message_bytes})
+                         **self._producer_options()})

@@ -7,12 +7,10 @@ import logging
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
+from kser.controller import BaseProducer
 
 #: bytes a record's framing adds to its value, allowed above KSER_MAX_MESSAGE_BYTES
 REQUEST_OVERHEAD = 4096
-#: seconds a new producer waits for the cluster's metadata before giving up
-CONNECT_TIMEOUT = 15
 
 
 class Producer(BaseProducer):
@@ -24,14 +22,16 @@ class Producer(BaseProducer):
         of an operation: a follow-up is sent without waiting for a flush, and
         messages still batch while a request is in flight); librdkafka's logs go
         to the ``confluent_kafka`` Python logger.
-        kser's own ``max_message_bytes`` may be given too.
+        kser's own options (``max_message_bytes``, ``connect_timeout``, ``partitions``,
+        ``replication_factor``: ``Settings.producer_options()``) may be given too.
     :raises confluent_kafka.KafkaException: the cluster did not answer within
-        :data:`CONNECT_TIMEOUT` seconds
+        ``connect_timeout`` seconds
     """
 
     def __init__(self, config: dict):
         config = dict(config)
-        super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+        super().__init__(**self.take_options(config))
+        self._connection = dict(config)
         config.setdefault("acks", "all")
         # what kser's own size check lets through, the client lets through (librdkafka's
         # default is 1,000,000 bytes, below kser's 1 MiB)
@@ -46,7 +46,7 @@ class Producer(BaseProducer):
         # librdkafka retries an unreachable broker forever: ask for metadata once so
         # a wrong address or a refused login is an error now, not a send that times out
         try:
-            self.client.list_topics(timeout=CONNECT_TIMEOUT)
+            self.client.list_topics(timeout=self.connect_timeout)
         except KafkaException:
             self.client.poll(0)  # serves error_cb: the reason, when librdkafka knows it
             refused = [e for e in self._client_errors if e.code() == KafkaError._AUTHENTICATION]
@@ -86,6 +86,11 @@ class Producer(BaseProducer):
         if remaining:
             raise TimeoutError(f"Kafka did not acknowledge {remaining} message(s) within "
                                f"{timeout} s")
+
+    def _new_admin(self):
+        from kser.confluent.admin import Admin
+
+        return Admin(self._connection, **self._admin_options())
 
     def close(self) -> None:
         self.client.flush(10)

@@ -57,6 +57,11 @@ class MemoryBroker:
         with self._lock:
             return topic in self._topics
 
+    def partition_ends(self, topic: str) -> list[int]:
+        """The offset after the last record of each partition of ``topic``."""
+        with self._lock:
+            return [len(log) for log in self._topics.get(topic, [])]
+
     def produce(self, topic: str, value: bytes, key: bytes | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> Record:
         """Append a record; the key (or the record count) picks the partition."""

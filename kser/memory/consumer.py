@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kser.memory.admin import Admin
 from kser.memory.broker import get_broker
 from kser.memory.producer import Producer
 from kser.worker import BaseConsumer, Record, TopicPartition
@@ -58,12 +59,8 @@ class Consumer(BaseConsumer):
     def _close(self) -> None:
         self.broker.leave(self.group, self)
 
-    def _ensure_topics(self, topics: list[str]) -> list[str]:
-        missing = [topic for topic in topics if not self.broker.has_topic(topic)]
-        for topic in missing:
-            self.broker.create_topic(topic)
-        return missing
+    def _new_admin(self) -> Admin:
+        return Admin({"broker": self.broker.name}, **self._admin_options())
 
     def _new_producer(self) -> Producer:
-        return Producer({"broker": self.broker.name,
-                         "max_message_bytes": self.settings.max_message_bytes})
+        return Producer({"broker": self.broker.name, **self._producer_options()})

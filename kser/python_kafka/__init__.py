@@ -25,10 +25,6 @@ def connection_config(bootstrap_servers: str, group_id: str | None = None,
     return config
 
 
-#: milliseconds a new kafka-python client waits for the cluster (kafka-python's default: 30000)
-BOOTSTRAP_TIMEOUT_MS = 15000
-
-
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import CorruptRecordError, TopicAlreadyExistsError
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import CorruptRecordError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
-from kser.python_kafka import BOOTSTRAP_TIMEOUT_MS, explained_bootstrap
+from kser.python_kafka import explained_bootstrap
+from kser.python_kafka.admin import Admin
 from kser.python_kafka.producer import Producer
 from kser.worker import BaseConsumer, Record, TopicPartition
-
-#: seconds to wait for topics the worker created to appear in the cluster's metadata
-TOPICS_TIMEOUT = 15
 
 
 class Consumer(BaseConsumer):
@@ -31,7 +28,11 @@ class Consumer(BaseConsumer):
     def __init__(self, config: dict, topics: list[str] | str, **kwargs):
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable_auto_commit")
-        client_config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+        client_config.setdefault("bootstrap_timeout_ms", int(self.settings.connect_timeout * 1000))
+        client_config.setdefault("session_timeout_ms", int(self.settings.session_timeout * 1000))
+        client_config.setdefault("heartbeat_interval_ms",
+                                 int(self.settings.heartbeat_interval * 1000))
+        client_config.setdefault("client_id", self.name)
         with explained_bootstrap():
             self.client = KafkaConsumer(**client_config)
         self.client.subscribe(self.topics)
@@ -75,30 +76,22 @@ class Consumer(BaseConsumer):
     def _close(self) -> None:
         self.client.close(autocommit=False)
 
+    def _new_admin(self) -> Admin:
+        return Admin(self.config, **self._admin_options())
+
     def _ensure_topics(self, topics: list[str]) -> list[str]:
         missing = [topic for topic in topics if topic not in self.client.topics()]
         if not missing:
             return []
-        admin_config = {key: value for key, value in self.config.items()
-                        if key in KafkaAdminClient.DEFAULT_CONFIG and key != "client_id"}
-        admin = KafkaAdminClient(**admin_config)
-        try:
-            for topic in missing:
-                try:
-                    admin.create_topics([NewTopic(topic, self.settings.partitions,
-                                                  self.settings.replication_factor)])
-                except TopicAlreadyExistsError:
-                    pass  # another worker created it meanwhile
-        finally:
-            admin.close()
+        created = super()._ensure_topics(missing)
         # the subscription learns of a topic created after it at the next metadata
         # refresh (metadata_max_age_ms, 5 minutes): fetch the metadata now
-        deadline = time.monotonic() + TOPICS_TIMEOUT
+        deadline = time.monotonic() + self.settings.connect_timeout
         while not set(missing) <= self.client.topics() and time.monotonic() < deadline:
             time.sleep(0.2)
-        return missing
+        return created
 
     def _new_producer(self) -> Producer:
         return Producer({**{key: value for key, value in self.config.items()
                             if key in KafkaProducer.DEFAULT_CONFIG and key != "client_id"},
-                         "max_message_bytes": self.settings.max_message_bytes})
+                         **self._producer_options()})

@@ -6,8 +6,9 @@ import threading
 
 from kafka import KafkaProducer
 
-from kser.controller import DEFAULT_MAX_MESSAGE_BYTES, BaseProducer
-from kser.python_kafka import BOOTSTRAP_TIMEOUT_MS, explained_bootstrap
+from kser.controller import BaseProducer
+from kser.python_kafka import explained_bootstrap
+from kser.python_kafka.admin import Admin
 
 #: acknowledgement by every in-sync replica: a follow-up is only "sent" once durable
 DEFAULT_ACKS = "all"
@@ -19,18 +20,20 @@ class Producer(BaseProducer):
     """Sends through a ``kafka.KafkaProducer``.
 
     :param config: ``KafkaProducer`` keyword arguments (``bootstrap_servers``,
-        security settings...); ``acks`` defaults to ``"all"``. kser's own
-        ``max_message_bytes`` may be given too.
+        security settings...); ``acks`` defaults to ``"all"``. kser's own options
+        (``max_message_bytes``, ``connect_timeout``, ``partitions``,
+        ``replication_factor``: ``Settings.producer_options()``) may be given too.
     """
 
     def __init__(self, config: dict):
         config = dict(config)
-        super().__init__(config.pop("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+        super().__init__(**self.take_options(config))
+        self._connection = dict(config)
         config.setdefault("acks", DEFAULT_ACKS)
         # what kser's own size check lets through, the client lets through (the broker
         # still has the last word: its refusal is a permanent error)
         config.setdefault("max_request_size", self.max_message_bytes + REQUEST_OVERHEAD)
-        config.setdefault("bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
+        config.setdefault("bootstrap_timeout_ms", int(self.connect_timeout * 1000))
         with explained_bootstrap():
             self.client = KafkaProducer(**config)
         self._futures: list = []
@@ -56,6 +59,9 @@ class Producer(BaseProducer):
                 raise TimeoutError(f"Kafka did not acknowledge a message within {timeout} s")
             if future.failed():
                 raise future.exception
+
+    def _new_admin(self) -> Admin:
+        return Admin(self._connection, **self._admin_options())
 
     def close(self) -> None:
         self.client.close(timeout=10)

@@ -48,7 +48,7 @@ class OperationRegistry:
         this registry: that is how ``Operation.send()`` finds its store and producer.
         """
         if callback.path not in self.controller.ENTRYPOINTS:
-            logger.info("Operation registry: loaded %s", callback.path)
+            logger.debug("Operation registry: loaded %s", callback.path)
             self.controller.register(callback.path, callback)
         callback.registry = self
         return callback
@@ -74,9 +74,8 @@ class OperationRegistry:
             return self.controller.producer
         if self._producer is None:
             module = TRANSPORTS[self.settings.transport]
-            config = self.settings.client_config()
-            config["max_message_bytes"] = self.settings.max_message_bytes
-            self._producer = importlib.import_module(f"{module}.producer").Producer(config)
+            self._producer = importlib.import_module(f"{module}.producer").Producer(
+                self.settings.producer_config())
         return self._producer
 
     def init_app(self, app=None) -> None:

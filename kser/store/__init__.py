@@ -2,7 +2,7 @@
 
 ``Store(url)`` opens the database and applies the migrations it lacks.
 ``KSER_STORE_URL`` picks it: the embedded default is a SQLite file in the
-working directory (``sqlite:///kser.db``); machines that share work share a
+working directory's state folder (``sqlite:///.kser/kser.db``); machines that share work share a
 PostgreSQL database (``postgresql+psycopg://user:pass@host/db``).
 """
 

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, RowMapping, make_url
 from sqlalchemy.pool import QueuePool
 
-from kser.errors import WorkerFatalError, is_transient, safe_text
+from kser.errors import StoreError, WorkerFatalError, is_transient, safe_text
 from kser.store import schema
 from kser.store.migrations import migrate
 
@@ -474,9 +474,6 @@ def _expired(status: str, finished_at: float, ttl: dict | None, now: float) -> b
     return any(limit is not None and now - finished_at >= limit for limit in limits)
 
 
-class StoreError(Exception):
-    """The store cannot be used: a wrong URL, a missing driver, an unreachable database."""
-
 
 class Store:
     """The database of operations, tasks and the outbox.
@@ -495,13 +492,14 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         try:
-            self.engine = _create_engine(url)
+            self.engine = _create_engine(_checked_url(url))
             migrate(self.engine)
+        except StoreError:
+            raise
         except Exception as exc:
             reason = " ".join(safe_text(getattr(exc, "orig", None) or exc).split())
             raise StoreError(f"the store {_hide_password(url)} cannot be used: {reason}; check "
-                             "KSER_STORE_URL (e.g. sqlite:///kser.db, or "
-                             "postgresql+psycopg://user:password@host/db)") from exc
+                             f"KSER_STORE_URL ({SUPPORTED_STORES})") from exc
         self._watched = _sqlite_file(self.engine)
         self._identity = _identity(self._watched) if self._watched else None
 
@@ -564,6 +562,44 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+#: the databases kser stores in, as said to a user whose URL names another
+SUPPORTED_STORES = ("SQLite, sqlite:///path/to/kser.db (one machine), or PostgreSQL, "
+                    "postgresql+psycopg://user:password@host/db (pip install "
+                    "'kser[postgres]'; many machines)")
+
+
+def _checked_url(url: str) -> str:
+    """``url``, its driver made psycopg 3 for a bare ``postgresql://``; refuse, saying what
+    is supported, a URL naming a database kser does not store in; create the folder of
+    a SQLite file (its state directory) when it is missing."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise StoreError(f"the store URL {_hide_password(url)!r} is not a database URL: "
+                         f"kser stores in {SUPPORTED_STORES}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgresql" and not driver:
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(
+            hide_password=False)
+    if backend == "postgresql" and driver != "psycopg":
+        raise StoreError(f"the store URL {_hide_password(url)} names the driver {driver}: "
+                         "kser uses psycopg 3, postgresql+psycopg://user:password@host/db")
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(f"the store URL {_hide_password(url)} names {backend}, which kser "
+                         f"does not store in: use {SUPPORTED_STORES}")
+    database = parsed.database or ""
+    if backend == "sqlite" and database not in ("", ":memory:") and \
+            not database.startswith("file:"):
+        folder = os.path.dirname(database)
+        if folder and not os.path.isdir(folder):
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"the folder of the SQLite store {database} cannot be "
+                                 f"created ({exc.strerror}): check KSER_STORE_URL") from None
+    return url
 
 
 def _create_engine(url: str) -> Engine:

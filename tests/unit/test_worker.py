@@ -40,7 +40,8 @@ def _clear():
 
 
 def send(broker, *params, topic="jobs"):
-    producer = Producer({"broker": broker})
+    # one partition: these tests follow the order of the records
+    producer = Producer({"broker": broker, "partitions": 1})
     for p in params:
         assert producer.send(topic, Message(uuid=f"m{p['n']}", entrypoint=Record.path,
                                             params=p)).retcode == 0

@@ -1,0 +1,88 @@
+"""Topics on kafka-python: a ``KafkaAdminClient``, and a group-less consumer for offsets."""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import TopicPartition
+
+from kser.python_kafka import explained_bootstrap
+from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
+
+
+def _only(config: dict, accepted: dict) -> dict:
+    return {key: value for key, value in config.items()
+            if key in accepted and key != "client_id"}
+
+
+class Admin(TopicAdmin):
+    """:param config: kafka-python connection settings (those of any client of kser)"""
+
+    def __init__(self, config: dict, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config = dict(config)
+        timeout_ms = int(self.timeout * 1000)
+        with explained_bootstrap():
+            self.client = KafkaAdminClient(**{**_only(self.config, KafkaAdminClient.DEFAULT_CONFIG),
+                                              "bootstrap_timeout_ms": timeout_ms,
+                                              "request_timeout_ms": max(timeout_ms, 1000)})
+
+    def _existing(self, topics: list[str]) -> set[str]:
+        return set(self.client.list_topics()) & set(topics)
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
+        for topic in topics:
+            try:
+                self.client.create_topics(
+                    {topic: {"num_partitions": partitions,
+                             "replication_factor": replication_factor}},
+                    timeout_ms=int(self.timeout * 1000))
+            except TopicAlreadyExistsError:
+                pass  # created meanwhile by another worker
+
+    def _describe(self, topics: list[str], group: str | None) -> list[TopicInfo]:
+        infos = []
+        for meta in self.client.describe_topics(topics):
+            infos.append(TopicInfo(meta["name"], sorted(
+                (PartitionInfo(p["partition_index"], p["leader_id"], list(p["replica_nodes"]))
+                 for p in meta["partitions"]), key=lambda p: p.partition), group))
+        tps = [TopicPartition(i.name, p.partition) for i in infos for p in i.partitions]
+        consumer = KafkaConsumer(**{**_only(self.config, KafkaConsumer.DEFAULT_CONFIG),
+                                    "group_id": None, "enable_auto_commit": False,
+                                    "bootstrap_timeout_ms": int(self.timeout * 1000)})
+        try:
+            ends = consumer.end_offsets(tps)
+        finally:
+            consumer.close()
+        committed = {}
+        if group:
+            committed = self.client.list_group_offsets({group: tps}).get(group, {})
+            members = self.client.describe_groups([group]).get(group, {}).get("members", [])
+        owners = {(assigned["topic"], partition): member.get("client_id")
+                  for member in (members if group else [])
+                  for assigned in (member.get("member_assignment") or {}).get(
+                      "assigned_partitions", [])
+                  for partition in assigned["partitions"]}
+        for info in infos:
+            if group:
+                info.members = sum(1 for m in members
+                                   if info.name in _subscribed(m))
+            for part in info.partitions:
+                part.owner = owners.get((info.name, part.partition))
+                tp = TopicPartition(info.name, part.partition)
+                part.end_offset = ends.get(tp)
+                offset = committed.get(tp)
+                part.committed = offset.offset if offset is not None and offset.offset >= 0 \
+                    else None
+        return infos
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _subscribed(member: dict) -> list[str]:
+    """The topics a group member subscribed to, from describe_groups' decoded metadata."""
+    metadata = member.get("member_metadata") or {}
+    if isinstance(metadata, dict):
+        return list(metadata.get("topics") or [])
+    return list(getattr(metadata, "topics", None) or [])
