@@ -39,6 +39,7 @@ from kafka import KafkaConsumer  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.structs import TopicPartition  # noqa: E402
 
+from benchmarks import scratch  # noqa: E402
 from benchmarks.memory import kafka_bootstrap, produce  # noqa: E402
 
 LEGACY_VENV = ROOT / "benchmarks" / ".venv-kser0827"
@@ -67,6 +68,7 @@ cons.run()
 #: the bare client loop: consume, no processing, commit once per batch
 BARE_WORKER = '''
 import sys
+import tempfile
 from kafka import KafkaConsumer
 consumer = KafkaConsumer(sys.argv[3], bootstrap_servers=sys.argv[1], group_id=sys.argv[2],
                          auto_offset_reset="earliest", enable_auto_commit=False)
@@ -129,9 +131,9 @@ def one_run(name: str, bootstrap: str, messages: int) -> float:
     entrypoint = "__main__.Noop" if name == "kser 0.8.27" else "benchmarks.tasks.Noop"
     produce(bootstrap, topic, messages, entrypoint)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KSER_LOG_LEVEL": "WARNING",
-           "KSER_STORE_URL": f"sqlite:///{tempfile.mkdtemp()}/unused.db"}
+           "KSER_STORE_URL": f"sqlite:///{scratch('kser-bench-')}/unused.db"}
     if name == "kser 0.8.27":
-        script = Path(tempfile.mkdtemp()) / "legacy_worker.py"
+        script = scratch("kser-bench-legacy-") / "legacy_worker.py"
         script.write_text(LEGACY_WORKER)
         env.pop("PYTHONPATH")
         command = [legacy_python(), str(script), bootstrap, group, str(script.parent), topic]

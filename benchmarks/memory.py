@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from kafka import KafkaConsumer  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.structs import TopicPartition  # noqa: E402
 
+from benchmarks import scratch  # noqa: E402
 from kser.python_kafka.producer import Producer  # noqa: E402
 from kser.schemas import Message  # noqa: E402
 
@@ -74,7 +74,7 @@ def run(bootstrap: str, messages: int, transport: str, partitions: int = 3) -> d
     admin.close()
     produce(bootstrap, topic, messages)
     env = {**os.environ, "KSER_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-           "KSER_STORE_URL": f"sqlite:///{tempfile.mkdtemp()}/unused.db"}
+           "KSER_STORE_URL": f"sqlite:///{scratch('kser-bench-')}/unused.db"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "kser.cli", "worker", "benchmarks.tasks:registry",
          "--topic", topic, "--group", group, "--transport", transport,
@@ -121,7 +121,7 @@ def kafka_bootstrap():
         return
     from kafka_local import KafkaBroker
 
-    broker = KafkaBroker(tempfile.mkdtemp(prefix="kser-bench-kafka-")).start()
+    broker = KafkaBroker(scratch("kser-bench-kafka-")).start()
     try:
         yield broker.bootstrap_servers
     finally:

@@ -39,7 +39,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -52,6 +51,7 @@ import sqlalchemy  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
+from benchmarks import scratch  # noqa: E402
 from benchmarks.memory import kafka_bootstrap  # noqa: E402
 from benchmarks.tasks import TimedChain, registry  # noqa: E402
 from kser.python_kafka.producer import Producer  # noqa: E402
@@ -79,7 +79,7 @@ def postgres():
     """A local PostgreSQL (scripts/pg-local) for the block; yields a fresh-database maker."""
     from pg_local import PostgresServer
 
-    workdir = Path(tempfile.mkdtemp(prefix="kser-bench-pg-", dir="/tmp"))
+    workdir = Path(scratch("kser-bench-pg-", dir="/tmp"))
     os.chmod(workdir, 0o755)
     server = PostgresServer(workdir / "pg").start()
     try:
@@ -108,7 +108,7 @@ def redis_server():
     if binary is None:
         raise RuntimeError("redis-server is not installed: apt-get install redis-server "
                            "(scripts/install-system-deps does it)")
-    workdir, port = tempfile.mkdtemp(prefix="kser-bench-redis-"), free_port()
+    workdir, port = str(scratch("kser-bench-redis-")), free_port()
     process = subprocess.Popen(
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir,
          "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
@@ -203,7 +203,7 @@ class KserRun:
         self.processes: list[subprocess.Popen] = []
         self.producer = Producer({"bootstrap_servers": bootstrap, "linger_ms": 5})
         registry.configure(store=self.store, producer=self.producer, topic=self.topic)
-        self.logs = Path(tempfile.mkdtemp(prefix="kser-bench-logs-"))
+        self.logs = scratch("kser-bench-logs-")
 
     def __enter__(self) -> KserRun:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -261,7 +261,8 @@ class KserRun:
                 .where(op.id.in_(ids))).all()
         failed = [row.id for row in rows if row.status not in ("RUNNING", "SUCCESS")]
         if failed:
-            raise RuntimeError(f"operations ended {failed[:3]}...: see {self.logs}")
+            raise RuntimeError(f"operations ended {failed[:3]}...: see {self.logs} (run with "
+                               "KSER_BENCH_KEEP=1 to keep it)")
         return sum(row.status == "SUCCESS" for row in rows)
 
     def bulk(self, operations: int, hops: int) -> dict:
@@ -331,7 +332,7 @@ class CeleryRun:
 
     def __init__(self, redis_url: str, workers: int):
         self.python = celery_python()
-        self.times = Path(tempfile.mkdtemp(prefix="kser-bench-celery-"))
+        self.times = scratch("kser-bench-celery-")
         self.env = {**os.environ, "BENCH_REDIS_URL": redis_url,
                     "BENCH_TIMES_DIR": str(self.times),
                     "PYTHONPATH": str(ROOT / "benchmarks")}
@@ -344,7 +345,7 @@ class CeleryRun:
         subprocess.run([self.python, "-m", "celery", "-A", "celery_chain", "purge", "-f"],
                        env=self.env, check=True, capture_output=True, timeout=60)
         for number in range(self.workers):
-            log = self.times.parent / f"{self.times.name}-worker-{number}.log"
+            log = self.times / f"worker-{number}.log"
             self.logs.append(log)
             self.processes.append(subprocess.Popen(
                 [self.python, "-m", "celery", "-A", "celery_chain", "worker", "--pool", "solo",
@@ -421,7 +422,7 @@ def main() -> int:
         for store in stores:
             for count in workers:
                 url = (new_database(pg) if store == "postgresql"
-                       else f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db")
+                       else f"sqlite:///{scratch('kser-bench-')}/kser.db")
                 name = f"kser ({args.transport}), {store}, {count} worker{'s' * (count > 1)}"
                 with KserRun(bootstrap, url, count, args.transport, args.submit) as run:
                     report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
@@ -435,7 +436,7 @@ def main() -> int:
                     report(name, "bulk", run.bulk(args.operations, args.hops))
         scaling = [int(n) for n in args.scaling.split(",") if n]
         for stored in scaling:
-            url = f"sqlite:///{tempfile.mkdtemp(prefix='kser-bench-')}/kser.db"
+            url = f"sqlite:///{scratch('kser-bench-')}/kser.db"
             fill_store(url, stored, args.hops)
             with KserRun(bootstrap, url, 1, args.transport, args.submit) as run:
                 data = run.bulk(min(100, args.operations), args.hops)

@@ -4,9 +4,13 @@
 No Docker: the broker's jars come from Maven Central through Maven (cached in
 ~/.m2 and in the jar folder after the first run) and run on the local Java.
 
-    scripts/kafka-local fetch                  # download the jars
-    scripts/kafka-local start --dir .kafka     # prints bootstrap servers when ready
-    scripts/kafka-local stop --dir .kafka
+    scripts/kafka-local fetch                        # download the jars
+    eval "$(scripts/kafka-local start)"              # start, export KSER_BOOTSTRAP_SERVERS
+    scripts/kafka-local env                          # print that export line again
+    scripts/kafka-local stop
+
+The broker's folder (default .kafka/broker) keeps its data, its ports (reused
+at the next start when free) and its address in the file ``bootstrap``.
 
 Importable too: ``KafkaBroker(workdir).start()`` / ``.stop()`` (the test fixtures use it).
 Only loopback addresses are ever used. Standard library only.
@@ -196,6 +200,13 @@ class KafkaBroker:
         except OSError:
             return False
 
+    def running_address(self) -> str | None:
+        """The address of a broker already running from this folder (None: none runs)."""
+        pid, address = self._pid(), self.workdir / "bootstrap"
+        if pid is None or not _alive(pid, None) or not address.exists():
+            return None
+        return address.read_text().strip()
+
     def pause(self) -> None:
         """Freeze the broker process (SIGSTOP), as a broker that stops answering."""
         os.kill(self._pid(), signal.SIGSTOP)
@@ -255,23 +266,40 @@ def _alive(pid: int, process: subprocess.Popen | None) -> bool:
     return True
 
 
+def export_line(bootstrap_servers: str) -> str:
+    """The shell line that points kser (and its examples) at a broker."""
+    return f"export KSER_BOOTSTRAP_SERVERS={bootstrap_servers}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kafka-local", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download the broker's jars with Maven")
-    start = sub.add_parser("start", help="start a broker, print its bootstrap servers")
+    start = sub.add_parser("start", help="start a broker (or find it running), print the "
+                                         "export line of its address: eval \"$(...)\"")
     start.add_argument("--dir", default=".kafka/broker")
     start.add_argument("--port", type=int, default=None)
+    env = sub.add_parser("env", help="print the export line of the broker running in --dir")
+    env.add_argument("--dir", default=".kafka/broker")
     stop = sub.add_parser("stop", help="stop the broker started in --dir")
     stop.add_argument("--dir", default=".kafka/broker")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
             print(fetch())
-        elif args.command == "start":
-            broker = KafkaBroker(args.dir, port=args.port).start()
-            (broker.workdir / "bootstrap").write_text(broker.bootstrap_servers)
-            print(broker.bootstrap_servers)
+        elif args.command in ("start", "env"):
+            broker = KafkaBroker(args.dir, port=getattr(args, "port", None))
+            address = broker.running_address()
+            if address is None:
+                if args.command == "env":
+                    raise RuntimeError(f"no broker runs in {broker.workdir}; start one: "
+                                       f"scripts/kafka-local start --dir {args.dir}")
+                broker.start()
+                address = broker.bootstrap_servers
+                (broker.workdir / "bootstrap").write_text(address)
+            elif args.command == "start":
+                print(f"kafka-local: already running in {broker.workdir}", file=sys.stderr)
+            print(export_line(address))
         else:
             KafkaBroker(args.dir).stop()
     except (RuntimeError, subprocess.CalledProcessError) as exc:

@@ -4,11 +4,33 @@ tests/infra.py and only start when a test asks for them."""
 import itertools
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
 # registries created at import time read KSER_STORE_URL then: never the working directory
-os.environ["KSER_STORE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='kser-tests-')}/kser.db"
+_STORE_FOLDER = tempfile.TemporaryDirectory(prefix="kser-tests-")
+os.environ["KSER_STORE_URL"] = f"sqlite:///{_STORE_FOLDER.name}/kser.db"
+
+#: what tests, examples and benchmarks name their temporary folders and files
+_LEFTOVER_PATTERN = "kser-*"
+_before: set[str] = set()
+
+
+def pytest_sessionstart(session):
+    _before.update(str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when it left folders or files in the temp folder (each test, example
+    and benchmark removes what it made; pytest's own tmp_path folders are pytest's)."""
+    _STORE_FOLDER.cleanup()
+    left = sorted(str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN)
+                  if str(p) not in _before)
+    if left and exitstatus == 0 and os.environ.get("KSER_CHECK_LEFTOVERS", "1") == "1":
+        print(f"\nthe tests left {len(left)} item(s) in {tempfile.gettempdir()}: "
+              + ", ".join(left[:10]))
+        session.exitstatus = 1
 
 from kser.memory.broker import drop_broker
 

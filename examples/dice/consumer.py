@@ -36,10 +36,10 @@ if __name__ == '__main__':
     cons = Consumer(
         config=dict(
             bootstrap_servers=os.environ.get("KSER_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            group_id=os.environ.get("KSER_GROUP", "dice"),
+            group_id=os.environ.get("KSER_GROUP", "dice-example"),
             auto_offset_reset="earliest",
         ),
-        topics=[os.environ.get("KSER_TOPIC", "dice")],
+        topics=[os.environ.get("KSER_TOPIC", "dice-example")],
     )
     cons.REGISTRY = oregistry.controller
     cons.run()

@@ -21,6 +21,7 @@ from kser.memory.producer import Producer
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
+from kser.store import Store
 
 registry = OperationRegistry()
 UPSTREAM = {"ready": False}
@@ -84,8 +85,16 @@ def show(title, operation_id):
 
 def main():
     logging.basicConfig(level=logging.CRITICAL)  # the printed states tell the story
-    store_url = f"sqlite:///{tempfile.mkdtemp(prefix='kser-example-')}/kser.db"
-    registry.configure(store=store_url, producer=Producer({"broker": "etl"}), topic="etl")
+    with tempfile.TemporaryDirectory(prefix="kser-example-") as folder:
+        store = Store(f"sqlite:///{folder}/kser.db")
+        try:
+            return tour(store)
+        finally:
+            store.close()
+
+
+def tour(store: Store) -> int:
+    registry.configure(store=store, producer=Producer({"broker": "etl"}), topic="etl")
     sequencer = registry.sequencer
 
     operation = Etl(params={"source": "s3://bucket/day=1"}).send()

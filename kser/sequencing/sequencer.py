@@ -1,6 +1,6 @@
 """The sequencer: operation and task messages → store transitions → next messages.
 
-The flow of one operation (DESIGN.md):
+The flow of one operation:
 
 1. An operation is *submitted* (an operation message reached a consumer, or
    ``Operation.send()``/``launch()`` ran in a producer): it is built, every
@@ -21,6 +21,7 @@ expired (a periodic :meth:`Sequencer.sweep` re-emits it if no message does).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,7 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
 from kser.config import Settings
@@ -71,6 +71,30 @@ def load_result(data: dict | None, uuid_: str | None = None) -> Result:
         return Result(uuid=uuid_)
     return Result(**{k: v for k, v in data.items() if k in
                      ("uuid", "retcode", "stdout", "stderr", "retval")})
+
+
+class ControlRefusedError(Exception):
+    """A control that cannot be done (its transaction is rolled back): ``retcode`` 404
+    for an unknown operation or task, 409 for one whose state does not allow it."""
+
+    def __init__(self, retcode: int, message: str) -> None:
+        super().__init__(message)
+        self.retcode, self.message = retcode, message
+
+
+def _control(method):
+    """A public control: it always returns a ``Result``: retcode 0 when done, 404 when
+    the operation or task is unknown, 409 when their state does not allow it (stderr
+    says why). Only a failing store raises."""
+
+    @functools.wraps(method)
+    def control(self, operation_id: str, *args) -> Result:
+        try:
+            return method(self, operation_id, *args)
+        except ControlRefusedError as exc:
+            return Result(uuid=operation_id, retcode=exc.retcode, stderr=exc.message)
+
+    return control
 
 
 class Sequencer:
@@ -230,6 +254,7 @@ class Sequencer:
         with self._transaction() as tx:
             return tx.get_operation(operation_id) is not None
 
+    @_control
     def emit_ready(self, operation_id: str) -> Result:
         """Send the messages of the operation's tasks that are ready to run now."""
         with self._transaction() as tx:
@@ -586,6 +611,7 @@ class Sequencer:
 
     # -- controls ------------------------------------------------------------------------
 
+    @_control
     def cancel(self, operation_id: str) -> Result:
         """Cancel an operation: pending tasks CANCELED, nothing more emitted.
 
@@ -594,20 +620,21 @@ class Sequencer:
         with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             if op["status"] in FINAL_STATUSES:
-                return Result(uuid=operation_id, retcode=409, stderr=f"Operation {operation_id}"
-                              f" is already {op['status']}: nothing to cancel")
+                raise ControlRefusedError(409, f"Operation {operation_id} is already "
+                                     f"{op['status']}: nothing to cancel")
             transition = self._finish_operation(tx, operation_id, CANCELED, op["result"])
         self._notify_status(operation_id, [transition])
         self.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Operation {operation_id} canceled")
 
+    @_control
     def recover(self, operation_id: str) -> Result:
         """Restart a FAILED operation from its failed task(s), keeping earlier results."""
         with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             if op["status"] != FAILED:
-                return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
-                              f"{operation_id} is {op['status']}: only a FAILED one recovers")
+                raise ControlRefusedError(409, f"Operation {operation_id} is {op['status']}: "
+                                     "only a FAILED one recovers")
             failed = [t for t in tx.get_tasks(operation_id) if t["status"] == FAILED]
             for task in failed:
                 tx.update_task(task["id"], status=PENDING, result=None, finished_at=None)
@@ -617,13 +644,14 @@ class Sequencer:
         return Result(uuid=operation_id, stdout=f"Operation {operation_id} recovered: "
                       f"{len(failed)} failed task(s) reset, {sent} message(s) sent")
 
+    @_control
     def run_from(self, operation_id: str, task_id: str) -> Result:
         """Reset ``task_id`` and every task that depends on it, then run from it."""
         with self._transaction() as tx:
             op = self._get(tx, operation_id, lock=True)
             if op["status"] == RUNNING:
-                return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
-                              f"{operation_id} is RUNNING: cancel it first")
+                raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
+                                     "first")
             reset = _descendants(tx.dependencies(operation_id), self._task(tx, op, task_id))
             for tid in reset:
                 tx.update_task(tid, status=PENDING, result=None, finished_at=None)
@@ -633,6 +661,7 @@ class Sequencer:
         return Result(uuid=operation_id, stdout=f"Operation {operation_id}: {len(reset)} "
                       f"task(s) reset from {task_id}")
 
+    @_control
     def run_one(self, operation_id: str, task_id: str) -> Result:
         """Run one task again with the result its predecessors left, without continuing.
 
@@ -641,8 +670,8 @@ class Sequencer:
         with self._transaction() as tx:
             op = self._get(tx, operation_id)
             if op["status"] == RUNNING:
-                return Result(uuid=operation_id, retcode=409, stderr=f"Operation "
-                              f"{operation_id} is RUNNING: cancel it first")
+                raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
+                                     "first")
             self._task(tx, op, task_id)
             tx.update_task(task_id, status=PENDING, finished_at=None)
             tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
@@ -659,20 +688,20 @@ class Sequencer:
     def _restart(self, tx: Tx, operation_id: str) -> None:
         tx.update_operation(operation_id, status=RUNNING, finished_at=None)
         if not self._emit_ready(tx, operation_id):
-            raise ValidationError(f"Operation {operation_id} has no task ready to run")
+            raise ControlRefusedError(409, f"Operation {operation_id} has no task ready to run")
 
     @staticmethod
     def _get(tx: Tx, operation_id: str, lock: bool = False):
         op = tx.get_operation(operation_id, lock=lock)
         if op is None:
-            raise NotFound(f"No operation {operation_id} in the store")
+            raise ControlRefusedError(404, f"No operation {operation_id} in the store")
         return op
 
     @staticmethod
     def _task(tx: Tx, op, task_id: str):
         task = tx.get_task(task_id)
         if task is None or task["operation_id"] != op["id"]:
-            raise NotFound(f"Operation {op['id']} has no task {task_id}")
+            raise ControlRefusedError(404, f"Operation {op['id']} has no task {task_id}")
         return task
 
 

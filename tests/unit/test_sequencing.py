@@ -467,3 +467,24 @@ def test_results_are_stored_as_the_schema_dumps_them(result):
     from kser.schemas import dump_result
 
     assert dump_result(result) == ResultSchema().dump(result)
+
+
+def test_every_control_answers_with_a_result_404_for_unknown_409_for_a_wrong_state(h):
+    sequencer = h.registry.sequencer
+    for control, args in ((sequencer.cancel, ()), (sequencer.recover, ()),
+                          (sequencer.run_from, ("t",)), (sequencer.run_one, ("t",)),
+                          (sequencer.emit_ready, ())):
+        result = control("no-such-operation", *args)
+        assert result.retcode == 404, control
+        assert result.stderr == "No operation no-such-operation in the store"
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    h.drain()
+    for control in (sequencer.run_from, sequencer.run_one):
+        result = control(op.uuid, "no-such-task")
+        assert (result.retcode, result.stderr) == (
+            404, f"Operation {op.uuid} has no task no-such-task")
+    done = sequencer.cancel(op.uuid)
+    assert (done.retcode, done.stderr) == (
+        409, f"Operation {op.uuid} is already SUCCESS: nothing to cancel")
+    assert sequencer.recover(op.uuid).retcode == 409  # only a FAILED one recovers
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"  # nothing changed

@@ -1,0 +1,56 @@
+"""Every link of the documentation resolves, and it names no file outside the repository."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = sorted([*ROOT.glob("*.md"), *ROOT.glob("docs/**/*.md"), *ROOT.glob("examples/**/*.md"),
+               *ROOT.glob("benchmarks/**/*.md")])
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+#: a repository path in backticks: `docs/guide.md`, `scripts/kafka-local`
+CODE_PATH = re.compile(r"`((?:\.?[\w-]+/)+[\w.-]+\.(?:md|txt|py|yml|yaml|cfg|toml|json))`")
+#: files of the project's design notes, which live outside the repository
+OUTSIDE = ("DESIGN.md", "KAFKA-LOCAL.md", "STYLE.md", "seeds/", "../shared")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    return {slug(line.lstrip("#")) for line in path.read_text().splitlines()
+            if line.startswith("#")}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(doc):
+    broken = []
+    for target in LINK.findall(doc.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked here (no network)
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(target)
+    assert broken == [], f"{doc.relative_to(ROOT)}: links to nothing: {broken}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_path_named_exists_in_the_repository(doc):
+    text = doc.read_text()
+    missing = [p for p in CODE_PATH.findall(text)
+               if not (ROOT / p).exists() and not (doc.parent / p).exists()]
+    assert missing == [], f"{doc.relative_to(ROOT)} names missing files: {missing}"
+    outside = [name for name in OUTSIDE if name in text]
+    assert outside == [], f"{doc.relative_to(ROOT)} names files outside the repository"
+
+
+def test_the_link_check_sees_the_docs():
+    assert {"README.md", "docs/guide.md", "docs/reliability.md"} <= {
+        str(d.relative_to(ROOT)) for d in DOCS}
