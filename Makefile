@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test install system-deps kafka-jars lint
+.PHONY: demo test install system-deps kafka-jars lint dist
 
 demo: $(VENV)/.installed
 	$(BIN)/kser --log-level WARNING demo
@@ -30,3 +30,7 @@ kafka-jars:
 
 lint: install
 	$(BIN)/ruff check kser tests scripts examples benchmarks
+
+# a wheel of this version in dist/ (pip install 'dist/kser-<version>-py3-none-any.whl[postgres]')
+dist: install
+	$(BIN)/pip wheel -q --no-deps -w dist .

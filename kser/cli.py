@@ -207,13 +207,16 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
               help="Messages to send (each its own uuid).")
 @click.option("--registry", "registry_spec", default=None, metavar="MODULE:ATTR",
               help="Check ENTRYPOINT and its required params against this registry first.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the operation(s) ended (in the store workers use, "
+                   "KSER_STORE_URL) and print how; exit 1 unless all succeeded.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds the whole send may take: reaching the broker (at most "
-                   "KSER_CONNECT_TIMEOUT, 15) and its acknowledgement.")
+              help="Seconds the whole command may take: reaching the broker (at most "
+                   "KSER_CONNECT_TIMEOUT, 15), the acknowledgement and the --wait.")
 @_connection_options
 @click.pass_obj
 def send(settings: Settings, entrypoint: str, topic: str, params: str, count: int,
-         registry_spec: str | None, timeout: float, transport: str | None,
+         registry_spec: str | None, wait: bool, timeout: float, transport: str | None,
          bootstrap_servers: str | None) -> None:
     """Send a message for ENTRYPOINT (e.g. myapp.tasks.Resize) and print its uuid.
 
@@ -229,7 +232,13 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, count: in
     if not isinstance(decoded, dict):
         raise KserCliError("--params must be a JSON object, e.g. '{\"name\": \"x\"}'")
     if registry_spec is not None:
-        _check_entrypoint(_load_registry(registry_spec), registry_spec, entrypoint, decoded)
+        known = _check_entrypoint(_load_registry(registry_spec), registry_spec, entrypoint,
+                                  decoded)
+        from kser.sequencing.operation import Operation
+
+        if wait and not issubclass(known, Operation):
+            raise KserCliError(f"--wait waits for operations, and {entrypoint} is a "
+                               f"{known.__mro__[1].__name__}: nothing of it is stored")
     module = _transport(settings.transport)
     producer_module = importlib.import_module(f"{module.__name__}.producer")
     try:
@@ -246,13 +255,47 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, count: in
     producer.close()
     if result.retcode >= 300:
         raise KserCliError(f"not sent: {result.stderr}")
+    if not wait:
+        for kmsg in kmsgs:
+            click.echo(kmsg.uuid)
+        return
+    ended = _wait_for_operations(settings, [k.uuid for k in kmsgs],
+                                 started + timeout - time.monotonic())
     for kmsg in kmsgs:
-        click.echo(kmsg.uuid)
+        click.echo(f"{kmsg.uuid} {ended.get(kmsg.uuid, 'NOT ENDED')}")
+    if len(ended) < len(kmsgs):
+        raise KserCliError(
+            f"{len(kmsgs) - len(ended)} operation(s) did not end within {timeout:g} s (--timeout)"
+            f" in the store {_store_name(settings.store_url)}: are workers running on "
+            f"{topic} with this store (KSER_STORE_URL), and is {entrypoint} an operation?")
+    if any(status != "SUCCESS" for status in ended.values()):
+        sys.exit(1)
 
 
-def _check_entrypoint(controller: Controller, spec: str, entrypoint: str,
-                      params: dict) -> None:
-    """Refuse an entrypoint ``controller`` does not know, or params it would refuse."""
+def _wait_for_operations(settings: Settings, ids: list[str], timeout: float) -> dict[str, str]:
+    """The final status of each operation of ``ids`` that ended within ``timeout``."""
+    from kser.store import Store
+    from kser.store.store import FINAL_STATUSES
+
+    store, ended = Store(settings.store_url), {}
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with store.transaction() as tx:
+                for op_id in ids:
+                    op = None if op_id in ended else tx.get_operation(op_id)
+                    if op is not None and op["status"] in FINAL_STATUSES:
+                        ended[op_id] = op["status"]
+            if len(ended) == len(ids) or time.monotonic() >= deadline:
+                return ended
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
+def _check_entrypoint(controller: Controller, spec: str, entrypoint: str, params: dict):
+    """The class of ``entrypoint`` in ``controller``; refuse an entrypoint it does not
+    know, or params it would refuse."""
     known = controller.ENTRYPOINTS.get(entrypoint)
     if known is None:
         close = difflib.get_close_matches(entrypoint, list(controller.ENTRYPOINTS), n=3)
@@ -264,6 +307,7 @@ def _check_entrypoint(controller: Controller, spec: str, entrypoint: str,
     if missing:
         raise KserCliError(f"{entrypoint} requires the param(s) {', '.join(missing)}: give "
                            f"them in --params")
+    return known
 
 
 def _store_name(url: str) -> str:

@@ -175,6 +175,7 @@ class KafkaBroker:
         self.pidfile.write_text(str(self.process.pid))
         (self.workdir / "ports").write_text(f"port={self.port}\n"
                                             f"controller_port={self.controller_port}\n")
+        (self.workdir / "bootstrap").write_text(self.bootstrap_servers)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -294,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.command == "env":
                     raise RuntimeError(f"no broker runs in {broker.workdir}; start one: "
                                        f"scripts/kafka-local start --dir {args.dir}")
-                broker.start()
-                address = broker.bootstrap_servers
-                (broker.workdir / "bootstrap").write_text(address)
+                address = broker.start().bootstrap_servers
             elif args.command == "start":
                 print(f"kafka-local: already running in {broker.workdir}", file=sys.stderr)
             print(export_line(address))

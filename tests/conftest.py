@@ -32,7 +32,7 @@ def pytest_sessionfinish(session, exitstatus):
               + ", ".join(left[:10]))
         session.exitstatus = 1
 
-from kser.memory.broker import drop_broker
+from kser.memory.broker import drop_broker  # noqa: E402
 
 _names = itertools.count()
 

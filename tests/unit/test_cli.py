@@ -37,6 +37,27 @@ def test_demo_rolls_three_dice_each_a_task_of_its_own(runner, tmp_path):
      "is a list, not an OperationRegistry or a Controller"),
     (["send", "a.B", "--topic", "t", "--params", "{bad"], "--params is not valid JSON"),
     (["send", "a.B", "--topic", "t", "--params", "[1]"], "--params must be a JSON object"),
+    # --registry checks the entrypoint and its required params before anything is sent
+    (["send", "tests.unit.tasks.Ech", "--topic", "t", "--registry", "tests.unit.tasks:registry"],
+     "kser: tests.unit.tasks.Ech is not registered in tests.unit.tasks:registry; did you mean "
+     "tests.unit.tasks.Echo"),
+    (["send", "x.Y", "--topic", "t", "--registry", "tests.unit.tasks:registry"],
+     "kser: x.Y is not registered in tests.unit.tasks:registry (it has: "),
+    (["send", "tests.unit.tasks.Echo", "--topic", "t", "--registry", "tests.unit.tasks:registry"],
+     "kser: tests.unit.tasks.Echo requires the param(s) text: give them in --params"),
+    (["send", "tests.unit.tasks.Echo", "--topic", "t", "--params", '{"text": "x"}', "--wait",
+      "--registry", "tests.unit.tasks:registry"],
+     "kser: --wait waits for operations, and tests.unit.tasks.Echo is a Task"),
+    # a store URL kser cannot use is one line naming what it can, whatever the command
+    (["demo", "--store-url", "mysql://u:secret@h/db"],
+     "kser: the store URL mysql://u:***@h/db names mysql, which kser does not store in: use "
+     "SQLite, sqlite:///path/to/kser.db"),
+    (["purge", "--store-url", "mysql://u:secret@h/db"], "names mysql, which kser does not"),
+    (["demo", "--store-url", "bogus"], "kser: the store URL 'bogus' is not a database URL"),
+    (["purge", "--store-url", "postgresql+asyncpg://h/db"],
+     "names the driver asyncpg: kser uses psycopg 3"),
+    (["topics", "describe", "t", "--transport", "memory"],
+     "the memory transport lives inside one process"),
 ])
 def test_errors_are_one_line_and_non_zero(runner, args, message):
     result = runner.invoke(main, args)
@@ -44,6 +65,70 @@ def test_errors_are_one_line_and_non_zero(runner, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_demo_keeps_its_state_in_the_state_folder_and_says_where(runner, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["--log-level", "WARNING", "demo"])
+    assert result.exit_code == 0, result.output
+    assert "state kept in sqlite:///.kser/demo.db" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".kser"]  # nothing else here
+    assert (tmp_path / ".kser" / "demo.db").exists()
+
+
+def test_the_state_folder_is_ignored_by_git():
+    from tests.unit.test_docs import ROOT
+
+    assert "/.kser/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_send_count_and_wait_for_the_operations_end(runner, tmp_path, monkeypatch):
+    from tests.unit import tasks
+
+    monkeypatch.setenv("KSER_STORE_URL", f"sqlite:///{tmp_path}/wait.db")
+    # a worker of the same process and store runs what the command sends, meanwhile
+    import threading
+
+    from kser.memory.consumer import Consumer
+    from kser.store import Store
+
+    monkeypatch.setattr(tasks.registry.sequencer, "_store", Store(f"sqlite:///{tmp_path}/wait.db"))
+    consumer = Consumer({"group_id": "wait"}, ["cli-wait"])
+    consumer.REGISTRY = tasks.registry.controller
+    worker = threading.Thread(target=consumer.run, kwargs={"until_idle": False})
+    worker.start()
+    try:
+        result = runner.invoke(main, ["send", tasks.ThreeSteps.path, "--topic", "cli-wait",
+                                      "--transport", "memory", "--count", "3", "--wait",
+                                      "--params", '{"name": "w"}', "--timeout", "30"])
+    finally:
+        consumer.stop()
+        worker.join(30)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3 and all(line.endswith(" SUCCESS") for line in lines)
+
+
+def test_send_wait_says_when_nothing_ran(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("KSER_STORE_URL", f"sqlite:///{tmp_path}/none.db")
+    result = runner.invoke(main, ["send", "a.Op", "--topic", "cli-nobody", "--transport",
+                                  "memory", "--wait", "--timeout", "1"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0].endswith(" NOT ENDED")
+    assert "1 operation(s) did not end within 1 s (--timeout)" in result.output
+    assert "are workers running on cli-nobody with this store" in result.output
+
+
+def test_send_creates_a_missing_topic_with_kser_partitions(runner, monkeypatch):
+    from kser.memory.broker import get_broker
+
+    monkeypatch.setenv("KSER_PARTITIONS", "5")
+    result = runner.invoke(main, ["send", "a.B", "--topic", "cli-parts", "--transport",
+                                  "memory", "--count", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(get_broker("default").partition_ends("cli-parts")) == 5
+    assert len(result.output.split()) == 2  # two uuids
 
 
 def test_send_and_worker_on_the_memory_transport(runner):
