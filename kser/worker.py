@@ -63,6 +63,9 @@ BUSY_POLL_INTERVAL = 0.2
 REDO_MAX_BACKOFF = 30.0
 #: first and longest wait after a failed poll before the next one, seconds
 POLL_RETRY_MIN, POLL_RETRY_MAX = 0.5, 10.0
+#: longest the main thread goes without polling while tasks run, seconds: a rebalance
+#: waits for every member's next poll
+REBALANCE_POLL_INTERVAL = 1.0
 #: the client's max.poll.interval.ms when its configuration does not set it (both clients)
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
@@ -171,13 +174,16 @@ class BaseConsumer:
         self.fatal: WorkerFatalError | None = None
         self.dead_letters = DeadLetters(lambda: self.producer, self.settings,
                                         self._dead_letter_store, self.name)
-        #: longest the main thread goes without polling while it has work in hand: a
-        #: third of max.poll.interval.ms, the most a group member may go without a poll.
-        #: Such a poll pauses the partitions first if the backlog is full (a pause drops
-        #: what the client prefetched: it is for long tasks, not for every batch)
+        #: longest the main thread goes without polling while it has work in hand:
+        #: :data:`REBALANCE_POLL_INTERVAL`, so that a rebalance (a worker joined, or died)
+        #: is joined at once instead of holding up the whole group (and at most a third
+        #: of max.poll.interval.ms). Such a poll takes only what fits in the backlog, and
+        #: pauses the partitions first when it is full (a pause drops what the client
+        #: prefetched: it happens once per backlog, not per batch)
         limit = self.config.get(self.MAX_POLL_INTERVAL_KEY, DEFAULT_MAX_POLL_INTERVAL_MS)
-        self.keepalive_interval = (int(limit) / 3000 if self.MAX_POLL_INTERVAL_KEY
-                                   else BUSY_POLL_INTERVAL)
+        self.keepalive_interval = (min(int(limit) / 3000, REBALANCE_POLL_INTERVAL)
+                                   if self.MAX_POLL_INTERVAL_KEY else BUSY_POLL_INTERVAL)
+
 
     # -- what a transport adapts -------------------------------------------------------
 
@@ -220,6 +226,16 @@ class BaseConsumer:
         return dict(partitions=self.settings.partitions,
                     replication_factor=self.settings.replication_factor,
                     timeout=self.settings.connect_timeout)
+
+    def _assigned(self, partitions) -> None:
+        """Log the partitions the group gave this worker (called by the transport's
+        client at each rebalance): which worker works on what, and since when."""
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in partitions:
+            by_topic.setdefault(topic, []).append(partition)
+        logger.info("%s: assigned %d partition(s): %s", self.name, len(partitions),
+                    "; ".join(f"{topic}[{','.join(map(str, sorted(parts)))}]"
+                              for topic, parts in sorted(by_topic.items())) or "none")
 
     @staticmethod
     def _force_manual_commit(config: dict, key: str) -> dict:
@@ -400,9 +416,10 @@ class BaseConsumer:
                 if time.monotonic() - last_poll >= self.keepalive_interval:
                     # a long wait: poll to keep the membership; with a full
                     # backlog, pause the partitions first so nothing more comes
-                    if fetching and len(backlog) >= self.settings.max_poll_records:
+                    room = self.settings.max_poll_records - len(backlog)
+                    if fetching and room <= 0:
                         fetching = not self._call_client(self._pause, "pause")
-                    backlog.extend(self._poll_guarded(0, self.settings.max_poll_records))
+                    backlog.extend(self._poll_guarded(0, max(1, room)))
                     last_poll = time.monotonic()
             self._sweep()
         self._harvest(running, tracker)

@@ -40,7 +40,9 @@ class Consumer(BaseConsumer):
                                  int(self.settings.heartbeat_interval * 1000))
         client_config.setdefault("client.id", self.name)
         self.client = confluent_kafka.Consumer(client_config)
-        self.client.subscribe(self.topics)
+        self.client.subscribe(
+            self.topics,
+            on_assign=lambda _client, tps: self._assigned([(t.topic, t.partition) for t in tps]))
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
         # consume() waits for max_records or the timeout: wait for the first message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CorruptRecordError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
@@ -35,7 +35,7 @@ class Consumer(BaseConsumer):
         client_config.setdefault("client_id", self.name)
         with explained_bootstrap():
             self.client = KafkaConsumer(**client_config)
-        self.client.subscribe(self.topics)
+        self.client.subscribe(self.topics, listener=_Rebalance(self))
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
         try:
@@ -95,3 +95,16 @@ class Consumer(BaseConsumer):
         return Producer({**{key: value for key, value in self.config.items()
                             if key in KafkaProducer.DEFAULT_CONFIG and key != "client_id"},
                          **self._producer_options()})
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked) -> None:
+        # the records fetched from them stay in the backlog and run: the client keeps the
+        # position of a partition it gets back, so dropping them would skip them
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.consumer._assigned([(tp.topic, tp.partition) for tp in assigned])
