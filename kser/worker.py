@@ -96,6 +96,9 @@ class OffsetTracker:
         self._in_flight: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}  # one past the highest done offset
         self._committed: dict[TopicPartition, int] = {}
+        #: the partitions the group gives this consumer now (None: not told, e.g. the
+        #: in-process transport): only theirs are committed
+        self._owned: set[TopicPartition] | None = None
 
     def started(self, record: Record) -> None:
         self._in_flight.setdefault((record.topic, record.partition), set()).add(record.offset)
@@ -110,6 +113,8 @@ class OffsetTracker:
         where that is beyond what was committed."""
         offsets = {}
         for tp, next_offset in self._next.items():
+            if self._owned is not None and tp not in self._owned:
+                continue  # another member's now: its commit would be refused
             in_flight = self._in_flight.get(tp)
             offset = min(in_flight) if in_flight else next_offset
             if offset > self._committed.get(tp, -1):
@@ -120,11 +125,23 @@ class OffsetTracker:
         self._committed.update(offsets)
 
     def forget(self, tps) -> None:
-        """A commit of these partitions failed (a rebalance, a blip): forget what was done
-        and committed there, so that nothing is committed past a record still running
-        (its offset stays in flight until it ends), whoever owns the partition next."""
+        """A commit of these partitions failed (a rebalance, a blip): it is tried again at
+        the next checkpoint if they are still this consumer's. What was done stays done
+        (a client keeps the position of a partition it keeps through a rebalance, so those
+        records are never delivered again: forgetting them left the group's offset behind
+        for good), and a record still running bounds the commit until it ends."""
         for tp in tps:
-            self._next.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    def assigned(self, tps) -> None:
+        """The group gave these partitions to this consumer (added to what it has)."""
+        self._owned = (self._owned or set()) | set(tps)
+
+    def revoked(self, tps) -> None:
+        """The group took these partitions away: not committed until given back (then
+        committed again, from what was done here)."""
+        self._owned = (self._owned or set()) - set(tps)
+        for tp in tps:
             self._committed.pop(tp, None)
 
 
@@ -166,6 +183,7 @@ class BaseConsumer:
         self._poll_failures = 0
         self._own_store = None
         self.processed = 0
+        self._tracker: OffsetTracker | None = None
         #: 0 after a clean stop; 1 when tasks were abandoned or a fatal error stopped it
         self.exit_code = 0
         #: tasks still running when the worker gave up waiting for them at its stop
@@ -227,9 +245,20 @@ class BaseConsumer:
                     replication_factor=self.settings.replication_factor,
                     timeout=self.settings.connect_timeout)
 
+    def _revoked(self, partitions) -> None:
+        """The group took ``partitions`` from this worker (called by the transport's client
+        in a poll of the main thread). Their records fetched and not started stay in the
+        backlog and run (duplicates are harmless; dropping them would skip them when the
+        partition comes back, as the client keeps its position)."""
+        if self._tracker is not None:
+            self._tracker.revoked(partitions)
+
     def _assigned(self, partitions) -> None:
         """Log the partitions the group gave this worker (called by the transport's
-        client at each rebalance): which worker works on what, and since when."""
+        client at each rebalance, in a poll of the main thread): which worker works on
+        what, and since when; only those are committed."""
+        if self._tracker is not None:
+            self._tracker.assigned(partitions)
         by_topic: dict[str, list[int]] = {}
         for topic, partition in partitions:
             by_topic.setdefault(topic, []).append(partition)
@@ -358,7 +387,7 @@ class BaseConsumer:
             logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
 
     def _loop(self, executor: ThreadPoolExecutor, concurrency: int) -> None:
-        tracker = OffsetTracker()
+        tracker = self._tracker = OffsetTracker()
         backlog: deque[Record] = deque()
         running: dict[Future, Record] = {}
         fetching = fetched_nothing = True

@@ -40,9 +40,13 @@ class Consumer(BaseConsumer):
                                  int(self.settings.heartbeat_interval * 1000))
         client_config.setdefault("client.id", self.name)
         self.client = confluent_kafka.Consumer(client_config)
+        # both callbacks give the partitions added or taken (all of them with the eager
+        # protocols, the changed ones with cooperative-sticky)
         self.client.subscribe(
             self.topics,
-            on_assign=lambda _client, tps: self._assigned([(t.topic, t.partition) for t in tps]))
+            on_assign=lambda _client, tps: self._assigned([(t.topic, t.partition) for t in tps]),
+            on_revoke=lambda _client, tps: self._revoked([(t.topic, t.partition) for t in tps]),
+            on_lost=lambda _client, tps: self._revoked([(t.topic, t.partition) for t in tps]))
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
         # consume() waits for max_records or the timeout: wait for the first message

@@ -14,6 +14,9 @@ from kser.python_kafka.admin import Admin
 from kser.python_kafka.producer import Producer
 from kser.worker import BaseConsumer, Record, TopicPartition
 
+#: longest a poll that joins a rebalance may take, seconds
+REJOIN_POLL_TIMEOUT = 0.5
+
 
 class Consumer(BaseConsumer):
     """Consumes through a ``kafka.KafkaConsumer``.
@@ -38,12 +41,24 @@ class Consumer(BaseConsumer):
         self.client.subscribe(self.topics, listener=_Rebalance(self))
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
+        if timeout == 0 and self._rejoining():
+            # kafka-python joins a group one step per poll(0): a busy worker polling once a
+            # second took seconds to join a rebalance the whole group waits for
+            timeout = REJOIN_POLL_TIMEOUT
         try:
             batches = self.client.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         except CorruptRecordError as exc:
             return self._skip_unreadable(exc)
         return [Record(r.topic, r.partition, r.offset, r.value, r.key, list(r.headers or []))
                 for records in batches.values() for r in records]
+
+    def _rejoining(self) -> bool:
+        """True while the group rebalances and this member has not joined again (read from
+        kafka-python's coordinator; False when that cannot be read)."""
+        try:
+            return bool(self.client._coordinator.need_rejoin())
+        except Exception:
+            return False
 
     def _skip_unreadable(self, exc: CorruptRecordError) -> list[Record]:
         """A record kafka-python cannot parse (a header name that is not UTF-8, a failed
@@ -102,9 +117,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.consumer = consumer
 
     def on_partitions_revoked(self, revoked) -> None:
-        # the records fetched from them stay in the backlog and run: the client keeps the
-        # position of a partition it gets back, so dropping them would skip them
-        pass
+        self.consumer._revoked([(tp.topic, tp.partition) for tp in revoked])
 
     def on_partitions_assigned(self, assigned) -> None:
         self.consumer._assigned([(tp.topic, tp.partition) for tp in assigned])

@@ -54,3 +54,19 @@ def test_every_path_named_exists_in_the_repository(doc):
 def test_the_link_check_sees_the_docs():
     assert {"README.md", "docs/guide.md", "docs/reliability.md"} <= {
         str(d.relative_to(ROOT)) for d in DOCS}
+
+
+def test_each_example_has_a_topic_of_its_own():
+    """An example run after another never replays (and dead-letters) the other's messages."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = set(re.findall(r"--topic (\S+)", readme))
+    dice = (ROOT / "examples" / "dice" / "consumer.py").read_text()
+    dice_topics = set(re.findall(r'"KSER_TOPIC", "([^"]+)"', dice))
+    controls = (ROOT / "examples" / "operations" / "controls.py").read_text()
+    controls_topics = set(re.findall(r'topic="([^"]+)"', controls))
+    assert quickstart == {"dice"} and dice_topics == {"dice-example"} and controls_topics
+    # (kser demo runs on a broker inside its own process: it meets no other example)
+    groups = [quickstart, dice_topics, controls_topics]
+    for i, topics in enumerate(groups):
+        for other in groups[i + 1:]:
+            assert not topics & other, (topics, other)
