@@ -274,17 +274,36 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, count: in
 
 def _wait_for_operations(settings: Settings, ids: list[str], timeout: float) -> dict[str, str]:
     """The final status of each operation of ``ids`` that ended within ``timeout``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kser.errors import WorkerFatalError
     from kser.store import Store
     from kser.store.store import FINAL_STATUSES
 
-    store, ended = Store(settings.store_url), {}
+    url = make_url(settings.store_url)
+    if url.get_backend_name() == "sqlite" and url.database and \
+            not url.database.startswith("file:") and not os.path.exists(url.database):
+        raise KserCliError(f"--wait reads the store the workers use, and "
+                           f"{_store_name(settings.store_url)} does not exist: set "
+                           "KSER_STORE_URL to theirs")
+    try:
+        return _poll_operations(Store(settings.store_url), ids, timeout, FINAL_STATUSES)
+    except (SQLAlchemyError, WorkerFatalError) as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise KserCliError(f"--wait: the store {_store_name(settings.store_url)} failed: "
+                           f"{reason}") from None
+
+
+def _poll_operations(store, ids: list[str], timeout: float, final) -> dict[str, str]:
+    ended: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     try:
         while True:
             with store.transaction() as tx:
                 for op_id in ids:
                     op = None if op_id in ended else tx.get_operation(op_id)
-                    if op is not None and op["status"] in FINAL_STATUSES:
+                    if op is not None and op["status"] in final:
                         ended[op_id] = op["status"]
             if len(ended) == len(ids) or time.monotonic() >= deadline:
                 return ended

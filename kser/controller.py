@@ -233,6 +233,7 @@ class BaseProducer(BaseController):
         self._topics_checked: set[str] = set()
         self._topics_retry: dict[str, float] = {}
         self._topics_lock = threading.Lock()
+        self._topic_locks: dict[str, threading.Lock] = {}
 
     @staticmethod
     def take_options(config: dict) -> dict:
@@ -262,6 +263,10 @@ class BaseProducer(BaseController):
         return dict(partitions=self.partitions, replication_factor=self.replication_factor,
                     timeout=self.connect_timeout)
 
+    def topics_exist(self, topics) -> None:
+        """Say that ``topics`` exist (a worker checked them at start): not checked again."""
+        self._topics_checked.update(topics)
+
     def ensure_topic(self, topic: str) -> None:
         """Create ``topic`` with :attr:`partitions` partitions if it does not exist, once
         per producer (before its first record to it); a failure is logged, never raised:
@@ -269,7 +274,9 @@ class BaseProducer(BaseController):
         ``num.partitions`` if it may, or refuses the record)."""
         if topic in self._topics_checked:
             return
-        with self._topics_lock:
+        with self._topics_lock:  # one check per topic at a time; other topics go on
+            lock = self._topic_locks.setdefault(topic, threading.Lock())
+        with lock:
             if topic in self._topics_checked or (
                     time.monotonic() < self._topics_retry.get(topic, 0)):
                 return

@@ -137,6 +137,14 @@ class OffsetTracker:
         """The group gave these partitions to this consumer (added to what it has)."""
         self._owned = (self._owned or set()) | set(tps)
 
+    def floor(self, offsets: dict[TopicPartition, int | None]) -> None:
+        """The group's committed offsets of partitions just assigned: never commit at or
+        below them (what was done here before another member had them is older than what
+        it committed: committing it would move the group back)."""
+        for tp, offset in offsets.items():
+            if offset is not None:
+                self._committed[tp] = max(offset, self._committed.get(tp, -1))
+
     def revoked(self, tps) -> None:
         """The group took these partitions away: not committed until given back (then
         committed again, from what was done here)."""
@@ -184,6 +192,8 @@ class BaseConsumer:
         self._own_store = None
         self.processed = 0
         self._tracker: OffsetTracker | None = None
+        #: partitions assigned whose committed offsets the tracker has not been told yet
+        self._unfloored: set[TopicPartition] = set()
         #: 0 after a clean stop; 1 when tasks were abandoned or a fatal error stopped it
         self.exit_code = 0
         #: tasks still running when the worker gave up waiting for them at its stop
@@ -230,6 +240,11 @@ class BaseConsumer:
         """A topic admin of this consumer's cluster (see :mod:`kser.topics`)."""
         raise NotImplementedError
 
+    def _group_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``partitions`` (None: none committed). Called
+        on the main thread outside the client's callbacks."""
+        return {}
+
     def _ensure_topics(self, topics: list[str]) -> list[str]:
         """Create those of ``topics`` that do not exist (``settings.partitions``
         partitions, ``settings.replication_factor`` replicas); return the created ones."""
@@ -256,9 +271,11 @@ class BaseConsumer:
     def _assigned(self, partitions) -> None:
         """Log the partitions the group gave this worker (called by the transport's
         client at each rebalance, in a poll of the main thread): which worker works on
-        what, and since when; only those are committed."""
+        what, and since when; only those are committed, never below the group's committed
+        offsets (read after the poll: see :meth:`_group_offsets`)."""
         if self._tracker is not None:
             self._tracker.assigned(partitions)
+            self._unfloored.update(partitions)
         by_topic: dict[str, list[int]] = {}
         for topic, partition in partitions:
             by_topic.setdefault(topic, []).append(partition)
@@ -383,6 +400,7 @@ class BaseConsumer:
                                self.name, safe_text(exc, 300))
                 if self._stopping.wait(POLL_RETRY_MIN * 2):
                     raise WorkerStartError("stopped while it checked its topics") from None
+        self.producer.topics_exist(topics)
         if created:
             logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
 
@@ -412,6 +430,12 @@ class BaseConsumer:
                                  f"after {self.settings.shutdown_timeout:g} s")
                     break
                 self._task_done.wait(BUSY_POLL_INTERVAL)
+                if time.monotonic() - last_poll >= self.keepalive_interval:
+                    # go on taking part in the group's rebalances while the tasks finish;
+                    # paused, nothing comes (anything that does is left, not started)
+                    fetching = not self._call_client(self._pause, "pause") and fetching
+                    self._poll_guarded(0, 1)
+                    last_poll = time.monotonic()
                 continue
             while backlog and len(running) < concurrency and not self.paused:
                 record = backlog.popleft()
@@ -446,8 +470,8 @@ class BaseConsumer:
                     # a long wait: poll to keep the membership; with a full
                     # backlog, pause the partitions first so nothing more comes
                     room = self.settings.max_poll_records - len(backlog)
-                    if fetching and room <= 0:
-                        fetching = not self._call_client(self._pause, "pause")
+                    if room <= 0:  # every time: a rebalance may have added partitions
+                        fetching = not self._call_client(self._pause, "pause") and fetching
                     backlog.extend(self._poll_guarded(0, max(1, room)))
                     last_poll = time.monotonic()
             self._sweep()
@@ -475,6 +499,13 @@ class BaseConsumer:
             logger.info("%s: polling again after %d failure(s)", self.name,
                         self._poll_failures)
             self._poll_failures = 0
+        if self._unfloored and self._tracker is not None:
+            try:
+                self._tracker.floor(self._group_offsets(sorted(self._unfloored)))
+                self._unfloored.clear()
+            except Exception as exc:  # tried again after the next poll, before a commit
+                logger.warning("%s: reading the group's committed offsets failed: %s",
+                               self.name, safe_text(exc, 300))
         return records
 
     def _call_client(self, action, what: str) -> bool:

@@ -75,6 +75,13 @@ class Consumer(BaseConsumer):
                                   message.value(), message.key(), headers))
         return records
 
+    def _group_offsets(self, partitions):
+        answer = self.client.committed([confluent_kafka.TopicPartition(t, p)
+                                        for t, p in partitions],
+                                       timeout=self.settings.connect_timeout)
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+                for tp in answer}
+
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.client.commit(offsets=[confluent_kafka.TopicPartition(t, p, o)
                                     for (t, p), o in offsets.items()], asynchronous=False)

@@ -52,6 +52,13 @@ class Consumer(BaseConsumer):
         return [Record(r.topic, r.partition, r.offset, r.value, r.key, list(r.headers or []))
                 for records in batches.values() for r in records]
 
+    def _group_offsets(self, partitions):
+        offsets = {}
+        for topic, partition in partitions:
+            offsets[(topic, partition)] = self.client.committed(
+                KafkaTopicPartition(topic, partition))
+        return offsets
+
     def _rejoining(self) -> bool:
         """True while the group rebalances and this member has not joined again (read from
         kafka-python's coordinator; False when that cannot be read)."""

@@ -83,9 +83,10 @@ class ControlRefusedError(Exception):
 
 
 def _control(method):
-    """A public control: it always returns a ``Result``: retcode 0 when done, 404 when
-    the operation or task is unknown, 409 when their state does not allow it (stderr
-    says why). Only a failing store raises."""
+    """A public control: it always returns a ``Result``: retcode 0 when done (also when
+    its messages could not be sent at once: they wait in the outbox for a sweep), 404
+    when the operation or task is unknown, 409 when their state does not allow it
+    (stderr says why). Only a failing store raises."""
 
     @functools.wraps(method)
     def control(self, operation_id: str, *args) -> Result:
@@ -93,6 +94,11 @@ def _control(method):
             return method(self, operation_id, *args)
         except ControlRefusedError as exc:
             return Result(uuid=operation_id, retcode=exc.retcode, stderr=exc.message)
+        except (RedoError, UndeliverableError) as exc:
+            # stored: only sending its messages failed, and they wait in the outbox
+            return Result(uuid=operation_id, stdout=f"{method.__name__}({operation_id}) done "
+                          "in the store; its messages wait in the outbox, where a worker's "
+                          f"sweep sends them (sending now failed: {exc})")
 
     return control
 

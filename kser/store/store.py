@@ -580,18 +580,21 @@ def _checked_url(url: str) -> str:
         raise StoreError(f"the store URL {_hide_password(url)!r} is not a database URL: "
                          f"kser stores in {SUPPORTED_STORES}") from None
     backend, _, driver = parsed.drivername.partition("+")
-    if backend == "postgresql" and not driver:
+    if backend in ("postgresql", "postgres"):  # (postgres://: libpq's and Heroku's spelling)
+        if driver not in ("", "psycopg"):
+            raise StoreError(f"the store URL {_hide_password(url)} names the driver {driver}: "
+                             "kser uses psycopg 3, postgresql+psycopg://user:password@host/db")
         return parsed.set(drivername="postgresql+psycopg").render_as_string(
             hide_password=False)
-    if backend == "postgresql" and driver != "psycopg":
-        raise StoreError(f"the store URL {_hide_password(url)} names the driver {driver}: "
-                         "kser uses psycopg 3, postgresql+psycopg://user:password@host/db")
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(f"the store URL {_hide_password(url)} names {backend}, which kser "
                          f"does not store in: use {SUPPORTED_STORES}")
     database = parsed.database or ""
-    if backend == "sqlite" and database not in ("", ":memory:") and \
-            not database.startswith("file:"):
+    if backend == "sqlite" and (database in ("", ":memory:") or "mode=memory" in url):
+        raise StoreError(f"the store URL {url} is an in-memory SQLite database, which each "
+                         "connection of the pool would see empty: use a file, "
+                         "sqlite:///path/to/kser.db")
+    if backend == "sqlite" and not database.startswith("file:"):
         folder = os.path.dirname(database)
         if folder and not os.path.isdir(folder):
             try:

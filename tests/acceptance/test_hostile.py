@@ -166,8 +166,8 @@ def test_a_worker_with_an_unusable_store_or_dead_letter_topic_refuses_to_start(
     bad_store = processes.start(run.worker_args(), env={**run.env, "KSER_STORE_URL": "foo://bar"})
     bad_store.popen.wait(60)
     assert bad_store.popen.returncode == 1
-    assert ("kser: worker not started: the store foo://bar cannot be used"
-            in bad_store.output()), bad_store.output()
+    assert ("kser: worker not started: the store URL foo://bar names foo, which kser does "
+            "not store in" in bad_store.output()), bad_store.output()
     bad_dlq = processes.start([*run.worker_args(), "--dlq-topic", "no spaces allowed!"],
                               env=run.env)
     bad_dlq.popen.wait(60)

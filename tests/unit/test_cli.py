@@ -56,6 +56,8 @@ def test_demo_rolls_three_dice_each_a_task_of_its_own(runner, tmp_path):
     (["demo", "--store-url", "bogus"], "kser: the store URL 'bogus' is not a database URL"),
     (["purge", "--store-url", "postgresql+asyncpg://h/db"],
      "names the driver asyncpg: kser uses psycopg 3"),
+    (["purge", "--store-url", "sqlite://"], "is an in-memory SQLite database, which each"),
+    (["purge", "--store-url", "postgresql+psycopg2://h/db"], "names the driver psycopg2"),
     (["topics", "describe", "t", "--transport", "memory"],
      "the memory transport lives inside one process"),
 ])
@@ -111,7 +113,16 @@ def test_send_count_and_wait_for_the_operations_end(runner, tmp_path, monkeypatc
 
 
 def test_send_wait_says_when_nothing_ran(runner, tmp_path, monkeypatch):
+    from kser.store import Store
+
     monkeypatch.setenv("KSER_STORE_URL", f"sqlite:///{tmp_path}/none.db")
+    missing = runner.invoke(main, ["send", "a.Op", "--topic", "cli-nobody", "--transport",
+                                   "memory", "--wait", "--timeout", "1"])
+    assert missing.exit_code == 1
+    assert missing.output.strip().endswith(
+        f"--wait reads the store the workers use, and sqlite:///{tmp_path}/none.db does "
+        "not exist: set KSER_STORE_URL to theirs")
+    Store(f"sqlite:///{tmp_path}/none.db").close()  # a store, where no worker writes
     result = runner.invoke(main, ["send", "a.Op", "--topic", "cli-nobody", "--transport",
                                   "memory", "--wait", "--timeout", "1"])
     assert result.exit_code == 1

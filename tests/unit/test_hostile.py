@@ -571,3 +571,21 @@ def test_a_follow_up_the_broker_refuses_for_good_is_dead_lettered_not_redone(env
     assert "refused by the broker" in env.error(letter)
     with env.store.transaction() as tx:  # the follow-up waits in the outbox
         assert [row["operation_id"] for row in tx.unsent(op.uuid)] == [op.uuid]
+
+
+def test_a_partition_back_from_another_worker_never_moves_the_group_offset_back():
+    from kser.worker import OffsetTracker, Record
+
+    tracker = OffsetTracker()
+    tracker.assigned([("t", 0)])
+    for offset in range(100):
+        tracker.started(Record("t", 0, offset, b""))
+        tracker.done(Record("t", 0, offset, b""))
+    tracker.committed(tracker.committable())  # 100
+    tracker.revoked([("t", 0)])  # another worker reads on, and commits 500
+    tracker.assigned([("t", 0)])
+    tracker.floor({("t", 0): 500})  # read from the group once the partition is back
+    assert tracker.committable() == {}  # 100 would move the group back to 100
+    tracker.started(Record("t", 0, 500, b""))
+    tracker.done(Record("t", 0, 500, b""))
+    assert tracker.committable() == {("t", 0): 501}

@@ -488,3 +488,20 @@ def test_every_control_answers_with_a_result_404_for_unknown_409_for_a_wrong_sta
         409, f"Operation {op.uuid} is already SUCCESS: nothing to cancel")
     assert sequencer.recover(op.uuid).retcode == 409  # only a FAILED one recovers
     assert h.operation(op.uuid)[0]["status"] == "SUCCESS"  # nothing changed
+
+
+def test_a_control_whose_messages_cannot_be_sent_now_is_done_and_leaves_them_queued(
+        h, monkeypatch):
+    from kser.controller import RedoError
+
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    sequencer = h.registry.sequencer
+
+    def broker_down(operation_id):
+        raise RedoError("Kafka unreachable")
+
+    monkeypatch.setattr(sequencer, "publish", broker_down)
+    result = sequencer.cancel(op.uuid)
+    assert result.retcode == 0
+    assert "done in the store; its messages wait in the outbox" in result.stdout
+    assert h.operation(op.uuid)[0]["status"] == "CANCELED"
