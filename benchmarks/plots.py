@@ -25,17 +25,18 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cdf(axis, values: list[float], label: str) -> None:
-    ordered = sorted(values)
-    axis.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+def _cdf(axis, quantiles: list[float], label: str) -> None:
+    """Plot a distribution given by its evenly spaced quantiles (p0 ... p100)."""
+    last = len(quantiles) - 1
+    axis.plot(quantiles, [i / last for i in range(len(quantiles))], label=label)
 
 
 def hop_latency(sequencing: dict, out: Path) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for axis, kind in zip(axes, ("unloaded", "bulk"), strict=True):
         for name, runs in sequencing["results"].items():
-            if kind in runs and runs[kind].get("hops_ms"):
-                _cdf(axis, runs[kind]["hops_ms"], name)
+            if kind in runs and runs[kind].get("hops_ms_quantiles"):
+                _cdf(axis, runs[kind]["hops_ms_quantiles"], name)
         axis.set_xscale("log")
         axis.set_xlabel("hop latency, ms (task n ended -> task n+1 started; log scale)")
         axis.set_ylabel("share of hops")

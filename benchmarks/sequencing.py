@@ -182,7 +182,18 @@ def figures(chains: list[list[tuple[float, float]]]) -> dict:
                 task_runs_per_second=round(len(runs) / elapsed, 1),
                 hop_p50_ms=round(percentile(hops, 0.5), 2),
                 hop_p99_ms=round(percentile(hops, 0.99), 2),
+                # the distribution the plots draw, in 201 points (p0, p0.5 ... p100); the
+                # raw samples go to results/raw/ (not in git: 57k lines)
+                hops_ms_quantiles=quantiles(hops),
                 hops_ms=[round(h, 3) for h in hops])
+
+
+#: points of a latency distribution kept in the results (p0 to p100 by 0.5)
+QUANTILES = 201
+
+
+def quantiles(values: list[float]) -> list[float]:
+    return [round(percentile(values, i / (QUANTILES - 1)), 3) for i in range(QUANTILES)]
 
 
 # -- kser ------------------------------------------------------------------------------
@@ -446,7 +457,11 @@ def main() -> int:
                   f"{data['task_runs_per_second']:.1f} hops/s", flush=True)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    raw = {name: {kind: runs[kind].pop("hops_ms") for kind in runs
+                  if isinstance(runs[kind], dict) and "hops_ms" in runs[kind]}
+           for name, runs in results.items()}
+    (out / "raw" / "sequencing-hops.json").write_text(json.dumps(raw))
     (out / "sequencing.json").write_text(json.dumps(dict(
         operations=args.operations, hops=args.hops, unloaded=args.unloaded,
         partitions=PARTITIONS, results=results), indent=1))

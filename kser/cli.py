@@ -465,6 +465,31 @@ def purge(settings: Settings, store_url: str | None) -> None:
     click.echo(f"purged {count} operation(s)")
 
 
+@main.group("store")
+def store_commands() -> None:
+    """The store of operations: its schema."""
+
+
+@store_commands.command("migrate")
+@click.option("--store-url", default=None,
+              help=f"Store [env KSER_STORE_URL, {DEFAULT_STORE_URL}].")
+@click.pass_obj
+def store_migrate(settings: Settings, store_url: str | None) -> None:
+    """Bring the store's schema to this kser's version (workers also do it when they
+    start, and log it)."""
+    from kser.store import Store
+
+    url = store_url or settings.store_url
+    store = Store(url)
+    before, after = store.migrated
+    store.close()
+    if before == after:
+        click.echo(f"store {_store_name(url)}: already at schema version {after}")
+    else:
+        click.echo(f"store {_store_name(url)}: migrated from schema version {before} to "
+                   f"{after}")
+
+
 @main.group()
 def topics() -> None:
     """Create and describe topics (partitions, replicas, who reads what)."""

@@ -95,31 +95,30 @@ def main():
 
 def tour(store: Store) -> int:
     registry.configure(store=store, producer=Producer({"broker": "etl"}), topic="etl")
-    sequencer = registry.sequencer
 
     operation = Etl(params={"source": "s3://bucket/day=1"}).send()
     work()
     show("Transform failed", operation.uuid)
 
     UPSTREAM["ready"] = True
-    print(sequencer.recover(operation.uuid).stdout)
+    print(registry.recover(operation.uuid).stdout)
     work()
     _, tasks = show("Recovered", operation.uuid)
 
-    print(sequencer.run_one(operation.uuid, tasks[2]["id"]).stdout)
+    print(registry.run_one(operation.uuid, tasks[2]["id"]).stdout)
     work()
     show("Load run once more", operation.uuid)
 
-    print(sequencer.run_from(operation.uuid, tasks[1]["id"]).stdout)
+    print(registry.run_from(operation.uuid, tasks[1]["id"]).stdout)
     work()
     show("Re-run from Transform", operation.uuid)
 
     second = Etl(params={"source": "s3://bucket/day=2"}).send()
-    print(sequencer.cancel(second.uuid).stdout)
+    print(registry.cancel(second.uuid).stdout)
     work()
     show("Canceled before it ran", second.uuid)
 
-    print(f"\npurged {sequencer.purge()} finished operation(s) whose TTL expired")
+    print(f"\npurged {registry.purge()} finished operation(s) whose TTL expired")
     exits = get_broker("etl").records("etl.done")
     print(f"exit notifications on etl.done: {len(exits)} (one per time the operation ended)")
     return 0

@@ -6,6 +6,9 @@ import importlib
 import logging
 from typing import TypeVar
 
+from cdumay_error.types import ValidationError
+from cdumay_result import Result
+
 from kser.config import TRANSPORTS, Settings
 from kser.controller import BaseProducer, Controller
 from kser.entry import Entrypoint
@@ -46,7 +49,17 @@ class OperationRegistry:
         Returns the class (kser 0.8.27 returned None, which turned every decorated
         class of its own dice example into None). The class's ``registry`` becomes
         this registry: that is how ``Operation.send()`` finds its store and producer.
+
+        :raises ValidationError: the class belongs to another registry already (it
+            would silently move there: subclass it for the second registry)
         """
+        owner = callback.__dict__.get("registry")
+        if owner is not None and owner is not self:
+            raise ValidationError(
+                f"{callback.path} is subscribed to another registry already: a class "
+                "belongs to one registry (its Operation.send() uses that registry's store "
+                "and producer); subclass it to subscribe it to a second one",
+                extra=dict(entrypoint=callback.path))
         if callback.path not in self.controller.ENTRYPOINTS:
             logger.debug("Operation registry: loaded %s", callback.path)
             self.controller.register(callback.path, callback)
@@ -77,6 +90,29 @@ class OperationRegistry:
             self._producer = importlib.import_module(f"{module}.producer").Producer(
                 self.settings.producer_config())
         return self._producer
+
+    # -- controls: each returns a Result (0 done, 404 unknown, 409 wrong state) ----------
+
+    def cancel(self, operation_id: str) -> Result:
+        """Cancel an operation: pending tasks CANCELED, nothing more sent (a running task
+        finishes, nothing follows it)."""
+        return self.sequencer.cancel(operation_id)
+
+    def recover(self, operation_id: str) -> Result:
+        """Restart a FAILED operation from its failed task(s), keeping earlier results."""
+        return self.sequencer.recover(operation_id)
+
+    def run_from(self, operation_id: str, task_id: str) -> Result:
+        """Reset ``task_id`` and every task after it, then run the operation from it."""
+        return self.sequencer.run_from(operation_id, task_id)
+
+    def run_one(self, operation_id: str, task_id: str) -> Result:
+        """Run one task again with its predecessors' result; nothing follows it."""
+        return self.sequencer.run_one(operation_id, task_id)
+
+    def purge(self) -> int:
+        """Delete finished operations whose retention expired; return how many."""
+        return self.sequencer.purge()
 
     def init_app(self, app=None) -> None:
         """Bind to a Flask app (``app.extensions["kser"]`` is this registry), then load tasks."""

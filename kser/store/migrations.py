@@ -1,55 +1,175 @@
-"""Versioned schema migrations, applied in order by :func:`migrate`.
+"""Versioned schema migrations, frozen: each version's DDL is written out here once and
+never changes, whatever ``schema.py`` becomes.
 
-Each migration brings the schema from version ``n - 1`` to ``n`` and runs in
-its own transaction. Version 1 creates the tables as ``schema.py`` defines
-them today, so a later migration checks what already exists before it adds
-it: a new database gets every column from version 1, an old one gets it from
-the migration that introduced it. A change to the schema appends a function
-here and bumps :data:`kser.store.schema.SCHEMA_VERSION`.
+Migration ``n`` brings a store from version ``n - 1`` to ``n`` in its own transaction
+(on PostgreSQL under an advisory lock, so workers starting together migrate once).
+``kser store migrate`` applies them; a worker, a producer or ``kser demo`` opening a
+store applies what it lacks too, and logs it. A store newer than this code is refused.
+
+A change to the schema appends a function here (its DDL written out, never
+``schema.py``'s tables) and bumps :data:`kser.store.schema.SCHEMA_VERSION`;
+``tests/unit/test_migrations.py`` (SQLite) and ``tests/integration/test_migrations.py``
+(PostgreSQL) check that every version migrates to a store identical to ``schema.py``.
+
+Stores whose version 1 was created before the migrations were frozen (kser's version 1
+then created ``schema.py``'s tables of the day) may already have what versions 2 to 4
+add: those migrations add only what is missing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
 
+from kser.errors import StoreError
 from kser.store import schema
+
+logger = logging.getLogger(__name__)
+
+# -- version 1, as released: operations, tasks, dependencies, attempts, logs, outbox ----
+
+_V1 = MetaData()
+Table("kser_operations", _V1,
+      Column("id", String(64), primary_key=True),
+      Column("entrypoint", String(255), nullable=False),
+      Column("status", String(16), nullable=False),
+      Column("params", JSON, nullable=False),
+      Column("metadata", JSON, nullable=False),
+      Column("result", JSON, nullable=True),
+      Column("topic", String(255), nullable=False),
+      Column("exit_notify", JSON, nullable=True),
+      Column("ttl_strategy", JSON, nullable=True),
+      Column("created_at", Float, nullable=False),
+      Column("updated_at", Float, nullable=False),
+      Column("finished_at", Float, nullable=True),
+      Index("ix_kser_operations_status_finished", "status", "finished_at"))
+Table("kser_tasks", _V1,
+      Column("id", String(64), primary_key=True),
+      Column("operation_id", String(64), ForeignKey("kser_operations.id", ondelete="CASCADE"),
+             nullable=False),
+      Column("position", Integer, nullable=False),
+      Column("entrypoint", String(255), nullable=False),
+      Column("topic", String(255), nullable=True),
+      Column("status", String(16), nullable=False),
+      Column("params", JSON, nullable=False),
+      Column("metadata", JSON, nullable=False),
+      Column("result", JSON, nullable=True),
+      Column("attempt", Integer, nullable=False),
+      Column("worker", String(255), nullable=True),
+      Column("lease_expires_at", Float, nullable=True),
+      Column("started_at", Float, nullable=True),
+      Column("finished_at", Float, nullable=True),
+      Index("ix_kser_tasks_operation", "operation_id", "position"))
+Table("kser_task_dependencies", _V1,
+      Column("task_id", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+             primary_key=True),
+      Column("depends_on", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+             primary_key=True))
+Table("kser_attempts", _V1,
+      Column("task_id", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+             primary_key=True),
+      Column("number", Integer, primary_key=True),
+      Column("worker", String(255), nullable=False),
+      Column("status", String(16), nullable=False),
+      Column("started_at", Float, nullable=False),
+      Column("finished_at", Float, nullable=True),
+      Column("retcode", Integer, nullable=True),
+      Column("error", Text, nullable=True))
+Table("kser_task_logs", _V1,
+      Column("id", Integer, primary_key=True, autoincrement=True),
+      Column("task_id", String(64), ForeignKey("kser_tasks.id", ondelete="CASCADE"),
+             nullable=False),
+      Column("attempt", Integer, nullable=False),
+      Column("created_at", Float, nullable=False),
+      Column("level", Integer, nullable=False),
+      Column("message", Text, nullable=False),
+      Index("ix_kser_task_logs_task", "task_id", "id"))
+Table("kser_outbox", _V1,
+      Column("id", Integer, primary_key=True, autoincrement=True),
+      Column("operation_id", String(64), ForeignKey("kser_operations.id", ondelete="CASCADE"),
+             nullable=True),
+      Column("topic", String(255), nullable=False),
+      Column("key", LargeBinary, nullable=True),
+      Column("value", LargeBinary, nullable=False),
+      Column("created_at", Float, nullable=False),
+      Column("sent_at", Float, nullable=True),
+      Index("ix_kser_outbox_unsent", "operation_id", "sent_at"))
+
+# -- version 4's new table, as released ---------------------------------------------------
+
+_V4 = MetaData()
+Table("kser_dead_letters", _V4,
+      Column("id", Integer, primary_key=True, autoincrement=True),
+      Column("topic", String(255), nullable=False),
+      Column("partition", Integer, nullable=False),
+      Column("offset", BigInteger, nullable=False),
+      Column("key", LargeBinary, nullable=True),
+      Column("value", LargeBinary, nullable=True),
+      Column("headers", JSON, nullable=False),
+      Column("error", Text, nullable=False),
+      Column("worker", String(255), nullable=False),
+      Column("created_at", Float, nullable=False),
+      Column("replayed_at", Float, nullable=True),
+      Index("ux_kser_dead_letters_source", "topic", "partition", "offset", unique=True))
+
+
+def _columns(connection: Connection, table: str) -> set[str]:
+    return {c["name"] for c in inspect(connection).get_columns(table)}
+
+
+def _add_column(connection: Connection, table: str, column: str, sql_type: str) -> None:
+    if column not in _columns(connection, table):
+        connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
+def _add_index(connection: Connection, table: str, name: str, columns_sql: str) -> None:
+    if name not in {i["name"] for i in inspect(connection).get_indexes(table)}:
+        connection.execute(text(f"CREATE INDEX {name} ON {table} {columns_sql}"))
 
 
 def _v1(connection: Connection) -> None:
     """The first schema: operations, tasks, dependencies, attempts, logs, outbox."""
-    tables = [schema.operations, schema.tasks, schema.task_dependencies, schema.attempts,
-              schema.task_logs, schema.outbox, schema.dead_letters]
-    schema.metadata.create_all(connection, tables=tables)
+    _V1.create_all(connection)
 
 
 def _v2(connection: Connection) -> None:
     """Delayed messages (retries): ``kser_outbox.due_at``; indexes the sweep uses."""
-    columns = {c["name"] for c in inspect(connection).get_columns(schema.outbox.name)}
-    if "due_at" not in columns:
-        connection.execute(text("ALTER TABLE kser_outbox ADD COLUMN due_at FLOAT"))
-    for table, name, columns_sql in (
-            (schema.outbox.name, "ix_kser_outbox_due", "(sent_at, due_at)"),
-            (schema.tasks.name, "ix_kser_tasks_leases", "(status, lease_expires_at)")):
-        if name not in {i["name"] for i in inspect(connection).get_indexes(table)}:
-            connection.execute(text(f"CREATE INDEX {name} ON {table} {columns_sql}"))
+    _add_column(connection, "kser_outbox", "due_at", "FLOAT")
+    _add_index(connection, "kser_outbox", "ix_kser_outbox_due", "(sent_at, due_at)")
+    _add_index(connection, "kser_tasks", "ix_kser_tasks_leases", "(status, lease_expires_at)")
 
 
 def _v3(connection: Connection) -> None:
     """An index to find the tasks that depend on a task (each hop reads them)."""
-    table, name = schema.task_dependencies.name, "ix_kser_task_dependencies_depends_on"
-    if name not in {i["name"] for i in inspect(connection).get_indexes(table)}:
-        connection.execute(text(f"CREATE INDEX {name} ON {table} (depends_on)"))
+    _add_index(connection, "kser_task_dependencies", "ix_kser_task_dependencies_depends_on",
+               "(depends_on)")
 
 
 def _v4(connection: Connection) -> None:
     """Dead letters the dead-letter topic did not take; when a sweep re-sent a task."""
-    columns = {c["name"] for c in inspect(connection).get_columns(schema.tasks.name)}
-    if "resent_at" not in columns:
-        connection.execute(text("ALTER TABLE kser_tasks ADD COLUMN resent_at FLOAT"))
-    schema.metadata.create_all(connection, tables=[schema.dead_letters])
+    _add_column(connection, "kser_tasks", "resent_at", "FLOAT")
+    _V4.create_all(connection)  # (checks first: a store made before the freeze has it)
 
 
 #: migration n is MIGRATIONS[n - 1]
@@ -65,21 +185,24 @@ def current_version(engine: Engine) -> int:
     return max(versions, default=0)
 
 
-def migrate(engine: Engine) -> int:
-    """Apply every migration the database lacks; return the resulting version.
+def migrate(engine: Engine, target: int | None = None) -> tuple[int, int]:
+    """Apply every migration the database lacks (up to ``target``, default the latest);
+    return its version before and after.
 
-    :raises RuntimeError: the database is newer than this kser (upgrade kser)
+    :raises StoreError: the database is newer than this kser
     """
+    target = schema.SCHEMA_VERSION if target is None else target
     version = current_version(engine)
     if version > schema.SCHEMA_VERSION:
-        raise RuntimeError(f"The kser store is at schema version {version}, newer than this "
-                           f"kser ({schema.SCHEMA_VERSION}): upgrade kser")
-    for number in range(version + 1, schema.SCHEMA_VERSION + 1):
+        raise StoreError(f"the store is at schema version {version}, newer than this kser "
+                         f"(which knows versions up to {schema.SCHEMA_VERSION}): upgrade kser "
+                         "on this machine, or point KSER_STORE_URL at another store")
+    for number in range(version + 1, target + 1):
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # workers starting together: one migrates, the others wait, then see it done
                 connection.execute(text("SELECT pg_advisory_xact_lock(74657201)"))
-            schema.metadata.create_all(connection, tables=[schema.schema_version])
+            schema.schema_version.create(connection, checkfirst=True)
             already = connection.execute(
                 select(schema.schema_version.c.version)
                 .where(schema.schema_version.c.version == number)).first()
@@ -88,4 +211,8 @@ def migrate(engine: Engine) -> int:
             MIGRATIONS[number - 1](connection)
             connection.execute(schema.schema_version.insert().values(
                 version=number, applied_at=time.time()))
-    return schema.SCHEMA_VERSION
+    after = max(version, target)
+    if after > version:
+        logger.info("Store %s migrated from schema version %d to %d",
+                    engine.url.render_as_string(hide_password=True), version, after)
+    return version, after

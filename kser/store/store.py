@@ -491,9 +491,12 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
+        #: the schema versions before and after the migrations this store applied when
+        #: it was opened (see :mod:`kser.store.migrations`)
+        self.migrated: tuple[int, int] = (0, 0)
         try:
             self.engine = _create_engine(_checked_url(url))
-            migrate(self.engine)
+            self.migrated = migrate(self.engine)
         except StoreError:
             raise
         except Exception as exc:

@@ -435,7 +435,11 @@ def test_a_retry_waits_in_the_store_not_in_a_consumer(h, monkeypatch):
     time.sleep(max(0.0, due["due_at"] - time.time()))
     fresh = OperationRegistry().configure(store=Store(h.store.url),
                                           producer=Producer({"broker": h.broker.name}))
-    fresh.subscribe(tasks.OneUnreliable)
+
+    class Restarted(tasks.OneUnreliable):  # the new process's registry runs operations
+        pass
+
+    fresh.subscribe(Restarted)
     assert fresh.sequencer.sweep(force=True) == 1
     assert len(h.messages("ops")) == 2
     h.drain()
@@ -505,3 +509,32 @@ def test_a_control_whose_messages_cannot_be_sent_now_is_done_and_leaves_them_que
     assert result.retcode == 0
     assert "done in the store; its messages wait in the outbox" in result.stdout
     assert h.operation(op.uuid)[0]["status"] == "CANCELED"
+
+
+def test_a_class_subscribed_to_a_second_registry_is_refused():
+    from cdumay_error.types import ValidationError
+
+    from kser.sequencing.registry import OperationRegistry
+
+    other = OperationRegistry()
+    with pytest.raises(ValidationError, match="is subscribed to another registry already"):
+        other.subscribe(tasks.ThreeSteps)
+    assert tasks.ThreeSteps.registry is tasks.registry  # it stayed where it was
+    assert tasks.registry.subscribe(tasks.ThreeSteps) is tasks.ThreeSteps  # again: no-op
+
+    class Mine(tasks.ThreeSteps):  # a subclass belongs to the registry it is given to
+        pass
+
+    assert other.subscribe(Mine).registry is other
+
+
+def test_the_controls_are_public_on_the_registry(h):
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    assert h.registry.cancel("nothing").retcode == 404
+    assert h.registry.cancel(op.uuid).retcode == 0
+    h.drain()
+    first = h.operation(op.uuid)[1][0]["id"]
+    assert h.registry.recover(op.uuid).retcode == 409  # CANCELED, not FAILED
+    assert h.registry.run_one(op.uuid, first).retcode == 0
+    assert h.registry.run_from(op.uuid, "nothing").retcode == 404
+    assert h.registry.purge() == 0  # no TTL: kept

@@ -1,0 +1,73 @@
+"""Frozen migrations (SQLite): every version migrates to exactly schema.py's store, keeping
+its rows; tests/integration/test_migrations.py does the same on PostgreSQL."""
+
+import pytest
+from click.testing import CliRunner
+
+from kser.cli import main
+from kser.store import Store, schema
+from kser.store.migrations import MIGRATIONS, current_version, migrate
+from tests.schemas import describe, model, store_at
+
+VERSIONS = range(1, schema.SCHEMA_VERSION + 1)
+
+
+def test_the_latest_version_is_the_schema_the_code_uses(tmp_path):
+    migrated = store_at(f"sqlite:///{tmp_path}/m.db", schema.SCHEMA_VERSION)
+    assert describe(migrated) == describe(model(f"sqlite:///{tmp_path}/s.db"))
+    assert len(MIGRATIONS) == schema.SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_version_migrates_to_the_latest_keeping_its_rows(tmp_path, version):
+    url = f"sqlite:///{tmp_path}/v{version}.db"
+    old = store_at(url, version)
+    assert current_version(old) == version
+    with old.begin() as connection:  # what every version since 1 can hold
+        connection.exec_driver_sql(
+            "INSERT INTO kser_operations (id, entrypoint, status, params, metadata, topic, "
+            "created_at, updated_at) VALUES ('op', 'a.Op', 'RUNNING', '{}', '{}', 't', 1, 1)")
+        connection.exec_driver_sql(
+            "INSERT INTO kser_tasks (id, operation_id, position, entrypoint, status, params, "
+            "metadata, attempt) VALUES ('t1', 'op', 0, 'a.T', 'PENDING', '{}', '{}', 0)")
+    old.dispose()
+    store = Store(url)  # what a worker does: migrates what the store lacks
+    assert current_version(store.engine) == schema.SCHEMA_VERSION
+    assert describe(store.engine) == describe(model(f"sqlite:///{tmp_path}/s.db"))
+    with store.transaction() as tx:
+        assert tx.get_operation("op")["status"] == "RUNNING"
+        assert [t["id"] for t in tx.get_tasks("op")] == ["t1"]
+    store.close()
+
+
+def test_migrating_twice_changes_nothing(tmp_path):
+    engine = store_at(f"sqlite:///{tmp_path}/m.db", schema.SCHEMA_VERSION)
+    before = describe(engine)
+    assert migrate(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
+    assert describe(engine) == before
+
+
+def test_kser_store_migrate_says_what_it_did(tmp_path):
+    url = f"sqlite:///{tmp_path}/cli.db"
+    store_at(url, 1).dispose()
+    runner = CliRunner()
+    first = runner.invoke(main, ["store", "migrate", "--store-url", url])
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == (f"store {url}: migrated from schema version 1 to "
+                                    f"{schema.SCHEMA_VERSION}")
+    again = runner.invoke(main, ["store", "migrate", "--store-url", url])
+    assert again.output.strip() == (f"store {url}: already at schema version "
+                                    f"{schema.SCHEMA_VERSION}")
+
+
+def test_a_store_newer_than_the_code_is_refused_in_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/new.db"
+    engine = store_at(url, schema.SCHEMA_VERSION)
+    with engine.begin() as connection:
+        connection.execute(schema.schema_version.insert().values(version=99, applied_at=0))
+    result = CliRunner().invoke(main, ["store", "migrate", "--store-url", url])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"kser: the store is at schema version 99, newer than this kser (which knows "
+        f"versions up to {schema.SCHEMA_VERSION}): upgrade kser on this machine, or point "
+        "KSER_STORE_URL at another store")
