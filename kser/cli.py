@@ -25,6 +25,7 @@ from kser.controller import Controller
 from kser.errors import StoreError
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
+from kser.status import Status
 
 #: the store of ``kser demo``, in the state folder ``.kser`` of the working directory
 DEMO_STORE_URL = "sqlite:///.kser/demo.db"
@@ -268,7 +269,7 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, count: in
             f"{len(kmsgs) - len(ended)} operation(s) did not end within {timeout:g} s (--timeout)"
             f" in the store {_store_name(settings.store_url)}: are workers running on "
             f"{topic} with this store (KSER_STORE_URL), and is {entrypoint} an operation?")
-    if any(status != "SUCCESS" for status in ended.values()):
+    if any(status != Status.SUCCESS for status in ended.values()):
         sys.exit(1)
 
 
@@ -594,7 +595,7 @@ def demo(dice: int, store_url: str | None) -> None:
     click.echo(f"state kept in {_store_name(store_url)}: the operation, its "
                "tasks, their attempts and results (kser purge --store-url ... clears "
                "finished ones)")
-    if operation["status"] != "SUCCESS":
+    if operation["status"] != Status.SUCCESS:
         sys.exit(1)
 
 

@@ -12,16 +12,17 @@ from kser.entry import Entrypoint
 from kser.results import exception_result
 from kser.schemas import KSER_METADATA_KEY
 from kser.sequencing.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
+from kser.status import FINAL_STATUSES as FINAL_STATUSES  # re-exported (kser 0.8 names)
+from kser.status import Status
 from kser.store.store import MAX_LOG_LINE, MAX_LOG_LINES
 from kser.timelimit import TimeLimitExceeded, time_limit
 
 logger = logging.getLogger(__name__)
 
-#: the statuses of a task or an operation
+#: the statuses of a task or an operation (kser.status.Status; these names stay)
 PENDING, RUNNING, SUCCESS, FAILED, SKIPPED, CANCELED = (
-    "PENDING", "RUNNING", "SUCCESS", "FAILED", "SKIPPED", "CANCELED")
-#: statuses after which nothing more happens
-FINAL_STATUSES = frozenset({SUCCESS, FAILED, SKIPPED, CANCELED})
+    Status.PENDING, Status.RUNNING, Status.SUCCESS, Status.FAILED, Status.SKIPPED,
+    Status.CANCELED)
 
 
 class Task(Entrypoint):

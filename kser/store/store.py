@@ -28,11 +28,10 @@ from sqlalchemy.engine import Engine, RowMapping, make_url
 from sqlalchemy.pool import QueuePool
 
 from kser.errors import StoreError, WorkerFatalError, is_transient, safe_text
+from kser.status import FINAL_STATUSES, Status
 from kser.store import schema
 from kser.store.migrations import migrate
 
-#: statuses after which an operation or a task does not change by itself
-FINAL_STATUSES = ("SUCCESS", "FAILED", "SKIPPED", "CANCELED")
 #: most log lines stored per task attempt (a note says how many more there were)
 MAX_LOG_LINES = 1000
 #: longest stored log line, characters
@@ -54,7 +53,7 @@ _GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"),
                            select(func.count()).select_from(_blocker)
                            .join(_blocking_task, _blocking_task.c.id == _blocker.c.depends_on)
                            .where(and_(_blocker.c.task_id == _task.id,
-                                       _blocking_task.c.status != "SUCCESS"))
+                                       _blocking_task.c.status != Status.SUCCESS))
                            .scalar_subquery().label("blocking_count"))
                     .join(schema.operations, _op.id == _task.operation_id)
                     .where(_task.id == bindparam("b_id")))
@@ -70,13 +69,13 @@ _READY_DEPENDENTS = (
                 ~select(_blocker.c.task_id)
                 .join(_blocking_task, _blocking_task.c.id == _blocker.c.depends_on)
                 .where(and_(_blocker.c.task_id == _task.id,
-                            _blocking_task.c.status != "SUCCESS")).exists()))
+                            _blocking_task.c.status != Status.SUCCESS)).exists()))
     .order_by(_task.position))
 _DEPENDENCY_RESULTS = (select(_task.id, _task.position, _task.result)
                        .join(_dep, _dep.c.depends_on == _task.id)
                        .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
 _UNSUCCESSFUL = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
-                                             _task.status != "SUCCESS")).limit(1))
+                                             _task.status != Status.SUCCESS)).limit(1))
 _GET_TASKS = (select(schema.tasks).where(_task.operation_id == bindparam("b_id"))
               .order_by(_task.position))
 _DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
@@ -85,30 +84,30 @@ _DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
                  .where(_task.operation_id == bindparam("b_id")))
 _CLAIM = (update(schema.tasks)
           .where(and_(_task.id == bindparam("b_id"), _task.attempt == bindparam("b_attempt"),
-                      or_(_task.status == "PENDING",
-                          and_(_task.status == "RUNNING",
+                      or_(_task.status == Status.PENDING,
+                          and_(_task.status == Status.RUNNING,
                                or_(_task.lease_expires_at < bindparam("b_now"),
                                    _task.worker == bindparam("b_worker"))))))
-          .values(status="RUNNING", attempt=bindparam("b_next"), worker=bindparam("b_worker"),
+          .values(status=Status.RUNNING, attempt=bindparam("b_next"), worker=bindparam("b_worker"),
                   lease_expires_at=bindparam("b_lease"), started_at=bindparam("b_now"),
                   finished_at=None))
 _TAKEN_OVER = (update(schema.attempts)
                .where(and_(_attempt.task_id == bindparam("b_id"),
                            _attempt.number == bindparam("b_attempt"),
-                           _attempt.status == "RUNNING"))
-               .values(status="FAILED", finished_at=bindparam("b_now"),
+                           _attempt.status == Status.RUNNING))
+               .values(status=Status.FAILED, finished_at=bindparam("b_now"),
                        error=bindparam("b_error")))
 _NEW_ATTEMPT = schema.attempts.insert().values(
     task_id=bindparam("b_id"), number=bindparam("b_next"), worker=bindparam("b_worker"),
-    status="RUNNING", started_at=bindparam("b_now"))
+    status=Status.RUNNING, started_at=bindparam("b_now"))
 _RENEW = (update(schema.tasks)
           .where(and_(_task.id == bindparam("b_id"), _task.attempt == bindparam("b_attempt"),
-                      _task.status == "RUNNING"))
+                      _task.status == Status.RUNNING))
           .values(lease_expires_at=bindparam("b_lease")))
 _FINISH_TASK = (update(schema.tasks)
                 .where(and_(_task.id == bindparam("b_id"),
                             _task.attempt == bindparam("b_attempt"),
-                            _task.status == "RUNNING"))
+                            _task.status == Status.RUNNING))
                 .values(status=bindparam("b_status"), result=bindparam("b_result"),
                         finished_at=bindparam("b_finished"), lease_expires_at=None))
 _FINISH_ATTEMPT = (update(schema.attempts)
@@ -236,7 +235,7 @@ class Tx:
         """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded
         (with ``dependency_count``, how many tasks each depends on)."""
         return [row for row in self._rows(_READY_DEPENDENTS, dict(b_id=task_id))
-                if row["status"] == "PENDING"]
+                if row["status"] == Status.PENDING]
 
     def dependency_results(self, task_id: str) -> list[dict | None]:
         """The results of the tasks ``task_id`` depends on, in their operation's order."""
@@ -293,7 +292,7 @@ class Tx:
         False if another worker took the task over meanwhile: nothing is written.
         """
         task_status = task_status or status
-        retry = task_status == "PENDING"
+        retry = task_status == Status.PENDING
         finished = self._rowcount(_FINISH_TASK, dict(
             b_id=task_id, b_attempt=attempt, b_status=task_status,
             b_result=None if retry else result, b_finished=None if retry else now)) == 1
@@ -334,8 +333,8 @@ class Tx:
         task, op = schema.tasks.c, schema.operations.c
         expired = list(self.connection.execute(
             select(schema.tasks).join(schema.operations, op.id == task.operation_id)
-            .where(and_(task.status == "RUNNING", task.lease_expires_at < now,
-                        op.status == "RUNNING",
+            .where(and_(task.status == Status.RUNNING, task.lease_expires_at < now,
+                        op.status == Status.RUNNING,
                         or_(task.resent_at.is_(None), task.resent_at < now - lease))))
             .mappings())
         if expired:
@@ -352,17 +351,17 @@ class Tx:
         orphans = self.connection.execute(
             select(task.id, task.attempt, op.status)
             .join(schema.operations, op.id == task.operation_id)
-            .where(and_(task.status == "RUNNING", task.lease_expires_at < now,
-                        op.status != "RUNNING"))).all()
+            .where(and_(task.status == Status.RUNNING, task.lease_expires_at < now,
+                        op.status != Status.RUNNING))).all()
         for task_id, attempt, op_status in orphans:
             self.connection.execute(update(schema.tasks).where(task.id == task_id)
-                                    .values(status="CANCELED", finished_at=now,
+                                    .values(status=Status.CANCELED, finished_at=now,
                                             lease_expires_at=None))
             self.connection.execute(
                 update(schema.attempts)
                 .where(and_(_attempt.task_id == task_id, _attempt.number == attempt,
-                            _attempt.status == "RUNNING"))
-                .values(status="FAILED", finished_at=now,
+                            _attempt.status == Status.RUNNING))
+                .values(status=Status.FAILED, finished_at=now,
                         error=f"lease expired: its worker stopped after the operation "
                               f"was {op_status}; not taken over"))
         return len(orphans)
@@ -467,9 +466,9 @@ def _expired(status: str, finished_at: float, ttl: dict | None, now: float) -> b
     if not ttl:
         return False
     limits = [ttl.get("seconds_after_completion")]
-    if status == "SUCCESS":
+    if status == Status.SUCCESS:
         limits.append(ttl.get("seconds_after_success"))
-    elif status == "FAILED":
+    elif status == Status.FAILED:
         limits.append(ttl.get("seconds_after_failure"))
     return any(limit is not None and now - finished_at >= limit for limit in limits)
 
