@@ -35,8 +35,8 @@ from kser.errors import is_transient, safe_text
 if TYPE_CHECKING:
     from kser.config import Settings
     from kser.controller import BaseProducer
+    from kser.record import Record
     from kser.store import Store
-    from kser.worker import Record
 
 logger = logging.getLogger(__name__)
 

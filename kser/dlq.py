@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from kser.controller import BaseProducer
 from kser.deadletter import DLQ_HEADERS
-from kser.worker import BaseConsumer, Record
+from kser.record import Record
+from kser.worker import BaseConsumer
 
 #: consumer group whose offsets say how far ``replay`` went on a dead-letter topic
 REPLAY_GROUP = "kser-dlq-replay"
@@ -89,7 +90,7 @@ def read(consumer: BaseConsumer, wait: float, commit: bool = False) -> Iterator[
     deadline = time.monotonic() + wait
     seen = False
     while time.monotonic() < deadline:
-        records = consumer._poll(0.5, 500)
+        records = consumer.fetch(0.5, 500)
         if not records:
             continue
         seen = True
@@ -98,7 +99,7 @@ def read(consumer: BaseConsumer, wait: float, commit: bool = False) -> Iterator[
             offsets: dict = {}
             for record in records:
                 offsets[(record.topic, record.partition)] = record.offset + 1
-            consumer._commit(offsets)
+            consumer.commit(offsets)
         deadline = time.monotonic() + (wait / 4 if seen else wait)
 
 
@@ -124,7 +125,7 @@ def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer], dlq_top
     try:
         letters = [DeadLetter(record) for record in read(consumer, wait)]
     finally:
-        consumer._close()
+        consumer.close()
     if store is not None and source_topic is not None:
         with store.transaction() as tx:
             letters += [DeadLetter.from_row(row) for row in tx.dead_letters([source_topic])]
@@ -155,9 +156,9 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
                 _send_back(producer, letter, default_topic, run)
                 replayed.append(letter)
                 seen.add(letter.source)
-            consumer._commit({(record.topic, record.partition): record.offset + 1})
+            consumer.commit({(record.topic, record.partition): record.offset + 1})
     finally:
-        consumer._close()
+        consumer.close()
     if store is not None:
         with store.transaction() as tx:
             rows = tx.dead_letters([default_topic], replayed=False)

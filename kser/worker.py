@@ -44,18 +44,18 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
 from kser.errors import WorkerFatalError, is_transient, safe_text
+from kser.record import Record, TopicPartition
 from kser.results import exception_result
 from kser.topics import TopicAdmin
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DLQ_HEADERS", "BaseConsumer", "Record", "WorkerStartError"]
+__all__ = ["DLQ_HEADERS", "BaseConsumer", "Record", "TopicPartition", "WorkerStartError"]
 
 #: longest the main thread waits in one poll, or for a task, while tasks run, seconds
 BUSY_POLL_INTERVAL = 0.2
@@ -69,24 +69,7 @@ REBALANCE_POLL_INTERVAL = 1.0
 #: the client's max.poll.interval.ms when its configuration does not set it (both clients)
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 
-TopicPartition = tuple[str, int]
-
 _consumer_numbers = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One consumed Kafka record, whatever the client library."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    key: bytes | None = None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    #: why the client library could not read this record (then value, key and headers
-    #: are empty): it is dead-lettered as a placeholder naming where the record is
-    unreadable: str | None = None
 
 
 class OffsetTracker:
@@ -187,7 +170,10 @@ class BaseConsumer:
         self._aborting = threading.Event()
         self._paused = threading.Event()
         self._task_done = threading.Event()
-        self._exit_when_idle = False
+        #: return once every topic is drained (``run(until_idle=True)``), instead of
+        #: consuming until stopped
+        self.until_idle = False
+        self._counter_lock = threading.Lock()
         self._poll_failures = 0
         self._own_store = None
         self.processed = 0
@@ -292,6 +278,20 @@ class BaseConsumer:
         config[key] = False
         return config
 
+    # -- the client, for tools that read a topic without the loop (kser dlq) -------------
+
+    def fetch(self, timeout: float, max_records: int) -> list[Record]:
+        """Poll the client once (no processing, no commit)."""
+        return self._poll(timeout, max_records)
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (per partition, the offset of the next record to read)."""
+        self._commit(offsets)
+
+    def close(self) -> None:
+        """Close the client (:meth:`run` does it itself when it returns)."""
+        self._close()
+
     # -- public controls ---------------------------------------------------------------
 
     @property
@@ -338,12 +338,14 @@ class BaseConsumer:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Consume until :meth:`stop`, SIGTERM or SIGINT; then finish, commit, close, return.
+    def run(self, until_idle: bool = False) -> None:
+        """Consume until :meth:`stop`, SIGTERM or SIGINT (or, with ``until_idle``, until a
+        poll brings nothing and nothing runs); then finish, commit, close, return.
 
         :raises WorkerStartError: what the worker needs is missing (its store, its
             topics): nothing was consumed
         """
+        self.until_idle = until_idle
         restore = self._install_signal_handlers()
         executor = None
         clean = False
@@ -459,7 +461,7 @@ class BaseConsumer:
                 last_poll = time.monotonic()
                 backlog.extend(records)
                 fetched_nothing = not records
-                if idle and not records and self._exit_when_idle:
+                if idle and not records and self.until_idle:
                     self._sweep()
                     break
                 if not records and running:
@@ -557,7 +559,8 @@ class BaseConsumer:
                                safe_text(outcome.result.stderr, 1000))
                 if self._stopping.wait(delay):
                     return False
-            self.processed += 1
+            with self._counter_lock:  # task threads finish together
+                self.processed += 1
             if outcome.kmsg is not None:
                 logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d", self.name,
                             outcome.kmsg.entrypoint, outcome.kmsg.uuid, record.topic,

@@ -9,7 +9,8 @@ from confluent_kafka import KafkaError
 
 from kser.confluent.producer import Producer
 from kser.errors import WorkerFatalError, safe_text
-from kser.worker import BaseConsumer, Record, TopicPartition
+from kser.record import Record, TopicPartition
+from kser.worker import BaseConsumer
 
 #: librdkafka settings that only make sense for a consumer (not copied to the producer)
 CONSUMER_ONLY_KEYS = frozenset({

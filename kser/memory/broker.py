@@ -12,7 +12,7 @@ import threading
 import zlib
 from collections import defaultdict
 
-from kser.worker import Record, TopicPartition
+from kser.record import Record, TopicPartition
 
 #: partitions of a topic created on first use
 DEFAULT_PARTITIONS = 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 from kser.memory.admin import Admin
 from kser.memory.broker import get_broker
 from kser.memory.producer import Producer
-from kser.worker import BaseConsumer, Record, TopicPartition
+from kser.record import Record, TopicPartition
+from kser.worker import BaseConsumer
 
 
 class Consumer(BaseConsumer):
@@ -26,8 +27,7 @@ class Consumer(BaseConsumer):
 
     def run(self, until_idle: bool = True) -> None:
         """Consume; with ``until_idle`` (default) return once the topics are drained."""
-        self._exit_when_idle = until_idle
-        super().run()
+        super().run(until_idle)
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
         generation = self.broker.generation(self.group)
@@ -43,7 +43,7 @@ class Consumer(BaseConsumer):
             records.extend(fetched)
             if len(records) >= max_records:
                 break
-        if not records and not self._exit_when_idle:
+        if not records and not self.until_idle:
             self._stopping.wait(timeout)
         return records
 

@@ -12,7 +12,8 @@ from kafka.structs import TopicPartition as KafkaTopicPartition
 from kser.python_kafka import explained_bootstrap
 from kser.python_kafka.admin import Admin
 from kser.python_kafka.producer import Producer
-from kser.worker import BaseConsumer, Record, TopicPartition
+from kser.record import Record, TopicPartition
+from kser.worker import BaseConsumer
 
 #: longest a poll that joins a rebalance may take, seconds
 REJOIN_POLL_TIMEOUT = 0.5
