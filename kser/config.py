@@ -151,11 +151,12 @@ class Settings:
 
     def producer_options(self) -> dict:
         """kser's own producer options (every transport's producer takes them out of
-        its configuration): the size limit, the connect timeout, and the partitions and
-        replicas of the topics it creates."""
+        its configuration): the size limit, the connect timeout, the partitions and
+        replicas of the topics it creates, and these settings themselves (its sealer's
+        keys)."""
         return {"max_message_bytes": self.max_message_bytes,
                 "connect_timeout": self.connect_timeout, "partitions": self.partitions,
-                "replication_factor": self.replication_factor}
+                "replication_factor": self.replication_factor, "settings": self}
 
     def producer_config(self) -> dict:
         """The configuration of a producer of :attr:`transport`, kser's options included."""

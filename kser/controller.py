@@ -34,7 +34,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 #: seconds a new client waits for the cluster (KSER_CONNECT_TIMEOUT)
 DEFAULT_CONNECT_TIMEOUT = 15.0
 #: kser's own options in a transport producer's configuration
-PRODUCER_OPTIONS = ("max_message_bytes", "connect_timeout", "partitions", "replication_factor")
+PRODUCER_OPTIONS = ("max_message_bytes", "connect_timeout", "partitions", "replication_factor",
+                    "settings")
 #: seconds before a topic that could not be checked (the cluster did not answer) is
 #: checked again
 TOPIC_RETRY_INTERVAL = 60.0
@@ -121,8 +122,34 @@ class Controller(BaseController):
         self.producer: BaseProducer | None = None
         #: ``host:pid`` of the consumer running this controller
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
-        #: opens sealed records (KSER_SECRET_KEYS); a no-op without keys
-        self.sealer = Sealer.from_settings(Settings())
+        self._settings: Callable[[], Settings] | None = None
+        self._sealer: Sealer | None = None
+
+    def use_settings(self, settings: Settings | Callable[[], Settings]) -> None:
+        """Take these settings (or a callable returning them when first needed): its
+        registry's, so that one object configures every part."""
+        self._settings = settings if callable(settings) else (lambda: settings)
+        self._sealer = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings given by :meth:`use_settings` (else read from the environment on
+        first use)."""
+        if self._settings is None:
+            settings = Settings()
+            self._settings = lambda: settings
+        return self._settings()
+
+    @property
+    def sealer(self) -> Sealer:
+        """Opens sealed records (``KSER_SECRET_KEYS``); a no-op without keys."""
+        if self._sealer is None:
+            self._sealer = Sealer.from_settings(self.settings)
+        return self._sealer
+
+    @sealer.setter
+    def sealer(self, sealer: Sealer) -> None:
+        self._sealer = sealer
 
     def bind(self, producer: BaseProducer, worker_name: str) -> None:
         """Give this controller the consumer's producer and name (done by the consumer)."""
@@ -222,18 +249,32 @@ class BaseProducer(BaseController):
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 12,
-                 replication_factor: int = -1) -> None:
+                 replication_factor: int = -1, settings: Settings | None = None) -> None:
         self.max_message_bytes = max_message_bytes
         #: seconds the client waits for the cluster when it starts
         self.connect_timeout = connect_timeout
         #: partitions and replicas of the topics it creates (see :mod:`kser.topics`)
         self.partitions, self.replication_factor = partitions, replication_factor
-        #: seals record values when KSER_SECRET_KEYS is set
-        self.sealer = Sealer.from_settings(Settings())
+        #: the settings its sealer reads (KSER_SECRET_KEYS; default: the environment's,
+        #: read when first needed)
+        self.settings = settings
+        # given settings are checked now (a bad key is an error here, not at a send)
+        self._sealer: Sealer | None = Sealer.from_settings(settings) if settings else None
         self._topics_checked: set[str] = set()
         self._topics_retry: dict[str, float] = {}
         self._topics_lock = threading.Lock()
         self._topic_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def sealer(self) -> Sealer:
+        """Seals record values when ``KSER_SECRET_KEYS`` is set (a no-op without keys)."""
+        if self._sealer is None:
+            self._sealer = Sealer.from_settings(self.settings or Settings())
+        return self._sealer
+
+    @sealer.setter
+    def sealer(self, sealer: Sealer) -> None:
+        self._sealer = sealer
 
     @staticmethod
     def take_options(config: dict) -> dict:

@@ -367,6 +367,10 @@ class BaseConsumer:
     def _prepare(self) -> None:
         """Check what the worker needs before it takes a record; refuse to start without it."""
         self.controller.bind(self.producer, self.name)
+        try:
+            self.controller.sealer  # noqa: B018 - KSER_SECRET_KEYS checked before any record
+        except Exception as exc:
+            raise WorkerStartError(safe_text(getattr(exc, "message", exc), 500)) from None
         entrypoints = sorted(self.controller.ENTRYPOINTS)
         logger.info("%s: %d entrypoint(s) registered: %s", self.name, len(entrypoints),
                     ", ".join(entrypoints) or "none")

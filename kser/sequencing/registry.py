@@ -28,20 +28,34 @@ class OperationRegistry:
 
     :param app: a Flask application to bind to (see :meth:`init_app`)
     :param controller_class: the :class:`~kser.controller.Controller` subclass to use
-    :param settings: kser settings (default: from the ``KSER_*`` environment)
+    :param settings: kser settings, passed down to its controller, sequencer and
+        producer (default: read from the ``KSER_*`` environment on first use, not when
+        the registry is built: a registry made at import sees variables set after it)
     """
 
     def __init__(self, app=None, controller_class: type[Controller] = Controller,
                  settings: Settings | None = None):
-        self.settings = settings or Settings()
+        self._settings = settings
         self.controller = controller_class()
+        self.controller.use_settings(lambda: self.settings)
         self._producer: BaseProducer | None = None
         self.sequencer = Sequencer(self.controller.ENTRYPOINTS, self._get_producer,
-                                   lambda: self.controller.worker_name, self.settings)
+                                   lambda: self.controller.worker_name, lambda: self.settings)
         self.controller.sequencer = self.sequencer
         self.app = None
         if app is not None:
             self.init_app(app)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of this registry (one object, shared by its parts)."""
+        if self._settings is None:
+            self._settings = Settings()
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
 
     def subscribe(self, callback: E) -> E:
         """Register a Task or Operation class under its ``path``; usable as a decorator.

@@ -108,28 +108,39 @@ class Sequencer:
 
     :param entrypoints: the controller's registered entrypoints, by path
     :param producer: a callable returning the producer of follow-up messages
-    :param settings: kser settings (store URL, lease, sweep interval...)
+    :param settings: kser settings (store URL, lease, sweep interval...), or a callable
+        returning them on first use (the registry's: read when used, not at import)
     :param store: an open store (default: opened from ``settings.store_url`` on first use)
     """
 
     def __init__(self, entrypoints: dict[str, type[Entrypoint]],
                  producer: Callable[[], BaseProducer], worker_name: Callable[[], str],
-                 settings: Settings | None = None, store: Store | None = None):
+                 settings: Settings | Callable[[], Settings] | None = None,
+                 store: Store | None = None):
         self._entrypoints = entrypoints
         self._producer = producer
         self._worker_name = worker_name
-        self.settings = settings or Settings()
+        self._settings = settings
         self._store = store
         self._store_lock = threading.Lock()
         self._last_sweep = 0.0
         #: outbox rows Kafka acknowledged, marked sent by the next transaction (see publish)
         self._sent: list[int] = []
         self._sent_lock = threading.Lock()
-        self._leases = _Leases(lambda: self.store, self.settings.task_lease)
+        self._leases = _Leases(lambda: self.store, lambda: self.settings.task_lease)
         #: tasks a thread of this process is handling now: a second message for one of
         #: them (a duplicate, a sweep's re-send) never runs it again alongside
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings given (read from the environment on first use if none were)."""
+        if callable(self._settings):
+            return self._settings()
+        if self._settings is None:
+            self._settings = Settings()
+        return self._settings
 
     @property
     def store(self) -> Store:
@@ -806,8 +817,8 @@ class _Leases:
     result will be discarded by :meth:`Tx.finish_attempt`.
     """
 
-    def __init__(self, store: Callable[[], Store], lease: float):
-        self._store, self.lease = store, lease
+    def __init__(self, store: Callable[[], Store], lease: Callable[[], float]):
+        self._store, self._lease = store, lease
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -828,14 +839,14 @@ class _Leases:
 
     def _renew(self) -> None:
         while True:
-            time.sleep(self.lease / 3)
+            time.sleep(self._lease() / 3)
             with self._lock:
                 held = dict(self._held)
             if not held:
                 continue
             try:
                 with self._store().transaction() as tx:
-                    until = time.time() + self.lease
+                    until = time.time() + self._lease()
                     lost = [task_id for task_id, attempt in held.items()
                             if not tx.renew_lease(task_id, attempt, until)]
             except Exception as exc:  # the store may come back before the leases end
