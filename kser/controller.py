@@ -6,7 +6,6 @@ checked and handed to a transport, so every transport sends the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -18,6 +17,9 @@ from dataclasses import dataclass
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
+from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
+from kser.codec import Codec
+from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
 from kser.config import Settings
 from kser.crypto import Sealer
 from kser.entry import Entrypoint
@@ -28,9 +30,6 @@ from kser.topics import TopicAdmin
 
 logger = logging.getLogger(__name__)
 
-#: default largest serialised message accepted by ``send`` (bytes); Kafka's
-#: own default ``max.message.bytes`` is 1 MiB
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 #: seconds a new client waits for the cluster (KSER_CONNECT_TIMEOUT)
 DEFAULT_CONNECT_TIMEOUT = 15.0
 #: kser's own options in a transport producer's configuration
@@ -233,10 +232,6 @@ class Controller(BaseController):
         return entrypoint.from_Message(kmsg).execute()
 
 
-class MessageTooLargeError(ValidationError):
-    """A serialised message is larger than the producer's configured limit."""
-
-
 class BaseProducer(BaseController):
     """What every transport's producer shares: serialise, check, send, report.
 
@@ -339,33 +334,15 @@ class BaseProducer(BaseController):
 
     # -- shared behaviour --------------------------------------------------------------
 
+    @property
+    def codec(self) -> Codec:
+        """How this producer encodes messages: its size limit and its sealer."""
+        return Codec(self.max_message_bytes, self.sealer)
+
     def encode(self, kmsg: Message) -> tuple[bytes, bytes]:
-        """Serialise ``kmsg`` into (key, value) bytes, refusing what cannot be sent.
-
-        The key is the operation id when the message belongs to an operation,
-        so all of an operation's messages share a partition, else the uuid.
-
-        :raises ValidationError: params or metadata that JSON cannot represent
-        :raises MessageTooLargeError: a value over :attr:`max_message_bytes`
-        """
-        kmsg = self._onmessage(kmsg)
-        try:
-            # ensure_ascii=False: a lone surrogate fails here, as it fails on decode
-            value = json.dumps(kmsg.dump(), allow_nan=False, ensure_ascii=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(
-                f"Message {kmsg.entrypoint}[{kmsg.uuid}] cannot be sent: its params, result or "
-                f"metadata are not JSON-serialisable ({exc}); pass only str, int, float, bool, "
-                "None, list and dict values", extra=dict(uuid=kmsg.uuid)) from None
-        value = self.sealer.seal(value)
-        if len(value) > self.max_message_bytes:
-            raise MessageTooLargeError(
-                f"Message {kmsg.entrypoint}[{kmsg.uuid}] is {len(value)} bytes, over the "
-                f"{self.max_message_bytes}-byte limit; store large data elsewhere and send a "
-                "reference, or raise max_message_bytes (and the topic's max.message.bytes)",
-                extra=dict(uuid=kmsg.uuid, size=len(value)))
-        key = kmsg.kser_metadata.get("operation_id") or kmsg.uuid
-        return str(key).encode("utf-8"), value
+        """Serialise ``kmsg`` (after the :meth:`onmessage` hook) into (key, value) bytes,
+        refusing what cannot be sent: see :meth:`kser.codec.Codec.encode`."""
+        return self.codec.encode(self._onmessage(kmsg))
 
     def send(self, topic: str, kmsg: Message, timeout: float = 60) -> Result:
         """Send one message and wait until the broker acknowledged it.

@@ -9,6 +9,7 @@ from typing import TypeVar
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
+from kser.codec import Codec
 from kser.config import TRANSPORTS, Settings
 from kser.controller import BaseProducer, Controller
 from kser.entry import Entrypoint
@@ -39,8 +40,10 @@ class OperationRegistry:
         self.controller = controller_class()
         self.controller.use_settings(lambda: self.settings)
         self._producer: BaseProducer | None = None
+        self._codec: Codec | None = None
         self.sequencer = Sequencer(self.controller.ENTRYPOINTS, self._get_producer,
-                                   lambda: self.controller.worker_name, lambda: self.settings)
+                                   lambda: self.controller.worker_name, lambda: self.settings,
+                                   codec=self._get_codec)
         self.controller.sequencer = self.sequencer
         self.app = None
         if app is not None:
@@ -95,6 +98,17 @@ class OperationRegistry:
         if topic is not None:
             self.settings.topic = topic
         return self
+
+    def _get_codec(self) -> Codec:
+        """The codec of the messages the store keeps: the producer's when one is bound or
+        configured (a worker's: its limits), else one from the settings (a process that
+        only stores operations or controls them opens no Kafka client to encode)."""
+        producer = self.controller.producer or self._producer
+        if producer is not None:
+            return producer.codec
+        if self._codec is None:
+            self._codec = Codec.from_settings(self.settings)
+        return self._codec
 
     def _get_producer(self) -> BaseProducer:
         if self.controller.producer is not None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from cdumay_result import Result
 
+from kser.codec import Codec
 from kser.config import Settings
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.entry import Entrypoint
@@ -111,14 +112,17 @@ class Sequencer:
     :param settings: kser settings (store URL, lease, sweep interval...), or a callable
         returning them on first use (the registry's: read when used, not at import)
     :param store: an open store (default: opened from ``settings.store_url`` on first use)
+    :param codec: a callable returning the codec of the messages the store's outbox keeps
+        (default: the producer's); encoding needs no Kafka client
     """
 
     def __init__(self, entrypoints: dict[str, type[Entrypoint]],
                  producer: Callable[[], BaseProducer], worker_name: Callable[[], str],
                  settings: Settings | Callable[[], Settings] | None = None,
-                 store: Store | None = None):
+                 store: Store | None = None, codec: Callable[[], Codec] | None = None):
         self._entrypoints = entrypoints
         self._producer = producer
+        self._codec = codec or (lambda: self._producer().codec)
         self._worker_name = worker_name
         self._settings = settings
         self._store = store
@@ -491,7 +495,7 @@ class Sequencer:
                                            **({"mode": mode} if mode else {}))
         kmsg = Message(uuid=task["id"], entrypoint=task["entrypoint"], params=task["params"],
                        result=forwarded, metadata=metadata)
-        key, value = self._producer().encode(kmsg)
+        key, value = self._codec().encode(kmsg)
         tx.add_outbox(op["id"], task["topic"] or op["topic"], key, value, due_at)
 
     def _finish_operation(self, tx: Tx, operation_id: str, status: str,
@@ -511,7 +515,7 @@ class Sequencer:
                            params=dict(operation_id=operation_id, operation=op["entrypoint"],
                                        status=status, payload=notify.get("payload")),
                            result=result, metadata={KSER_METADATA_KEY: {"exit_of": operation_id}})
-            key, value = self._producer().encode(kmsg)
+            key, value = self._codec().encode(kmsg)
             tx.add_outbox(operation_id, notify["topic"], key, value)
         return status, result
 
@@ -563,8 +567,8 @@ class Sequencer:
             rows = [row for row in rows if row["due_at"] is None or row["due_at"] <= now]
         if not rows:
             return 0
-        producer = self._producer()
         try:
+            producer = self._producer()  # (made on first use: the broker may be away)
             for row in rows:
                 producer.send_raw(row["topic"], row["value"], row["key"],
                                   on_delivery=self._delivery_of(row["id"]))

@@ -538,3 +538,21 @@ def test_the_controls_are_public_on_the_registry(h):
     assert h.registry.run_one(op.uuid, first).retcode == 0
     assert h.registry.run_from(op.uuid, "nothing").retcode == 404
     assert h.registry.purge() == 0  # no TTL: kept
+
+
+def test_a_process_that_only_controls_operations_encodes_without_a_kafka_client(h):
+    """Canceling stores the exit notification's message in the same transaction: the
+    codec encodes it from the settings, and no Kafka client is opened for it (here none
+    could be: the broker is unreachable)."""
+    from kser.config import Settings
+    from kser.sequencing.registry import OperationRegistry
+
+    op = tasks.Announced().send()
+    control = OperationRegistry(settings=Settings(
+        transport="kafka", bootstrap_servers="127.0.0.1:9", connect_timeout=0.5))
+    control.configure(store=h.store)
+    result = control.cancel(op.uuid)
+    assert result.retcode == 0 and "wait in the outbox" in result.stdout
+    assert h.operation(op.uuid)[0]["status"] == "CANCELED"
+    with h.store.transaction() as tx:  # the exit notification, encoded, waits to be sent
+        assert "exits" in [row["topic"] for row in tx.unsent(op.uuid)]
