@@ -602,19 +602,20 @@ class BaseConsumer:
 
     def _sweep(self) -> None:
         """Let the sequencer send due retries and what a dead worker left (rate-limited)."""
-        self._call_sequencer("sweep", "sweep")
+        sequencer = self.controller.sequencer
+        if sequencer is not None:
+            self._guarded(sequencer.sweep, "sweep")
 
     def _flush_sent(self) -> None:
         """Let the sequencer write the sent marks it holds (else a sweep re-sends those rows)."""
-        self._call_sequencer("flush_sent", "writing the sent marks")
+        sequencer = self.controller.sequencer
+        if sequencer is not None:
+            self._guarded(sequencer.flush_sent, "writing the sent marks")
 
-    def _call_sequencer(self, method: str, what: str) -> None:
-        """Call the sequencer's ``method``, if there is one; a failure is logged, never
-        raised: the store may be briefly unreachable, and the next call tries again
-        (unwritten sent marks only mean rows sent again, which change nothing)."""
-        call = getattr(self.controller.sequencer, method, None)
-        if call is None:
-            return
+    def _guarded(self, call, what: str) -> None:
+        """Call ``call``; a failure is logged, never raised: the store may be briefly
+        unreachable, and the next call tries again (unwritten sent marks only mean rows
+        sent again, which change nothing)."""
         try:
             call()
         except WorkerFatalError as exc:
