@@ -167,13 +167,19 @@ class Operation(Task):
         :return: retcode 0 once stored and sent, else >= 300 with the reason
         """
         try:
-            sequencer = self._sequencer()
-            return sequencer.submit(self, topic or sequencer.settings.topic)
+            return self._submit(topic)
         except Exception as exc:
             return exception_result(exc, self.uuid)
 
+    def _submit(self, topic: str | None) -> Result:
+        sequencer = self._sequencer()
+        return sequencer.submit(self, topic or sequencer.settings.topic)
+
     def launch_next(self, task: Task | None = None, result: Result | None = None) -> Result:
-        """Send the tasks that are ready now (after ``task``), or start the operation."""
+        """Send the tasks that are ready now (after ``task``), or start the operation.
+
+        (``result`` is accepted as in kser 0.8's signature; the store keeps results.)
+        """
         if task is None and not self._sequencer().store_has(self.uuid):
             return self.launch()
         return self._sequencer().emit_ready(self.uuid)
@@ -181,11 +187,12 @@ class Operation(Task):
     def send(self, topic: str | None = None) -> Operation:
         """Like :meth:`launch`, raising instead of returning an error; returns the operation.
 
-        :raises cdumay_error.Error: what went wrong (e.g. ValidationError for a missing
-            parameter: nothing is stored or sent then)
+        :raises Exception: what went wrong, as it was raised: a ``ValidationError`` for a
+            missing parameter (nothing is stored or sent then), a ``StoreError`` or the
+            database's error for an unreachable store, the client's for Kafka...
         """
-        result = self.launch(topic)
-        if not is_success(result):
+        result = self._submit(topic)
+        if not is_success(result):  # (submit raises; a Result it returns is a success)
             raise ValidationError(f"Operation {type(self).path}[{self.uuid}] was not sent: "
                                   f"{result.stderr}", extra=dict(uuid=self.uuid))
         return self

@@ -111,8 +111,21 @@ def test_missing_required_params_store_and_send_nothing(h):
     result = op.launch()
     assert result.retcode == 400 and "Missing parameter: text" in result.stderr
     assert h.operation(op.uuid)[0] is None and h.messages("ops") == []
-    with pytest.raises(Exception, match="was not sent: Missing parameter: name"):
+    from cdumay_error.types import ValidationError
+
+    with pytest.raises(ValidationError, match="Missing parameter: name"):
         tasks.ThreeSteps().send()
+
+
+def test_send_raises_the_real_error_an_unreachable_store_is_no_validation_error(
+        h, monkeypatch):
+    from kser.errors import StoreError
+
+    monkeypatch.setattr(h.registry.sequencer, "_store", None)
+    monkeypatch.setattr(h.registry.settings, "store_url",
+                        "postgresql+psycopg://kser@127.0.0.1:9/kser")
+    with pytest.raises(StoreError, match="cannot be used: connection failed"):
+        tasks.ThreeSteps(params={"name": "n"}).send()
 
 
 def test_a_failing_task_fails_the_operation_and_later_tasks_never_run(h):
