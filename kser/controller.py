@@ -242,7 +242,7 @@ class BaseProducer(BaseController):
         are refused at send time with a clear error instead of by the broker
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 12,
                  replication_factor: int = -1, settings: Settings | None = None) -> None:
         self.max_message_bytes = max_message_bytes

@@ -304,10 +304,16 @@ class BaseConsumer:
 
     @property
     def controller(self) -> Controller:
-        """The controller records are routed through (``REGISTRY``, instantiated if a class)."""
+        """The controller records are routed through. ``REGISTRY`` is kser 0.8's name for
+        it (``cons.REGISTRY = registry.controller``), kept working; a class is instantiated
+        on first use."""
         if isinstance(self.REGISTRY, type):
             self.REGISTRY = self.REGISTRY()
         return self.REGISTRY
+
+    @controller.setter
+    def controller(self, controller: Controller) -> None:
+        self.REGISTRY = controller
 
     def stop(self) -> None:
         """Stop: tasks in hand finish (for up to ``settings.shutdown_timeout`` seconds)

@@ -34,7 +34,7 @@ class OperationRegistry:
         the registry is built: a registry made at import sees variables set after it)
     """
 
-    def __init__(self, app=None, controller_class: type[Controller] = Controller,
+    def __init__(self, app=None, controller_class: type[Controller] = Controller, *,
                  settings: Settings | None = None):
         self._settings = settings
         self.controller = controller_class()

@@ -118,7 +118,7 @@ class Sequencer:
 
     def __init__(self, entrypoints: dict[str, type[Entrypoint]],
                  producer: Callable[[], BaseProducer], worker_name: Callable[[], str],
-                 settings: Settings | Callable[[], Settings] | None = None,
+                 settings: Settings | Callable[[], Settings] | None = None, *,
                  store: Store | None = None, codec: Callable[[], Codec] | None = None):
         self._entrypoints = entrypoints
         self._producer = producer
@@ -503,9 +503,9 @@ class Sequencer:
         now = time.time()
         tx.update_operation(operation_id, status=status, result=result, finished_at=now,
                             updated_at=now)
-        if status in (FAILED, CANCELED):
-            for task in tx.get_tasks(operation_id):
-                if status == CANCELED and task["status"] == PENDING:
+        if status == CANCELED:  # its tasks not started never will be (a FAILED one's wait
+            for task in tx.get_tasks(operation_id):  # PENDING, for recover)
+                if task["status"] == PENDING:
                     tx.update_task(task["id"], status=CANCELED, finished_at=now)
         op = tx.get_operation(operation_id)
         notify = op["exit_notify"]
