@@ -26,8 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cdumay_result import Result
@@ -39,6 +38,8 @@ from kser.entry import Entrypoint
 from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY, MAX_INT32, MIN_INT32, Message, dump_result
+from kser.sequencing.leases import Leases
+from kser.sequencing.outbox import Outbox
 from kser.sequencing.retries import backoff, should_retry
 from kser.sequencing.task import (
     CANCELED,
@@ -128,10 +129,10 @@ class Sequencer:
         self._store = store
         self._store_lock = threading.Lock()
         self._last_sweep = 0.0
-        #: outbox rows Kafka acknowledged, marked sent by the next transaction (see publish)
-        self._sent: list[int] = []
-        self._sent_lock = threading.Lock()
-        self._leases = _Leases(lambda: self.store, lambda: self.settings.task_lease)
+        #: the outbox's publisher: produces the rows transitions queued, marks them sent
+        self.outbox = Outbox(lambda: self.store, self._producer,
+                             lambda: self.settings.send_timeout)
+        self._leases = Leases(lambda: self.store, lambda: self.settings.task_lease)
         #: tasks a thread of this process is handling now: a second message for one of
         #: them (a duplicate, a sweep's re-send) never runs it again alongside
         self._running: set[str] = set()
@@ -166,25 +167,18 @@ class Sequencer:
         return any(issubclass(cls, Operation) for cls in self._entrypoints.values()
                    if isinstance(cls, type))
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Tx]:
-        """A store transaction that also marks sent the rows acknowledged since the last one."""
-        with self._sent_lock:
-            sent, self._sent = self._sent, []
-        try:
-            with self.store.transaction() as tx:
-                tx.mark_sent(sent)
-                yield tx
-        except BaseException:
-            with self._sent_lock:
-                self._sent.extend(sent)
-            raise
+    def _transaction(self):
+        """A store transaction (that also marks sent what Kafka acknowledged meanwhile)."""
+        return self.outbox.transaction()
 
     def flush_sent(self) -> None:
         """Mark sent, now, the outbox rows acknowledged since the last transaction."""
-        if self._sent:
-            with self._transaction():
-                pass
+        self.outbox.flush_sent()
+
+    def publish(self, operation_id: str, rows: list[dict] | None = None,
+                wait: bool = True) -> int:
+        """Produce the operation's unsent outbox messages: see :meth:`Outbox.publish`."""
+        return self.outbox.publish(operation_id, rows, wait)
 
     # -- routing -----------------------------------------------------------------------
 
@@ -542,58 +536,6 @@ class Sequencer:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def publish(self, operation_id: str, rows: list[dict] | None = None,
-                wait: bool = True) -> int:
-        """Produce the operation's unsent outbox messages and mark them sent once acknowledged.
-
-        :param rows: the rows to send, as the transaction that queued them returned them
-            (default: read the operation's unsent ones). Rows with a due time are left
-            to the sweep.
-        :param wait: wait for the acknowledgements (False: a consumer's hop, whose
-            checkpoint flushes the producer before it commits its offsets)
-
-        Acknowledged rows are marked sent by this process's next transaction (or
-        sweep, within ``sweep_interval``, or the worker's stop). A row never marked
-        (a crash, a refused send) is sent again by a sweep after ``UNSENT_GRACE``;
-        its duplicate message changes nothing.
-
-        :raises RedoError: the broker did not take them (they stay unsent)
-        """
-        if rows is None:
-            with self._transaction() as tx:
-                rows = tx.unsent(operation_id, now=time.time())
-        else:
-            now = time.time()
-            rows = [row for row in rows if row["due_at"] is None or row["due_at"] <= now]
-        if not rows:
-            return 0
-        try:
-            producer = self._producer()  # (made on first use: the broker may be away)
-            for row in rows:
-                producer.send_raw(row["topic"], row["value"], row["key"],
-                                  on_delivery=self._delivery_of(row["id"]))
-            if wait:
-                producer.flush(timeout=self.settings.send_timeout)
-        except Exception as exc:
-            if not is_transient(exc):  # sending it again would be refused again
-                raise UndeliverableError(
-                    f"follow-up messages of operation {operation_id} are refused by the "
-                    f"broker ({safe_text(exc, 500)}); they stay unsent in the outbox",
-                    extra=dict(uuid=operation_id)) from exc
-            raise RedoError(f"follow-up messages of operation {operation_id} were not "
-                            f"acknowledged: {safe_text(exc, 500)}") from exc
-        return len(rows)
-
-    def _delivery_of(self, row_id: int) -> Callable[[Exception | None], None]:
-        def delivered(error: Exception | None) -> None:
-            if error is None:
-                with self._sent_lock:
-                    self._sent.append(row_id)
-            else:
-                logger.warning("Outbox message %d not acknowledged (%s): a sweep sends it "
-                               "again", row_id, error)
-        return delivered
-
     # -- sweeping ------------------------------------------------------------------------
 
     def sweep(self, force: bool = False) -> int:
@@ -811,53 +753,3 @@ def _descendants(dependencies: dict[str, set[str]], task) -> list[str]:
 def _user_metadata(metadata: dict | None) -> dict:
     """Metadata without kser's own key (which the sequencer writes afresh)."""
     return {k: v for k, v in (metadata or {}).items() if k != KSER_METADATA_KEY}
-
-
-class _Leases:
-    """Renews the leases of the attempts running in this process, in one thread.
-
-    Every third of a lease, one transaction extends every held lease; a lease
-    another worker took over is dropped (with a warning) and its attempt's
-    result will be discarded by :meth:`Tx.finish_attempt`.
-    """
-
-    def __init__(self, store: Callable[[], Store], lease: Callable[[], float]):
-        self._store, self._lease = store, lease
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def held(self, task_id: str, attempt: int) -> Iterator[None]:
-        with self._lock:
-            self._held[task_id] = attempt
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._renew, daemon=True,
-                                                name="kser-leases")
-                self._thread.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(task_id, None)
-
-    def _renew(self) -> None:
-        while True:
-            time.sleep(self._lease() / 3)
-            with self._lock:
-                held = dict(self._held)
-            if not held:
-                continue
-            try:
-                with self._store().transaction() as tx:
-                    until = time.time() + self._lease()
-                    lost = [task_id for task_id, attempt in held.items()
-                            if not tx.renew_lease(task_id, attempt, until)]
-            except Exception as exc:  # the store may come back before the leases end
-                logger.warning("%d lease(s) not renewed (%s)", len(held), exc)
-                continue
-            for task_id in lost:
-                logger.warning("Task %s attempt %d: lease lost", task_id, held[task_id])
-                with self._lock:
-                    if self._held.get(task_id) == held[task_id]:
-                        del self._held[task_id]

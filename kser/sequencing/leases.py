@@ -1,0 +1,67 @@
+"""Task leases: a running attempt's claim on its task, renewed while it runs.
+
+A worker that dies stops renewing; once the lease expired, another worker may take
+the task over (see :meth:`kser.store.Tx.claim_task`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from kser.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Leases:
+    """Renews the leases of the attempts running in this process, in one thread.
+
+    Every third of a lease, one transaction extends every held lease; a lease
+    another worker took over is dropped (with a warning) and its attempt's
+    result will be discarded by :meth:`Tx.finish_attempt`.
+    """
+
+    def __init__(self, store: Callable[[], Store], lease: Callable[[], float]):
+        self._store, self._lease = store, lease
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def held(self, task_id: str, attempt: int) -> Iterator[None]:
+        with self._lock:
+            self._held[task_id] = attempt
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._renew, daemon=True,
+                                                name="kser-leases")
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(task_id, None)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(self._lease() / 3)
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
+            try:
+                with self._store().transaction() as tx:
+                    until = time.time() + self._lease()
+                    lost = [task_id for task_id, attempt in held.items()
+                            if not tx.renew_lease(task_id, attempt, until)]
+            except Exception as exc:  # the store may come back before the leases end
+                logger.warning("%d lease(s) not renewed (%s)", len(held), exc)
+                continue
+            for task_id in lost:
+                logger.warning("Task %s attempt %d: lease lost", task_id, held[task_id])
+                with self._lock:
+                    if self._held.get(task_id) == held[task_id]:
+                        del self._held[task_id]
