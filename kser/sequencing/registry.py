@@ -124,23 +124,23 @@ class OperationRegistry:
     def cancel(self, operation_id: str) -> Result:
         """Cancel an operation: pending tasks CANCELED, nothing more sent (a running task
         finishes, nothing follows it)."""
-        return self.sequencer.cancel(operation_id)
+        return self.sequencer.controls.cancel(operation_id)
 
     def recover(self, operation_id: str) -> Result:
         """Restart a FAILED operation from its failed task(s), keeping earlier results."""
-        return self.sequencer.recover(operation_id)
+        return self.sequencer.controls.recover(operation_id)
 
     def run_from(self, operation_id: str, task_id: str) -> Result:
         """Reset ``task_id`` and every task after it, then run the operation from it."""
-        return self.sequencer.run_from(operation_id, task_id)
+        return self.sequencer.controls.run_from(operation_id, task_id)
 
     def run_one(self, operation_id: str, task_id: str) -> Result:
         """Run one task again with its predecessors' result; nothing follows it."""
-        return self.sequencer.run_one(operation_id, task_id)
+        return self.sequencer.controls.run_one(operation_id, task_id)
 
     def purge(self) -> int:
         """Delete finished operations whose retention expired; return how many."""
-        return self.sequencer.purge()
+        return self.sequencer.controls.purge()
 
     def init_app(self, app=None) -> None:
         """Bind to a Flask app (``app.extensions["kser"]`` is this registry), then load tasks."""

@@ -21,7 +21,6 @@ expired (a periodic :meth:`Sequencer.sweep` re-emits it if no message does).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -38,13 +37,14 @@ from kser.entry import Entrypoint
 from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY, MAX_INT32, MIN_INT32, Message, dump_result
+from kser.sequencing.controls import Controls, control
+from kser.sequencing.graph import forwarded, load_result, merged
 from kser.sequencing.leases import Leases
 from kser.sequencing.outbox import Outbox
 from kser.sequencing.retries import backoff, should_retry
 from kser.sequencing.task import (
     CANCELED,
     FAILED,
-    FINAL_STATUSES,
     PENDING,
     RUNNING,
     SUCCESS,
@@ -66,43 +66,6 @@ DUPLICATE_WAIT_LEASES = 1.5
 #: first and largest wait between two tries to store a finished task's result while the
 #: store is unreachable, seconds (it is tried for one lease, then the record is redone)
 FINISH_RETRY_MIN, FINISH_RETRY_MAX = 0.5, 5.0
-
-
-def load_result(data: dict | None, uuid_: str | None = None) -> Result:
-    if not data:
-        return Result(uuid=uuid_)
-    return Result(**{k: v for k, v in data.items() if k in
-                     ("uuid", "retcode", "stdout", "stderr", "retval")})
-
-
-class ControlRefusedError(Exception):
-    """A control that cannot be done (its transaction is rolled back): ``retcode`` 404
-    for an unknown operation or task, 409 for one whose state does not allow it."""
-
-    def __init__(self, retcode: int, message: str) -> None:
-        super().__init__(message)
-        self.retcode, self.message = retcode, message
-
-
-def _control(method):
-    """A public control: it always returns a ``Result``: retcode 0 when done (also when
-    its messages could not be sent at once: they wait in the outbox for a sweep), 404
-    when the operation or task is unknown, 409 when their state does not allow it
-    (stderr says why). Only a failing store raises."""
-
-    @functools.wraps(method)
-    def control(self, operation_id: str, *args) -> Result:
-        try:
-            return method(self, operation_id, *args)
-        except ControlRefusedError as exc:
-            return Result(uuid=operation_id, retcode=exc.retcode, stderr=exc.message)
-        except (RedoError, UndeliverableError) as exc:
-            # stored: only sending its messages failed, and they wait in the outbox
-            return Result(uuid=operation_id, stdout=f"{method.__name__}({operation_id}) done "
-                          "in the store; its messages wait in the outbox, where a worker's "
-                          f"sweep sends them (sending now failed: {exc})")
-
-    return control
 
 
 class Sequencer:
@@ -130,6 +93,8 @@ class Sequencer:
         self._store_lock = threading.Lock()
         self._last_sweep = 0.0
         #: the outbox's publisher: produces the rows transitions queued, marks them sent
+        #: the operator controls (cancel, recover, run_from, run_one, purge)
+        self.controls = Controls(self)
         self.outbox = Outbox(lambda: self.store, self._producer,
                              lambda: self.settings.send_timeout)
         self._leases = Leases(lambda: self.store, lambda: self.settings.task_lease)
@@ -269,11 +234,11 @@ class Sequencer:
         with self._transaction() as tx:
             return tx.get_operation(operation_id) is not None
 
-    @_control
+    @control
     def emit_ready(self, operation_id: str) -> Result:
         """Send the messages of the operation's tasks that are ready to run now."""
         with self._transaction() as tx:
-            op = self._get(tx, operation_id, lock=True)
+            op = Controls.get_operation(tx, operation_id, lock=True)
             queued = self._emit_ready(tx, operation_id) if op["status"] == RUNNING else 0
         self.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"{queued} task(s) of {operation_id} sent")
@@ -467,7 +432,7 @@ class Sequencer:
         ready = tx.ready_dependents(task_id)
         for task in ready:
             forwarded = (result if task["dependency_count"] == 1
-                         else _merged(tx.dependency_results(task["id"])))
+                         else merged(tx.dependency_results(task["id"])))
             self._queue_task(tx, op, task, forwarded)
         return len(ready)
 
@@ -479,7 +444,7 @@ class Sequencer:
         ready = [t for t in tasks.values() if t["status"] == PENDING and all(
             tasks[d]["status"] == SUCCESS for d in deps.get(t["id"], ()))]
         for task in ready:
-            self._queue_task(tx, op, task, _forwarded(op, tasks, deps.get(task["id"], ())))
+            self._queue_task(tx, op, task, forwarded(op, tasks, deps.get(task["id"], ())))
         return len(ready)
 
     def _queue_task(self, tx: Tx, op, task, forwarded: dict | None,
@@ -555,7 +520,7 @@ class Sequencer:
                 op = tx.get_operation(task["operation_id"])
                 tasks = {t["id"]: t for t in tx.get_tasks(op["id"])}
                 deps = tx.dependencies(op["id"]).get(task["id"], ())
-                self._queue_task(tx, op, task, _forwarded(op, tasks, deps))
+                self._queue_task(tx, op, task, forwarded(op, tasks, deps))
             operations = {task["operation_id"] for task in expired}
             operations.update(tx.operations_with_unsent(now - grace, now))
         if expired:
@@ -572,101 +537,22 @@ class Sequencer:
                 logger.warning("Sweep: %s", exc)
         return sent
 
-    # -- controls ------------------------------------------------------------------------
+    # -- controls (kser/sequencing/controls.py; on the registry too) ------------------
 
-    @_control
     def cancel(self, operation_id: str) -> Result:
-        """Cancel an operation: pending tasks CANCELED, nothing more emitted.
+        return self.controls.cancel(operation_id)
 
-        A task already running finishes, but nothing follows it.
-        """
-        with self._transaction() as tx:
-            op = self._get(tx, operation_id, lock=True)
-            if op["status"] in FINAL_STATUSES:
-                raise ControlRefusedError(409, f"Operation {operation_id} is already "
-                                     f"{op['status']}: nothing to cancel")
-            transition = self._finish_operation(tx, operation_id, CANCELED, op["result"])
-        self._notify_status(operation_id, [transition])
-        self.publish(operation_id)
-        return Result(uuid=operation_id, stdout=f"Operation {operation_id} canceled")
-
-    @_control
     def recover(self, operation_id: str) -> Result:
-        """Restart a FAILED operation from its failed task(s), keeping earlier results."""
-        with self._transaction() as tx:
-            op = self._get(tx, operation_id, lock=True)
-            if op["status"] != FAILED:
-                raise ControlRefusedError(409, f"Operation {operation_id} is {op['status']}: "
-                                     "only a FAILED one recovers")
-            failed = [t for t in tx.get_tasks(operation_id) if t["status"] == FAILED]
-            for task in failed:
-                tx.update_task(task["id"], status=PENDING, result=None, finished_at=None)
-            self._restart(tx, operation_id)
-        self._notify_status(operation_id, [(RUNNING, None)])
-        sent = self.publish(operation_id)
-        return Result(uuid=operation_id, stdout=f"Operation {operation_id} recovered: "
-                      f"{len(failed)} failed task(s) reset, {sent} message(s) sent")
+        return self.controls.recover(operation_id)
 
-    @_control
     def run_from(self, operation_id: str, task_id: str) -> Result:
-        """Reset ``task_id`` and every task that depends on it, then run from it."""
-        with self._transaction() as tx:
-            op = self._get(tx, operation_id, lock=True)
-            if op["status"] == RUNNING:
-                raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
-                                     "first")
-            reset = _descendants(tx.dependencies(operation_id), self._task(tx, op, task_id))
-            for tid in reset:
-                tx.update_task(tid, status=PENDING, result=None, finished_at=None)
-            self._restart(tx, operation_id)
-        self._notify_status(operation_id, [(RUNNING, None)])
-        self.publish(operation_id)
-        return Result(uuid=operation_id, stdout=f"Operation {operation_id}: {len(reset)} "
-                      f"task(s) reset from {task_id}")
+        return self.controls.run_from(operation_id, task_id)
 
-    @_control
     def run_one(self, operation_id: str, task_id: str) -> Result:
-        """Run one task again with the result its predecessors left, without continuing.
-
-        The operation's status does not change (synergy_flow's run_one).
-        """
-        with self._transaction() as tx:
-            op = self._get(tx, operation_id)
-            if op["status"] == RUNNING:
-                raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
-                                     "first")
-            self._task(tx, op, task_id)
-            tx.update_task(task_id, status=PENDING, finished_at=None)
-            tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
-            deps = tx.dependencies(operation_id).get(task_id, ())
-            self._queue_task(tx, op, tasks[task_id], _forwarded(op, tasks, deps), mode="one")
-        self.publish(operation_id)
-        return Result(uuid=operation_id, stdout=f"Task {task_id} sent to run once")
+        return self.controls.run_one(operation_id, task_id)
 
     def purge(self) -> int:
-        """Delete finished operations whose TTL strategy expired; return how many."""
-        with self._transaction() as tx:
-            return tx.purge(time.time())
-
-    def _restart(self, tx: Tx, operation_id: str) -> None:
-        tx.update_operation(operation_id, status=RUNNING, finished_at=None)
-        if not self._emit_ready(tx, operation_id):
-            raise ControlRefusedError(409, f"Operation {operation_id} has no task ready to run")
-
-    @staticmethod
-    def _get(tx: Tx, operation_id: str, lock: bool = False):
-        op = tx.get_operation(operation_id, lock=lock)
-        if op is None:
-            raise ControlRefusedError(404, f"No operation {operation_id} in the store")
-        return op
-
-    @staticmethod
-    def _task(tx: Tx, op, task_id: str):
-        task = tx.get_task(task_id)
-        if task is None or task["operation_id"] != op["id"]:
-            raise ControlRefusedError(404, f"Operation {op['id']} has no task {task_id}")
-        return task
-
+        return self.controls.purge()
 
 def _verdict(task, entrypoint: str, mode: str | None, now: float,
              worker: str) -> tuple[str, str]:
@@ -720,34 +606,6 @@ def _unstorable_result(task_id: str, why: str) -> Result:
         f"Task {task_id} returned a result kser cannot store or forward ({why}); return a "
         "Result whose retcode fits 32 bits and whose retval holds only JSON values (str, "
         "int, float, bool, None, list, dict), small enough to be sent"))
-
-
-def _forwarded(op, tasks: dict, dependencies) -> dict | None:
-    """The result a task receives: its dependencies' results merged, else the operation's."""
-    if not dependencies:
-        return op["result"]
-    return _merged([tasks[dep]["result"] for dep in
-                    sorted(dependencies, key=lambda d: tasks[d]["position"])])
-
-
-def _merged(results: list[dict | None]) -> dict:
-    """Results merged in order (``Result`` addition), as the next task receives them."""
-    merged = Result()
-    for result in results:
-        merged = merged + load_result(result)
-    return dump_result(merged)
-
-
-def _descendants(dependencies: dict[str, set[str]], task) -> list[str]:
-    """``task`` and every task that (transitively) depends on it."""
-    found, frontier = [task["id"]], [task["id"]]
-    while frontier:
-        current = frontier.pop()
-        for tid, deps in dependencies.items():
-            if current in deps and tid not in found:
-                found.append(tid)
-                frontier.append(tid)
-    return found
 
 
 def _user_metadata(metadata: dict | None) -> dict:

@@ -1,0 +1,154 @@
+"""Operator controls of operations: cancel, recover, run_from, run_one, purge.
+
+Each returns a ``Result`` (see :func:`control`); each is one transaction of the store,
+and the messages it causes go through the outbox like any transition's.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import TYPE_CHECKING
+
+from cdumay_result import Result
+
+from kser.controller import RedoError, UndeliverableError
+from kser.sequencing.graph import descendants, forwarded
+from kser.status import FINAL_STATUSES, Status
+from kser.store import Tx
+
+if TYPE_CHECKING:
+    from kser.sequencing.sequencer import Sequencer
+
+CANCELED, FAILED, PENDING, RUNNING = Status.CANCELED, Status.FAILED, Status.PENDING, Status.RUNNING
+
+
+class ControlRefusedError(Exception):
+    """A control that cannot be done (its transaction is rolled back): ``retcode`` 404
+    for an unknown operation or task, 409 for one whose state does not allow it."""
+
+    def __init__(self, retcode: int, message: str) -> None:
+        super().__init__(message)
+        self.retcode, self.message = retcode, message
+
+
+def control(method):
+    """A public control: it always returns a ``Result``: retcode 0 when done (also when
+    its messages could not be sent at once: they wait in the outbox for a sweep), 404
+    when the operation or task is unknown, 409 when their state does not allow it
+    (stderr says why). Only a failing store raises."""
+
+    @functools.wraps(method)
+    def control(self, operation_id: str, *args) -> Result:
+        try:
+            return method(self, operation_id, *args)
+        except ControlRefusedError as exc:
+            return Result(uuid=operation_id, retcode=exc.retcode, stderr=exc.message)
+        except (RedoError, UndeliverableError) as exc:
+            # stored: only sending its messages failed, and they wait in the outbox
+            return Result(uuid=operation_id, stdout=f"{method.__name__}({operation_id}) done "
+                          "in the store; its messages wait in the outbox, where a worker's "
+                          f"sweep sends them (sending now failed: {exc})")
+
+    return control
+
+
+class Controls:
+    """The controls of the operations one sequencer runs."""
+
+    def __init__(self, sequencer: Sequencer) -> None:
+        self._sequencer = sequencer
+
+    @control
+    def cancel(self, operation_id: str) -> Result:
+        """Cancel an operation: pending tasks CANCELED, nothing more emitted.
+
+        A task already running finishes, but nothing follows it.
+        """
+        with self._sequencer._transaction() as tx:
+            op = self.get_operation(tx, operation_id, lock=True)
+            if op["status"] in FINAL_STATUSES:
+                raise ControlRefusedError(409, f"Operation {operation_id} is already "
+                                     f"{op['status']}: nothing to cancel")
+            transition = self._sequencer._finish_operation(tx, operation_id, CANCELED, op["result"])
+        self._sequencer._notify_status(operation_id, [transition])
+        self._sequencer.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Operation {operation_id} canceled")
+
+    @control
+    def recover(self, operation_id: str) -> Result:
+        """Restart a FAILED operation from its failed task(s), keeping earlier results."""
+        with self._sequencer._transaction() as tx:
+            op = self.get_operation(tx, operation_id, lock=True)
+            if op["status"] != FAILED:
+                raise ControlRefusedError(409, f"Operation {operation_id} is {op['status']}: "
+                                     "only a FAILED one recovers")
+            failed = [t for t in tx.get_tasks(operation_id) if t["status"] == FAILED]
+            for task in failed:
+                tx.update_task(task["id"], status=PENDING, result=None, finished_at=None)
+            self._restart(tx, operation_id)
+        self._sequencer._notify_status(operation_id, [(RUNNING, None)])
+        sent = self._sequencer.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Operation {operation_id} recovered: "
+                      f"{len(failed)} failed task(s) reset, {sent} message(s) sent")
+
+    @control
+    def run_from(self, operation_id: str, task_id: str) -> Result:
+        """Reset ``task_id`` and every task that depends on it, then run from it."""
+        with self._sequencer._transaction() as tx:
+            op = self.get_operation(tx, operation_id, lock=True)
+            if op["status"] == RUNNING:
+                raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
+                                     "first")
+            reset = descendants(tx.dependencies(operation_id), self.get_task(tx, op, task_id))
+            for tid in reset:
+                tx.update_task(tid, status=PENDING, result=None, finished_at=None)
+            self._restart(tx, operation_id)
+        self._sequencer._notify_status(operation_id, [(RUNNING, None)])
+        self._sequencer.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Operation {operation_id}: {len(reset)} "
+                      f"task(s) reset from {task_id}")
+
+    @control
+    def run_one(self, operation_id: str, task_id: str) -> Result:
+        """Run one task again with the result its predecessors left, without continuing.
+
+        The operation's status does not change (synergy_flow's run_one).
+        """
+        with self._sequencer._transaction() as tx:
+            op = self.get_operation(tx, operation_id)
+            if op["status"] == RUNNING:
+                raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
+                                     "first")
+            self.get_task(tx, op, task_id)
+            tx.update_task(task_id, status=PENDING, finished_at=None)
+            tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
+            deps = tx.dependencies(operation_id).get(task_id, ())
+            self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),
+                                        mode="one")
+        self._sequencer.publish(operation_id)
+        return Result(uuid=operation_id, stdout=f"Task {task_id} sent to run once")
+
+    def purge(self) -> int:
+        """Delete finished operations whose TTL strategy expired; return how many."""
+        with self._sequencer._transaction() as tx:
+            return tx.purge(time.time())
+
+    def _restart(self, tx: Tx, operation_id: str) -> None:
+        tx.update_operation(operation_id, status=RUNNING, finished_at=None)
+        if not self._sequencer._emit_ready(tx, operation_id):
+            raise ControlRefusedError(409, f"Operation {operation_id} has no task ready to run")
+
+    @staticmethod
+    def get_operation(tx: Tx, operation_id: str, lock: bool = False):
+        op = tx.get_operation(operation_id, lock=lock)
+        if op is None:
+            raise ControlRefusedError(404, f"No operation {operation_id} in the store")
+        return op
+
+    @staticmethod
+    def get_task(tx: Tx, op, task_id: str):
+        task = tx.get_task(task_id)
+        if task is None or task["operation_id"] != op["id"]:
+            raise ControlRefusedError(404, f"Operation {op['id']} has no task {task_id}")
+        return task

@@ -1,0 +1,43 @@
+"""How results flow through an operation's tasks, and which tasks depend on which: the
+dependencies are rows of the store (a chain is task n depending on task n-1)."""
+
+from __future__ import annotations
+
+from cdumay_result import Result
+
+from kser.schemas import dump_result
+
+
+def load_result(data: dict | None, uuid_: str | None = None) -> Result:
+    if not data:
+        return Result(uuid=uuid_)
+    return Result(**{k: v for k, v in data.items() if k in
+                     ("uuid", "retcode", "stdout", "stderr", "retval")})
+
+
+def forwarded(op, tasks: dict, dependencies) -> dict | None:
+    """The result a task receives: its dependencies' results merged, else the operation's."""
+    if not dependencies:
+        return op["result"]
+    return merged([tasks[dep]["result"] for dep in
+                    sorted(dependencies, key=lambda d: tasks[d]["position"])])
+
+
+def merged(results: list[dict | None]) -> dict:
+    """Results merged in order (``Result`` addition), as the next task receives them."""
+    merged = Result()
+    for result in results:
+        merged = merged + load_result(result)
+    return dump_result(merged)
+
+
+def descendants(dependencies: dict[str, set[str]], task) -> list[str]:
+    """``task`` and every task that (transitively) depends on it."""
+    found, frontier = [task["id"]], [task["id"]]
+    while frontier:
+        current = frontier.pop()
+        for tid, deps in dependencies.items():
+            if current in deps and tid not in found:
+                found.append(tid)
+                frontier.append(tid)
+    return found
