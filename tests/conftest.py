@@ -3,35 +3,44 @@ tests/infra.py and only start when a test asks for them."""
 
 import itertools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# registries created at import time read KSER_STORE_URL then: never the working directory
-_STORE_FOLDER = tempfile.TemporaryDirectory(prefix="kser-tests-")
-os.environ["KSER_STORE_URL"] = f"sqlite:///{_STORE_FOLDER.name}/kser.db"
-
 #: what tests, examples and benchmarks name their temporary folders and files
 _LEFTOVER_PATTERN = "kser-*"
-_before: set[str] = set()
+_session: dict = {}
 
 
-def pytest_sessionstart(session):
-    _before.update(str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN))
+def pytest_configure(config):
+    """A store folder for the session (registries made when test modules are imported
+    read KSER_STORE_URL: never the working directory), and what the temp folder held."""
+    if "folder" in _session:
+        return
+    _session["folder"] = tempfile.mkdtemp(prefix="kser-tests-")
+    os.environ["KSER_STORE_URL"] = f"sqlite:///{_session['folder']}/kser.db"
+    _session["before"] = {str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN)}
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_session.get("folder", ""), ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run when it left folders or files in the temp folder (each test, example
     and benchmark removes what it made; pytest's own tmp_path folders are pytest's)."""
-    # (the session's own store folder is removed at exit, once every thread of the
-    # session is gone: one still running may open the store again until then)
     left = sorted(str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN)
-                  if str(p) not in _before and str(p) != _STORE_FOLDER.name)
+                  if str(p) not in _session.get("before", ()))
     if left and exitstatus == 0 and os.environ.get("KSER_CHECK_LEFTOVERS", "1") == "1":
+        def holds(path: str) -> str:
+            return ", ".join(sorted(os.listdir(path))[:5]) if os.path.isdir(path) else "file"
+
         print(f"\nthe tests left {len(left)} item(s) in {tempfile.gettempdir()}: "
-              + ", ".join(left[:10]))
+              + "; ".join(f"{p} ({holds(p)})" for p in left[:10]))
         session.exitstatus = 1
+
 
 from kser.memory.broker import drop_broker  # noqa: E402
 
