@@ -12,6 +12,7 @@ demo: $(VENV)/.installed
 
 test: install system-deps kafka-jars
 	$(BIN)/ruff check kser tests scripts examples benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests
 
 install: $(VENV)/.installed
@@ -30,6 +31,7 @@ kafka-jars:
 
 lint: install
 	$(BIN)/ruff check kser tests scripts examples benchmarks
+	$(BIN)/mypy
 
 # a wheel of this version in dist/ (pip install 'dist/kser-<version>-py3-none-any.whl[postgres]')
 dist: install

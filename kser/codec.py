@@ -70,4 +70,4 @@ class Codec:
 
         :raises ValidationError: the value is not a kser message (the reason says why)
         """
-        return message_class.loads(self.sealer.open(raw))
+        return message_class.loads(self.sealer.open(raw))  # (None: a null record, refused)

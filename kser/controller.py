@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, cast
 
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
@@ -116,7 +117,7 @@ class Controller(BaseController):
     def __init__(self) -> None:
         self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
         #: handles operation and task messages when set (see kser.sequencing.sequencer)
-        self.sequencer = None
+        self.sequencer: Any = None
         #: the producer of follow-up messages, bound by the consumer running this controller
         self.producer: BaseProducer | None = None
         #: ``host:pid`` of the consumer running this controller
@@ -164,10 +165,10 @@ class Controller(BaseController):
             raise ValidationError(
                 f"Cannot register '{name}': {entrypoint!r} is not a subclass of "
                 "kser.entry.Entrypoint", extra=dict(entrypoint=name))
-        self.ENTRYPOINTS[name] = entrypoint
+        cast(dict, self.ENTRYPOINTS)[name] = entrypoint  # (the instance's own dict)
         logger.debug("%s.Registered: %s", type(self).__name__, name)
 
-    def run(self, raw_data: str | bytes, topic: str | None = None) -> Result:
+    def run(self, raw_data: str | bytes | None, topic: str | None = None) -> Result:
         """Decode, route and execute one record. Never raises.
 
         Empty, non-UTF-8, non-JSON, non-object or schema-invalid records and
@@ -176,7 +177,7 @@ class Controller(BaseController):
         """
         return self.handle(raw_data, topic).result
 
-    def handle(self, raw_data: str | bytes, topic: str | None = None) -> Outcome:
+    def handle(self, raw_data: str | bytes | None, topic: str | None = None) -> Outcome:
         """Like :meth:`run`, and tell whether the record was undeliverable or must be redone.
 
         :param topic: the topic the record came from (where an operation's tasks go
@@ -279,8 +280,8 @@ class BaseProducer(BaseController):
 
     # -- transport adapter -------------------------------------------------------------
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None,
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
+                 headers: list[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         raise NotImplementedError
 
@@ -377,8 +378,8 @@ class BaseProducer(BaseController):
         logger.info("%s.Success: %s", type(self).__name__, stdout)
         return Result(uuid=uuid, stdout=stdout)
 
-    def send_raw(self, topic: str, value: bytes, key: bytes | None = None,
-                 headers: list[tuple[str, bytes]] | None = None,
+    def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None,
+                 headers: list[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         """Queue a raw record (dead letters, replays, follow-ups); :meth:`flush` waits for it.
 

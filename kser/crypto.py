@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from typing import Any
 
 from cdumay_error.types import ConfigurationError, ValidationError
 
@@ -46,7 +47,7 @@ class Sealer:
 
     def __init__(self, keys: list[str] | None = None, required: bool = False):
         self.required = required
-        self._boxes: dict[bytes, object] = {}
+        self._boxes: dict[bytes, Any] = {}  # nacl.secret.SecretBox, imported when used
         self._sealing_id: bytes | None = None
         if not keys:
             if required:
@@ -76,13 +77,13 @@ class Sealer:
 
     def seal(self, value: bytes) -> bytes:
         """``value`` sealed with the first key (unchanged without keys)."""
-        if not self.enabled:
+        if self._sealing_id is None:
             return value
         return MAGIC + self._sealing_id + bytes(self._boxes[self._sealing_id].encrypt(value))
 
-    def open(self, value: bytes | None) -> bytes | None:
+    def open(self, value: bytes | str | None) -> bytes | str | None:
         """The plain value of a record; raises ``ValidationError`` when it cannot be."""
-        if value is None or not bytes(value).startswith(MAGIC):
+        if value is None or isinstance(value, str) or not bytes(value).startswith(MAGIC):
             if self.required:
                 raise ValidationError("Record is not encrypted and KSER_REQUIRE_ENCRYPTION=1: "
                                       "refused", extra=dict(reason="not-encrypted"))

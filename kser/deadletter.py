@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from kser.errors import is_transient, safe_text
 
@@ -156,7 +156,7 @@ class DeadLetters:
         flushed meanwhile are none of its business); None when it was, else why not."""
         failure = "not tried"
         for attempt in range(1, KAFKA_TRIES + 1):
-            done, errors = threading.Event(), []
+            done, errors = threading.Event(), cast(list[BaseException], [])
 
             def delivered(exc, done=done, errors=errors):
                 if exc is not None:

@@ -55,4 +55,6 @@ def run_demo(dice: int = 3, store_url: str | None = None) -> dict:
     consumer.REGISTRY = registry.controller
     consumer.run(until_idle=True)
     with registry.sequencer.store.transaction() as tx:
-        return dict(tx.get_operation(operation.uuid), tasks=tx.get_tasks(operation.uuid))
+        row = tx.get_operation(operation.uuid)
+        assert row is not None  # it was just stored
+        return dict(row, tasks=tx.get_tasks(operation.uuid))

@@ -47,7 +47,8 @@ class DeadLetter:
     @classmethod
     def from_row(cls, row) -> DeadLetter:
         """A dead letter kept in the store (its record as it was consumed)."""
-        headers = [(name, base64.b64decode(value)) for name, value in row["headers"]]
+        headers: list[tuple[str, bytes | None]] = [
+            (name, base64.b64decode(value)) for name, value in row["headers"]]
         headers += [("kser-error", row["error"].encode("utf-8")),
                     ("kser-source-topic", row["topic"].encode("utf-8")),
                     ("kser-source-partition", str(row["partition"]).encode()),
@@ -68,8 +69,8 @@ class DeadLetter:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {name: value.decode("utf-8", "replace") for name, value in self.record.headers
-                if name in DLQ_HEADERS}
+        return {name: (value or b"").decode("utf-8", "replace")
+                for name, value in self.record.headers if name in DLQ_HEADERS}
 
     @property
     def error(self) -> str:

@@ -46,6 +46,8 @@ class Entrypoint(metaclass=EntrypointMeta):
 
     #: names that must be present in ``params`` before anything runs
     REQUIRED_FIELDS: tuple[str, ...] | list[str] = ()
+    #: the OperationRegistry the class is subscribed to (set by ``subscribe``)
+    registry: Any = None
 
     def __init__(self, uuid: str | None = None, params: dict | None = None,
                  result: Result | None = None, metadata: dict | None = None):
@@ -159,7 +161,8 @@ class Entrypoint(metaclass=EntrypointMeta):
                                                   params=self.params,
                                                   metadata=self.metadata).dump())
         if result is not None:
-            extra["kresult"] = Message.MARSHMALLOW_SCHEMA.fields["result"].schema.dump(result)
+            result_field: Any = Message.MARSHMALLOW_SCHEMA.fields["result"]  # a Nested field
+            extra["kresult"] = result_field.schema.dump(result)
         return extra
 
     def _post_init(self) -> None:

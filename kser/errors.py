@@ -18,6 +18,8 @@ Unicode without NUL characters: :func:`safe_text` makes it so.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: longest text kept by :func:`safe_text` unless told otherwise, characters
 DEFAULT_TEXT_LIMIT = 2000
 
@@ -74,7 +76,7 @@ def is_transient(exc: BaseException) -> bool:
     retriable = getattr(exc, "retriable", None)  # kafka-python's errors say it themselves
     if isinstance(retriable, bool):
         return retriable
-    kafka_error = exc.args[0] if exc.args else None  # confluent_kafka.KafkaException
+    kafka_error: Any = exc.args[0] if exc.args else None  # confluent_kafka.KafkaException
     if callable(getattr(kafka_error, "retriable", None)):
         return bool(kafka_error.retriable()) or kafka_error.name() in _LIBRDKAFKA_TRANSIENT
     return isinstance(exc, ConnectionError | TimeoutError)

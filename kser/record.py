@@ -17,7 +17,7 @@ class Record:
     offset: int
     value: bytes | None
     key: bytes | None = None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
     #: why the client library could not read this record (then value, key and headers
     #: are empty): it is dead-lettered as a placeholder naming where the record is
     unreadable: str | None = None

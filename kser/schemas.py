@@ -135,7 +135,7 @@ class Message(Base):
         return value if isinstance(value, dict) else {}
 
     @classmethod
-    def loads(cls, json_data: str | bytes | bytearray) -> Message:
+    def loads(cls, json_data: str | bytes | bytearray | None) -> Message:
         """Decode a record value.
 
         :raises cdumay_error.types.ValidationError: (code 400) with a message that
@@ -192,7 +192,7 @@ def _plain_message(data: dict) -> dict | None:
     uuid, entrypoint = data.get("uuid"), data.get("entrypoint")
     if type(uuid) is not str or type(entrypoint) is not str:
         return None
-    fields_ = {}
+    fields_: dict[str, Any] = {}
     for name in ("params", "metadata"):
         value = data.get(name, _MISSING)
         if value is _MISSING:

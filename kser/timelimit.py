@@ -48,7 +48,8 @@ class time_limit:  # noqa: N801 - used as a context manager, like contextlib's
                                                            ctypes.py_object(exceeded))
 
     def __exit__(self, *exc_info) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         with self._lock:
             self._active = False
             # an exception set but not yet delivered must not escape later

@@ -64,7 +64,7 @@ class TopicInfo:
     @property
     def lag(self) -> int | None:
         lags = [p.lag for p in self.partitions]
-        return None if None in lags else sum(lags)
+        return None if None in lags else sum(lag for lag in lags if lag is not None)
 
 
 class TopicNotFoundError(LookupError):

@@ -42,7 +42,9 @@ class Admin(TopicAdmin):
                                           request_timeout=self.timeout)
         ends = {(tp.topic, tp.partition): future.result(timeout=self.timeout).offset
                 for tp, future in latest.items()}
-        committed, owners, subscribed = {}, {}, {}
+        committed: dict[tuple[str, int], int] = {}
+        owners: dict[tuple[str, int], str] = {}
+        subscribed: dict[str, set[str]] = {}
         if group:
             request = [ConsumerGroupTopicPartitions(group, tps)]
             answer = self.client.list_consumer_group_offsets(

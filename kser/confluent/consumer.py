@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import confluent_kafka
 from confluent_kafka import KafkaError
@@ -68,12 +69,14 @@ class Consumer(BaseConsumer):
                     raise WorkerFatalError(f"the Kafka client failed for good: {error.str()}")
                 continue  # librdkafka retries transient errors itself
             try:
-                headers = list(message.headers() or [])
+                headers = cast(list[tuple[str, bytes | None]], list(message.headers() or []))
             except Exception as exc:  # a header name that is not UTF-8: asking twice
                 # returns a NULL name, so the headers are given up and said so
                 headers = [("kser-unreadable-headers", safe_text(exc, 300).encode())]
-            records.append(Record(message.topic(), message.partition(), message.offset(),
-                                  message.value(), message.key(), headers))
+            # (a message without error has its topic, partition and offset)
+            records.append(Record(cast(str, message.topic()), cast(int, message.partition()),
+                                  cast(int, message.offset()), message.value(), message.key(),
+                                  headers))
         return records
 
     def _group_offsets(self, partitions):

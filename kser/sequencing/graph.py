@@ -23,7 +23,7 @@ def forwarded(op, tasks: dict, dependencies) -> dict | None:
                     sorted(dependencies, key=lambda d: tasks[d]["position"])])
 
 
-def merged(results: list[dict | None]) -> dict:
+def merged(results: list[dict | None]) -> dict | None:
     """Results merged in order (``Result`` addition), as the next task receives them."""
     merged = Result()
     for result in results:

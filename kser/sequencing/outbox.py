@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.errors import is_transient, safe_text
 from kser.store import Store, Tx
+from kser.store.store import Row
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Outbox:
             with self.transaction():
                 pass
 
-    def publish(self, operation_id: str, rows: list[dict] | None = None,
+    def publish(self, operation_id: str, rows: Sequence[Row] | None = None,
                 wait: bool = True) -> int:
         """Produce the operation's unsent outbox messages and mark them sent once acknowledged.
 

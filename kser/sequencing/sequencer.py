@@ -25,8 +25,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 from cdumay_result import Result
 
@@ -51,6 +51,7 @@ from kser.sequencing.task import (
     Task,
 )
 from kser.store import Store, Tx
+from kser.store.store import Row
 
 if TYPE_CHECKING:
     from kser.sequencing.operation import Operation
@@ -80,7 +81,7 @@ class Sequencer:
         (default: the producer's); encoding needs no Kafka client
     """
 
-    def __init__(self, entrypoints: dict[str, type[Entrypoint]],
+    def __init__(self, entrypoints: Mapping[str, type[Entrypoint]],
                  producer: Callable[[], BaseProducer], worker_name: Callable[[], str],
                  settings: Settings | Callable[[], Settings] | None = None, *,
                  store: Store | None = None, codec: Callable[[], Codec] | None = None):
@@ -140,7 +141,7 @@ class Sequencer:
         """Mark sent, now, the outbox rows acknowledged since the last transaction."""
         self.outbox.flush_sent()
 
-    def publish(self, operation_id: str, rows: list[dict] | None = None,
+    def publish(self, operation_id: str, rows: Sequence[Row] | None = None,
                 wait: bool = True) -> int:
         """Produce the operation's unsent outbox messages: see :meth:`Outbox.publish`."""
         return self.outbox.publish(operation_id, rows, wait)
@@ -165,7 +166,7 @@ class Sequencer:
         try:
             if "task_id" in kmsg.kser_metadata:
                 return self.run_task(entrypoint, kmsg)
-            operation = entrypoint.from_Message(kmsg)
+            operation = cast("Operation", entrypoint.from_Message(kmsg))  # (see handles)
             return self.submit(operation, topic or self.settings.topic)
         except (RedoError, UndeliverableError, WorkerFatalError):
             raise
@@ -422,7 +423,7 @@ class Sequencer:
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _emit_dependents(self, tx: Tx, op, task_id: str, result: dict) -> int:
+    def _emit_dependents(self, tx: Tx, op, task_id: str, result: dict | None) -> int:
         """Queue the message of each task that ``task_id`` succeeding (with ``result``)
         made ready.
 
@@ -467,6 +468,7 @@ class Sequencer:
                 if task["status"] == PENDING:
                     tx.update_task(task["id"], status=CANCELED, finished_at=now)
         op = tx.get_operation(operation_id)
+        assert op is not None  # updated a moment ago in this transaction
         notify = op["exit_notify"]
         if notify and notify.get("topic"):
             kmsg = Message(uuid=str(uuid.uuid4()),
@@ -487,7 +489,8 @@ class Sequencer:
         cls = self._entrypoints.get(op["entrypoint"]) if op else None
         if cls is None:
             return
-        instance = cls(uuid=operation_id, params=op["params"], status=RUNNING)
+        instance = cast("type[Operation]", cls)(uuid=operation_id, params=op["params"],
+                                                status=RUNNING)
         for status, result in transitions:
             loaded = load_result(result, operation_id)
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,13 +24,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, RowMapping, make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import QueuePool
 
 from kser.errors import StoreError, WorkerFatalError, is_transient, safe_text
 from kser.status import FINAL_STATUSES, Status
 from kser.store import schema
 from kser.store.migrations import migrate
+
+#: a row read from the store: a read-only mapping of its columns
+Row = Mapping[Any, Any]
 
 #: most log lines stored per task attempt (a note says how many more there were)
 MAX_LOG_LINES = 1000
@@ -162,7 +165,9 @@ class Tx:
         for name in json_binds:
             if values.get(name) is not None:
                 values[name] = json.dumps(values[name])
-        cursor = self.connection.connection.dbapi_connection.cursor()
+        dbapi = self.connection.connection.dbapi_connection
+        assert dbapi is not None  # inside a transaction the connection is open
+        cursor = dbapi.cursor()
         cursor.execute(sql, [values[name] for name in order] if order is not None else values)
         return cursor
 
@@ -205,7 +210,7 @@ class Tx:
             .returning(schema.operations.c.id)).first()
         return inserted is not None
 
-    def get_operation(self, operation_id: str, lock: bool = False) -> RowMapping | None:
+    def get_operation(self, operation_id: str, lock: bool = False) -> Row | None:
         return self._first(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
                            dict(b_id=operation_id))
 
@@ -224,14 +229,14 @@ class Tx:
             self.connection.execute(schema.task_dependencies.insert(),
                                     [dict(task_id=t, depends_on=d) for t, d in dependencies])
 
-    def get_task(self, task_id: str) -> RowMapping | None:
+    def get_task(self, task_id: str) -> Row | None:
         return self.connection.execute(_GET_TASK, dict(b_id=task_id)).mappings().first()
 
-    def get_task_to_run(self, task_id: str) -> RowMapping | None:
+    def get_task_to_run(self, task_id: str) -> Row | None:
         """A task with its operation's status (``operation_status``), in one read."""
         return self._first(_GET_TASK_TO_RUN, dict(b_id=task_id))
 
-    def ready_dependents(self, task_id: str) -> list[RowMapping]:
+    def ready_dependents(self, task_id: str) -> list[Row]:
         """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded
         (with ``dependency_count``, how many tasks each depends on)."""
         return [row for row in self._rows(_READY_DEPENDENTS, dict(b_id=task_id))
@@ -244,7 +249,7 @@ class Tx:
     def all_succeeded(self, operation_id: str) -> bool:
         return not self._rows(_UNSUCCESSFUL, dict(b_id=operation_id))
 
-    def get_tasks(self, operation_id: str) -> list[RowMapping]:
+    def get_tasks(self, operation_id: str) -> list[Row]:
         return list(self.connection.execute(_GET_TASKS, dict(b_id=operation_id)).mappings())
 
     def dependencies(self, operation_id: str) -> dict[str, set[str]]:
@@ -317,21 +322,21 @@ class Tx:
         if rows:
             self.connection.execute(schema.task_logs.insert(), rows)
 
-    def get_logs(self, task_id: str) -> list[RowMapping]:
+    def get_logs(self, task_id: str) -> list[Row]:
         return list(self.connection.execute(
             select(schema.task_logs).where(schema.task_logs.c.task_id == task_id)
             .order_by(schema.task_logs.c.id)).mappings())
 
-    def get_attempts(self, task_id: str) -> list[RowMapping]:
+    def get_attempts(self, task_id: str) -> list[Row]:
         return list(self.connection.execute(
             select(schema.attempts).where(schema.attempts.c.task_id == task_id)
             .order_by(schema.attempts.c.number)).mappings())
 
-    def expired_tasks(self, now: float, lease: float) -> list[RowMapping]:
+    def expired_tasks(self, now: float, lease: float) -> list[Row]:
         """RUNNING tasks of RUNNING operations whose lease is past (their worker stopped)
         and that no sweep re-sent in the last ``lease`` seconds; each is marked re-sent."""
         task, op = schema.tasks.c, schema.operations.c
-        expired = list(self.connection.execute(
+        expired: list[Row] = list(self.connection.execute(
             select(schema.tasks).join(schema.operations, op.id == task.operation_id)
             .where(and_(task.status == Status.RUNNING, task.lease_expires_at < now,
                         op.status == Status.RUNNING,
@@ -386,7 +391,7 @@ class Tx:
         self.queued.append(dict(id=inserted["id"], operation_id=operation_id,
                                 topic=topic, key=key, value=value, due_at=due_at))
 
-    def unsent(self, operation_id: str, now: float | None = None) -> list[RowMapping]:
+    def unsent(self, operation_id: str, now: float | None = None) -> list[Row]:
         """The operation's unsent messages that are due (all of them when ``now`` is None)."""
         box = schema.outbox.c
         query = select(schema.outbox).where(and_(box.operation_id == operation_id,
@@ -400,7 +405,9 @@ class Tx:
             now = time.time()
             sql, order, _literals, _json = _compiled(_MARK_SENT, self.connection.dialect)
             rows = [dict(b_id=row_id, b_now=now) for row_id in ids]
-            cursor = self.connection.connection.dbapi_connection.cursor()
+            dbapi = self.connection.connection.dbapi_connection
+            assert dbapi is not None  # inside a transaction the connection is open
+            cursor = dbapi.cursor()
             cursor.executemany(sql, [[row[name] for name in order] for row in rows]
                                if order is not None else rows)
             cursor.close()
@@ -420,7 +427,7 @@ class Tx:
             schema.dead_letters.insert().values(**row).returning(letters.id)).scalar_one()
 
     def dead_letters(self, topics: Iterable[str] | None = None,
-                     replayed: bool | None = None) -> list[RowMapping]:
+                     replayed: bool | None = None) -> list[Row]:
         """Dead letters in the store (of ``topics``; only replayed or unreplayed ones)."""
         letters = schema.dead_letters.c
         query = select(schema.dead_letters).order_by(letters.id)
