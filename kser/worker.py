@@ -44,6 +44,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
@@ -134,6 +135,27 @@ class OffsetTracker:
         self._owned = (self._owned or set()) - set(tps)
         for tp in tps:
             self._committed.pop(tp, None)
+
+
+@dataclass
+class _LoopState:
+    """What the consume loop carries from one step to the next."""
+
+    tracker: OffsetTracker
+    executor: ThreadPoolExecutor
+    concurrency: int
+    backlog: deque[Record] = field(default_factory=deque)
+    running: dict[Future, Record] = field(default_factory=dict)
+    #: False while the partitions are paused (a full backlog, a stop)
+    fetching: bool = True
+    fetched_nothing: bool = True
+    last_commit: float = field(default_factory=time.monotonic)
+    last_poll: float = field(default_factory=time.monotonic)
+    stop_deadline: float | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.backlog
 
 
 class WorkerStartError(Exception):
@@ -417,79 +439,101 @@ class BaseConsumer:
             logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
 
     def _loop(self, executor: ThreadPoolExecutor, concurrency: int) -> None:
-        tracker = self._tracker = OffsetTracker()
-        backlog: deque[Record] = deque()
-        running: dict[Future, Record] = {}
-        fetching = fetched_nothing = True
-        last_commit = last_poll = time.monotonic()
-        stop_deadline = None
+        """Harvest, then (unless stopping) dispatch, checkpoint, fetch, sweep; once stopped,
+        commit what finished and write the sent marks."""
+        loop = _LoopState(self._tracker_for_run(), executor, concurrency)
         while True:
             self._task_done.clear()  # before harvesting: no completion is missed
-            self._harvest(running, tracker)
+            self._harvest(loop.running, loop.tracker)
             if self._stopping.is_set():
-                if not running:
+                if self._stop_step(loop):
                     break
-                if stop_deadline is None:
-                    stop_deadline = time.monotonic() + self.settings.shutdown_timeout
-                    logger.info("%s: stopping; waiting up to %g s for %d task(s)", self.name,
-                                self.settings.shutdown_timeout, len(running))
-                if self._aborting.is_set() or time.monotonic() >= stop_deadline:
-                    self.abandoned, self.exit_code = len(running), 1
-                    logger.error("%s: %d task(s) still running %s: their records are not "
-                                 "committed and will be processed again by another worker",
-                                 self.name, len(running),
-                                 "at a second stop signal" if self._aborting.is_set() else
-                                 f"after {self.settings.shutdown_timeout:g} s")
-                    break
-                self._task_done.wait(BUSY_POLL_INTERVAL)
-                if time.monotonic() - last_poll >= self.keepalive_interval:
-                    # go on taking part in the group's rebalances while the tasks finish;
-                    # paused, nothing comes (anything that does is left, not started)
-                    fetching = not self._call_client(self._pause, "pause") and fetching
-                    self._poll_guarded(0, 1)
-                    last_poll = time.monotonic()
                 continue
-            while backlog and len(running) < concurrency and not self.paused:
-                record = backlog.popleft()
-                tracker.started(record)
-                running[executor.submit(self._process, record)] = record
-            idle = not running and not backlog
-            # commit when nothing more came (a checkpoint waits for the broker
-            # twice: it would delay the record an operation's last hop just
-            # sent), or every commit_interval under load
-            if ((idle and fetched_nothing)
-                    or time.monotonic() - last_commit >= self.settings.commit_interval):
-                self._checkpoint(tracker)
-                last_commit = time.monotonic()
-            if not backlog and not self.paused:
-                # fetch only when everything fetched has been handed out
-                if not fetching:
-                    fetching = self._call_client(self._resume, "resume")
-                records = self._poll_guarded(
-                    BUSY_POLL_INTERVAL if running else self.settings.poll_timeout,
-                    self.settings.max_poll_records)
-                last_poll = time.monotonic()
-                backlog.extend(records)
-                fetched_nothing = not records
-                if idle and not records and self.until_idle:
-                    self._sweep()
-                    break
-                if not records and running:
-                    self._task_done.wait(BUSY_POLL_INTERVAL)
-            else:
-                self._task_done.wait(BUSY_POLL_INTERVAL)
-                if time.monotonic() - last_poll >= self.keepalive_interval:
-                    # a long wait: poll to keep the membership; with a full
-                    # backlog, pause the partitions first so nothing more comes
-                    room = self.settings.max_poll_records - len(backlog)
-                    if room <= 0:  # every time: a rebalance may have added partitions
-                        fetching = not self._call_client(self._pause, "pause") and fetching
-                    backlog.extend(self._poll_guarded(0, max(1, room)))
-                    last_poll = time.monotonic()
+            self._dispatch(loop)
+            self._maybe_checkpoint(loop)
+            if self._fetch(loop):
+                break
             self._sweep()
-        self._harvest(running, tracker)
-        self._checkpoint(tracker)
+        self._harvest(loop.running, loop.tracker)
+        self._checkpoint(loop.tracker)
         self._flush_sent()
+
+    def _tracker_for_run(self) -> OffsetTracker:
+        self._tracker = OffsetTracker()
+        return self._tracker
+
+    def _stop_step(self, loop: _LoopState) -> bool:
+        """One step of a stop: True once the loop may end (no task left, or they are
+        abandoned after ``shutdown_timeout`` or a second signal)."""
+        if not loop.running:
+            return True
+        if loop.stop_deadline is None:
+            loop.stop_deadline = time.monotonic() + self.settings.shutdown_timeout
+            logger.info("%s: stopping; waiting up to %g s for %d task(s)", self.name,
+                        self.settings.shutdown_timeout, len(loop.running))
+        if self._aborting.is_set() or time.monotonic() >= loop.stop_deadline:
+            self.abandoned, self.exit_code = len(loop.running), 1
+            logger.error("%s: %d task(s) still running %s: their records are not "
+                         "committed and will be processed again by another worker",
+                         self.name, len(loop.running),
+                         "at a second stop signal" if self._aborting.is_set() else
+                         f"after {self.settings.shutdown_timeout:g} s")
+            return True
+        self._task_done.wait(BUSY_POLL_INTERVAL)
+        if time.monotonic() - loop.last_poll >= self.keepalive_interval:
+            # go on taking part in the group's rebalances while the tasks finish; paused,
+            # nothing comes (anything that does is left, not started)
+            loop.fetching = not self._call_client(self._pause, "pause") and loop.fetching
+            self._poll_guarded(0, 1)
+            loop.last_poll = time.monotonic()
+        return False
+
+    def _dispatch(self, loop: _LoopState) -> None:
+        """Hand backlog records to free task threads (none while paused)."""
+        while loop.backlog and len(loop.running) < loop.concurrency and not self.paused:
+            record = loop.backlog.popleft()
+            loop.tracker.started(record)
+            loop.running[loop.executor.submit(self._process, record)] = record
+
+    def _maybe_checkpoint(self, loop: _LoopState) -> None:
+        """Commit when nothing more came (a checkpoint waits for the broker twice: it would
+        delay the record an operation's last hop just sent), or every commit_interval
+        under load."""
+        if ((loop.idle and loop.fetched_nothing)
+                or time.monotonic() - loop.last_commit >= self.settings.commit_interval):
+            self._checkpoint(loop.tracker)
+            loop.last_commit = time.monotonic()
+
+    def _fetch(self, loop: _LoopState) -> bool:
+        """Poll for records once everything fetched was handed out; else wait for a task,
+        polling at least every ``keepalive_interval`` to keep the membership and join
+        rebalances. True when the loop may end (``until_idle`` and nothing left)."""
+        backlog = loop.backlog
+        if not backlog and not self.paused:
+            idle = loop.idle
+            if not loop.fetching:
+                loop.fetching = self._call_client(self._resume, "resume")
+            records = self._poll_guarded(
+                BUSY_POLL_INTERVAL if loop.running else self.settings.poll_timeout,
+                self.settings.max_poll_records)
+            loop.last_poll = time.monotonic()
+            backlog.extend(records)
+            loop.fetched_nothing = not records
+            if idle and not records and self.until_idle:
+                self._sweep()
+                return True
+            if not records and loop.running:
+                self._task_done.wait(BUSY_POLL_INTERVAL)
+            return False
+        self._task_done.wait(BUSY_POLL_INTERVAL)
+        if time.monotonic() - loop.last_poll >= self.keepalive_interval:
+            # with a full backlog, pause the partitions first so nothing more comes
+            room = self.settings.max_poll_records - len(backlog)
+            if room <= 0:  # every time: a rebalance may have added partitions
+                loop.fetching = not self._call_client(self._pause, "pause") and loop.fetching
+            backlog.extend(self._poll_guarded(0, max(1, room)))
+            loop.last_poll = time.monotonic()
+        return False
 
     def _poll_guarded(self, timeout: float, max_records: int) -> list[Record]:
         """Poll; a failing poll (broker gone, a rebalance cut short) is logged and tried
