@@ -6,6 +6,7 @@ working directory's state folder (``sqlite:///.kser/kser.db``); machines that sh
 PostgreSQL database (``postgresql+psycopg://user:pass@host/db``).
 """
 
+from kser.store.rows import AttemptRow, OperationRow, TaskRow
 from kser.store.store import Store, Tx
 
-__all__ = ["Store", "Tx"]
+__all__ = ["AttemptRow", "OperationRow", "Store", "TaskRow", "Tx"]

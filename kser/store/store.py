@@ -31,6 +31,7 @@ from kser.errors import StoreError, WorkerFatalError, is_transient, safe_text
 from kser.status import FINAL_STATUSES, Status
 from kser.store import schema
 from kser.store.migrations import migrate
+from kser.store.rows import AttemptRow, OperationRow, TaskRow
 
 #: a row read from the store: a read-only mapping of its columns
 Row = Mapping[Any, Any]
@@ -210,9 +211,10 @@ class Tx:
             .returning(schema.operations.c.id)).first()
         return inserted is not None
 
-    def get_operation(self, operation_id: str, lock: bool = False) -> Row | None:
-        return self._first(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
-                           dict(b_id=operation_id))
+    def get_operation(self, operation_id: str, lock: bool = False) -> OperationRow | None:
+        row = self._first(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
+                          dict(b_id=operation_id))
+        return None if row is None else OperationRow.from_row(row)
 
     def update_operation(self, operation_id: str, **values: Any) -> None:
         values.setdefault("updated_at", time.time())
@@ -229,17 +231,19 @@ class Tx:
             self.connection.execute(schema.task_dependencies.insert(),
                                     [dict(task_id=t, depends_on=d) for t, d in dependencies])
 
-    def get_task(self, task_id: str) -> Row | None:
-        return self.connection.execute(_GET_TASK, dict(b_id=task_id)).mappings().first()
+    def get_task(self, task_id: str) -> TaskRow | None:
+        row = self.connection.execute(_GET_TASK, dict(b_id=task_id)).mappings().first()
+        return None if row is None else TaskRow.from_row(row)
 
-    def get_task_to_run(self, task_id: str) -> Row | None:
+    def get_task_to_run(self, task_id: str) -> TaskRow | None:
         """A task with its operation's status (``operation_status``), in one read."""
-        return self._first(_GET_TASK_TO_RUN, dict(b_id=task_id))
+        row = self._first(_GET_TASK_TO_RUN, dict(b_id=task_id))
+        return None if row is None else TaskRow.from_row(row)
 
-    def ready_dependents(self, task_id: str) -> list[Row]:
+    def ready_dependents(self, task_id: str) -> list[TaskRow]:
         """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded
         (with ``dependency_count``, how many tasks each depends on)."""
-        return [row for row in self._rows(_READY_DEPENDENTS, dict(b_id=task_id))
+        return [TaskRow.from_row(row) for row in self._rows(_READY_DEPENDENTS, dict(b_id=task_id))
                 if row["status"] == Status.PENDING]
 
     def dependency_results(self, task_id: str) -> list[dict | None]:
@@ -249,8 +253,10 @@ class Tx:
     def all_succeeded(self, operation_id: str) -> bool:
         return not self._rows(_UNSUCCESSFUL, dict(b_id=operation_id))
 
-    def get_tasks(self, operation_id: str) -> list[Row]:
-        return list(self.connection.execute(_GET_TASKS, dict(b_id=operation_id)).mappings())
+    def get_tasks(self, operation_id: str) -> list[TaskRow]:
+        """The tasks of an operation, in the order it built them."""
+        return [TaskRow.from_row(row) for row in
+                self.connection.execute(_GET_TASKS, dict(b_id=operation_id)).mappings()]
 
     def dependencies(self, operation_id: str) -> dict[str, set[str]]:
         """``{task_id: {ids it depends on}}`` for every task of the operation."""
@@ -327,12 +333,13 @@ class Tx:
             select(schema.task_logs).where(schema.task_logs.c.task_id == task_id)
             .order_by(schema.task_logs.c.id)).mappings())
 
-    def get_attempts(self, task_id: str) -> list[Row]:
-        return list(self.connection.execute(
+    def get_attempts(self, task_id: str) -> list[AttemptRow]:
+        """The attempts of a task, first first."""
+        return [AttemptRow.from_row(row) for row in self.connection.execute(
             select(schema.attempts).where(schema.attempts.c.task_id == task_id)
-            .order_by(schema.attempts.c.number)).mappings())
+            .order_by(schema.attempts.c.number)).mappings()]
 
-    def expired_tasks(self, now: float, lease: float) -> list[Row]:
+    def expired_tasks(self, now: float, lease: float) -> list[TaskRow]:
         """RUNNING tasks of RUNNING operations whose lease is past (their worker stopped)
         and that no sweep re-sent in the last ``lease`` seconds; each is marked re-sent."""
         task, op = schema.tasks.c, schema.operations.c
@@ -346,7 +353,7 @@ class Tx:
             self.connection.execute(update(schema.tasks)
                                     .where(task.id.in_([row["id"] for row in expired]))
                                     .values(resent_at=now))
-        return expired
+        return [TaskRow.from_row(row) for row in expired]
 
     def end_orphaned_tasks(self, now: float) -> int:
         """RUNNING tasks whose lease is past in operations that already ended (canceled,

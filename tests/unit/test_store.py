@@ -85,3 +85,31 @@ def test_purge_deletes_an_operation_with_everything_it_owns(tmp_path):
             if table is not schema.schema_version:
                 assert connection.execute(table.select()).first() is None, table.name
     store.close()
+
+
+def test_the_store_reads_typed_rows_that_still_read_as_mappings(tmp_path):
+    import time as _time
+
+    from kser.status import Status
+    from kser.store import AttemptRow, OperationRow, TaskRow
+
+    store = Store(f"sqlite:///{tmp_path}/rows.db")
+    now = _time.time()
+    with store.transaction() as tx:
+        tx.insert_operation(dict(id="op", entrypoint="a.Op", status="RUNNING", params={"x": 1},
+                                 metadata={}, topic="t", created_at=now, updated_at=now))
+        tx.insert_tasks([dict(id="t1", operation_id="op", position=0, entrypoint="a.T",
+                              status="PENDING", params={}, metadata={}, attempt=0)], [])
+        assert tx.claim_task("t1", 0, "w", now + 10, now)
+    with store.transaction() as tx:
+        op, [task], [attempt] = tx.get_operation("op"), tx.get_tasks("op"), tx.get_attempts("t1")
+        to_run = tx.get_task_to_run("t1")
+    assert isinstance(op, OperationRow) and op.status is Status.RUNNING and op.params == {"x": 1}
+    assert isinstance(task, TaskRow) and task.status is Status.RUNNING and task.attempt == 1
+    assert isinstance(attempt, AttemptRow) and attempt.worker == "w"
+    assert to_run.operation_status is Status.RUNNING and to_run.blocking_count == 0
+    assert op["status"] == "RUNNING" and dict(op)["topic"] == "t"  # still a mapping
+    assert op.get("nothing") is None and "entrypoint" in op
+    with pytest.raises(KeyError):
+        op["nothing"]
+    store.close()

@@ -1,0 +1,109 @@
+"""Typed rows: what the store reads for operations, tasks and attempts, as dataclasses.
+
+Each is also a read-only mapping of its columns (``row["status"]``, ``dict(row)``), so
+code written against the store's former plain rows keeps working; new code reads
+attributes (``row.status``), which a type checker follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from kser.status import Status
+
+R = TypeVar("R", bound="_Row")
+
+
+class _Row(Mapping[str, Any]):
+    """A row: built from the columns a query returned (missing ones are None)."""
+
+    _names: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_row(cls: type[R], row: Mapping[Any, Any]) -> R:
+        names = cls.__dict__.get("_names") or cls._cache_names()
+        values = {name: row.get(name) for name in names}
+        for name in ("status", "operation_status"):
+            value = values.get(name)
+            if value is not None:
+                values[name] = Status(value)
+        return cls(**values)
+
+    @classmethod
+    def _cache_names(cls) -> tuple[str, ...]:
+        cls._names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        return cls._names
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self)._names and key not in self._cache_names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(type(self)._names or self._cache_names())
+
+    def __len__(self) -> int:
+        return len(type(self)._names or self._cache_names())
+
+
+@dataclass(frozen=True, eq=False)
+class OperationRow(_Row):
+    """An operation as stored (``kser_operations``)."""
+
+    id: str
+    entrypoint: str
+    status: Status
+    params: dict
+    metadata: dict
+    #: the final (or latest) result, as ``dump_result`` wrote it
+    result: dict | None
+    #: where its tasks go unless they name their own
+    topic: str
+    exit_notify: dict | None
+    ttl_strategy: dict | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class TaskRow(_Row):
+    """A task as stored (``kser_tasks``), with what some reads join to it."""
+
+    id: str
+    operation_id: str
+    position: int
+    entrypoint: str
+    topic: str | None
+    status: Status
+    params: dict
+    metadata: dict
+    result: dict | None
+    attempt: int
+    worker: str | None
+    lease_expires_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    resent_at: float | None
+    #: (get_task_to_run) its operation's status
+    operation_status: Status | None = None
+    #: (get_task_to_run) how many of its upstream tasks are not SUCCESS
+    blocking_count: int | None = None
+    #: (ready_dependents) how many tasks it depends on
+    dependency_count: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class AttemptRow(_Row):
+    """One attempt of a task (``kser_attempts``)."""
+
+    task_id: str
+    number: int
+    worker: str
+    status: Status
+    started_at: float
+    finished_at: float | None
+    retcode: int | None
+    error: str | None
