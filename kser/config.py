@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from cdumay_error.types import ConfigurationError
 
@@ -26,7 +27,7 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _number(name: str, default: str, kind: type[int] | type[float]):
+def _number(name: str, default: str, kind: type[int] | type[float]) -> int | float:
     """The number in the environment variable ``name``, or a ConfigurationError saying
     what is wrong with it."""
     text = _env(name, default)
@@ -41,11 +42,11 @@ def _number(name: str, default: str, kind: type[int] | type[float]):
 
 
 def _int(name: str, default: str) -> int:
-    return _number(name, default, int)
+    return int(_number(name, default, int))
 
 
 def _float(name: str, default: str) -> float:
-    return _number(name, default, float)
+    return float(_number(name, default, float))
 
 
 @dataclass
@@ -142,14 +143,16 @@ class Settings:
                  "ssl_cafile", "ssl_certfile", "ssl_keyfile")
         return {name: getattr(self, name) for name in names if getattr(self, name)}
 
-    def client_config(self, group: str | None = None) -> dict:
+    def client_config(self, group: str | None = None) -> dict[str, Any]:
         """The configuration of a client of :attr:`transport` (a consumer if ``group``)."""
         if self.transport == "memory":
             return {"broker": "default", **({"group_id": group} if group else {})}
         module = importlib.import_module(TRANSPORTS[self.transport])
-        return module.connection_config(self.bootstrap_servers, group, self.security())
+        config: dict[str, Any] = module.connection_config(self.bootstrap_servers, group,
+                                                          self.security())
+        return config
 
-    def producer_options(self) -> dict:
+    def producer_options(self) -> dict[str, Any]:
         """kser's own producer options (every transport's producer takes them out of
         its configuration): the size limit, the connect timeout, the partitions and
         replicas of the topics it creates, and these settings themselves (its sealer's
@@ -158,6 +161,6 @@ class Settings:
                 "connect_timeout": self.connect_timeout, "partitions": self.partitions,
                 "replication_factor": self.replication_factor, "settings": self}
 
-    def producer_config(self) -> dict:
+    def producer_config(self) -> dict[str, Any]:
         """The configuration of a producer of :attr:`transport`, kser's options included."""
         return {**self.client_config(), **self.producer_options()}

@@ -18,9 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdumay_error.types import ConfigurationError, ValidationError
+
+if TYPE_CHECKING:
+    from kser.config import Settings
 
 #: what every sealed record starts with (format version 1)
 MAGIC = b"KSER\x01"
@@ -100,12 +103,12 @@ class Sealer:
         from nacl.exceptions import CryptoError
 
         try:
-            return box.decrypt(value[len(MAGIC) + KEY_ID_BYTES:])
+            return bytes(box.decrypt(value[len(MAGIC) + KEY_ID_BYTES:]))
         except CryptoError:
             raise ValidationError("Record cannot decrypt: its ciphertext was altered",
                                   extra=dict(reason="decrypt")) from None
 
     @classmethod
-    def from_settings(cls, settings) -> Sealer:
+    def from_settings(cls, settings: Settings) -> Sealer:
         keys = [k for k in settings.secret_keys.split(",") if k.strip()]
         return cls(keys, settings.require_encryption)

@@ -144,5 +144,5 @@ class TopicAdmin:
     def __enter__(self) -> TopicAdmin:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -3,27 +3,33 @@ dependencies are rows of the store (a chain is task n depending on task n-1)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from cdumay_result import Result
 
 from kser.schemas import dump_result
 
 
-def load_result(data: dict | None, uuid_: str | None = None) -> Result:
+def load_result(data: Mapping[str, Any] | None, uuid_: str | None = None) -> Result:
     if not data:
         return Result(uuid=uuid_)
     return Result(**{k: v for k, v in data.items() if k in
                      ("uuid", "retcode", "stdout", "stderr", "retval")})
 
 
-def forwarded(op, tasks: dict, dependencies) -> dict | None:
+def forwarded(op: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]],
+              dependencies: Iterable[str]) -> dict[str, Any] | None:
     """The result a task receives: its dependencies' results merged, else the operation's."""
+    dependencies = list(dependencies)
     if not dependencies:
-        return op["result"]
+        result: dict[str, Any] | None = op["result"]
+        return result
     return merged([tasks[dep]["result"] for dep in
                     sorted(dependencies, key=lambda d: tasks[d]["position"])])
 
 
-def merged(results: list[dict | None]) -> dict | None:
+def merged(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:
     """Results merged in order (``Result`` addition), as the next task receives them."""
     merged = Result()
     for result in results:
@@ -31,7 +37,7 @@ def merged(results: list[dict | None]) -> dict | None:
     return dump_result(merged)
 
 
-def descendants(dependencies: dict[str, set[str]], task) -> list[str]:
+def descendants(dependencies: Mapping[str, set[str]], task: Mapping[str, Any]) -> list[str]:
     """``task`` and every task that (transitively) depends on it."""
     found, frontier = [task["id"]], [task["id"]]
     while frontier:

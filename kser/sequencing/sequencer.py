@@ -440,6 +440,8 @@ class Sequencer:
     def _emit_ready(self, tx: Tx, operation_id: str) -> int:
         """Queue the message of every PENDING task whose dependencies all succeeded."""
         op = tx.get_operation(operation_id)
+        if op is None:
+            return 0
         tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
         deps = tx.dependencies(operation_id)
         ready = [t for t in tasks.values() if t["status"] == PENDING and all(

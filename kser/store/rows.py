@@ -55,14 +55,14 @@ class OperationRow(_Row):
     id: str
     entrypoint: str
     status: Status
-    params: dict
-    metadata: dict
+    params: dict[str, Any]
+    metadata: dict[str, Any]
     #: the final (or latest) result, as ``dump_result`` wrote it
-    result: dict | None
+    result: dict[str, Any] | None
     #: where its tasks go unless they name their own
     topic: str
-    exit_notify: dict | None
-    ttl_strategy: dict | None
+    exit_notify: dict[str, Any] | None
+    ttl_strategy: dict[str, Any] | None
     created_at: float
     updated_at: float
     finished_at: float | None
@@ -78,9 +78,9 @@ class TaskRow(_Row):
     entrypoint: str
     topic: str | None
     status: Status
-    params: dict
-    metadata: dict
-    result: dict | None
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    result: dict[str, Any] | None
     attempt: int
     worker: str | None
     lease_expires_at: float | None
