@@ -8,6 +8,7 @@ drained: each roll is a message of its own, and every state is in the store.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from cdumay_result import Result
 
@@ -38,11 +39,11 @@ class DiceRoll(Task):
 class DiceLaunch(Operation):
     """Roll ``dice`` dice (default 3), one task each."""
 
-    def build_tasks(self, dice: int = 3, **kwargs) -> list[Task]:
+    def build_tasks(self, dice: int = 3, **kwargs: Any) -> list[Task]:
         return [DiceRoll() for _ in range(int(dice))]
 
 
-def run_demo(dice: int = 3, store_url: str | None = None) -> dict:
+def run_demo(dice: int = 3, store_url: str | None = None) -> dict[str, Any]:
     """Launch one DiceLaunch and consume until done; return the operation as stored.
 
     :param store_url: the store (default ``KSER_STORE_URL``, the SQLite file

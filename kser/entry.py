@@ -49,8 +49,8 @@ class Entrypoint(metaclass=EntrypointMeta):
     #: the OperationRegistry the class is subscribed to (set by ``subscribe``)
     registry: Any = None
 
-    def __init__(self, uuid: str | None = None, params: dict | None = None,
-                 result: Result | None = None, metadata: dict | None = None):
+    def __init__(self, uuid: str | None = None, params: dict[str, Any] | None = None,
+                 result: Result | None = None, metadata: dict[str, Any] | None = None):
         self.uuid = uuid or str(uuid4())
         self.params = params or dict()
         self.result = result or Result(uuid=self.uuid)

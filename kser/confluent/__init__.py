@@ -1,5 +1,6 @@
 """Transport on confluent-kafka (librdkafka): ``pip install kser[confluent]``."""
 
+from typing import Any
 
 #: kser's neutral security settings → librdkafka's names
 SECURITY_KEYS = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanisms",
@@ -9,12 +10,12 @@ SECURITY_KEYS = {"security_protocol": "security.protocol", "sasl_mechanism": "sa
 
 
 def connection_config(bootstrap_servers: str, group_id: str | None = None,
-                      security: dict | None = None) -> dict:
+                      security: dict[str, str] | None = None) -> dict[str, Any]:
     """confluent-kafka configuration for ``bootstrap_servers`` (and a consumer group).
 
     :param security: ``Settings.security()``: SASL/SSL settings by kser's names
     """
-    config: dict = {"bootstrap.servers": bootstrap_servers}
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers}
     if group_id:
         config.update({"group.id": group_id, "auto.offset.reset": "earliest"})
     config.update({SECURITY_KEYS[k]: v for k, v in (security or {}).items()})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kser.memory.broker import get_broker
 from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
 
@@ -9,7 +11,7 @@ from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
 class Admin(TopicAdmin):
     """:param config: ``{"broker": NAME}`` (default ``"default"``)"""
 
-    def __init__(self, config: dict | None = None, **kwargs) -> None:
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.broker = get_broker((config or {}).get("broker", "default"))
 

@@ -62,8 +62,8 @@ class MemoryBroker:
         with self._lock:
             return [len(log) for log in self._topics.get(topic, [])]
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> Record:
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                headers: list[tuple[str, bytes | None]] | None = None) -> Record:
         """Append a record; the key (or the record count) picks the partition."""
         with self._lock:
             self.create_topic(topic)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kser.memory.admin import Admin
 from kser.memory.broker import get_broker
 from kser.memory.producer import Producer
@@ -16,7 +18,8 @@ class Consumer(BaseConsumer):
     :param topics: topics to consume
     """
 
-    def __init__(self, config: dict | None, topics: list[str] | str, **kwargs):
+    def __init__(self, config: dict[str, Any] | None, topics: list[str] | str,
+                 **kwargs: Any) -> None:
         super().__init__(config or {}, topics, **kwargs)
         self.broker = get_broker(self.config.get("broker", "default"))
         self.group = self.config.get("group_id", "kser")

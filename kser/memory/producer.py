@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from kser.controller import BaseProducer
 from kser.memory.admin import Admin
 from kser.memory.broker import get_broker
@@ -14,12 +17,14 @@ class Producer(BaseProducer):
         producer options (``Settings.producer_options()``)
     """
 
-    def __init__(self, config: dict | None = None):
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
         config = dict(config or {})
         super().__init__(**self.take_options(config))
         self.broker = get_broker(config.get("broker", "default"))
 
-    def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
+                 headers: list[tuple[str, bytes | None]] | None = None,
+                 on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         self.broker.produce(topic, value, key, headers)
         if on_delivery is not None:
             on_delivery(None)

@@ -1,7 +1,9 @@
 """Transport on kafka-python (``pip install kser``): the default."""
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
 
@@ -13,12 +15,12 @@ SECURITY_KEYS = {"security_protocol": "security_protocol", "sasl_mechanism": "sa
 
 
 def connection_config(bootstrap_servers: str, group_id: str | None = None,
-                      security: dict | None = None) -> dict:
+                      security: dict[str, str] | None = None) -> dict[str, Any]:
     """kafka-python configuration for ``bootstrap_servers`` (and a consumer group).
 
     :param security: ``Settings.security()``: SASL/SSL settings by kser's names
     """
-    config: dict = {"bootstrap_servers": bootstrap_servers.split(",")}
+    config: dict[str, Any] = {"bootstrap_servers": bootstrap_servers.split(",")}
     if group_id:
         config.update(group_id=group_id, auto_offset_reset="earliest")
     config.update({SECURITY_KEYS[k]: v for k, v in (security or {}).items()})
@@ -35,7 +37,7 @@ class _Capture(logging.Handler):
 
 
 @contextmanager
-def explained_bootstrap():
+def explained_bootstrap() -> Iterator[None]:
     """Construct a kafka-python client inside this block: a failed bootstrap then says why.
 
     kafka-python retries a refused login until its bootstrap times out and then

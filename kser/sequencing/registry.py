@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
@@ -34,8 +34,8 @@ class OperationRegistry:
         the registry is built: a registry made at import sees variables set after it)
     """
 
-    def __init__(self, app=None, controller_class: type[Controller] = Controller, *,
-                 settings: Settings | None = None):
+    def __init__(self, app: Any = None, controller_class: type[Controller] = Controller, *,
+                 settings: Settings | None = None) -> None:
         self._settings = settings
         self.controller = controller_class()
         self.controller.use_settings(lambda: self.settings)
@@ -142,7 +142,7 @@ class OperationRegistry:
         """Delete finished operations whose retention expired; return how many."""
         return self.sequencer.controls.purge()
 
-    def init_app(self, app=None) -> None:
+    def init_app(self, app: Any = None) -> None:
         """Bind to a Flask app (``app.extensions["kser"]`` is this registry), then load tasks."""
         self.app = app
         if app is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
@@ -53,9 +54,9 @@ class Task(Entrypoint):
     #: seconds a run may take before it is stopped and fails (None: no limit)
     TIME_LIMIT: float | None = None
 
-    def __init__(self, uuid: str | None = None, params: dict | None = None,
+    def __init__(self, uuid: str | None = None, params: dict[str, Any] | None = None,
                  status: str = PENDING, result: Result | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict[str, Any] | None = None) -> None:
         self.status = status
         #: ``(time, level, message)`` of every :meth:`log` call, stored with the attempt
         self.log_lines: list[tuple[float, int, str]] = []
@@ -70,9 +71,10 @@ class Task(Entrypoint):
     @property
     def operation_id(self) -> str | None:
         """Id of the operation this task belongs to (None for a lone task)."""
-        return self.metadata.get(KSER_METADATA_KEY, {}).get("operation_id")
+        operation_id: str | None = self.metadata.get(KSER_METADATA_KEY, {}).get("operation_id")
+        return operation_id
 
-    def log(self, message: str, level: int = logging.INFO, *args, **kwargs) -> None:
+    def log(self, message: str, level: int = logging.INFO, *args: Any, **kwargs: Any) -> None:
         """Log ``message`` prefixed with ``{TaskName}.{TaskStatus}: {EntryPointPath}[{TaskUUID}]: ``
 
         (e.g. ``DiceRoll.RUNNING: app.DiceRoll[6f1c...]: ``).
