@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
@@ -10,7 +12,7 @@ from kser.python_kafka import explained_bootstrap
 from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
 
 
-def _only(config: dict, accepted: dict) -> dict:
+def _only(config: dict[str, Any], accepted: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items()
             if key in accepted and key != "client_id"}
 
@@ -18,7 +20,7 @@ def _only(config: dict, accepted: dict) -> dict:
 class Admin(TopicAdmin):
     """:param config: kafka-python connection settings (those of any client of kser)"""
 
-    def __init__(self, config: dict, **kwargs) -> None:
+    def __init__(self, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = dict(config)
         timeout_ms = int(self.timeout * 1000)
@@ -80,7 +82,7 @@ class Admin(TopicAdmin):
         self.client.close()
 
 
-def _subscribed(member: dict) -> list[str]:
+def _subscribed(member: dict[str, Any]) -> list[str]:
     """The topics a group member subscribed to, from describe_groups' decoded metadata."""
     metadata = member.get("member_metadata") or {}
     if isinstance(metadata, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CorruptRecordError
@@ -29,7 +30,8 @@ class Consumer(BaseConsumer):
 
     MAX_POLL_INTERVAL_KEY = "max_poll_interval_ms"
 
-    def __init__(self, config: dict, topics: list[str] | str, **kwargs):
+    def __init__(self, config: dict[str, Any], topics: list[str] | str,
+                 **kwargs: Any) -> None:
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable_auto_commit")
         client_config.setdefault("bootstrap_timeout_ms", int(self.settings.connect_timeout * 1000))
@@ -53,8 +55,9 @@ class Consumer(BaseConsumer):
         return [Record(r.topic, r.partition, r.offset, r.value, r.key, list(r.headers or []))
                 for records in batches.values() for r in records]
 
-    def _group_offsets(self, partitions):
-        offsets = {}
+    def _group_offsets(self, partitions: list[TopicPartition]
+                       ) -> dict[TopicPartition, int | None]:
+        offsets: dict[TopicPartition, int | None] = {}
         for topic, partition in partitions:
             offsets[(topic, partition)] = self.client.committed(
                 KafkaTopicPartition(topic, partition))
@@ -124,8 +127,8 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
 
-    def on_partitions_revoked(self, revoked) -> None:
+    def on_partitions_revoked(self, revoked: list[KafkaTopicPartition]) -> None:
         self.consumer._revoked([(tp.topic, tp.partition) for tp in revoked])
 
-    def on_partitions_assigned(self, assigned) -> None:
+    def on_partitions_assigned(self, assigned: list[KafkaTopicPartition]) -> None:
         self.consumer._assigned([(tp.topic, tp.partition) for tp in assigned])

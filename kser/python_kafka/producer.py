@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from kafka import KafkaProducer
 
@@ -25,7 +27,7 @@ class Producer(BaseProducer):
         ``replication_factor``: ``Settings.producer_options()``) may be given too.
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict[str, Any]) -> None:
         config = dict(config)
         super().__init__(**self.take_options(config))
         self._connection = dict(config)
@@ -36,10 +38,12 @@ class Producer(BaseProducer):
         config.setdefault("bootstrap_timeout_ms", int(self.connect_timeout * 1000))
         with explained_bootstrap():
             self.client = KafkaProducer(**config)
-        self._futures: list = []
+        self._futures: list[Any] = []  # kafka-python's FutureRecordMetadata
         self._futures_lock = threading.Lock()
 
-    def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
+                 headers: list[tuple[str, bytes | None]] | None = None,
+                 on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         future = self.client.send(topic, value=value, key=key, headers=headers or None)
         if on_delivery is not None:
             future.add_callback(lambda _metadata: on_delivery(None))
