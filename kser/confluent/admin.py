@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
@@ -12,7 +14,7 @@ from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
 class Admin(TopicAdmin):
     """:param config: librdkafka connection settings (those of any client of kser)"""
 
-    def __init__(self, config: dict, **kwargs) -> None:
+    def __init__(self, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = AdminClient({key: value for key, value in config.items()
                                    if key not in CONSUMER_ONLY_KEYS})

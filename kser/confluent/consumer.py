@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 import confluent_kafka
 from confluent_kafka import KafkaError
@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError
 from kser.confluent.producer import Producer
 from kser.errors import WorkerFatalError, safe_text
 from kser.record import Record, TopicPartition
+from kser.topics import TopicAdmin
 from kser.worker import BaseConsumer
 
 #: librdkafka settings that only make sense for a consumer (not copied to the producer)
@@ -33,7 +34,8 @@ class Consumer(BaseConsumer):
 
     MAX_POLL_INTERVAL_KEY = "max.poll.interval.ms"
 
-    def __init__(self, config: dict, topics: list[str] | str, **kwargs):
+    def __init__(self, config: dict[str, Any], topics: list[str] | str,
+                 **kwargs: Any) -> None:
         super().__init__(config, topics, **kwargs)
         client_config = self._force_manual_commit(dict(self.config), "enable.auto.commit")
         client_config.setdefault("logger", logging.getLogger("confluent_kafka"))
@@ -79,7 +81,8 @@ class Consumer(BaseConsumer):
                                   headers))
         return records
 
-    def _group_offsets(self, partitions):
+    def _group_offsets(self, partitions: list[TopicPartition]
+                       ) -> dict[TopicPartition, int | None]:
         answer = self.client.committed([confluent_kafka.TopicPartition(t, p)
                                         for t, p in partitions],
                                        timeout=self.settings.connect_timeout)
@@ -99,7 +102,7 @@ class Consumer(BaseConsumer):
     def _close(self) -> None:
         self.client.close()
 
-    def _new_admin(self):
+    def _new_admin(self) -> TopicAdmin:
         # a client of its own: the consumer's list_topics() left its later fetches slower
         # (unloaded hop p50 about 3.5 ms against 2.5 ms, benchmarks/sequencing.py)
         from kser.confluent.admin import Admin

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, cast
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
 from kser.controller import BaseProducer
+from kser.topics import TopicAdmin
 
 #: bytes a record's framing adds to its value, allowed above KSER_MAX_MESSAGE_BYTES
 REQUEST_OVERHEAD = 4096
@@ -28,7 +31,7 @@ class Producer(BaseProducer):
         ``connect_timeout`` seconds
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict[str, Any]) -> None:
         config = dict(config)
         super().__init__(**self.take_options(config))
         self._connection = dict(config)
@@ -57,19 +60,21 @@ class Producer(BaseProducer):
                     "KSER_SASL_PASSWORD and KSER_SASL_MECHANISM")) from None
             raise
 
-    def _on_delivery(self, error, message) -> None:
+    def _on_delivery(self, error: KafkaError | None, message: confluent_kafka.Message) -> None:
         if error is not None:
             self._errors.append(f"{message.topic()}: {error.str()}")
 
-    def _produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None,
+                 headers: list[tuple[str, bytes | None]] | None = None,
+                 on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         report = self._on_delivery
         if on_delivery is not None:
-            def report(error, message):
+            def report(error: KafkaError | None, message: confluent_kafka.Message) -> None:
                 self._on_delivery(error, message)
                 on_delivery(None if error is None else KafkaException(error))
         while True:
             try:
-                self.client.produce(topic, value=value, key=key, headers=headers or None,
+                self.client.produce(topic, value=value, key=key, headers=cast(Any, headers) or None,
                                     on_delivery=report)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -87,7 +92,7 @@ class Producer(BaseProducer):
             raise TimeoutError(f"Kafka did not acknowledge {remaining} message(s) within "
                                f"{timeout} s")
 
-    def _new_admin(self):
+    def _new_admin(self) -> TopicAdmin:
         from kser.confluent.admin import Admin
 
         return Admin(self._connection, **self._admin_options())
