@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -281,7 +281,7 @@ class BaseProducer(BaseController):
     # -- transport adapter -------------------------------------------------------------
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None,
-                 headers: list[tuple[str, bytes | None]] | None = None,
+                 headers: Sequence[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         raise NotImplementedError
 
@@ -379,7 +379,7 @@ class BaseProducer(BaseController):
         return Result(uuid=uuid, stdout=stdout)
 
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None,
-                 headers: list[tuple[str, bytes | None]] | None = None,
+                 headers: Sequence[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         """Queue a raw record (dead letters, replays, follow-ups); :meth:`flush` waits for it.
 

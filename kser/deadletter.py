@@ -27,8 +27,8 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from kser.errors import is_transient, safe_text
 
@@ -55,9 +55,9 @@ RECORD_OVERHEAD = 512
 ERROR_HEADER_LIMIT = 2000
 
 
-def safe_headers(headers) -> list[tuple[str, bytes]]:
+def safe_headers(headers: Iterable[Any] | None) -> list[tuple[str, bytes]]:
     """A record's headers as a client library accepts them: (text, bytes) pairs."""
-    safe = []
+    safe: list[tuple[str, bytes]] = []
     for item in headers or ():
         try:
             name, value = item
@@ -73,15 +73,19 @@ def safe_headers(headers) -> list[tuple[str, bytes]]:
     return safe
 
 
+#: what :func:`fit` and :meth:`DeadLetters.copy` return: value, key, headers, trimmed
+Fitted = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int | None]
+
+
 def fit(value: bytes | None, key: bytes | None, own: list[tuple[str, bytes]],
-        theirs: list[tuple[str, bytes]], limit: int):
+        theirs: list[tuple[str, bytes]], limit: int) -> Fitted:
     """Cut ``value``, then drop ``theirs`` (the record's headers), then cut ``key``, until
     the whole fits in ``limit`` bytes; ``own`` (kser's headers) are always kept.
 
     Returns (value, key, headers, trimmed): ``trimmed`` is the value's original size
     when anything was cut or dropped, else None.
     """
-    def size(headers):
+    def size(headers: list[tuple[str, bytes]]) -> int:
         return sum(len(name.encode("utf-8")) + len(data) + 8 for name, data in headers)
 
     budget = limit - RECORD_OVERHEAD - size(own) - 64  # room for the trimming headers
@@ -116,7 +120,7 @@ class DeadLetters:
         self._store = store
         self.worker_name = worker_name
 
-    def copy(self, record: Record, error: str):
+    def copy(self, record: Record, error: str) -> Fitted:
         """The dead letter of ``record``: (value, key, headers, trimmed) as :func:`fit`."""
         own = [(name, safe_text(value, limit).encode("utf-8")) for name, value, limit in (
             ("kser-error", error, ERROR_HEADER_LIMIT), ("kser-source-topic", record.topic, 300),
@@ -151,14 +155,16 @@ class DeadLetters:
                        safe_text(error))
         return True
 
-    def _to_kafka(self, topic: str, value, key, headers) -> str | None:
+    def _to_kafka(self, topic: str, value: bytes | None, key: bytes | None,
+                  headers: list[tuple[str, bytes]]) -> str | None:
         """Produce one dead letter and wait for its own acknowledgement (other records
         flushed meanwhile are none of its business); None when it was, else why not."""
         failure = "not tried"
         for attempt in range(1, KAFKA_TRIES + 1):
             done, errors = threading.Event(), cast(list[BaseException], [])
 
-            def delivered(exc, done=done, errors=errors):
+            def delivered(exc: Exception | None, done: threading.Event = done,
+                          errors: list[BaseException] = errors) -> None:
                 if exc is not None:
                     errors.append(exc)
                 done.set()

@@ -22,13 +22,17 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kser.controller import BaseProducer
 from kser.deadletter import DLQ_HEADERS
-from kser.record import Record
+from kser.record import Record, TopicPartition
 from kser.worker import BaseConsumer
+
+if TYPE_CHECKING:
+    from kser.store import Store
 
 #: consumer group whose offsets say how far ``replay`` went on a dead-letter topic
 REPLAY_GROUP = "kser-dlq-replay"
@@ -45,7 +49,7 @@ class DeadLetter:
     stored_id: int | None = None
 
     @classmethod
-    def from_row(cls, row) -> DeadLetter:
+    def from_row(cls, row: Mapping[str, Any]) -> DeadLetter:
         """A dead letter kept in the store (its record as it was consumed)."""
         headers: list[tuple[str, bytes | None]] = [
             (name, base64.b64decode(value)) for name, value in row["headers"]]
@@ -97,7 +101,7 @@ def read(consumer: BaseConsumer, wait: float, commit: bool = False) -> Iterator[
         seen = True
         yield from records
         if commit:
-            offsets: dict = {}
+            offsets: dict[TopicPartition, int] = {}
             for record in records:
                 offsets[(record.topic, record.partition)] = record.offset + 1
             consumer.commit(offsets)
@@ -118,7 +122,7 @@ def _once(letters: list[DeadLetter]) -> list[DeadLetter]:
 
 
 def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer], dlq_topic: str,
-                      wait: float = 10, store=None,
+                      wait: float = 10, store: Store | None = None,
                       source_topic: str | None = None) -> list[DeadLetter]:
     """All dead letters of ``dlq_topic``, then those of ``source_topic`` in ``store``
     (nothing is committed or marked)."""
@@ -135,7 +139,7 @@ def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer], dlq_top
 
 def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProducer,
            dlq_topic: str, default_topic: str, wait: float = 10,
-           store=None) -> list[DeadLetter]:
+           store: Store | None = None) -> list[DeadLetter]:
     """Send the dead letters not replayed yet back to their source topic; return them.
 
     A record's offset is committed (a stored one marked replayed) only after the

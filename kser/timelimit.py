@@ -47,7 +47,7 @@ class time_limit:  # noqa: N801 - used as a context manager, like contextlib's
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id),
                                                            ctypes.py_object(exceeded))
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import confluent_kafka
@@ -65,7 +65,7 @@ class Producer(BaseProducer):
             self._errors.append(f"{message.topic()}: {error.str()}")
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None,
-                 headers: list[tuple[str, bytes | None]] | None = None,
+                 headers: Sequence[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         report = self._on_delivery
         if on_delivery is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 
 from kser.record import Record, TopicPartition
 
@@ -63,7 +64,7 @@ class MemoryBroker:
             return [len(log) for log in self._topics.get(topic, [])]
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: list[tuple[str, bytes | None]] | None = None) -> Record:
+                headers: Sequence[tuple[str, bytes | None]] | None = None) -> Record:
         """Append a record; the key (or the record count) picks the partition."""
         with self._lock:
             self.create_topic(topic)

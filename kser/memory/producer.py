@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kser.controller import BaseProducer
@@ -23,7 +23,7 @@ class Producer(BaseProducer):
         self.broker = get_broker(config.get("broker", "default"))
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None,
-                 headers: list[tuple[str, bytes | None]] | None = None,
+                 headers: Sequence[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         self.broker.produce(topic, value, key, headers)
         if on_delivery is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import KafkaProducer
@@ -42,7 +42,7 @@ class Producer(BaseProducer):
         self._futures_lock = threading.Lock()
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None,
-                 headers: list[tuple[str, bytes | None]] | None = None,
+                 headers: Sequence[tuple[str, bytes | None]] | None = None,
                  on_delivery: Callable[[Exception | None], None] | None = None) -> None:
         future = self.client.send(topic, value=value, key=key, headers=headers or None)
         if on_delivery is not None:
