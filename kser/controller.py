@@ -165,7 +165,7 @@ class Controller(BaseController):
             raise ValidationError(
                 f"Cannot register '{name}': {entrypoint!r} is not a subclass of "
                 "kser.entry.Entrypoint", extra=dict(entrypoint=name))
-        cast(dict, self.ENTRYPOINTS)[name] = entrypoint  # (the instance's own dict)
+        cast(dict[str, type[Entrypoint]], self.ENTRYPOINTS)[name] = entrypoint  # (its own)
         logger.debug("%s.Registered: %s", type(self).__name__, name)
 
     def run(self, raw_data: str | bytes | None, topic: str | None = None) -> Result:
@@ -273,7 +273,7 @@ class BaseProducer(BaseController):
         self._sealer = sealer
 
     @staticmethod
-    def take_options(config: dict) -> dict:
+    def take_options(config: dict[str, Any]) -> dict[str, Any]:
         """Take kser's own options (:meth:`kser.config.Settings.producer_options`) out of
         a transport's producer ``config``; return them as this class's keyword arguments."""
         return {name: config.pop(name) for name in PRODUCER_OPTIONS if name in config}
@@ -296,11 +296,11 @@ class BaseProducer(BaseController):
         checked)."""
         raise NotImplementedError
 
-    def _admin_options(self) -> dict:
+    def _admin_options(self) -> dict[str, Any]:
         return dict(partitions=self.partitions, replication_factor=self.replication_factor,
                     timeout=self.connect_timeout)
 
-    def topics_exist(self, topics) -> None:
+    def topics_exist(self, topics: Iterable[str]) -> None:
         """Say that ``topics`` exist (a worker checked them at start): not checked again."""
         self._topics_checked.update(topics)
 
