@@ -14,6 +14,7 @@ sends the next (see :mod:`kser.sequencing.sequencer`).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
@@ -21,6 +22,9 @@ from cdumay_result import Result
 from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY
 from kser.sequencing.task import PENDING, SUCCESS, Task
+
+if TYPE_CHECKING:
+    from kser.sequencing.sequencer import Sequencer
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +37,15 @@ class Operation(Task):
 
     #: announce the end of every operation of this class:
     #: ``{"topic": T, "payload": any JSON, "entrypoint": optional}`` (None: no announcement)
-    ON_EXIT_NOTIFY: dict | None = None
+    ON_EXIT_NOTIFY: dict[str, Any] | None = None
     #: purge finished operations of this class after so many seconds:
     #: ``{"seconds_after_success", "seconds_after_failure", "seconds_after_completion"}``
     #: (None: keep them; ``kser purge`` applies it)
-    TTL_STRATEGY: dict | None = None
+    TTL_STRATEGY: dict[str, float] | None = None
 
     def __init__(self, uuid: str | None = None, status: str = PENDING,
-                 params: dict | None = None, tasks: list[Task] | None = None,
-                 result: Result | None = None, metadata: dict | None = None):
+                 params: dict[str, Any] | None = None, tasks: list[Task] | None = None,
+                 result: Result | None = None, metadata: dict[str, Any] | None = None) -> None:
         Task.__init__(self, uuid=uuid, params=params, status=status, result=result,
                       metadata=metadata)
         self.tasks: list[Task] = list(tasks or [])
@@ -53,12 +57,12 @@ class Operation(Task):
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def new(cls, **kwargs) -> Operation:
+    def new(cls, **kwargs: Any) -> Operation:
         """Deprecated: build an operation from a dict (use ``cls(...).build()``)."""
         return cls(**cls.parse_inputs(**kwargs))
 
     @classmethod
-    def parse_inputs(cls, **kwargs) -> dict:
+    def parse_inputs(cls, **kwargs: Any) -> dict[str, Any]:
         """Deprecated: check the inputs of :meth:`new`."""
         return kwargs
 
@@ -66,15 +70,15 @@ class Operation(Task):
         """Append ``task`` to the sequence."""
         self.tasks.append(task)
 
-    def prebuild(self, **kwargs) -> dict | None:
+    def prebuild(self, **kwargs: Any) -> dict[str, Any] | None:
         """Checks before the tasks are built; may return changed build parameters."""
         return kwargs
 
-    def build_tasks(self, **kwargs) -> list[Task]:
+    def build_tasks(self, **kwargs: Any) -> list[Task]:
         """Return the tasks of this operation, in order (to implement)."""
         return []
 
-    def compute_tasks(self, **kwargs) -> list[Task]:
+    def compute_tasks(self, **kwargs: Any) -> list[Task]:
         """Check the operation's required params, run :meth:`prebuild`, build the tasks."""
         logger.debug("%s.PreBuild: %s[%s]: %s", type(self).__name__, type(self).path, self.uuid,
                      kwargs)
@@ -88,7 +92,7 @@ class Operation(Task):
         """Post-build actions (to implement); returns the operation."""
         return self
 
-    def build(self, **kwargs) -> Operation:
+    def build(self, **kwargs: Any) -> Operation:
         """Create the tasks and return :meth:`finalize`'s operation.
 
         ``kwargs`` default to the operation's own params. Tasks are given the
@@ -126,20 +130,23 @@ class Operation(Task):
 
     # -- durable sequencing ---------------------------------------------------------------
 
-    def exit_notify_settings(self) -> dict | None:
+    def exit_notify_settings(self) -> dict[str, Any] | None:
         """Where to announce this operation's end: ``{"topic", "payload", "entrypoint"}``.
 
         From ``metadata["kser"]["on_exit_notify"]``, else :attr:`ON_EXIT_NOTIFY`.
         """
-        return self.metadata.get(KSER_METADATA_KEY, {}).get("on_exit_notify",
-                                                            self.ON_EXIT_NOTIFY)
+        notify: dict[str, Any] | None = self.metadata.get(KSER_METADATA_KEY, {}).get(
+            "on_exit_notify", self.ON_EXIT_NOTIFY)
+        return notify
 
-    def ttl_settings(self) -> dict | None:
+    def ttl_settings(self) -> dict[str, float] | None:
         """When to purge this operation once finished (seconds; None keeps it).
 
         From ``metadata["kser"]["ttl_strategy"]``, else :attr:`TTL_STRATEGY`.
         """
-        return self.metadata.get(KSER_METADATA_KEY, {}).get("ttl_strategy", self.TTL_STRATEGY)
+        ttl: dict[str, float] | None = self.metadata.get(KSER_METADATA_KEY, {}).get(
+            "ttl_strategy", self.TTL_STRATEGY)
+        return ttl
 
     def next(self, task: Task) -> Task | None:
         """The first task after ``task`` that has not succeeded yet, or None."""
@@ -151,13 +158,14 @@ class Operation(Task):
                 return candidate
         return None
 
-    def _sequencer(self):
+    def _sequencer(self) -> Sequencer:
         registry = getattr(type(self), "registry", None)
         if registry is None:
             raise ValidationError(
                 f"{type(self).path} is not subscribed to an OperationRegistry: subscribe it "
                 "(@registry.subscribe) so kser knows its store and producer")
-        return registry.sequencer
+        sequencer: Sequencer = registry.sequencer
+        return sequencer
 
     def launch(self, topic: str | None = None) -> Result:
         """Build (if needed), validate, store the operation and send its first task.
