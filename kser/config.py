@@ -18,6 +18,11 @@ from cdumay_error.types import ConfigurationError
 #: directory (created when needed; .gitignore it)
 DEFAULT_STORE_URL = "sqlite:///.kser/kser.db"
 
+#: partitions of the topics kser creates (KSER_PARTITIONS)
+DEFAULT_PARTITIONS = 12
+#: seconds a client waits for the cluster when it starts (KSER_CONNECT_TIMEOUT)
+DEFAULT_CONNECT_TIMEOUT = 15.0
+
 #: transports by the name ``--transport`` / ``KSER_TRANSPORT`` use
 TRANSPORTS = {"kafka": "kser.python_kafka", "confluent": "kser.confluent",
               "memory": "kser.memory"}
@@ -72,7 +77,7 @@ class Settings:
     #: seconds a client waits for the cluster when it starts (``kser send --timeout``,
     #: ``kser worker --timeout``) before it says the broker cannot be reached
     connect_timeout: float = field(
-        default_factory=lambda: _float("KSER_CONNECT_TIMEOUT", "15"))
+        default_factory=lambda: _float("KSER_CONNECT_TIMEOUT", str(DEFAULT_CONNECT_TIMEOUT)))
     #: seconds after which the group gives a silent worker's partitions to the others
     #: (its session timeout: what a SIGKILLed worker's records wait for); the broker
     #: bounds it (group.min.session.timeout.ms, 6 s by default)
@@ -87,7 +92,8 @@ class Settings:
     send_timeout: float = field(default_factory=lambda: _float("KSER_SEND_TIMEOUT", "60"))
     #: partitions of the topics a worker creates when they do not exist (its topics and
     #: their dead-letter topics): as many workers of a group can share a topic
-    partitions: int = field(default_factory=lambda: _int("KSER_PARTITIONS", "12"))
+    partitions: int = field(
+        default_factory=lambda: _int("KSER_PARTITIONS", str(DEFAULT_PARTITIONS)))
     #: replicas of the topics a worker creates (-1: the broker's default.replication.factor)
     replication_factor: int = field(
         default_factory=lambda: _int("KSER_REPLICATION_FACTOR", "-1"))

@@ -21,7 +21,7 @@ from cdumay_result import Result
 from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from kser.codec import Codec
 from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
-from kser.config import Settings
+from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS, Settings
 from kser.crypto import Sealer
 from kser.entry import Entrypoint
 from kser.errors import WorkerFatalError, is_transient, safe_text
@@ -31,8 +31,6 @@ from kser.topics import TopicAdmin
 
 logger = logging.getLogger(__name__)
 
-#: seconds a new client waits for the cluster (KSER_CONNECT_TIMEOUT)
-DEFAULT_CONNECT_TIMEOUT = 15.0
 #: kser's own options in a transport producer's configuration
 PRODUCER_OPTIONS = ("max_message_bytes", "connect_timeout", "partitions", "replication_factor",
                     "settings")
@@ -244,7 +242,8 @@ class BaseProducer(BaseController):
     """
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, partitions: int = 12,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 partitions: int = DEFAULT_PARTITIONS,
                  replication_factor: int = -1, settings: Settings | None = None) -> None:
         self.max_message_bytes = max_message_bytes
         #: seconds the client waits for the cluster when it starts
@@ -260,6 +259,7 @@ class BaseProducer(BaseController):
         self._topics_retry: dict[str, float] = {}
         self._topics_lock = threading.Lock()
         self._topic_locks: dict[str, threading.Lock] = {}
+        self._codec: Codec | None = None
 
     @property
     def sealer(self) -> Sealer:
@@ -271,6 +271,7 @@ class BaseProducer(BaseController):
     @sealer.setter
     def sealer(self, sealer: Sealer) -> None:
         self._sealer = sealer
+        self._codec = None
 
     @staticmethod
     def take_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -337,8 +338,13 @@ class BaseProducer(BaseController):
 
     @property
     def codec(self) -> Codec:
-        """How this producer encodes messages: its size limit and its sealer."""
-        return Codec(self.max_message_bytes, self.sealer)
+        """How this producer encodes messages: its size limit and its sealer (built once;
+        again if either changed)."""
+        codec = self._codec
+        if codec is None or codec.max_message_bytes != self.max_message_bytes \
+                or codec.sealer is not self.sealer:
+            codec = self._codec = Codec(self.max_message_bytes, self.sealer)
+        return codec
 
     def encode(self, kmsg: Message) -> tuple[bytes, bytes]:
         """Serialise ``kmsg`` (after the :meth:`onmessage` hook) into (key, value) bytes,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS
 from kser.errors import is_transient
 
 
@@ -79,8 +80,8 @@ class TopicAdmin:
     :param timeout: seconds each call to the cluster may take
     """
 
-    def __init__(self, partitions: int = 12, replication_factor: int = -1,
-                 timeout: float = 15.0) -> None:
+    def __init__(self, partitions: int = DEFAULT_PARTITIONS, replication_factor: int = -1,
+                 timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.timeout = timeout

@@ -37,3 +37,16 @@ def test_messages_over_the_size_limit_are_refused(memory_broker_name):
     result = producer.send("t", Message("m", "app.T", params={"blob": "x" * 600}))
     assert result.retcode == 400 and "over the 500-byte limit" in result.stderr
     assert producer.send("t", Message("m", "app.T", params={"blob": "x"})).retcode == 0
+
+
+def test_the_codec_is_built_once_and_again_when_the_limit_or_keys_change(memory_broker_name):
+    from kser.crypto import Sealer, new_key
+
+    producer = Producer({"broker": memory_broker_name, "max_message_bytes": 500})
+    codec = producer.codec
+    producer.encode(Message("u", "a.B"))
+    assert producer.codec is codec  # not one per message
+    producer.max_message_bytes = 100
+    assert producer.codec.max_message_bytes == 100
+    producer.sealer = Sealer([new_key()])
+    assert producer.codec.sealer is producer.sealer
