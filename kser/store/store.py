@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -621,6 +622,27 @@ def _checked_url(url: str) -> str:
     return url
 
 
+#: longest wait for another process switching a new SQLite file to WAL mode, seconds
+WAL_SWITCH_TIMEOUT = 30.0
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the SQLite file in WAL mode (it stays so). Two processes opening a new file
+    at once (two workers started together) may both try to switch it, and SQLite then
+    answers "database is locked" at once, without waiting its busy timeout: wait for the
+    other one instead (found by the dice example's two consumers)."""
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # a pool of open connections: opening one costs its PRAGMAs, and closing the last
@@ -635,7 +657,7 @@ def _create_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_settings(dbapi_connection, _record):
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
