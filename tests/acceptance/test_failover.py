@@ -84,7 +84,11 @@ def test_failover_gap_after_a_worker_is_killed_mid_task(kafka, pg_url, processes
                                           r.started_at)
     retaken = [r for r in rows if r.task_id == held["id"] and r.number > held["attempt"]]
     assert resumed, "the dead worker left operations that the survivor finished"
-    assert len(retaken) == 1 and retaken[0].status == "SUCCESS"
+    if retaken:  # taken over once, and done
+        assert len(retaken) == 1 and retaken[0].status == "SUCCESS"
+    else:  # (a 0.1 s hop may end between the read and the kill: nothing to take over)
+        assert [r.status for r in rows if r.task_id == held["id"]
+                and r.number == held["attempt"]] == ["SUCCESS"]
     [survivor] = [w for name, w in names.items() if name != victim]
     assigned = [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
                 for stamp, count in re.findall(
@@ -94,7 +98,7 @@ def test_failover_gap_after_a_worker_is_killed_mid_task(kafka, pg_url, processes
     assert after, "the survivor logged no assignment of every partition after the kill"
     rebalance_gap = min(after) - killed_at
     partition_gap = min(resumed.values()) - killed_at
-    takeover_gap = retaken[0].started_at - killed_at
+    takeover_gap = retaken[0].started_at - killed_at if retaken else float("nan")
     record_property("session_timeout", defaults.session_timeout)
     record_property("task_lease", defaults.task_lease)
     record_property("rebalance_gap_s", round(rebalance_gap, 1))
