@@ -13,8 +13,10 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 from cdumay_error import Error as CdumayError
@@ -25,7 +27,17 @@ from kser.controller import Controller
 from kser.errors import StoreError
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
-from kser.status import Status
+from kser.status import FINAL_STATUSES, Status
+
+if TYPE_CHECKING:
+    from kser.controller import BaseProducer
+    from kser.entry import Entrypoint
+    from kser.store import Store
+    from kser.topics import TopicAdmin
+    from kser.worker import BaseConsumer
+
+#: a click command function (decorators that add options return it as they got it)
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: the store of ``kser demo``, in the state folder ``.kser`` of the working directory
 DEMO_STORE_URL = "sqlite:///.kser/demo.db"
@@ -36,7 +48,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
 class KserCliError(click.ClickException):
     """An error shown as ``kser: <message>`` with exit status 1."""
 
-    def show(self, file=None) -> None:
+    def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"kser: {self.format_message()}", err=True)
 
 
@@ -90,7 +102,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def _kafka_errors(settings: Settings):
+def _kafka_errors(settings: Settings) -> Iterator[None]:
     """A Kafka client error in the block is one line: which broker, what, what to check."""
     try:
         yield
@@ -102,7 +114,7 @@ def _kafka_errors(settings: Settings):
 class _Commands(click.Group):
     """kser's commands: a store or configuration error in any of them is one line."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except StoreError as exc:
@@ -131,7 +143,7 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     ctx.obj = settings
 
 
-def _connection_options(func):
+def _connection_options(func: F) -> F:
     func = click.option("--bootstrap-servers", default=None,
                         help="host:port[,...] [env KSER_BOOTSTRAP_SERVERS, 127.0.0.1:9092].")(func)
     func = click.option("--transport", type=click.Choice(sorted(TRANSPORTS)), default=None,
@@ -139,7 +151,7 @@ def _connection_options(func):
     return func
 
 
-def _apply(settings: Settings, **overrides) -> Settings:
+def _apply(settings: Settings, **overrides: Any) -> Settings:
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, value)
@@ -280,7 +292,6 @@ def _wait_for_operations(settings: Settings, ids: list[str], timeout: float) -> 
 
     from kser.errors import WorkerFatalError
     from kser.store import Store
-    from kser.store.store import FINAL_STATUSES
 
     url = make_url(settings.store_url)
     if url.get_backend_name() == "sqlite" and url.database and \
@@ -289,14 +300,14 @@ def _wait_for_operations(settings: Settings, ids: list[str], timeout: float) -> 
                            f"{_store_name(settings.store_url)} does not exist: set "
                            "KSER_STORE_URL to theirs")
     try:
-        return _poll_operations(Store(settings.store_url), ids, timeout, FINAL_STATUSES)
+        return _poll_operations(Store(settings.store_url), ids, timeout)
     except (SQLAlchemyError, WorkerFatalError) as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
         raise KserCliError(f"--wait: the store {_store_name(settings.store_url)} failed: "
                            f"{reason}") from None
 
 
-def _poll_operations(store, ids: list[str], timeout: float, final) -> dict[str, str]:
+def _poll_operations(store: Store, ids: list[str], timeout: float) -> dict[str, str]:
     ended: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     try:
@@ -304,8 +315,8 @@ def _poll_operations(store, ids: list[str], timeout: float, final) -> dict[str, 
             with store.transaction() as tx:
                 for op_id in ids:
                     op = None if op_id in ended else tx.get_operation(op_id)
-                    if op is not None and op["status"] in final:
-                        ended[op_id] = op["status"]
+                    if op is not None and op.status in FINAL_STATUSES:
+                        ended[op_id] = op.status
             if len(ended) == len(ids) or time.monotonic() >= deadline:
                 return ended
             time.sleep(0.2)
@@ -313,7 +324,8 @@ def _poll_operations(store, ids: list[str], timeout: float, final) -> dict[str, 
         store.close()
 
 
-def _check_entrypoint(controller: Controller, spec: str, entrypoint: str, params: dict):
+def _check_entrypoint(controller: Controller, spec: str, entrypoint: str,
+                      params: dict[str, Any]) -> type[Entrypoint]:
     """The class of ``entrypoint`` in ``controller``; refuse an entrypoint it does not
     know, or params it would refuse."""
     known = controller.ENTRYPOINTS.get(entrypoint)
@@ -353,24 +365,27 @@ def dlq() -> None:
     """Inspect dead-lettered messages and send them back once fixed."""
 
 
-def _dlq_tools(settings: Settings):
+def _dlq_tools(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer],
+                                           Callable[[], BaseProducer]]:
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")
     producer_module = importlib.import_module(f"{module.__name__}.producer")
 
-    def make_consumer(group: str, topic: str):
-        return consumer_module.Consumer(settings.client_config(group), [topic],
-                                        settings=settings)
+    def make_consumer(group: str, topic: str) -> BaseConsumer:
+        consumer: BaseConsumer = consumer_module.Consumer(settings.client_config(group),
+                                                          [topic], settings=settings)
+        return consumer
 
-    def make_producer():
-        return producer_module.Producer(settings.client_config())
+    def make_producer() -> BaseProducer:
+        producer: BaseProducer = producer_module.Producer(settings.client_config())
+        return producer
 
     return make_consumer, make_producer
 
 
-def _dlq_store(settings: Settings, store_url: str | None):
+def _dlq_store(settings: Settings, store_url: str | None) -> Store | None:
     """The store whose kser_dead_letters table is read too (None: it cannot be opened)."""
-    from kser.store.store import Store, StoreError
+    from kser.store import Store
 
     try:
         return Store(store_url or settings.store_url)
@@ -379,7 +394,7 @@ def _dlq_store(settings: Settings, store_url: str | None):
         return None
 
 
-def _dlq_options(func):
+def _dlq_options(func: F) -> F:
     func = click.option("--store-url", default=None,
                         help="Store whose dead letters are read too "
                              f"[env KSER_STORE_URL, {DEFAULT_STORE_URL}].")(func)
@@ -496,16 +511,17 @@ def topics() -> None:
     """Create and describe topics (partitions, replicas, who reads what)."""
 
 
-def _admin(settings: Settings):
+def _admin(settings: Settings) -> TopicAdmin:
     if settings.transport == "memory":
         raise KserCliError("the memory transport lives inside one process: kser topics "
                            "needs a Kafka cluster (--transport kafka or confluent)")
     module = _transport(settings.transport)
     admin_module = importlib.import_module(f"{module.__name__}.admin")
     try:
-        return admin_module.Admin(settings.client_config(), partitions=settings.partitions,
-                                  replication_factor=settings.replication_factor,
-                                  timeout=settings.connect_timeout)
+        admin: TopicAdmin = admin_module.Admin(
+            settings.client_config(), partitions=settings.partitions,
+            replication_factor=settings.replication_factor, timeout=settings.connect_timeout)
+        return admin
     except _connection_errors() as exc:
         raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers} within "
                            f"{settings.connect_timeout:g} s ({exc}): is the broker running "

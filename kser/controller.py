@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
@@ -27,6 +27,9 @@ from kser.entry import Entrypoint
 from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import error_result, exception_result, is_success
 from kser.schemas import Message
+
+if TYPE_CHECKING:
+    from kser.sequencing.sequencer import Sequencer
 from kser.topics import TopicAdmin
 
 logger = logging.getLogger(__name__)
@@ -115,7 +118,7 @@ class Controller(BaseController):
     def __init__(self) -> None:
         self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
         #: handles operation and task messages when set (see kser.sequencing.sequencer)
-        self.sequencer: Any = None
+        self.sequencer: Sequencer | None = None
         #: the producer of follow-up messages, bound by the consumer running this controller
         self.producer: BaseProducer | None = None
         #: ``host:pid`` of the consumer running this controller

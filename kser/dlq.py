@@ -22,9 +22,9 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kser.controller import BaseProducer
 from kser.deadletter import DLQ_HEADERS
@@ -32,7 +32,7 @@ from kser.record import Record, TopicPartition
 from kser.worker import BaseConsumer
 
 if TYPE_CHECKING:
-    from kser.store import Store
+    from kser.store import DeadLetterRow, Store
 
 #: consumer group whose offsets say how far ``replay`` went on a dead-letter topic
 REPLAY_GROUP = "kser-dlq-replay"
@@ -49,15 +49,15 @@ class DeadLetter:
     stored_id: int | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> DeadLetter:
+    def from_row(cls, row: DeadLetterRow) -> DeadLetter:
         """A dead letter kept in the store (its record as it was consumed)."""
         headers: list[tuple[str, bytes | None]] = [
-            (name, base64.b64decode(value)) for name, value in row["headers"]]
-        headers += [("kser-error", row["error"].encode("utf-8")),
-                    ("kser-source-topic", row["topic"].encode("utf-8")),
-                    ("kser-source-partition", str(row["partition"]).encode()),
-                    ("kser-source-offset", str(row["offset"]).encode())]
-        return cls(Record("store", 0, row["id"], row["value"], row["key"], headers), row["id"])
+            (name, base64.b64decode(value)) for name, value in row.headers]
+        headers += [("kser-error", row.error.encode("utf-8")),
+                    ("kser-source-topic", row.topic.encode("utf-8")),
+                    ("kser-source-partition", str(row.partition).encode()),
+                    ("kser-source-offset", str(row.offset).encode())]
+        return cls(Record("store", 0, row.id, row.value, row.key, headers), row.id)
 
     @property
     def trimmed(self) -> bool:
@@ -173,7 +173,7 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
                 _send_back(producer, letter, default_topic, run)
                 replayed.append(letter)
             with store.transaction() as tx:
-                tx.mark_replayed(row["id"], time.time())
+                tx.mark_replayed(row.id, time.time())
     return replayed
 
 

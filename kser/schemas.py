@@ -30,13 +30,13 @@ MAX_ENTRYPOINT_LENGTH = 255
 MIN_INT32, MAX_INT32 = -(2 ** 31), 2 ** 31 - 1
 
 
-def dump_result(result: Result | None) -> dict | None:
+def dump_result(result: Result | None) -> dict[str, Any] | None:
     """``ResultSchema().dump(result)`` without marshmallow: the dumps of a hop cost more
     than its task (tests/unit/test_sequencing.py checks they agree)."""
     if result is None:
         return None
 
-    def text(value):
+    def text(value: Any) -> str | None:
         return None if value is None else str(value)
 
     return dict(uuid=text(result.uuid),
@@ -45,7 +45,7 @@ def dump_result(result: Result | None) -> dict | None:
                 retval=None if result.retval is None else dict(result.retval))
 
 
-def _string_keys(value: dict | None) -> dict | None:
+def _string_keys(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if value is None else {str(key): item for key, item in value.items()}
 
 
@@ -65,18 +65,20 @@ class Base:
 
     MARSHMALLOW_SCHEMA: Schema = BaseSchema()
 
-    def __init__(self, uuid: str, entrypoint: str, params: dict | None = None):
+    def __init__(self, uuid: str, entrypoint: str, params: dict[str, Any] | None = None):
         self.uuid = uuid
         self.entrypoint = entrypoint
         self.params = params if params else dict()
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         """This message as a JSON-compatible ``dict``."""
-        return self.MARSHMALLOW_SCHEMA.dump(self)
+        dumped: dict[str, Any] = self.MARSHMALLOW_SCHEMA.dump(self)
+        return dumped
 
     def dumps(self) -> str:
         """This message as a JSON string."""
-        return self.MARSHMALLOW_SCHEMA.dumps(self)
+        dumped: str = self.MARSHMALLOW_SCHEMA.dumps(self)
+        return dumped
 
     def __str__(self) -> str:
         return str(self.dump())
@@ -101,7 +103,7 @@ class Message(Base):
 
     MARSHMALLOW_SCHEMA = MessageSchema()
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         """This message as a JSON-compatible ``dict`` (what :class:`MessageSchema` dumps,
         built directly: tests/unit/test_schemas.py checks they agree)."""
         if type(self.MARSHMALLOW_SCHEMA) is not MessageSchema:
@@ -115,9 +117,9 @@ class Message(Base):
         self,
         uuid: str,
         entrypoint: str,
-        params: dict | None = None,
-        result: Result | dict | None = None,
-        metadata: dict | None = None,
+        params: dict[str, Any] | None = None,
+        result: Result | dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ):
         Base.__init__(self, uuid, entrypoint, params)
         if isinstance(result, Result):
@@ -129,7 +131,7 @@ class Message(Base):
         self.metadata = metadata or dict()
 
     @property
-    def kser_metadata(self) -> dict:
+    def kser_metadata(self) -> dict[str, Any]:
         """kser's own bookkeeping stored under ``metadata["kser"]`` (may be empty)."""
         value = self.metadata.get(KSER_METADATA_KEY)
         return value if isinstance(value, dict) else {}
@@ -162,13 +164,15 @@ class Message(Base):
         try:
             kmsg = cls(**cls.MARSHMALLOW_SCHEMA.load(data))
         except MarshmallowValidationError as exc:
+            # (marshmallow 3 leaves normalized_messages unannotated)
+            problems: dict[str, Any] = exc.normalized_messages()  # type: ignore[no-untyped-call]
             fields_in_error = "; ".join(
                 f"{name}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
-                for name, msgs in sorted(exc.normalized_messages().items())
+                for name, msgs in sorted(problems.items())
             )
             raise ValidationError(
                 f"Message does not match the kser schema ({fields_in_error})",
-                extra=dict(reason="schema", fields=exc.normalized_messages()),
+                extra=dict(reason="schema", fields=problems),
             ) from None
         check_limits(kmsg)
         return kmsg
@@ -185,7 +189,7 @@ def _string_keyed(value: Any) -> bool:
     return type(value) is dict and all(type(key) is str for key in value)
 
 
-def _plain_message(data: dict) -> dict | None:
+def _plain_message(data: dict[str, Any]) -> dict[str, Any] | None:
     """What ``MessageSchema().load(data)`` returns, for a message whose every field has
     exactly the type the schema wants (the messages kser writes); None for any other,
     which the schema then loads or explains. The schema's cost was most of a decode."""

@@ -43,8 +43,10 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
@@ -53,6 +55,9 @@ from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.record import Record, TopicPartition
 from kser.results import exception_result
 from kser.topics import TopicAdmin
+
+if TYPE_CHECKING:
+    from kser.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +113,7 @@ class OffsetTracker:
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
 
-    def forget(self, tps) -> None:
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
         """A commit of these partitions failed (a rebalance, a blip): it is tried again at
         the next checkpoint if they are still this consumer's. What was done stays done
         (a client keeps the position of a partition it keeps through a rebalance, so those
@@ -117,7 +122,7 @@ class OffsetTracker:
         for tp in tps:
             self._committed.pop(tp, None)
 
-    def assigned(self, tps) -> None:
+    def assigned(self, tps: Iterable[TopicPartition]) -> None:
         """The group gave these partitions to this consumer (added to what it has)."""
         self._owned = (self._owned or set()) | set(tps)
 
@@ -129,7 +134,7 @@ class OffsetTracker:
             if offset is not None:
                 self._committed[tp] = max(offset, self._committed.get(tp, -1))
 
-    def revoked(self, tps) -> None:
+    def revoked(self, tps: Iterable[TopicPartition]) -> None:
         """The group took these partitions away: not committed until given back (then
         committed again, from what was done here)."""
         self._owned = (self._owned or set()) - set(tps)
@@ -145,7 +150,7 @@ class _LoopState:
     executor: ThreadPoolExecutor
     concurrency: int
     backlog: deque[Record] = field(default_factory=deque)
-    running: dict[Future, Record] = field(default_factory=dict)
+    running: dict[Future[bool], Record] = field(default_factory=dict)
     #: False while the partitions are paused (a full backlog, a stop)
     fetching: bool = True
     fetched_nothing: bool = True
@@ -178,7 +183,7 @@ class BaseConsumer:
     #: the client's name for max.poll.interval.ms (None: the transport has no such limit)
     MAX_POLL_INTERVAL_KEY: str | None = None
 
-    def __init__(self, config: dict, topics: list[str] | str, *,
+    def __init__(self, config: dict[str, Any], topics: list[str] | str, *,
                  producer: BaseProducer | None = None, settings: Settings | None = None):
         self.config = dict(config)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -197,7 +202,7 @@ class BaseConsumer:
         self.until_idle = False
         self._counter_lock = threading.Lock()
         self._poll_failures = 0
-        self._own_store = None
+        self._own_store: Store | None = None
         self.processed = 0
         self._tracker: OffsetTracker | None = None
         #: partitions assigned whose committed offsets the tracker has not been told yet
@@ -216,7 +221,7 @@ class BaseConsumer:
         #: of max.poll.interval.ms). Such a poll takes only what fits in the backlog, and
         #: pauses the partitions first when it is full (a pause drops what the client
         #: prefetched: it happens once per backlog, not per batch)
-        limit = self.config.get(self.MAX_POLL_INTERVAL_KEY, DEFAULT_MAX_POLL_INTERVAL_MS)
+        limit = self.config.get(self.MAX_POLL_INTERVAL_KEY or "", DEFAULT_MAX_POLL_INTERVAL_MS)
         self.keepalive_interval = (min(int(limit) / 3000, REBALANCE_POLL_INTERVAL)
                                    if self.MAX_POLL_INTERVAL_KEY else BUSY_POLL_INTERVAL)
 
@@ -259,16 +264,16 @@ class BaseConsumer:
         with self._new_admin() as admin:
             return admin.ensure(topics)
 
-    def _producer_options(self) -> dict:
+    def _producer_options(self) -> dict[str, Any]:
         """kser's own producer options, from this consumer's settings."""
         return self.settings.producer_options()
 
-    def _admin_options(self) -> dict:
+    def _admin_options(self) -> dict[str, Any]:
         return dict(partitions=self.settings.partitions,
                     replication_factor=self.settings.replication_factor,
                     timeout=self.settings.connect_timeout)
 
-    def _revoked(self, partitions) -> None:
+    def _revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """The group took ``partitions`` from this worker (called by the transport's client
         in a poll of the main thread). Their records fetched and not started stay in the
         backlog and run (duplicates are harmless; dropping them would skip them when the
@@ -276,7 +281,7 @@ class BaseConsumer:
         if self._tracker is not None:
             self._tracker.revoked(partitions)
 
-    def _assigned(self, partitions) -> None:
+    def _assigned(self, partitions: Collection[TopicPartition]) -> None:
         """Log the partitions the group gave this worker (called by the transport's
         client at each rebalance, in a poll of the main thread): which worker works on
         what, and since when; only those are committed, never below the group's committed
@@ -292,7 +297,7 @@ class BaseConsumer:
                               for topic, parts in sorted(by_topic.items())) or "none")
 
     @staticmethod
-    def _force_manual_commit(config: dict, key: str) -> dict:
+    def _force_manual_commit(config: dict[str, Any], key: str) -> dict[str, Any]:
         """Turn the client's auto-commit off: it would commit before processing."""
         if str(config.get(key, "")).lower() in ("true", "1"):
             logger.warning("%s=True ignored: kser commits an offset only after its message "
@@ -404,7 +409,7 @@ class BaseConsumer:
                     ", ".join(entrypoints) or "none")
         sequencer = self.controller.sequencer
         if sequencer is not None and sequencer.runs_operations:
-            from kser.store.store import StoreError
+            from kser.store import StoreError
 
             try:
                 sequencer.store.check_file()
@@ -564,7 +569,7 @@ class BaseConsumer:
                                self.name, safe_text(exc, 300))
         return records
 
-    def _call_client(self, action, what: str) -> bool:
+    def _call_client(self, action: Callable[[], object], what: str) -> bool:
         """Pause or resume the client's fetching; True if done (a failure is logged: the
         next poll tells whether the client is usable)."""
         try:
@@ -580,7 +585,7 @@ class BaseConsumer:
             self.fatal, self.exit_code = exc, 1
         self._stopping.set()  # not stop(): a second fatal error is no second signal
 
-    def _harvest(self, running: dict[Future, Record], tracker: OffsetTracker) -> None:
+    def _harvest(self, running: dict[Future[bool], Record], tracker: OffsetTracker) -> None:
         for future in [f for f in running if f.done()]:
             record = running.pop(future)
             if future.result():
@@ -639,7 +644,7 @@ class BaseConsumer:
                          safe_text(exc, 1000))
             return Outcome(None, exception_result(exc), redo=True)
 
-    def _dead_letter_store(self):
+    def _dead_letter_store(self) -> Store:
         """The store dead letters fall back on: the sequencer's, else one of this consumer."""
         sequencer = self.controller.sequencer
         if sequencer is not None:
@@ -662,7 +667,7 @@ class BaseConsumer:
         if sequencer is not None:
             self._guarded(sequencer.flush_sent, "writing the sent marks")
 
-    def _guarded(self, call, what: str) -> None:
+    def _guarded(self, call: Callable[[], object], what: str) -> None:
         """Call ``call``; a failure is logged, never raised: the store may be briefly
         unreachable, and the next call tries again (unwritten sent marks only mean rows
         sent again, which change nothing)."""
@@ -707,14 +712,15 @@ class BaseConsumer:
         logger.info("%s.Stopped: consumer %s after %d record(s)", type(self).__name__,
                     self.name, self.processed)
 
-    def _install_signal_handlers(self):
+    def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        actions = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
-                   signal.SIGUSR1: self.pause, signal.SIGUSR2: self.resume}
+        actions: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
+            signal.SIGUSR1: self.pause, signal.SIGUSR2: self.resume}
         previous = {sig: signal.getsignal(sig) for sig in actions}
 
-        def on_signal(signum, _frame):
+        def on_signal(signum: int, _frame: object) -> None:
             again = signum in (signal.SIGTERM, signal.SIGINT) and self._stopping.is_set()
             logger.info("%s: %s received%s", self.name, signal.Signals(signum).name,
                         ": not waiting for the tasks in hand" if again else "")
@@ -722,4 +728,9 @@ class BaseConsumer:
 
         for sig in actions:
             signal.signal(sig, on_signal)
-        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from cdumay_result import Result
 
 from kser.controller import RedoError, UndeliverableError
 from kser.sequencing.graph import descendants, forwarded
 from kser.status import FINAL_STATUSES, Status
-from kser.store import Tx
+from kser.store import OperationRow, TaskRow, Tx
 
 if TYPE_CHECKING:
     from kser.sequencing.sequencer import Sequencer
 
 CANCELED, FAILED, PENDING, RUNNING = Status.CANCELED, Status.FAILED, Status.PENDING, Status.RUNNING
+
+S = TypeVar("S")
+P = ParamSpec("P")
 
 
 class ControlRefusedError(Exception):
@@ -32,16 +36,17 @@ class ControlRefusedError(Exception):
         self.retcode, self.message = retcode, message
 
 
-def control(method):
+def control(method: Callable[Concatenate[S, str, P], Result]
+            ) -> Callable[Concatenate[S, str, P], Result]:
     """A public control: it always returns a ``Result``: retcode 0 when done (also when
     its messages could not be sent at once: they wait in the outbox for a sweep), 404
     when the operation or task is unknown, 409 when their state does not allow it
     (stderr says why). Only a failing store raises."""
 
     @functools.wraps(method)
-    def control(self, operation_id: str, *args) -> Result:
+    def control(self: S, operation_id: str, /, *args: P.args, **kwargs: P.kwargs) -> Result:
         try:
-            return method(self, operation_id, *args)
+            return method(self, operation_id, *args, **kwargs)
         except ControlRefusedError as exc:
             return Result(uuid=operation_id, retcode=exc.retcode, stderr=exc.message)
         except (RedoError, UndeliverableError) as exc:
@@ -67,10 +72,10 @@ class Controls:
         """
         with self._sequencer._transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
-            if op["status"] in FINAL_STATUSES:
+            if op.status in FINAL_STATUSES:
                 raise ControlRefusedError(409, f"Operation {operation_id} is already "
-                                     f"{op['status']}: nothing to cancel")
-            transition = self._sequencer._finish_operation(tx, operation_id, CANCELED, op["result"])
+                                     f"{op.status}: nothing to cancel")
+            transition = self._sequencer._finish_operation(tx, operation_id, CANCELED, op.result)
         self._sequencer._notify_status(operation_id, [transition])
         self._sequencer.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Operation {operation_id} canceled")
@@ -80,12 +85,12 @@ class Controls:
         """Restart a FAILED operation from its failed task(s), keeping earlier results."""
         with self._sequencer._transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
-            if op["status"] != FAILED:
-                raise ControlRefusedError(409, f"Operation {operation_id} is {op['status']}: "
+            if op.status != FAILED:
+                raise ControlRefusedError(409, f"Operation {operation_id} is {op.status}: "
                                      "only a FAILED one recovers")
-            failed = [t for t in tx.get_tasks(operation_id) if t["status"] == FAILED]
+            failed = [t for t in tx.get_tasks(operation_id) if t.status == FAILED]
             for task in failed:
-                tx.update_task(task["id"], status=PENDING, result=None, finished_at=None)
+                tx.update_task(task.id, status=PENDING, result=None, finished_at=None)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         sent = self._sequencer.publish(operation_id)
@@ -97,7 +102,7 @@ class Controls:
         """Reset ``task_id`` and every task that depends on it, then run from it."""
         with self._sequencer._transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
-            if op["status"] == RUNNING:
+            if op.status == RUNNING:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
                                      "first")
             reset = descendants(tx.dependencies(operation_id), self.get_task(tx, op, task_id))
@@ -117,12 +122,12 @@ class Controls:
         """
         with self._sequencer._transaction() as tx:
             op = self.get_operation(tx, operation_id)
-            if op["status"] == RUNNING:
+            if op.status == RUNNING:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
                                      "first")
             self.get_task(tx, op, task_id)
             tx.update_task(task_id, status=PENDING, finished_at=None)
-            tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
+            tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())
             self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),
                                         mode="one")
@@ -140,15 +145,15 @@ class Controls:
             raise ControlRefusedError(409, f"Operation {operation_id} has no task ready to run")
 
     @staticmethod
-    def get_operation(tx: Tx, operation_id: str, lock: bool = False):
+    def get_operation(tx: Tx, operation_id: str, lock: bool = False) -> OperationRow:
         op = tx.get_operation(operation_id, lock=lock)
         if op is None:
             raise ControlRefusedError(404, f"No operation {operation_id} in the store")
         return op
 
     @staticmethod
-    def get_task(tx: Tx, op, task_id: str):
+    def get_task(tx: Tx, op: OperationRow, task_id: str) -> TaskRow:
         task = tx.get_task(task_id)
-        if task is None or task["operation_id"] != op["id"]:
-            raise ControlRefusedError(404, f"Operation {op['id']} has no task {task_id}")
+        if task is None or task.operation_id != op.id:
+            raise ControlRefusedError(404, f"Operation {op.id} has no task {task_id}")
         return task

@@ -9,6 +9,7 @@ from typing import Any
 from cdumay_result import Result
 
 from kser.schemas import dump_result
+from kser.store.rows import OperationRow, TaskRow
 
 
 def load_result(data: Mapping[str, Any] | None, uuid_: str | None = None) -> Result:
@@ -18,15 +19,14 @@ def load_result(data: Mapping[str, Any] | None, uuid_: str | None = None) -> Res
                      ("uuid", "retcode", "stdout", "stderr", "retval")})
 
 
-def forwarded(op: Mapping[str, Any], tasks: Mapping[str, Mapping[str, Any]],
+def forwarded(op: OperationRow, tasks: Mapping[str, TaskRow],
               dependencies: Iterable[str]) -> dict[str, Any] | None:
     """The result a task receives: its dependencies' results merged, else the operation's."""
     dependencies = list(dependencies)
     if not dependencies:
-        result: dict[str, Any] | None = op["result"]
-        return result
-    return merged([tasks[dep]["result"] for dep in
-                    sorted(dependencies, key=lambda d: tasks[d]["position"])])
+        return op.result
+    return merged([tasks[dep].result for dep in
+                    sorted(dependencies, key=lambda d: tasks[d].position)])
 
 
 def merged(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:
@@ -37,9 +37,9 @@ def merged(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None
     return dump_result(merged)
 
 
-def descendants(dependencies: Mapping[str, set[str]], task: Mapping[str, Any]) -> list[str]:
+def descendants(dependencies: Mapping[str, set[str]], task: TaskRow) -> list[str]:
     """``task`` and every task that (transitively) depends on it."""
-    found, frontier = [task["id"]], [task["id"]]
+    found, frontier = [task.id], [task.id]
     while frontier:
         current = frontier.pop()
         for tid, deps in dependencies.items():

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.errors import is_transient, safe_text
-from kser.store import Store, Tx
-from kser.store.store import Row
+from kser.store import OutboxRow, Store, Tx
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class Outbox:
             with self.transaction():
                 pass
 
-    def publish(self, operation_id: str, rows: Sequence[Row] | None = None,
+    def publish(self, operation_id: str, rows: Sequence[OutboxRow] | None = None,
                 wait: bool = True) -> int:
         """Produce the operation's unsent outbox messages and mark them sent once acknowledged.
 
@@ -75,14 +74,14 @@ class Outbox:
                 rows = tx.unsent(operation_id, now=time.time())
         else:
             now = time.time()
-            rows = [row for row in rows if row["due_at"] is None or row["due_at"] <= now]
+            rows = [row for row in rows if row.due_at is None or row.due_at <= now]
         if not rows:
             return 0
         try:
             producer = self._producer()  # (made on first use: the broker may be away)
             for row in rows:
-                producer.send_raw(row["topic"], row["value"], row["key"],
-                                  on_delivery=self._delivery_of(row["id"]))
+                producer.send_raw(row.topic, row.value, row.key,
+                                  on_delivery=self._delivery_of(row.id))
             if wait:
                 producer.flush(timeout=self._send_timeout())
         except Exception as exc:

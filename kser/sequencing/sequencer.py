@@ -25,8 +25,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, cast
 
 from cdumay_result import Result
 
@@ -50,8 +51,7 @@ from kser.sequencing.task import (
     SUCCESS,
     Task,
 )
-from kser.store import Store, Tx
-from kser.store.store import Row
+from kser.store import OperationRow, OutboxRow, Store, TaskRow, Tx
 
 if TYPE_CHECKING:
     from kser.sequencing.operation import Operation
@@ -67,6 +67,13 @@ DUPLICATE_WAIT_LEASES = 1.5
 #: first and largest wait between two tries to store a finished task's result while the
 #: store is unreachable, seconds (it is tried for one lease, then the record is redone)
 FINISH_RETRY_MIN, FINISH_RETRY_MAX = 0.5, 5.0
+
+#: an operation's new status and result, for its class's hooks (``set_status``...)
+Transition = tuple[str, dict[str, Any] | None]
+#: what storing a task's end did: the operation's transitions, the outbox rows it queued
+Ended = tuple[list[Transition], list[OutboxRow]]
+#: a log line a task kept: (time, level, message)
+LogLine = tuple[float, int, str]
 
 
 class Sequencer:
@@ -133,7 +140,7 @@ class Sequencer:
         return any(issubclass(cls, Operation) for cls in self._entrypoints.values()
                    if isinstance(cls, type))
 
-    def _transaction(self):
+    def _transaction(self) -> AbstractContextManager[Tx]:
         """A store transaction (that also marks sent what Kafka acknowledged meanwhile)."""
         return self.outbox.transaction()
 
@@ -141,7 +148,7 @@ class Sequencer:
         """Mark sent, now, the outbox rows acknowledged since the last transaction."""
         self.outbox.flush_sent()
 
-    def publish(self, operation_id: str, rows: Sequence[Row] | None = None,
+    def publish(self, operation_id: str, rows: Sequence[OutboxRow] | None = None,
                 wait: bool = True) -> int:
         """Produce the operation's unsent outbox messages: see :meth:`Outbox.publish`."""
         return self.outbox.publish(operation_id, rows, wait)
@@ -215,7 +222,7 @@ class Sequencer:
                     self._finish_operation(tx, operation.uuid, SUCCESS,
                                            dump_result(operation.result))
             else:
-                stored = tx.get_operation(operation.uuid)["entrypoint"]
+                stored = tx.operation(operation.uuid).entrypoint
                 if stored != op_row["entrypoint"]:
                     raise UndeliverableError(
                         f"Operation {operation.uuid} is a {stored} in the store, but this "
@@ -240,7 +247,7 @@ class Sequencer:
         """Send the messages of the operation's tasks that are ready to run now."""
         with self._transaction() as tx:
             op = Controls.get_operation(tx, operation_id, lock=True)
-            queued = self._emit_ready(tx, operation_id) if op["status"] == RUNNING else 0
+            queued = self._emit_ready(tx, operation_id) if op.status == RUNNING else 0
         self.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"{queued} task(s) of {operation_id} sent")
 
@@ -277,7 +284,7 @@ class Sequencer:
             now = time.time()
             with self._transaction() as tx:
                 task = tx.get_task_to_run(task_id)
-                if task is None or task["operation_id"] != operation_id:
+                if task is None or task.operation_id != operation_id:
                     raise UndeliverableError(
                         f"Task {task_id} of operation {operation_id} is not in the store "
                         f"({self.store}): purged, or sent to consumers of another store",
@@ -286,31 +293,31 @@ class Sequencer:
                 if verdict == "refuse":
                     raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                              extra=dict(uuid=kmsg.uuid))
-                if verdict == "run" and tx.claim_task(task_id, task["attempt"], worker,
+                if verdict == "run" and tx.claim_task(task_id, task.attempt, worker,
                                                      now + lease, now,
-                                                     taking_over=task["status"] == RUNNING):
-                    attempt = task["attempt"] + 1
+                                                     taking_over=task.status == RUNNING):
+                    attempt = task.attempt + 1
                     break
             if verdict == "done":
                 self.publish(operation_id)
-                return Result(uuid=task_id, stdout=f"Task {task_id} is {task['status']} "
-                              f"(operation {task['operation_status']}): nothing to do")
+                return Result(uuid=task_id, stdout=f"Task {task_id} is {task.status} "
+                              f"(operation {task.operation_status}): nothing to do")
             if verdict == "wait":
                 if time.monotonic() >= wait_until:
                     return Result(uuid=task_id, stdout=f"Task {task_id} is running on "
-                                  f"{task['worker']}: left to it")
+                                  f"{task.worker}: left to it")
                 time.sleep(min(1.0, lease / 10))
         return self._run_claimed(entrypoint, kmsg, task, attempt, mode)
 
-    def _run_claimed(self, entrypoint, kmsg: Message, task_row, attempt: int,
-                     mode: str | None) -> Result:
-        task_id = task_row["id"]
-        metadata = dict(task_row["metadata"] or {})
+    def _run_claimed(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
+                     attempt: int, mode: str | None) -> Result:
+        task_id = task_row.id
+        metadata = dict(task_row.metadata or {})
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
         # a copy: Result's + changes its left side, and a retry must forward the original
         forwarded = dump_result(kmsg.result)
         try:
-            instance = entrypoint(uuid=task_id, params=task_row["params"],
+            instance = entrypoint(uuid=task_id, params=task_row.params,
                                   result=load_result(forwarded), metadata=metadata)
         except Exception as exc:  # a broken __init__ fails the attempt like a broken run
             instance, result = None, exception_result(exc, task_id)
@@ -320,9 +327,11 @@ class Sequencer:
             return self._run_and_finish(instance, result, entrypoint, task_row, forwarded,
                                         attempt, mode)
 
-    def _run_and_finish(self, instance, result, entrypoint, task_row, forwarded,
-                        attempt: int, mode: str | None) -> Result:
-        operation_id, task_id = task_row["operation_id"], task_row["id"]
+    def _run_and_finish(self, instance: Entrypoint | None, result: Result | None,
+                        entrypoint: type[Entrypoint], task_row: TaskRow,
+                        forwarded: dict[str, Any] | None, attempt: int,
+                        mode: str | None) -> Result:
+        operation_id, task_id = task_row.operation_id, task_row.id
         if instance is not None:
             if isinstance(instance, Task):
                 instance.status = RUNNING
@@ -371,13 +380,14 @@ class Sequencer:
         self.publish(operation_id, queued, wait=False)
         return result
 
-    def _record_end(self, task_row, forwarded, attempt: int, mode: str | None, result: Result,
-                    success: bool, retry_in: float | None, logs):
+    def _record_end(self, task_row: TaskRow, forwarded: dict[str, Any] | None, attempt: int,
+                    mode: str | None, result: Result, success: bool, retry_in: float | None,
+                    logs: Iterable[LogLine]) -> Ended | None:
         """One transaction: the attempt's end, its logs, and what follows (next tasks, a
         retry, the operation's end). None if another worker took the task over."""
-        operation_id, task_id = task_row["operation_id"], task_row["id"]
+        operation_id, task_id = task_row.operation_id, task_row.id
         now = time.time()
-        transitions: list[tuple[str, dict | None]] = []
+        transitions: list[Transition] = []
         with self._transaction() as tx:
             if not tx.finish_attempt(task_id, attempt, SUCCESS if success else FAILED,
                                      dump_result(result), now,
@@ -387,8 +397,8 @@ class Sequencer:
                                "over: its result is discarded", task_id, attempt)
                 return None
             tx.add_logs(task_id, attempt, logs)
-            op = tx.get_operation(operation_id, lock=True)
-            if mode == "one" or op["status"] != RUNNING:
+            op = tx.operation(operation_id, lock=True)
+            if mode == "one" or op.status != RUNNING:
                 pass  # run_one, or the operation was canceled meanwhile: nothing follows
             elif retry_in is not None:
                 logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
@@ -404,7 +414,8 @@ class Sequencer:
                                                           dump_result(result)))
             return transitions, tx.queued
 
-    def _record_failure(self, task_row, attempt: int, result: Result, logs):
+    def _record_failure(self, task_row: TaskRow, attempt: int, result: Result,
+                        logs: Iterable[LogLine]) -> Ended | None:
         """The end of an attempt whose own result could not be stored: the task and its
         operation FAILED with ``result``; if even that fails for good, the bare status."""
         try:
@@ -413,17 +424,18 @@ class Sequencer:
             if is_transient(exc):
                 raise
             logger.error("Task %s: failure not stored with its details (%s): storing the "
-                         "status alone", task_row["id"], safe_text(exc, 500))
+                         "status alone", task_row.id, safe_text(exc, 500))
         now, error = time.time(), result.stderr
         with self._transaction() as tx:
-            if tx.finish_attempt(task_row["id"], attempt, FAILED, dict(retcode=500), now,
+            if tx.finish_attempt(task_row.id, attempt, FAILED, dict(retcode=500), now,
                                  error):
-                tx.update_operation(task_row["operation_id"], status=FAILED, finished_at=now)
+                tx.update_operation(task_row.operation_id, status=FAILED, finished_at=now)
         return [], []
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _emit_dependents(self, tx: Tx, op, task_id: str, result: dict | None) -> int:
+    def _emit_dependents(self, tx: Tx, op: OperationRow, task_id: str,
+                         result: dict[str, Any] | None) -> int:
         """Queue the message of each task that ``task_id`` succeeding (with ``result``)
         made ready.
 
@@ -432,8 +444,8 @@ class Sequencer:
         """
         ready = tx.ready_dependents(task_id)
         for task in ready:
-            forwarded = (result if task["dependency_count"] == 1
-                         else merged(tx.dependency_results(task["id"])))
+            forwarded = (result if task.dependency_count == 1
+                         else merged(tx.dependency_results(task.id)))
             self._queue_task(tx, op, task, forwarded)
         return len(ready)
 
@@ -442,56 +454,56 @@ class Sequencer:
         op = tx.get_operation(operation_id)
         if op is None:
             return 0
-        tasks = {t["id"]: t for t in tx.get_tasks(operation_id)}
+        tasks = {t.id: t for t in tx.get_tasks(operation_id)}
         deps = tx.dependencies(operation_id)
-        ready = [t for t in tasks.values() if t["status"] == PENDING and all(
-            tasks[d]["status"] == SUCCESS for d in deps.get(t["id"], ()))]
+        ready = [t for t in tasks.values() if t.status == PENDING and all(
+            tasks[d].status == SUCCESS for d in deps.get(t.id, ()))]
         for task in ready:
-            self._queue_task(tx, op, task, forwarded(op, tasks, deps.get(task["id"], ())))
+            self._queue_task(tx, op, task, forwarded(op, tasks, deps.get(task.id, ())))
         return len(ready)
 
-    def _queue_task(self, tx: Tx, op, task, forwarded: dict | None,
+    def _queue_task(self, tx: Tx, op: OperationRow, task: TaskRow, forwarded: dict[str, Any] | None,
                     mode: str | None = None, due_at: float | None = None) -> None:
-        metadata = dict(task["metadata"] or {})
-        metadata[KSER_METADATA_KEY] = dict(operation_id=op["id"], task_id=task["id"],
+        metadata = dict(task.metadata or {})
+        metadata[KSER_METADATA_KEY] = dict(operation_id=op.id, task_id=task.id,
                                            **({"mode": mode} if mode else {}))
-        kmsg = Message(uuid=task["id"], entrypoint=task["entrypoint"], params=task["params"],
+        kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)
         key, value = self._codec().encode(kmsg)
-        tx.add_outbox(op["id"], task["topic"] or op["topic"], key, value, due_at)
+        tx.add_outbox(op.id, task.topic or op.topic, key, value, due_at)
 
     def _finish_operation(self, tx: Tx, operation_id: str, status: str,
-                          result: dict | None) -> tuple[str, dict | None]:
+                          result: dict[str, Any] | None) -> Transition:
         now = time.time()
         tx.update_operation(operation_id, status=status, result=result, finished_at=now,
                             updated_at=now)
         if status == CANCELED:  # its tasks not started never will be (a FAILED one's wait
             for task in tx.get_tasks(operation_id):  # PENDING, for recover)
-                if task["status"] == PENDING:
-                    tx.update_task(task["id"], status=CANCELED, finished_at=now)
+                if task.status == PENDING:
+                    tx.update_task(task.id, status=CANCELED, finished_at=now)
         op = tx.get_operation(operation_id)
         assert op is not None  # updated a moment ago in this transaction
-        notify = op["exit_notify"]
+        notify = op.exit_notify
         if notify and notify.get("topic"):
             kmsg = Message(uuid=str(uuid.uuid4()),
                            entrypoint=notify.get("entrypoint") or EXIT_ENTRYPOINT,
-                           params=dict(operation_id=operation_id, operation=op["entrypoint"],
+                           params=dict(operation_id=operation_id, operation=op.entrypoint,
                                        status=status, payload=notify.get("payload")),
                            result=result, metadata={KSER_METADATA_KEY: {"exit_of": operation_id}})
             key, value = self._codec().encode(kmsg)
             tx.add_outbox(operation_id, notify["topic"], key, value)
         return status, result
 
-    def _notify_status(self, operation_id: str, transitions) -> None:
+    def _notify_status(self, operation_id: str, transitions: Sequence[Transition]) -> None:
         """Call the operation class's ``set_status`` for each transition, if registered here."""
         if not transitions:
             return
         with self._transaction() as tx:
             op = tx.get_operation(operation_id)
-        cls = self._entrypoints.get(op["entrypoint"]) if op else None
-        if cls is None:
+        cls = self._entrypoints.get(op.entrypoint) if op is not None else None
+        if op is None or cls is None:
             return
-        instance = cast("type[Operation]", cls)(uuid=operation_id, params=op["params"],
+        instance = cast("type[Operation]", cls)(uuid=operation_id, params=op.params,
                                                 status=RUNNING)
         for status, result in transitions:
             loaded = load_result(result, operation_id)
@@ -502,9 +514,7 @@ class Sequencer:
                 elif status == FAILED:
                     instance.onerror(loaded)
             except Exception:  # a user hook must not undo a committed transition
-                logger.exception("%s hook on %s raised", op["entrypoint"], status)
-
-    # -- outbox ------------------------------------------------------------------------
+                logger.exception("%s hook on %s raised", op.entrypoint, status)
 
     # -- sweeping ------------------------------------------------------------------------
 
@@ -522,11 +532,11 @@ class Sequencer:
             orphans = tx.end_orphaned_tasks(now)
             expired = tx.expired_tasks(now, self.settings.task_lease)
             for task in expired:
-                op = tx.get_operation(task["operation_id"])
-                tasks = {t["id"]: t for t in tx.get_tasks(op["id"])}
-                deps = tx.dependencies(op["id"]).get(task["id"], ())
+                op = tx.operation(task.operation_id)
+                tasks = {t.id: t for t in tx.get_tasks(op.id)}
+                deps = tx.dependencies(op.id).get(task.id, ())
                 self._queue_task(tx, op, task, forwarded(op, tasks, deps))
-            operations = {task["operation_id"] for task in expired}
+            operations = {task.operation_id for task in expired}
             operations.update(tx.operations_with_unsent(now - grace, now))
         if expired:
             logger.warning("Sweep: %d task(s) whose worker stopped renewing its lease "
@@ -559,7 +569,7 @@ class Sequencer:
     def purge(self) -> int:
         return self.controls.purge()
 
-def _verdict(task, entrypoint: str, mode: str | None, now: float,
+def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
              worker: str) -> tuple[str, str]:
     """What a task message should do, and why: "run"; "wait" (it runs on a live worker);
     "done" (a duplicate of a finished task); "refuse" (stale or forged: dead-lettered).
@@ -567,12 +577,12 @@ def _verdict(task, entrypoint: str, mode: str | None, now: float,
     Called only when no thread of this process handles the task (``Sequencer._running``),
     so a task RUNNING under this worker's own name was interrupted here: it is redone.
     """
-    if task["entrypoint"] != entrypoint:
+    if task.entrypoint != entrypoint:
         return "refuse", (f"it names {entrypoint}, but the stored task is a "
-                          f"{task['entrypoint']}: forged or corrupt")
-    if task["status"] not in (PENDING, RUNNING):
+                          f"{task.entrypoint}: forged or corrupt")
+    if task.status not in (PENDING, RUNNING):
         return "done", ""
-    operation_status = task["operation_status"]
+    operation_status = task.operation_status
     if mode == "one":
         if operation_status == RUNNING:
             return "refuse", ("a run-one message for a task of a RUNNING operation: run_one "
@@ -580,12 +590,12 @@ def _verdict(task, entrypoint: str, mode: str | None, now: float,
     elif operation_status != RUNNING:
         return "refuse", (f"its operation is {operation_status}: the message is stale, and "
                           "an ended operation's tasks never start")
-    elif task["blocking_count"]:
-        return "refuse", (f"{task['blocking_count']} task(s) it depends on are not done: the "
+    elif task.blocking_count:
+        return "refuse", (f"{task.blocking_count} task(s) it depends on are not done: the "
                           "message is early (stale, replayed or forged)")
-    if task["status"] == RUNNING:
-        lease = task["lease_expires_at"]
-        if task["worker"] == worker or lease is None or lease < now:
+    if task.status == RUNNING:
+        lease = task.lease_expires_at
+        if task.worker == worker or lease is None or lease < now:
             return "run", ""
         return "wait", ""
     return "run", ""
@@ -613,6 +623,6 @@ def _unstorable_result(task_id: str, why: str) -> Result:
         "int, float, bool, None, list, dict), small enough to be sent"))
 
 
-def _user_metadata(metadata: dict | None) -> dict:
+def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     """Metadata without kser's own key (which the sequencer writes afresh)."""
     return {k: v for k, v in (metadata or {}).items() if k != KSER_METADATA_KEY}

@@ -6,7 +6,17 @@ working directory's state folder (``sqlite:///.kser/kser.db``); machines that sh
 PostgreSQL database (``postgresql+psycopg://user:pass@host/db``).
 """
 
-from kser.store.rows import AttemptRow, OperationRow, TaskRow
+from kser.errors import StoreError
+from kser.store.rows import (
+    AttemptRow,
+    DeadLetterRow,
+    LogRow,
+    OperationRow,
+    OutboxRow,
+    Row,
+    TaskRow,
+)
 from kser.store.store import Store, Tx
 
-__all__ = ["AttemptRow", "OperationRow", "Store", "TaskRow", "Tx"]
+__all__ = ["AttemptRow", "DeadLetterRow", "LogRow", "OperationRow", "OutboxRow", "Row", "Store",
+           "StoreError", "TaskRow", "Tx"]

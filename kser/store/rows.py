@@ -13,11 +13,12 @@ from typing import Any, ClassVar, TypeVar
 
 from kser.status import Status
 
-R = TypeVar("R", bound="_Row")
+R = TypeVar("R", bound="Row")
 
 
-class _Row(Mapping[str, Any]):
-    """A row: built from the columns a query returned (missing ones are None)."""
+class Row(Mapping[str, Any]):
+    """A row of the store, typed: built from the columns a query returned (missing ones
+    are None); the base of every row below."""
 
     _names: ClassVar[tuple[str, ...]] = ()
 
@@ -49,7 +50,7 @@ class _Row(Mapping[str, Any]):
 
 
 @dataclass(frozen=True, eq=False)
-class OperationRow(_Row):
+class OperationRow(Row):
     """An operation as stored (``kser_operations``)."""
 
     id: str
@@ -69,7 +70,7 @@ class OperationRow(_Row):
 
 
 @dataclass(frozen=True, eq=False)
-class TaskRow(_Row):
+class TaskRow(Row):
     """A task as stored (``kser_tasks``), with what some reads join to it."""
 
     id: str
@@ -96,7 +97,7 @@ class TaskRow(_Row):
 
 
 @dataclass(frozen=True, eq=False)
-class AttemptRow(_Row):
+class AttemptRow(Row):
     """One attempt of a task (``kser_attempts``)."""
 
     task_id: str
@@ -107,3 +108,49 @@ class AttemptRow(_Row):
     finished_at: float | None
     retcode: int | None
     error: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class LogRow(Row):
+    """One log line of a task attempt (``kser_task_logs``)."""
+
+    id: int
+    task_id: str
+    attempt: int
+    created_at: float
+    #: a :mod:`logging` level
+    level: int
+    message: str
+
+
+@dataclass(frozen=True, eq=False)
+class OutboxRow(Row):
+    """A message waiting in the outbox (``kser_outbox``): produced, then marked sent."""
+
+    id: int
+    operation_id: str | None
+    topic: str
+    key: bytes | None
+    value: bytes
+    #: not sent before this time (a retry's backoff); None: at once
+    due_at: float | None
+    created_at: float | None = None
+    sent_at: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DeadLetterRow(Row):
+    """A record a worker could not handle (``kser_dead_letters``)."""
+
+    id: int
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    #: the record's headers, ``[[name, base64 value], ...]``
+    headers: list[list[str]]
+    error: str
+    worker: str
+    created_at: float
+    replayed_at: float | None

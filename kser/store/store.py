@@ -6,9 +6,9 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -25,17 +25,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.pool import QueuePool
+from sqlalchemy.sql.expression import Executable
 
 from kser.errors import StoreError, WorkerFatalError, is_transient, safe_text
 from kser.status import FINAL_STATUSES, Status
 from kser.store import schema
 from kser.store.migrations import migrate
-from kser.store.rows import AttemptRow, OperationRow, TaskRow
-
-#: a row read from the store: a read-only mapping of its columns
-Row = Mapping[Any, Any]
+from kser.store.rows import (
+    AttemptRow,
+    DeadLetterRow,
+    LogRow,
+    OperationRow,
+    OutboxRow,
+    Row,
+    TaskRow,
+)
 
 #: most log lines stored per task attempt (a note says how many more there were)
 MAX_LOG_LINES = 1000
@@ -128,53 +134,58 @@ _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
               .values(sent_at=bindparam("b_now")))
 
 
+#: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
+#: the DB-API connection (each compiled once per dialect)
+_HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_TASK_TO_RUN,
+                          _READY_DEPENDENTS, _DEPENDENCY_RESULTS, _UNSUCCESSFUL, _CLAIM,
+                          _TAKEN_OVER, _NEW_ATTEMPT, _RENEW, _FINISH_TASK, _FINISH_ATTEMPT,
+                          _ADD_OUTBOX, _MARK_SENT)))
 #: columns the store keeps as JSON
-_JSON_COLUMNS = frozenset({"params", "metadata", "result", "exit_notify", "ttl_strategy"})
-_COMPILED: dict[tuple[int, str], tuple[str, list[str] | None, dict, frozenset]] = {}
+_JSON_COLUMNS = frozenset({"params", "metadata", "result", "exit_notify", "ttl_strategy",
+                           "headers"})
+_Compiled = tuple[str, list[str] | None, dict[str, Any], frozenset[str]]
+_COMPILED: dict[tuple[int, str], _Compiled] = {}
+
+R = TypeVar("R", bound=Row)
 
 
-def _compiled(statement, dialect) -> tuple[str, list[str] | None, dict, frozenset]:
-    """``statement`` compiled once for ``dialect``: SQL, positional bind order (qmark
-    styles; None for named ones), literal bind values, names of the JSON binds."""
+def _compiled(statement: Any, dialect: Dialect) -> _Compiled:
+    """A hop ``statement`` compiled once for ``dialect``: SQL, positional bind order
+    (qmark styles; None for named ones), literal bind values, names of the JSON binds."""
     key = (id(statement), dialect.name)
     found = _COMPILED.get(key)
     if found is None:
+        assert key[0] in _HOP, "only the hop's module-level statements are cached by id"
         compiled = statement.compile(dialect=dialect)
         json_binds = frozenset(name for name, bind in compiled.binds.items()
                                if isinstance(bind.type, JSON))
-        order = list(compiled.positiontup) if compiled.positional else None
+        order = list(compiled.positiontup or ()) if compiled.positional else None
         found = _COMPILED[key] = (compiled.string, order, dict(compiled.params), json_binds)
     return found
 
 
 class Tx:
-    """One transaction on the store; every method reads or writes plain dicts."""
+    """One transaction on the store: reads return typed rows (:mod:`kser.store.rows`)."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
-        #: the outbox rows added in this transaction (id, topic, key, value, due_at)
-        self.queued: list[dict] = []
+        #: the outbox rows added in this transaction
+        self.queued: list[OutboxRow] = []
 
-    # -- the hop's statements, on the DB-API cursor ------------------------------------
+    # -- the one read path -------------------------------------------------------------
     # Each task hop runs about ten statements in two transactions; through
     # SQLAlchemy's execution path, their Python overhead was half the CPU of a hop
-    # (benchmarks/), so those prebuilt statements run on the transaction's own DB-API
-    # connection, compiled once per dialect. Everything else goes through SQLAlchemy.
+    # (benchmarks/), so the hop's prebuilt statements (_HOP) run on the transaction's
+    # own DB-API connection, compiled once per dialect. Every other statement goes
+    # through SQLAlchemy; both give the same rows, JSON columns decoded.
 
-    def _cursor(self, statement, params: dict):
-        sql, order, literals, json_binds = _compiled(statement, self.connection.dialect)
-        values = {**literals, **params}
-        for name in json_binds:
-            if values.get(name) is not None:
-                values[name] = json.dumps(values[name])
-        dbapi = self.connection.connection.dbapi_connection
-        assert dbapi is not None  # inside a transaction the connection is open
-        cursor = dbapi.cursor()
-        cursor.execute(sql, [values[name] for name in order] if order is not None else values)
-        return cursor
-
-    def _rows(self, statement, params: dict) -> list[dict]:
-        cursor = self._cursor(statement, params)
+    def _read(self, statement: Executable, params: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+        """The rows ``statement`` returns, as dicts of their columns."""
+        if id(statement) not in _HOP:
+            return [dict(row) for row in
+                    self.connection.execute(statement, params or {}).mappings()]
+        cursor = self._cursor(statement, params or {})
         names = [column[0] for column in cursor.description]
         rows = []
         for values in cursor.fetchall():
@@ -186,19 +197,40 @@ class Tx:
         cursor.close()
         return rows
 
-    def _first(self, statement, params: dict) -> dict | None:
-        rows = self._rows(statement, params)
-        return rows[0] if rows else None
+    def _read_as(self, row_type: type[R], statement: Executable,
+                 params: dict[str, Any] | None = None) -> list[R]:
+        return [row_type.from_row(row) for row in self._read(statement, params)]
 
-    def _rowcount(self, statement, params: dict) -> int:
+    def _first_as(self, row_type: type[R], statement: Executable,
+                  params: dict[str, Any]) -> R | None:
+        rows = self._read(statement, params)
+        return row_type.from_row(rows[0]) if rows else None
+
+    def _execute(self, statement: Executable, params: dict[str, Any]) -> int:
+        """Run a hop statement that returns no rows; how many rows it changed."""
         cursor = self._cursor(statement, params)
-        count = cursor.rowcount
+        count: int = cursor.rowcount
         cursor.close()
         return count
 
+    def _cursor(self, statement: Executable, params: dict[str, Any]) -> Any:
+        sql, order, literals, json_binds = _compiled(statement, self.connection.dialect)
+        values = {**literals, **params}
+        for name in json_binds:
+            if values.get(name) is not None:
+                values[name] = json.dumps(values[name])
+        cursor = self._dbapi().cursor()
+        cursor.execute(sql, [values[name] for name in order] if order is not None else values)
+        return cursor
+
+    def _dbapi(self) -> Any:
+        dbapi = self.connection.connection.dbapi_connection
+        assert dbapi is not None  # inside a transaction the connection is open
+        return dbapi
+
     # -- operations --------------------------------------------------------------------
 
-    def insert_operation(self, row: dict) -> bool:
+    def insert_operation(self, row: dict[str, Any]) -> bool:
         """Insert an operation; False if one with this id exists (a duplicate message).
 
         INSERT ... ON CONFLICT DO NOTHING: two workers submitting the same operation
@@ -213,9 +245,17 @@ class Tx:
         return inserted is not None
 
     def get_operation(self, operation_id: str, lock: bool = False) -> OperationRow | None:
-        row = self._first(_GET_OPERATION_LOCKED if lock else _GET_OPERATION,
-                          dict(b_id=operation_id))
-        return None if row is None else OperationRow.from_row(row)
+        return self._first_as(OperationRow, _GET_OPERATION_LOCKED if lock else _GET_OPERATION,
+                              dict(b_id=operation_id))
+
+    def operation(self, operation_id: str, lock: bool = False) -> OperationRow:
+        """The operation, which must be in the store (a task of it was just read, or its
+        insert met it): :class:`LookupError` if it is not (purged meanwhile)."""
+        op = self.get_operation(operation_id, lock=lock)
+        if op is None:
+            raise LookupError(f"operation {operation_id} is not in the store any more "
+                              "(purged meanwhile)")
+        return op
 
     def update_operation(self, operation_id: str, **values: Any) -> None:
         values.setdefault("updated_at", time.time())
@@ -224,7 +264,7 @@ class Tx:
 
     # -- tasks -------------------------------------------------------------------------
 
-    def insert_tasks(self, rows: list[dict], dependencies: list[tuple[str, str]]) -> None:
+    def insert_tasks(self, rows: list[dict[str, Any]], dependencies: list[tuple[str, str]]) -> None:
         """Insert tasks and their ``(task_id, depends_on)`` dependencies."""
         if rows:
             self.connection.execute(schema.tasks.insert(), rows)
@@ -233,38 +273,34 @@ class Tx:
                                     [dict(task_id=t, depends_on=d) for t, d in dependencies])
 
     def get_task(self, task_id: str) -> TaskRow | None:
-        row = self.connection.execute(_GET_TASK, dict(b_id=task_id)).mappings().first()
-        return None if row is None else TaskRow.from_row(row)
+        return self._first_as(TaskRow, _GET_TASK, dict(b_id=task_id))
 
     def get_task_to_run(self, task_id: str) -> TaskRow | None:
         """A task with its operation's status (``operation_status``), in one read."""
-        row = self._first(_GET_TASK_TO_RUN, dict(b_id=task_id))
-        return None if row is None else TaskRow.from_row(row)
+        return self._first_as(TaskRow, _GET_TASK_TO_RUN, dict(b_id=task_id))
 
     def ready_dependents(self, task_id: str) -> list[TaskRow]:
         """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded
         (with ``dependency_count``, how many tasks each depends on)."""
-        return [TaskRow.from_row(row) for row in self._rows(_READY_DEPENDENTS, dict(b_id=task_id))
-                if row["status"] == Status.PENDING]
+        return [row for row in self._read_as(TaskRow, _READY_DEPENDENTS, dict(b_id=task_id))
+                if row.status == Status.PENDING]
 
-    def dependency_results(self, task_id: str) -> list[dict | None]:
+    def dependency_results(self, task_id: str) -> list[dict[str, Any] | None]:
         """The results of the tasks ``task_id`` depends on, in their operation's order."""
-        return [row["result"] for row in self._rows(_DEPENDENCY_RESULTS, dict(b_id=task_id))]
+        return [row["result"] for row in self._read(_DEPENDENCY_RESULTS, dict(b_id=task_id))]
 
     def all_succeeded(self, operation_id: str) -> bool:
-        return not self._rows(_UNSUCCESSFUL, dict(b_id=operation_id))
+        return not self._read(_UNSUCCESSFUL, dict(b_id=operation_id))
 
     def get_tasks(self, operation_id: str) -> list[TaskRow]:
         """The tasks of an operation, in the order it built them."""
-        return [TaskRow.from_row(row) for row in
-                self.connection.execute(_GET_TASKS, dict(b_id=operation_id)).mappings()]
+        return self._read_as(TaskRow, _GET_TASKS, dict(b_id=operation_id))
 
     def dependencies(self, operation_id: str) -> dict[str, set[str]]:
         """``{task_id: {ids it depends on}}`` for every task of the operation."""
         deps: dict[str, set[str]] = {}
-        for task_id, depends_on in self.connection.execute(_DEPENDENCIES,
-                                                           dict(b_id=operation_id)):
-            deps.setdefault(task_id, set()).add(depends_on)
+        for row in self._read(_DEPENDENCIES, dict(b_id=operation_id)):
+            deps.setdefault(row["task_id"], set()).add(row["depends_on"])
         return deps
 
     def update_task(self, task_id: str, **values: Any) -> None:
@@ -282,21 +318,22 @@ class Tx:
         """
         params = dict(b_id=task_id, b_attempt=attempt, b_next=attempt + 1, b_worker=worker,
                       b_lease=lease_until, b_now=now)
-        claimed = self._rowcount(_CLAIM, params) == 1
+        claimed = self._execute(_CLAIM, params) == 1
         if claimed:
             if taking_over:  # a taken-over attempt ended when its worker stopped renewing
-                self._rowcount(_TAKEN_OVER, dict(
+                self._execute(_TAKEN_OVER, dict(
                     b_id=task_id, b_attempt=attempt, b_now=now,
                     b_error=f"lease expired: its worker stopped; taken over by {worker}"))
-            self._rowcount(_NEW_ATTEMPT, params)
+            self._execute(_NEW_ATTEMPT, params)
         return claimed
 
     def renew_lease(self, task_id: str, attempt: int, lease_until: float) -> bool:
         """Extend the lease of a RUNNING attempt; False if it is no longer ours."""
-        return self.connection.execute(_RENEW, dict(b_id=task_id, b_attempt=attempt,
-                                                    b_lease=lease_until)).rowcount == 1
+        return self._execute(_RENEW, dict(b_id=task_id, b_attempt=attempt,
+                                          b_lease=lease_until)) == 1
 
-    def finish_attempt(self, task_id: str, attempt: int, status: str, result: dict,
+    def finish_attempt(self, task_id: str, attempt: int, status: str,
+                       result: dict[str, Any] | None,
                        now: float, error: str | None, task_status: str | None = None) -> bool:
         """Record the end of attempt ``attempt`` (``status``) and the task's new status
         (``task_status``, default the same; PENDING for a retry, whose result is not kept).
@@ -305,13 +342,13 @@ class Tx:
         """
         task_status = task_status or status
         retry = task_status == Status.PENDING
-        finished = self._rowcount(_FINISH_TASK, dict(
+        finished = self._execute(_FINISH_TASK, dict(
             b_id=task_id, b_attempt=attempt, b_status=task_status,
             b_result=None if retry else result, b_finished=None if retry else now)) == 1
         if finished:
-            self._rowcount(_FINISH_ATTEMPT, dict(
+            self._execute(_FINISH_ATTEMPT, dict(
                 b_id=task_id, b_attempt=attempt, b_status=status, b_now=now,
-                b_retcode=result.get("retcode"),
+                b_retcode=None if result is None else result.get("retcode"),
                 b_error=None if error is None else safe_text(error, None)))
         return finished
 
@@ -329,44 +366,46 @@ class Tx:
         if rows:
             self.connection.execute(schema.task_logs.insert(), rows)
 
-    def get_logs(self, task_id: str) -> list[Row]:
-        return list(self.connection.execute(
-            select(schema.task_logs).where(schema.task_logs.c.task_id == task_id)
-            .order_by(schema.task_logs.c.id)).mappings())
+    def get_logs(self, task_id: str) -> list[LogRow]:
+        """The log lines of a task, every attempt's, in the order they were written."""
+        return self._read_as(LogRow, select(schema.task_logs)
+                             .where(schema.task_logs.c.task_id == task_id)
+                             .order_by(schema.task_logs.c.id))
 
     def get_attempts(self, task_id: str) -> list[AttemptRow]:
         """The attempts of a task, first first."""
-        return [AttemptRow.from_row(row) for row in self.connection.execute(
-            select(schema.attempts).where(schema.attempts.c.task_id == task_id)
-            .order_by(schema.attempts.c.number)).mappings()]
+        return self._read_as(AttemptRow, select(schema.attempts)
+                             .where(schema.attempts.c.task_id == task_id)
+                             .order_by(schema.attempts.c.number))
 
     def expired_tasks(self, now: float, lease: float) -> list[TaskRow]:
         """RUNNING tasks of RUNNING operations whose lease is past (their worker stopped)
         and that no sweep re-sent in the last ``lease`` seconds; each is marked re-sent."""
         task, op = schema.tasks.c, schema.operations.c
-        expired: list[Row] = list(self.connection.execute(
-            select(schema.tasks).join(schema.operations, op.id == task.operation_id)
-            .where(and_(task.status == Status.RUNNING, task.lease_expires_at < now,
-                        op.status == Status.RUNNING,
-                        or_(task.resent_at.is_(None), task.resent_at < now - lease))))
-            .mappings())
+        expired = self._read_as(TaskRow, select(schema.tasks).join(
+            schema.operations, op.id == task.operation_id).where(
+            and_(task.status == Status.RUNNING, task.lease_expires_at < now,
+                 op.status == Status.RUNNING,
+                 or_(task.resent_at.is_(None), task.resent_at < now - lease))))
         if expired:
             self.connection.execute(update(schema.tasks)
-                                    .where(task.id.in_([row["id"] for row in expired]))
+                                    .where(task.id.in_([row.id for row in expired]))
                                     .values(resent_at=now))
-        return [TaskRow.from_row(row) for row in expired]
+        return expired
 
     def end_orphaned_tasks(self, now: float) -> int:
         """RUNNING tasks whose lease is past in operations that already ended (canceled,
         failed): their worker stopped and nothing may take them over. Each becomes
         CANCELED, its attempt FAILED; returns how many."""
         task, op = schema.tasks.c, schema.operations.c
-        orphans = self.connection.execute(
-            select(task.id, task.attempt, op.status)
+        orphans = self._read(
+            select(task.id, task.attempt, op.status.label("operation_status"))
             .join(schema.operations, op.id == task.operation_id)
             .where(and_(task.status == Status.RUNNING, task.lease_expires_at < now,
-                        op.status != Status.RUNNING))).all()
-        for task_id, attempt, op_status in orphans:
+                        op.status != Status.RUNNING)))
+        for orphan in orphans:
+            task_id, attempt, op_status = (orphan["id"], orphan["attempt"],
+                                           orphan["operation_status"])
             self.connection.execute(update(schema.tasks).where(task.id == task_id)
                                     .values(status=Status.CANCELED, finished_at=now,
                                             lease_expires_at=None))
@@ -384,58 +423,57 @@ class Tx:
     def operations_with_unsent(self, before: float, now: float) -> set[str]:
         """Operations with unsent rows: due ones, and undelayed ones created before ``before``."""
         box = schema.outbox.c
-        return set(self.connection.execute(
+        return {row["operation_id"] for row in self._read(
             select(box.operation_id).distinct()
             .where(and_(box.sent_at.is_(None),
                         or_(box.due_at <= now,
-                            and_(box.due_at.is_(None), box.created_at < before))))).scalars())
+                            and_(box.due_at.is_(None), box.created_at < before)))))}
 
     def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
                    value: bytes, due_at: float | None = None) -> None:
         """Queue a message (see :attr:`queued`); with ``due_at`` not sent before that time."""
-        (inserted,) = self._rows(_ADD_OUTBOX, dict(
+        now = time.time()
+        (inserted,) = self._read(_ADD_OUTBOX, dict(
             b_operation=operation_id, b_topic=topic, b_key=key, b_value=value,
-            b_now=time.time(), b_due=due_at))
-        self.queued.append(dict(id=inserted["id"], operation_id=operation_id,
-                                topic=topic, key=key, value=value, due_at=due_at))
+            b_now=now, b_due=due_at))
+        self.queued.append(OutboxRow(id=inserted["id"], operation_id=operation_id, topic=topic,
+                                     key=key, value=value, due_at=due_at, created_at=now))
 
-    def unsent(self, operation_id: str, now: float | None = None) -> list[Row]:
+    def unsent(self, operation_id: str, now: float | None = None) -> list[OutboxRow]:
         """The operation's unsent messages that are due (all of them when ``now`` is None)."""
         box = schema.outbox.c
         query = select(schema.outbox).where(and_(box.operation_id == operation_id,
                                                  box.sent_at.is_(None)))
         if now is not None:
             query = query.where(or_(box.due_at.is_(None), box.due_at <= now))
-        return list(self.connection.execute(query.order_by(box.id)).mappings())
+        return self._read_as(OutboxRow, query.order_by(box.id))
 
     def mark_sent(self, ids: list[int]) -> None:
         if ids:
             now = time.time()
             sql, order, _literals, _json = _compiled(_MARK_SENT, self.connection.dialect)
             rows = [dict(b_id=row_id, b_now=now) for row_id in ids]
-            dbapi = self.connection.connection.dbapi_connection
-            assert dbapi is not None  # inside a transaction the connection is open
-            cursor = dbapi.cursor()
+            cursor = self._dbapi().cursor()
             cursor.executemany(sql, [[row[name] for name in order] for row in rows]
                                if order is not None else rows)
             cursor.close()
 
     # -- dead letters ------------------------------------------------------------------
 
-    def add_dead_letter(self, row: dict) -> int:
+    def add_dead_letter(self, row: dict[str, Any]) -> int:
         """Keep a dead letter; the id of its row (the existing one when the same record,
         by topic, partition and offset, was stored before)."""
         letters = schema.dead_letters.c
         where = and_(letters.topic == row["topic"], letters.partition == row["partition"],
                      letters.offset == row["offset"])
-        found = self.connection.execute(select(letters.id).where(where)).scalar()
-        if found is not None:
-            return found
-        return self.connection.execute(
-            schema.dead_letters.insert().values(**row).returning(letters.id)).scalar_one()
+        found = self._read(select(letters.id).where(where))
+        if found:
+            return int(found[0]["id"])
+        return int(self.connection.execute(
+            schema.dead_letters.insert().values(**row).returning(letters.id)).scalar_one())
 
     def dead_letters(self, topics: Iterable[str] | None = None,
-                     replayed: bool | None = None) -> list[Row]:
+                     replayed: bool | None = None) -> list[DeadLetterRow]:
         """Dead letters in the store (of ``topics``; only replayed or unreplayed ones)."""
         letters = schema.dead_letters.c
         query = select(schema.dead_letters).order_by(letters.id)
@@ -444,7 +482,7 @@ class Tx:
         if replayed is not None:
             query = query.where(letters.replayed_at.is_not(None) if replayed
                                 else letters.replayed_at.is_(None))
-        return list(self.connection.execute(query).mappings())
+        return self._read_as(DeadLetterRow, query)
 
     def mark_replayed(self, letter_id: int, now: float) -> None:
         self.connection.execute(update(schema.dead_letters)
@@ -456,12 +494,12 @@ class Tx:
     def purge(self, now: float) -> int:
         """Delete finished operations whose TTL strategy says they expired; return how many."""
         op = schema.operations.c
-        candidates = self.connection.execute(
+        candidates = self._read(
             select(op.id, op.status, op.finished_at, op.ttl_strategy)
             .where(and_(op.status.in_(FINAL_STATUSES), op.finished_at.is_not(None),
-                        op.ttl_strategy.is_not(None)))).all()
-        expired = [row.id for row in candidates
-                   if _expired(row.status, row.finished_at, row.ttl_strategy, now)]
+                        op.ttl_strategy.is_not(None))))
+        expired = [row["id"] for row in candidates
+                   if _expired(row["status"], row["finished_at"], row["ttl_strategy"], now)]
         for chunk in range(0, len(expired), 500):
             ids = expired[chunk:chunk + 500]
             task_ids = select(schema.tasks.c.id).where(schema.tasks.c.operation_id.in_(ids))
@@ -477,7 +515,7 @@ class Tx:
         return len(expired)
 
 
-def _expired(status: str, finished_at: float, ttl: dict | None, now: float) -> bool:
+def _expired(status: str, finished_at: float, ttl: dict[str, Any] | None, now: float) -> bool:
     if not ttl:
         return False
     limits = [ttl.get("seconds_after_completion")]
@@ -655,7 +693,7 @@ def _create_engine(url: str) -> Engine:
                                              "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_settings(dbapi_connection, _record):
+        def _sqlite_settings(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             _use_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -663,10 +701,11 @@ def _create_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(connection):
+        def _begin_immediate(connection: Connection) -> None:
             # take the write lock at BEGIN: two writers never deadlock on a lock upgrade
             # (on the DB-API connection: SQLAlchemy's execution path cost more than it)
-            connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
+            sqlite: Any = connection.connection.dbapi_connection  # a sqlite3.Connection
+            sqlite.execute("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
