@@ -113,7 +113,11 @@ class Controller(BaseController):
     """
 
     ENTRYPOINTS: Mapping[str, type[Entrypoint]] = {}
-    TRANSPORT = Message
+    #: the class each record is decoded to (a :class:`~kser.schemas.Message` subclass
+    #: may add fields or checks)
+    MESSAGE_CLASS: type[Message] = Message
+    #: kser 0.8's name for :attr:`MESSAGE_CLASS`, still honoured when a subclass sets it
+    TRANSPORT: type[Message] = Message
 
     def __init__(self) -> None:
         self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
@@ -178,6 +182,13 @@ class Controller(BaseController):
         """
         return self.handle(raw_data, topic).result
 
+    @property
+    def message_class(self) -> type[Message]:
+        """:attr:`MESSAGE_CLASS`, or :attr:`TRANSPORT` where only that one was set."""
+        if self.MESSAGE_CLASS is Message and self.TRANSPORT is not Message:
+            return self.TRANSPORT
+        return self.MESSAGE_CLASS
+
     def handle(self, raw_data: str | bytes | None, topic: str | None = None) -> Outcome:
         """Like :meth:`run`, and tell whether the record was undeliverable or must be redone.
 
@@ -185,7 +196,7 @@ class Controller(BaseController):
             unless they name their own)
         """
         try:
-            kmsg = self._onmessage(self.TRANSPORT.loads(self.sealer.open(raw_data)))
+            kmsg = self._onmessage(self.message_class.loads(self.sealer.open(raw_data)))
         except Exception as exc:
             return Outcome(None, self._onerror(None, exception_result(exc)), undeliverable=True)
         if not isinstance(kmsg, Message):

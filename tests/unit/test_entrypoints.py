@@ -187,3 +187,36 @@ def test_init_app_binds_flask_and_loads_tasks():
     app = Flask(__name__)
     registry = Loading(app)
     assert app.extensions["kser"] is registry and registry.app is app and loaded == [True]
+
+
+def test_message_class_decodes_records_and_kser_08_transport_still_works():
+    from kser.controller import Controller
+    from kser.schemas import Message
+
+    class StampedMessage(Message):
+        pass
+
+    class Hello(Entrypoint):
+        def run(self):
+            return Result(uuid=self.uuid, stdout="hi")
+
+    raw = Message(uuid="m1", entrypoint=Hello.path).dumps()
+    seen = []
+
+    class New(Controller):
+        MESSAGE_CLASS = StampedMessage
+
+        def onmessage(self, kmsg):
+            seen.append(type(kmsg))
+            return super().onmessage(kmsg)
+
+    class Old(New):  # kser 0.8 code sets TRANSPORT
+        MESSAGE_CLASS = Message
+        TRANSPORT = StampedMessage
+
+    for cls in (New, Old, Controller):
+        controller = cls()
+        controller.register(Hello.path, Hello)
+        assert controller.handle(raw).result.retcode == 0
+    assert seen == [StampedMessage, StampedMessage]
+    assert Controller().message_class is Message
