@@ -72,13 +72,13 @@ def work():
 
 
 def show(title, operation_id):
-    with registry.sequencer.store.transaction() as tx:
-        op, tasks = tx.get_operation(operation_id), tx.get_tasks(operation_id)
-    print(f"\n{title}: {op['entrypoint']} is {op['status']}")
+    with registry.store.transaction() as tx:
+        op, tasks = tx.operation(operation_id), tx.get_tasks(operation_id)
+    print(f"\n{title}: {op.entrypoint} is {op.status}")
     for task in tasks:
-        result = task["result"] or {}
-        outcome = result.get("stderr") if task["status"] == "FAILED" else result.get("stdout")
-        print(f"  {task['entrypoint']:<28} {task['status']:<8} attempt {task['attempt']}"
+        result = task.result or {}
+        outcome = result.get("stderr") if task.status == "FAILED" else result.get("stdout")
+        print(f"  {task.entrypoint:<28} {task.status:<8} attempt {task.attempt}"
               f"  {outcome or ''}")
     return op, tasks
 
@@ -105,11 +105,11 @@ def tour(store: Store) -> int:
     work()
     _, tasks = show("Recovered", operation.uuid)
 
-    print(registry.run_one(operation.uuid, tasks[2]["id"]).stdout)
+    print(registry.run_one(operation.uuid, tasks[2].id).stdout)
     work()
     show("Load run once more", operation.uuid)
 
-    print(registry.run_from(operation.uuid, tasks[1]["id"]).stdout)
+    print(registry.run_from(operation.uuid, tasks[1].id).stdout)
     work()
     show("Re-run from Transform", operation.uuid)
 

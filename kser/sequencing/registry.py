@@ -142,6 +142,17 @@ class OperationRegistry:
         """Delete finished operations whose retention expired; return how many."""
         return self.sequencer.controls.purge()
 
+    def emit_ready(self, operation_id: str) -> Result:
+        """Send the messages of the operation's tasks that are ready to run now (what a
+        sweep does; kser 0.8's ``Operation.launch_next`` calls it)."""
+        return self.sequencer.emit_ready(operation_id)
+
+    @property
+    def store(self) -> Store:
+        """The store of this registry's operations (opened and migrated on first use):
+        ``with registry.store.transaction() as tx: tx.get_operation(id)``."""
+        return self.sequencer.store
+
     def init_app(self, app: Any = None) -> None:
         """Bind to a Flask app (``app.extensions["kser"]`` is this registry), then load tasks."""
         self.app = app
