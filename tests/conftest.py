@@ -3,6 +3,7 @@ tests/infra.py and only start when a test asks for them."""
 
 import itertools
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ def pytest_configure(config):
     read KSER_STORE_URL: never the working directory), and what the temp folder held."""
     if "folder" in _session:
         return
-    _session["folder"] = tempfile.mkdtemp(prefix="kser-tests-")
+    _session["folder"] = tempfile.mkdtemp(prefix=f"kser-tests-{os.getpid()}-")
     os.environ["KSER_STORE_URL"] = f"sqlite:///{_session['folder']}/kser.db"
     _session["before"] = {str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN)}
 
@@ -32,7 +33,7 @@ def pytest_sessionfinish(session, exitstatus):
     """Fail the run when it left folders or files in the temp folder (each test, example
     and benchmark removes what it made; pytest's own tmp_path folders are pytest's)."""
     left = sorted(str(p) for p in Path(tempfile.gettempdir()).glob(_LEFTOVER_PATTERN)
-                  if str(p) not in _session.get("before", ()))
+                  if str(p) not in _session.get("before", ()) and not _other_session(p))
     if left and exitstatus == 0 and os.environ.get("KSER_CHECK_LEFTOVERS", "1") == "1":
         def holds(path: str) -> str:
             return ", ".join(sorted(os.listdir(path))[:5]) if os.path.isdir(path) else "file"
@@ -40,6 +41,20 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nthe tests left {len(left)} item(s) in {tempfile.gettempdir()}: "
               + "; ".join(f"{p} ({holds(p)})" for p in left[:10]))
         session.exitstatus = 1
+
+
+def _other_session(path: Path) -> bool:
+    """The store folder of another test session still running (two runs at once)."""
+    match = re.fullmatch(r"kser-tests-(\d+)-.*", path.name)
+    if match is None or int(match[1]) == os.getpid():
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return False  # its session died: what it left is a leftover
+    except PermissionError:
+        pass
+    return True
 
 
 from kser.memory.broker import drop_broker  # noqa: E402
