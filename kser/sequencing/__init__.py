@@ -1,1 +1,8 @@
-"""Operations: sequences of tasks, each task one Kafka message."""
+"""Operations: tasks run as Kafka messages, in chains, parallel groups and DAGs."""
+
+from kser.sequencing.operation import Operation
+from kser.sequencing.rules import TriggerRule
+from kser.sequencing.shapes import Branch, Parallel, SkipTask
+from kser.sequencing.task import Task
+
+__all__ = ["Branch", "Operation", "Parallel", "SkipTask", "Task", "TriggerRule"]

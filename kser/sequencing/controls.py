@@ -82,24 +82,32 @@ class Controls:
 
     @control
     def recover(self, operation_id: str) -> Result:
-        """Restart a FAILED operation from its failed task(s), keeping earlier results."""
+        """Restart a FAILED operation: its failed (or canceled) tasks and what depends on
+        them run again; the others keep their results."""
         with self._sequencer._transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
             if op.status != FAILED:
                 raise ControlRefusedError(409, f"Operation {operation_id} is {op.status}: "
                                      "only a FAILED one recovers")
-            failed = [t for t in tx.get_tasks(operation_id) if t.status == FAILED]
+            tasks = tx.get_tasks(operation_id)
+            dependencies = tx.dependencies(operation_id)
+            failed = [t for t in tasks if t.status in (FAILED, CANCELED)]
+            reset: list[str] = []
             for task in failed:
-                tx.update_task(task.id, status=PENDING, result=None, finished_at=None)
+                reset += [tid for tid in descendants(dependencies, task) if tid not in reset]
+            for task_id in reset:
+                tx.update_task(task_id, status=PENDING, result=None, finished_at=None,
+                               queued_attempt=None)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         sent = self._sequencer.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Operation {operation_id} recovered: "
-                      f"{len(failed)} failed task(s) reset, {sent} message(s) sent")
+                      f"{len(reset)} task(s) reset, {sent} message(s) sent")
 
     @control
     def run_from(self, operation_id: str, task_id: str) -> Result:
-        """Reset ``task_id`` and every task that depends on it, then run from it."""
+        """Reset the task (its id or name) and every task that depends on it, then run
+        from it."""
         with self._sequencer._transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
             if op.status == RUNNING:
@@ -107,7 +115,8 @@ class Controls:
                                      "first")
             reset = descendants(tx.dependencies(operation_id), self.get_task(tx, op, task_id))
             for tid in reset:
-                tx.update_task(tid, status=PENDING, result=None, finished_at=None)
+                tx.update_task(tid, status=PENDING, result=None, finished_at=None,
+                               queued_attempt=None)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         self._sequencer.publish(operation_id)
@@ -116,17 +125,19 @@ class Controls:
 
     @control
     def run_one(self, operation_id: str, task_id: str) -> Result:
-        """Run one task again with the result its predecessors left, without continuing.
+        """Run one task (its id or name) again with the results its upstream tasks left,
+        without continuing.
 
         The operation's status does not change (synergy_flow's run_one).
         """
         with self._sequencer._transaction() as tx:
-            op = self.get_operation(tx, operation_id)
+            op = self.get_operation(tx, operation_id, lock=True)
             if op.status == RUNNING:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
                                      "first")
-            self.get_task(tx, op, task_id)
-            tx.update_task(task_id, status=PENDING, finished_at=None)
+            task_id = self.get_task(tx, op, task_id).id
+            tx.update_task(task_id, status=PENDING, finished_at=None, queued_attempt=None)
+            tx.queue_task(task_id)
             tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())
             self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),
@@ -152,8 +163,12 @@ class Controls:
         return op
 
     @staticmethod
-    def get_task(tx: Tx, op: OperationRow, task_id: str) -> TaskRow:
-        task = tx.get_task(task_id)
-        if task is None or task.operation_id != op.id:
-            raise ControlRefusedError(404, f"Operation {op.id} has no task {task_id}")
-        return task
+    def get_task(tx: Tx, op: OperationRow, task: str) -> TaskRow:
+        """The task of ``op`` whose id or name is ``task``."""
+        found = tx.get_task(task)
+        if found is None or found.operation_id != op.id:
+            found = next((t for t in tx.get_tasks(op.id) if t.name == task), None)
+        if found is None:
+            raise ControlRefusedError(404, f"Operation {op.id} has no task {task} (neither "
+                                      "an id nor a name of its tasks)")
+        return found

@@ -9,6 +9,7 @@ from typing import Any
 from cdumay_result import Result
 
 from kser.schemas import dump_result
+from kser.status import Status
 from kser.store.rows import OperationRow, TaskRow
 
 
@@ -21,12 +22,16 @@ def load_result(data: Mapping[str, Any] | None, uuid_: str | None = None) -> Res
 
 def forwarded(op: OperationRow, tasks: Mapping[str, TaskRow],
               dependencies: Iterable[str]) -> dict[str, Any] | None:
-    """The result a task receives: its dependencies' results merged, else the operation's."""
+    """The result a task receives: its upstream tasks' results merged (of those that
+    succeeded), else the operation's."""
     dependencies = list(dependencies)
     if not dependencies:
         return op.result
+    if len(dependencies) == 1 and tasks[dependencies[0]].status == Status.SUCCESS:
+        return tasks[dependencies[0]].result
     return merged([tasks[dep].result for dep in
-                    sorted(dependencies, key=lambda d: tasks[d].position)])
+                   sorted(dependencies, key=lambda d: tasks[d].position)
+                   if tasks[dep].status == Status.SUCCESS])
 
 
 def merged(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from cdumay_result import Result
 
 from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY
+from kser.sequencing.shapes import wire
 from kser.sequencing.task import PENDING, SUCCESS, Task
 
 if TYPE_CHECKING:
@@ -48,8 +49,10 @@ class Operation(Task):
                  result: Result | None = None, metadata: dict[str, Any] | None = None) -> None:
         Task.__init__(self, uuid=uuid, params=params, status=status, result=result,
                       metadata=metadata)
-        self.tasks: list[Task] = list(tasks or [])
+        self.tasks: list[Task] = []
         self._built = bool(tasks)
+        if tasks:
+            self.tasks = wire(self, tasks)
 
     def __repr__(self) -> str:
         return f"Operation [{type(self).__name__}](id={self.uuid},status={self.status})"
@@ -67,24 +70,30 @@ class Operation(Task):
         return kwargs
 
     def add_task(self, task: Task) -> None:
-        """Append ``task`` to the sequence."""
-        self.tasks.append(task)
+        """Append ``task`` to the operation: unless wired already, it waits for the tasks
+        nothing waits for yet (the last one of a chain)."""
+        if not task.upstream:
+            task.upstream = _ends(self.tasks)
+        self.tasks = wire(self, [*self.tasks, task])
 
     def prebuild(self, **kwargs: Any) -> dict[str, Any] | None:
         """Checks before the tasks are built; may return changed build parameters."""
         return kwargs
 
-    def build_tasks(self, **kwargs: Any) -> list[Task]:
-        """Return the tasks of this operation, in order (to implement)."""
+    def build_tasks(self, **kwargs: Any) -> list[Any]:
+        """Return the tasks of this operation (to implement): a list run in order, which
+        may hold ``Parallel(...)`` groups, or tasks wired with ``>>`` (see
+        :mod:`kser.sequencing.shapes`)."""
         return []
 
     def compute_tasks(self, **kwargs: Any) -> list[Task]:
-        """Check the operation's required params, run :meth:`prebuild`, build the tasks."""
+        """Check the operation's required params, run :meth:`prebuild`, build the tasks
+        (wired, named and checked: see :func:`kser.sequencing.shapes.wire`)."""
         logger.debug("%s.PreBuild: %s[%s]: %s", type(self).__name__, type(self).path, self.uuid,
                      kwargs)
         Task.check_required_params(self)
         params = self.prebuild(**kwargs)
-        tasks = self.build_tasks(**(params if params else dict(kwargs)))
+        tasks = wire(self, self.build_tasks(**(params if params else dict(kwargs))))
         logger.debug("%s.BuildTasks: %d task(s) found", type(self).__name__, len(tasks))
         return tasks
 
@@ -99,9 +108,15 @@ class Operation(Task):
         operation's params overlaid with their own, then every task's
         :attr:`REQUIRED_FIELDS` is checked, before anything runs.
         """
-        for task in self.compute_tasks(**(kwargs or self.params)):
+        built = self.compute_tasks(**(kwargs or self.params))
+        for task in built:
             task.params = {**self.params, **task.params}
-            self.tasks.append(task)
+        if self.tasks:  # given to the constructor: the built ones follow them
+            ends = _ends(self.tasks)
+            for task in built:
+                task.upstream = task.upstream or list(ends)
+            built = wire(self, [*self.tasks, *built])
+        self.tasks = built
         self._built = True
         self.check_required_params()
         return self.finalize()
@@ -210,3 +225,9 @@ class Operation(Task):
         if self._init_error is not None:
             return self._onerror(self._init_error)
         return self.launch()
+
+
+def _ends(tasks: list[Task]) -> list[Task]:
+    """The tasks no other one waits for."""
+    waited_for = {id(up) for task in tasks for up in task.upstream}
+    return [task for task in tasks if id(task) not in waited_for]

@@ -43,14 +43,17 @@ from kser.sequencing.graph import forwarded, load_result, merged
 from kser.sequencing.leases import Leases
 from kser.sequencing.outbox import Outbox
 from kser.sequencing.retries import backoff, should_retry
+from kser.sequencing.rules import Decision, TriggerRule, decide
 from kser.sequencing.task import (
     CANCELED,
     FAILED,
     PENDING,
     RUNNING,
+    SKIPPED,
     SUCCESS,
     Task,
 )
+from kser.status import Status
 from kser.store import OperationRow, OutboxRow, Store, TaskRow, Tx
 
 if TYPE_CHECKING:
@@ -67,6 +70,9 @@ DUPLICATE_WAIT_LEASES = 1.5
 #: first and largest wait between two tries to store a finished task's result while the
 #: store is unreachable, seconds (it is tried for one lease, then the record is redone)
 FINISH_RETRY_MIN, FINISH_RETRY_MAX = 0.5, 5.0
+#: retcode of a task that never ran because tasks it needed failed (HTTP's "Failed
+#: Dependency")
+UPSTREAM_FAILED = 424
 
 #: an operation's new status and result, for its class's hooks (``set_status``...)
 Transition = tuple[str, dict[str, Any] | None]
@@ -205,22 +211,19 @@ class Sequencer:
                       result=dump_result(operation.result), topic=topic,
                       exit_notify=exit_notify, ttl_strategy=ttl, created_at=now,
                       updated_at=now)
-        task_rows, dependencies = [], []
-        for position, task in enumerate(operation.tasks):
-            task_rows.append(dict(
-                id=task.uuid, operation_id=operation.uuid, position=position,
-                entrypoint=type(task).path, topic=getattr(type(task), "TOPIC", None),
-                status=PENDING, params=task.params, metadata=_user_metadata(task.metadata),
-                attempt=0))
-            if position:
-                dependencies.append((task.uuid, operation.tasks[position - 1].uuid))
+        task_rows = [dict(
+            id=task.uuid, operation_id=operation.uuid, position=position, name=task.name,
+            trigger_rule=str(task.trigger_rule), entrypoint=type(task).path,
+            topic=getattr(type(task), "TOPIC", None), status=PENDING, params=task.params,
+            metadata=_user_metadata(task.metadata), attempt=0)
+            for position, task in enumerate(operation.tasks)]
+        dependencies = [(task.uuid, upstream.uuid) for task in operation.tasks
+                        for upstream in task.upstream]
         with self._transaction() as tx:
             created = tx.insert_operation(op_row)
             if created:
                 tx.insert_tasks(task_rows, dependencies)
-                if not self._emit_ready(tx, operation.uuid):
-                    self._finish_operation(tx, operation.uuid, SUCCESS,
-                                           dump_result(operation.result))
+                self._emit_ready(tx, operation.uuid)
             else:
                 stored = tx.operation(operation.uuid).entrypoint
                 if stored != op_row["entrypoint"]:
@@ -236,6 +239,13 @@ class Sequencer:
                           "submitted: unsent messages re-sent")
         return Result(uuid=operation.uuid, stdout=f"Operation {type(operation).path}"
                       f"[{operation.uuid}] started with {len(task_rows)} task(s)")
+
+    def upstream_results(self, task_id: str) -> dict[str, Result]:
+        """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
+        reads)."""
+        with self._transaction() as tx:
+            rows = tx.upstream(task_id)
+        return {row["name"]: load_result(row["result"], row["id"]) for row in rows}
 
     def store_has(self, operation_id: str) -> bool:
         """True when the operation is in the store."""
@@ -323,6 +333,9 @@ class Sequencer:
             instance, result = None, exception_result(exc, task_id)
         else:
             result = None
+            if isinstance(instance, Task):
+                instance.name = task_row.name
+                instance._upstream_results = lambda: self.upstream_results(task_id)
         with self._leases.held(task_id, attempt):  # until its end is stored
             return self._run_and_finish(instance, result, entrypoint, task_row, forwarded,
                                         attempt, mode)
@@ -338,6 +351,11 @@ class Sequencer:
             result = instance.execute()
         result, unstorable = _storable(result, task_id)
         success = is_success(result)
+        followed = getattr(instance, "followed", None) if success else None
+        if followed is not None:
+            result, success = self._check_branch(task_row, followed, result)
+        status = (FAILED if not success else
+                  SKIPPED if getattr(instance, "skipped", None) is not None else SUCCESS)
         exception = getattr(instance, "exception", None)
         retry_in = None
         if (not success and unstorable is None and mode != "one"
@@ -348,8 +366,8 @@ class Sequencer:
         deadline, delay = time.monotonic() + self.settings.task_lease, FINISH_RETRY_MIN
         while True:
             try:
-                ended = self._record_end(task_row, forwarded, attempt, mode, result, success,
-                                         retry_in, logs)
+                ended = self._record_end(task_row, forwarded, attempt, mode, result, status,
+                                         retry_in, logs, followed)
                 break
             except (RedoError, UndeliverableError, WorkerFatalError):
                 raise
@@ -381,45 +399,63 @@ class Sequencer:
         return result
 
     def _record_end(self, task_row: TaskRow, forwarded: dict[str, Any] | None, attempt: int,
-                    mode: str | None, result: Result, success: bool, retry_in: float | None,
-                    logs: Iterable[LogLine]) -> Ended | None:
-        """One transaction: the attempt's end, its logs, and what follows (next tasks, a
-        retry, the operation's end). None if another worker took the task over."""
+                    mode: str | None, result: Result, status: Status, retry_in: float | None,
+                    logs: Iterable[LogLine], followed: list[str] | None = None
+                    ) -> Ended | None:
+        """One transaction: the attempt's end (``status``), its logs, and what follows (the
+        tasks it lets run or never run, a retry, the operation's end). None if another
+        worker took the task over."""
         operation_id, task_id = task_row.operation_id, task_row.id
         now = time.time()
         transitions: list[Transition] = []
+        dumped = dump_result(result)
         with self._transaction() as tx:
-            if not tx.finish_attempt(task_id, attempt, SUCCESS if success else FAILED,
-                                     dump_result(result), now,
-                                     None if success else result.stderr,
+            # the operation first: its transitions happen one at a time, so that of the
+            # upstream tasks of a join ending together, the last one sees the others ended
+            op = tx.operation(operation_id, lock=True)
+            if not tx.finish_attempt(task_id, attempt, status, dumped, now,
+                                     result.stderr if status == FAILED else None,
                                      task_status=PENDING if retry_in is not None else None):
                 logger.warning("Task %s attempt %d finished after another worker took it "
                                "over: its result is discarded", task_id, attempt)
                 return None
             tx.add_logs(task_id, attempt, logs)
-            op = tx.operation(operation_id, lock=True)
             if mode == "one" or op.status != RUNNING:
                 pass  # run_one, or the operation was canceled meanwhile: nothing follows
             elif retry_in is not None:
                 logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
                                attempt, safe_text(result.stderr, 500), retry_in)
-                self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
-            elif success:
-                if (not self._emit_dependents(tx, op, task_id, dump_result(result))
-                        and tx.all_succeeded(operation_id)):
-                    transitions.append(self._finish_operation(
-                        tx, operation_id, SUCCESS, dump_result(result)))
-            else:
-                transitions.append(self._finish_operation(tx, operation_id, FAILED,
-                                                          dump_result(result)))
+                if tx.queue_task(task_id):
+                    self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
+            elif not self._advance(tx, op, tx.dependents(task_id),
+                                   ended=(task_id, dumped if status == SUCCESS else None),
+                                   followed=followed) \
+                    and not tx.unfinished(operation_id):
+                transitions.append(self._finish_operation(tx, operation_id,
+                                                          *self._outcome(tx, op)))
             return transitions, tx.queued
+
+    def _check_branch(self, task_row: TaskRow, followed: list[str],
+                      result: Result) -> tuple[Result, bool]:
+        """A branch's result, and whether it succeeded: it fails when it chose a name that
+        is not one of its direct downstream tasks."""
+        with self._transaction() as tx:
+            names = tx.downstream_names(task_row.id)
+        unknown = [name for name in followed if name not in names]
+        if not unknown:
+            return result, True
+        return Result(uuid=task_row.id, retcode=400, stderr=(
+            f"Branch {task_row.name} chose {', '.join(map(repr, unknown))}, which "
+            f"{'is' if len(unknown) == 1 else 'are'} not among the tasks right after it "
+            f"({', '.join(sorted(names)) or 'none'}): choose() returns their names")), False
 
     def _record_failure(self, task_row: TaskRow, attempt: int, result: Result,
                         logs: Iterable[LogLine]) -> Ended | None:
         """The end of an attempt whose own result could not be stored: the task and its
         operation FAILED with ``result``; if even that fails for good, the bare status."""
         try:
-            return self._record_end(task_row, None, attempt, None, result, False, None, logs)
+            return self._record_end(task_row, None, attempt, None, result, Status.FAILED, None,
+                                    logs)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -434,33 +470,94 @@ class Sequencer:
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _emit_dependents(self, tx: Tx, op: OperationRow, task_id: str,
-                         result: dict[str, Any] | None) -> int:
-        """Queue the message of each task that ``task_id`` succeeding (with ``result``)
-        made ready.
+    def _advance(self, tx: Tx, op: OperationRow, candidates: list[TaskRow],
+                 ended: tuple[str, dict[str, Any] | None] | None = None,
+                 followed: list[str] | None = None) -> int:
+        """Apply their trigger rules to PENDING tasks (read with their upstream counts):
+        queue the message of each that runs now (a compare-and-set: of two transitions
+        finding a join ready at once, one queues it), end each that never will (SKIPPED,
+        or FAILED for an upstream failure) and check the tasks depending on those in
+        turn. Returns how many tasks were queued.
 
-        Reads only those tasks (and, for a task with several dependencies, their
-        results), so a hop costs the same whatever the operation's size.
+        :param ended: ``(task id, result)`` of the task whose end is being stored: a task
+            whose one upstream task it is receives that result without a read, so a
+            chain's hop costs the same whatever the operation's size
+        :param followed: (the end of a branch) the names of the candidates it chose: the
+            others are SKIPPED
         """
-        ready = tx.ready_dependents(task_id)
-        for task in ready:
-            forwarded = (result if task.dependency_count == 1
-                         else merged(tx.dependency_results(task.id)))
-            self._queue_task(tx, op, task, forwarded)
-        return len(ready)
+        queued, now = 0, time.time()
+        frontier = list(candidates)
+        not_chosen = ({task.id for task in candidates if task.name not in followed}
+                      if followed is not None else set())
+        while frontier:
+            task = frontier.pop(0)
+            decision = (Decision.SKIP if task.id in not_chosen else
+                        decide(task.trigger_rule, task.upstream_count or 0,
+                               task.upstream_succeeded or 0, task.upstream_failed or 0,
+                               task.upstream_skipped or 0))
+            if decision is Decision.RUN:
+                if tx.queue_task(task.id):
+                    if not task.upstream_count:
+                        received = op.result
+                    elif (ended is not None and task.upstream_count == 1
+                          and task.upstream_succeeded == 1):
+                        received = ended[1]
+                    else:
+                        received = merged(row["result"] for row in tx.upstream(task.id)
+                                          if row["status"] == SUCCESS)
+                    self._queue_task(tx, op, task, received)
+                    queued += 1
+            elif decision is not Decision.WAIT:
+                status = SKIPPED if decision is Decision.SKIP else FAILED
+                why = (f"not chosen by the branch before it (it chose {', '.join(followed or [])})"
+                       if task.id in not_chosen else _unmet_rule(task, decision))
+                tx.update_task(task.id, status=status, finished_at=now, result=dump_result(
+                    Result(uuid=task.id, retcode=0 if status == SKIPPED else UPSTREAM_FAILED,
+                           **{"stdout" if status == SKIPPED else "stderr": why})))
+                frontier.extend(tx.dependents(task.id))
+        return queued
 
     def _emit_ready(self, tx: Tx, operation_id: str) -> int:
-        """Queue the message of every PENDING task whose dependencies all succeeded."""
-        op = tx.get_operation(operation_id)
-        if op is None:
-            return 0
-        tasks = {t.id: t for t in tx.get_tasks(operation_id)}
-        deps = tx.dependencies(operation_id)
-        ready = [t for t in tasks.values() if t.status == PENDING and all(
-            tasks[d].status == SUCCESS for d in deps.get(t.id, ()))]
-        for task in ready:
-            self._queue_task(tx, op, task, forwarded(op, tasks, deps.get(task.id, ())))
-        return len(ready)
+        """Queue every PENDING task of the operation that its trigger rule lets run now
+        (and end those that never will); end the operation if nothing is left to run.
+        Returns how many tasks were queued."""
+        op = tx.operation(operation_id)
+        queued = self._advance(tx, op, tx.pending_tasks(operation_id))
+        if not queued and not tx.unfinished(operation_id):
+            self._finish_operation(tx, operation_id, *self._outcome(tx, op))
+        return queued
+
+    def _outcome(self, tx: Tx, op: OperationRow) -> tuple[Status, dict[str, Any] | None]:
+        """The final status and result of an operation none of whose tasks is left to run.
+
+        FAILED if a task failed and no task that depends on it ran (a task whose trigger
+        rule let it run after the failure accepted it; one that did not run because of it
+        passes it on), with the result of the first such task that ran; else SUCCESS,
+        with the merged results of its last tasks (those nothing depends on) that
+        succeeded, the operation's own when there are none.
+        """
+        tasks = {task.id: task for task in tx.get_tasks(op.id)}
+        downstream: dict[str, list[str]] = {task_id: [] for task_id in tasks}
+        for task_id, upstream_ids in tx.dependencies(op.id).items():
+            for upstream_id in upstream_ids:
+                downstream[upstream_id].append(task_id)
+
+        def ran(task: TaskRow) -> bool:
+            return task.attempt > 0 and task.status in (SUCCESS, FAILED, SKIPPED)
+
+        def accepted(task_id: str) -> bool:
+            return any(ran(tasks[d]) or (tasks[d].status == FAILED and accepted(d))
+                       for d in downstream[task_id])
+
+        failed = [task for task in tasks.values()
+                  if task.status == FAILED and not accepted(task.id)]
+        if failed:
+            first = next((task for task in failed if ran(task)), failed[0])
+            return Status.FAILED, first.result
+        last = [tasks[t].result for t in tasks
+                if not downstream[t] and tasks[t].status == SUCCESS]
+        return Status.SUCCESS, (merged(last) if len(last) > 1 else
+                                last[0] if last else op.result)
 
     def _queue_task(self, tx: Tx, op: OperationRow, task: TaskRow, forwarded: dict[str, Any] | None,
                     mode: str | None = None, due_at: float | None = None) -> None:
@@ -590,15 +687,25 @@ def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
     elif operation_status != RUNNING:
         return "refuse", (f"its operation is {operation_status}: the message is stale, and "
                           "an ended operation's tasks never start")
-    elif task.blocking_count:
-        return "refuse", (f"{task.blocking_count} task(s) it depends on are not done: the "
-                          "message is early (stale, replayed or forged)")
+    elif task.queued_attempt is None:
+        return "refuse", ("kser has not sent this task yet (its trigger rule does not let it "
+                          "run yet): the message is early (stale, replayed or forged)")
     if task.status == RUNNING:
         lease = task.lease_expires_at
         if task.worker == worker or lease is None or lease < now:
             return "run", ""
         return "wait", ""
     return "run", ""
+
+
+def _unmet_rule(task: TaskRow, decision: Decision) -> str:
+    """Why a task never runs, in its result."""
+    counts = (f"of its {task.upstream_count} upstream task(s), {task.upstream_succeeded} "
+              f"succeeded, {task.upstream_failed} failed, {task.upstream_skipped} skipped")
+    rule = task.trigger_rule or TriggerRule.ALL_SUCCESS
+    if decision is Decision.FAIL:
+        return f"upstream failed: {counts}, and its trigger rule is {rule}"
+    return f"skipped: {counts}, and its trigger rule is {rule}"
 
 
 def _storable(result: Result | None, task_id: str) -> tuple[Result, str | None]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
@@ -13,12 +14,22 @@ from kser.entry import Entrypoint
 from kser.results import exception_result
 from kser.schemas import KSER_METADATA_KEY
 from kser.sequencing.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
+from kser.sequencing.rules import TriggerRule
 from kser.status import FINAL_STATUSES as FINAL_STATUSES  # re-exported (kser 0.8 names)
 from kser.status import Status
 from kser.store.store import MAX_LOG_LINE, MAX_LOG_LINES
 from kser.timelimit import TimeLimitExceeded, time_limit
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T", "Task", "list[Task]")
+
+
+class SkipTask(Exception):  # noqa: N818 (the API's name, as Airflow's AirflowSkipException)
+    """Raised in ``run``: this task ends SKIPPED, the reason in its result's stdout.
+
+    Tasks downstream of it then follow their trigger rules (``all_success``: SKIPPED too).
+    """
 
 #: the statuses of a task or an operation (kser.status.Status; these names stay)
 PENDING, RUNNING, SUCCESS, FAILED, SKIPPED, CANCELED = (
@@ -53,11 +64,26 @@ class Task(Entrypoint):
     NEVER_RETRY: tuple[type[BaseException], ...] = (ValidationError,)
     #: seconds a run may take before it is stopped and fails (None: no limit)
     TIME_LIMIT: float | None = None
+    #: when the task runs, from its upstream tasks' states (see kser.sequencing.rules)
+    TRIGGER_RULE: str = TriggerRule.ALL_SUCCESS
 
     def __init__(self, uuid: str | None = None, params: dict[str, Any] | None = None,
                  status: str = PENDING, result: Result | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, *, name: str | None = None,
+                 trigger_rule: str | None = None) -> None:
         self.status = status
+        #: unique in its operation (default: the class's name, ``-2``, ``-3``... on
+        #: collisions); controls (``run_from``, ``run_one``) take it as well as the id
+        self.name = name
+        self.trigger_rule = TriggerRule.of(trigger_rule or type(self).TRIGGER_RULE,
+                                           f"{type(self).path}")
+        #: the tasks this one waits for (set by ``>>``, ``set_upstream`` or a chain)
+        self.upstream: list[Task] = []
+        #: set by ``raise SkipTask(reason)`` in run: the task ends SKIPPED
+        self.skipped: str | None = None
+        #: (Branch) the names of the downstream tasks it chose
+        self.followed: list[str] | None = None
+        self._upstream_results: Callable[[], dict[str, Result]] | None = None
         #: ``(time, level, message)`` of every :meth:`log` call, stored with the attempt
         self.log_lines: list[tuple[float, int, str]] = []
         self._log_lines_dropped = 0
@@ -73,6 +99,53 @@ class Task(Entrypoint):
         """Id of the operation this task belongs to (None for a lone task)."""
         operation_id: str | None = self.metadata.get(KSER_METADATA_KEY, {}).get("operation_id")
         return operation_id
+
+    # -- shapes (see kser.sequencing.shapes) -------------------------------------------
+
+    def set_upstream(self, *tasks: Task | Iterable[Task]) -> None:
+        """This task waits for ``tasks`` (its trigger rule says how)."""
+        for task in _tasks(tasks):
+            if task is self:
+                raise ValidationError(f"Task {self.name or type(self).__name__} cannot "
+                                      "depend on itself")
+            if task not in self.upstream:
+                self.upstream.append(task)
+
+    def set_downstream(self, *tasks: Task | Iterable[Task]) -> None:
+        """``tasks`` wait for this one."""
+        for task in _tasks(tasks):
+            task.set_upstream(self)
+
+    def __rshift__(self, other: T) -> T:
+        """``a >> b``: b waits for a; ``a >> [b, c]``: both do. Returns ``other``."""
+        self.set_downstream(other)
+        return other
+
+    def __rrshift__(self, other: Iterable[Task]) -> Task:
+        """``[a, b] >> c``: c waits for a and b. Returns c."""
+        self.set_upstream(other)
+        return self
+
+    def __lshift__(self, other: T) -> T:
+        """``b << a``: b waits for a. Returns ``other``."""
+        self.set_upstream(other)
+        return other
+
+    def __rlshift__(self, other: Iterable[Task]) -> Task:
+        """``[b, c] << a``: b and c wait for a. Returns a."""
+        self.set_downstream(other)
+        return self
+
+    @property
+    def upstream_results(self) -> dict[str, Result]:
+        """The results of this task's upstream tasks, by name (read from the store when
+        first used; empty for a task run alone). Failed and skipped ones are here too,
+        while the forwarded :attr:`result` merges the successful ones only."""
+        if self._upstream_results is not None:
+            loaded = self._upstream_results()
+            self._upstream_results = lambda: loaded
+            return loaded
+        return {}
 
     def log(self, message: str, level: int = logging.INFO, *args: Any, **kwargs: Any) -> None:
         """Log ``message`` prefixed with ``{TaskName}.{TaskStatus}: {EntryPointPath}[{TaskUUID}]: ``
@@ -115,8 +188,15 @@ class Task(Entrypoint):
         self.status = RUNNING
         super()._prerun()
 
+    def _run(self) -> Result | None:
+        try:
+            return super()._run()
+        except SkipTask as exc:
+            self.skipped = str(exc) or "skipped"
+            return Result(uuid=self.uuid, stdout=f"skipped: {self.skipped}")
+
     def _onsuccess(self, result: Result | None) -> Result:
-        self.status = SUCCESS
+        self.status = SKIPPED if self.skipped is not None else SUCCESS
         return super()._onsuccess(result)
 
     def _onerror(self, result: Result) -> Result:
@@ -127,3 +207,17 @@ class Task(Entrypoint):
         return (f"Task [{type(self).path}](uuid={self.uuid},status={self.status}, "
                 f"params={self.params})")
 
+
+
+def _tasks(items: Iterable[Any]) -> list[Task]:
+    """Tasks given one by one or in lists."""
+    tasks: list[Task] = []
+    for item in items:
+        if isinstance(item, Task):
+            tasks.append(item)
+        elif isinstance(item, list | tuple | set):
+            tasks.extend(_tasks(item))
+        else:
+            raise ValidationError(f"{item!r} is not a Task: >> and set_upstream take tasks "
+                                  "or lists of tasks")
+    return tasks

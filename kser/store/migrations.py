@@ -172,8 +172,46 @@ def _v4(connection: Connection) -> None:
     _V4.create_all(connection)  # (checks first: a store made before the freeze has it)
 
 
+def _v5(connection: Connection) -> None:
+    """Shapes: task names (unique per operation), trigger rules, and the attempt whose
+    message was queued (the join's compare-and-set). Existing tasks are named after
+    their class (``-2``... on collisions), in their operation's order; the tasks whose
+    message is out (RUNNING ones, and PENDING ones whose upstream tasks all succeeded)
+    are marked queued, so that their messages are not taken for forged ones."""
+    for column, sql_type in (("name", "VARCHAR(255)"), ("trigger_rule", "VARCHAR(32)"),
+                             ("queued_attempt", "INTEGER")):
+        _add_column(connection, "kser_tasks", column, sql_type)
+    rows = connection.execute(text(
+        "SELECT id, operation_id, entrypoint FROM kser_tasks WHERE name IS NULL "
+        "ORDER BY operation_id, position")).all()
+    taken: dict[str, set[str]] = {}
+    for row in connection.execute(text(
+            "SELECT operation_id, name FROM kser_tasks WHERE name IS NOT NULL")):
+        taken.setdefault(row.operation_id, set()).add(row.name)
+    for task_id, operation_id, entrypoint in rows:
+        names = taken.setdefault(operation_id, set())
+        base = entrypoint.rsplit(".", 1)[-1][:240]
+        name, number = base, 1
+        while name in names:
+            number += 1
+            name = f"{base}-{number}"
+        names.add(name)
+        connection.execute(text("UPDATE kser_tasks SET name = :name WHERE id = :id"),
+                           dict(name=name, id=task_id))
+    connection.execute(text(
+        "UPDATE kser_tasks SET queued_attempt = attempt WHERE status = 'RUNNING'"))
+    connection.execute(text(
+        "UPDATE kser_tasks SET queued_attempt = attempt + 1 WHERE status = 'PENDING' AND "
+        "NOT EXISTS (SELECT 1 FROM kser_task_dependencies d JOIN kser_tasks u "
+        "ON u.id = d.depends_on WHERE d.task_id = kser_tasks.id AND u.status != 'SUCCESS')"))
+    if "ux_kser_tasks_name" not in {i["name"] for i in inspect(connection).get_indexes(
+            "kser_tasks")}:
+        connection.execute(text(
+            "CREATE UNIQUE INDEX ux_kser_tasks_name ON kser_tasks (operation_id, name)"))
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 def current_version(engine: Engine) -> int:

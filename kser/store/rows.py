@@ -90,10 +90,18 @@ class TaskRow(Row):
     resent_at: float | None
     #: (get_task_to_run) its operation's status
     operation_status: Status | None = None
-    #: (get_task_to_run) how many of its upstream tasks are not SUCCESS
-    blocking_count: int | None = None
-    #: (ready_dependents) how many tasks it depends on
-    dependency_count: int | None = None
+    #: unique in its operation
+    name: str | None = None
+    #: when it runs (see kser.sequencing.rules; None: all_success)
+    trigger_rule: str | None = None
+    #: the attempt whose message was queued (None: never queued since it was reset)
+    queued_attempt: int | None = None
+    #: (dependents, pending_tasks) how many tasks it depends on, and how many of them
+    #: succeeded, failed and were skipped
+    upstream_count: int | None = None
+    upstream_succeeded: int | None = None
+    upstream_failed: int | None = None
+    upstream_skipped: int | None = None
 
 
 @dataclass(frozen=True, eq=False)

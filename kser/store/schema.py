@@ -3,9 +3,9 @@
 Times are UNIX timestamps in seconds (floats): the same arithmetic on every
 database, and leases and retention compare them with ``time.time()``.
 
-A task's dependencies are rows of ``task_dependencies``; a linear operation
-is a chain (task n depends on task n-1), so parallel groups and DAGs need no
-new table. ``outbox`` holds every message a state change causes, written in
+A task's dependencies are rows of ``task_dependencies``: a chain is task n
+depending on task n-1, a parallel group tasks depending on the same one, a join
+a task depending on several. ``outbox`` holds every message a state change causes, written in
 the same transaction as the change and marked sent once Kafka acknowledged it.
 ``dead_letters`` keeps the records the dead-letter topic did not take.
 """
@@ -30,7 +30,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -86,7 +86,16 @@ tasks = Table(
     #: when a sweep last re-sent this task because its lease had expired: the next
     #: sweep waits a lease before re-sending it again (one takeover, not one per second)
     Column("resent_at", Float, nullable=True),
+    #: unique in its operation (controls take it as well as the id)
+    Column("name", String(255), nullable=True),
+    #: when it runs, from its upstream tasks' states (NULL: all_success)
+    Column("trigger_rule", String(32), nullable=True),
+    #: the attempt whose message was queued: set by a compare-and-set when the task is
+    #: made ready, so that of two transitions making it ready at once (a join) one
+    #: queues it; a task message for a task never queued is early or forged
+    Column("queued_attempt", Integer, nullable=True),
     Index("ix_kser_tasks_operation", "operation_id", "position"),
+    Index("ux_kser_tasks_name", "operation_id", "name", unique=True),
     Index("ix_kser_tasks_leases", "status", "lease_expires_at"),
 )
 

@@ -57,36 +57,52 @@ _op, _task, _attempt, _box = (schema.operations.c, schema.tasks.c, schema.attemp
 _GET_OPERATION = select(schema.operations).where(_op.id == bindparam("b_id"))
 _GET_OPERATION_LOCKED = _GET_OPERATION.with_for_update()
 _GET_TASK = select(schema.tasks).where(_task.id == bindparam("b_id"))
-_dep, _blocker = schema.task_dependencies.alias("dep"), schema.task_dependencies.alias("blocker")
-_blocking_task = schema.tasks.alias("blocking_task")
-_GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"),
-                           # upstream tasks not SUCCESS: a message for this task is early
-                           select(func.count()).select_from(_blocker)
-                           .join(_blocking_task, _blocking_task.c.id == _blocker.c.depends_on)
-                           .where(and_(_blocker.c.task_id == _task.id,
-                                       _blocking_task.c.status != Status.SUCCESS))
-                           .scalar_subquery().label("blocking_count"))
+_dep, _up_dep = schema.task_dependencies.alias("dep"), schema.task_dependencies.alias("up_dep")
+_up = schema.tasks.alias("up")
+_GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"))
                     .join(schema.operations, _op.id == _task.operation_id)
                     .where(_task.id == bindparam("b_id")))
-_READY_DEPENDENTS = (
-    select(schema.tasks,
-           select(func.count()).select_from(_blocker)
-           .where(_blocker.c.task_id == _task.id).scalar_subquery()
-           .label("dependency_count"))
-    # found by id from the dependents; their status is checked by ready_dependents, as
-    # SQLite would otherwise look them up by status: a scan of every pending task
-    .where(and_(_task.id.in_(select(_dep.c.task_id)
-                             .where(_dep.c.depends_on == bindparam("b_id"))),
-                ~select(_blocker.c.task_id)
-                .join(_blocking_task, _blocking_task.c.id == _blocker.c.depends_on)
-                .where(and_(_blocker.c.task_id == _task.id,
-                            _blocking_task.c.status != Status.SUCCESS)).exists()))
-    .order_by(_task.position))
-_DEPENDENCY_RESULTS = (select(_task.id, _task.position, _task.result)
-                       .join(_dep, _dep.c.depends_on == _task.id)
-                       .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
-_UNSUCCESSFUL = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
-                                             _task.status != Status.SUCCESS)).limit(1))
+
+
+def _upstream_count(status: Status | None = None) -> Any:
+    """How many upstream tasks of the outer task (``kser_tasks``) have ``status`` (all of
+    them for None). (No IN lists in the hop's statements: the DB-API path runs them
+    compiled once, without SQLAlchemy's expanding parameters.)"""
+    query = (select(func.count()).select_from(_up_dep)
+             .join(_up, _up.c.id == _up_dep.c.depends_on).where(_up_dep.c.task_id == _task.id))
+    if status is not None:
+        query = query.where(_up.c.status == status)
+    return query.scalar_subquery()
+
+
+_UPSTREAM_COUNTS = (_upstream_count().label("upstream_count"),
+                    _upstream_count(Status.SUCCESS).label("upstream_succeeded"),
+                    _upstream_count(Status.FAILED).label("upstream_failed"),
+                    _upstream_count(Status.SKIPPED).label("upstream_skipped"))
+# the tasks that depend on a task (found by id from the dependencies; their status is
+# checked by dependents(), as SQLite would otherwise look them up by status: a scan
+# of every pending task), with the states of their own upstream tasks
+_DEPENDENTS = (select(schema.tasks, *_UPSTREAM_COUNTS)
+               .where(_task.id.in_(select(_dep.c.task_id)
+                                   .where(_dep.c.depends_on == bindparam("b_id"))))
+               .order_by(_task.position))
+_PENDING_WITH_COUNTS = (select(schema.tasks, *_UPSTREAM_COUNTS)
+                        .where(and_(_task.operation_id == bindparam("b_id"),
+                                    _task.status == Status.PENDING))
+                        .order_by(_task.position))
+_UPSTREAM = (select(_task.id, _task.name, _task.position, _task.status, _task.result)
+             .join(_dep, _dep.c.depends_on == _task.id)
+             .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
+_UNFINISHED = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
+                                           or_(_task.status == Status.PENDING,
+                                               _task.status == Status.RUNNING)))
+               .limit(1))
+# the join's compare-and-set: of the transitions that find a task ready, one queues it
+_QUEUE = (update(schema.tasks)
+          .where(and_(_task.id == bindparam("b_id"), _task.status == Status.PENDING,
+                      or_(_task.queued_attempt.is_(None),
+                          _task.queued_attempt <= _task.attempt)))
+          .values(queued_attempt=_task.attempt + 1))
 _GET_TASKS = (select(schema.tasks).where(_task.operation_id == bindparam("b_id"))
               .order_by(_task.position))
 _DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
@@ -137,7 +153,7 @@ _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)
 _HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_TASK_TO_RUN,
-                          _READY_DEPENDENTS, _DEPENDENCY_RESULTS, _UNSUCCESSFUL, _CLAIM,
+                          _DEPENDENTS, _UPSTREAM, _UNFINISHED, _QUEUE, _CLAIM,
                           _TAKEN_OVER, _NEW_ATTEMPT, _RENEW, _FINISH_TASK, _FINISH_ATTEMPT,
                           _ADD_OUTBOX, _MARK_SENT)))
 #: columns the store keeps as JSON
@@ -279,18 +295,36 @@ class Tx:
         """A task with its operation's status (``operation_status``), in one read."""
         return self._first_as(TaskRow, _GET_TASK_TO_RUN, dict(b_id=task_id))
 
-    def ready_dependents(self, task_id: str) -> list[TaskRow]:
-        """The PENDING tasks depending on ``task_id`` whose dependencies all succeeded
-        (with ``dependency_count``, how many tasks each depends on)."""
-        return [row for row in self._read_as(TaskRow, _READY_DEPENDENTS, dict(b_id=task_id))
+    def dependents(self, task_id: str) -> list[TaskRow]:
+        """The PENDING tasks depending on ``task_id``, each with how many upstream tasks
+        it has (``upstream_count``) and how many of them succeeded, failed or were
+        skipped (``upstream_succeeded``, ``upstream_failed``, ``upstream_skipped``)."""
+        return [row for row in self._read_as(TaskRow, _DEPENDENTS, dict(b_id=task_id))
                 if row.status == Status.PENDING]
 
-    def dependency_results(self, task_id: str) -> list[dict[str, Any] | None]:
-        """The results of the tasks ``task_id`` depends on, in their operation's order."""
-        return [row["result"] for row in self._read(_DEPENDENCY_RESULTS, dict(b_id=task_id))]
+    def pending_tasks(self, operation_id: str) -> list[TaskRow]:
+        """The operation's PENDING tasks, with the upstream counts of :meth:`dependents`."""
+        return self._read_as(TaskRow, _PENDING_WITH_COUNTS, dict(b_id=operation_id))
 
-    def all_succeeded(self, operation_id: str) -> bool:
-        return not self._read(_UNSUCCESSFUL, dict(b_id=operation_id))
+    def upstream(self, task_id: str) -> list[dict[str, Any]]:
+        """The tasks ``task_id`` depends on (``id``, ``name``, ``position``, ``status``,
+        ``result``), in their operation's order."""
+        return self._read(_UPSTREAM, dict(b_id=task_id))
+
+    def queue_task(self, task_id: str) -> bool:
+        """Mark a PENDING task's next attempt queued; False if it was already (another
+        transition found it ready first): the compare-and-set of a join."""
+        return self._execute(_QUEUE, dict(b_id=task_id)) == 1
+
+    def downstream_names(self, task_id: str) -> set[str]:
+        """The names of the tasks that depend directly on ``task_id``."""
+        return {row["name"] for row in self._read(
+            select(_task.name).join(_dep, _dep.c.task_id == _task.id)
+            .where(_dep.c.depends_on == task_id))}
+
+    def unfinished(self, operation_id: str) -> bool:
+        """True while a task of the operation is PENDING or RUNNING."""
+        return bool(self._read(_UNFINISHED, dict(b_id=operation_id)))
 
     def get_tasks(self, operation_id: str) -> list[TaskRow]:
         """The tasks of an operation, in the order it built them."""

@@ -134,7 +134,11 @@ def test_a_failing_task_fails_the_operation_and_later_tasks_never_run(h):
     row, task_rows = h.operation(op.uuid)
     assert row["status"] == "FAILED"
     assert "step refused its input" in row["result"]["stderr"]
-    assert [t["status"] for t in task_rows] == ["SUCCESS", "FAILED", "PENDING"]
+    # the task after it never runs: FAILED as "upstream failed" (Airflow's meaning of
+    # all_success), without an attempt
+    assert [t["status"] for t in task_rows] == ["SUCCESS", "FAILED", "FAILED"]
+    assert task_rows[2]["attempt"] == 0 and task_rows[2]["result"]["retcode"] == 424
+    assert task_rows[2]["result"]["stderr"].startswith("upstream failed: of its 1 upstream")
     assert tasks.CALLS == ["step0", "failing"]
     assert h.attempts(task_rows[1]["id"])[0]["error"].endswith("step refused its input")
     assert h.statuses[-1] == ("FailsInTheMiddle", "FAILED")
@@ -499,7 +503,8 @@ def test_every_control_answers_with_a_result_404_for_unknown_409_for_a_wrong_sta
     for control in (sequencer.run_from, sequencer.run_one):
         result = control(op.uuid, "no-such-task")
         assert (result.retcode, result.stderr) == (
-            404, f"Operation {op.uuid} has no task no-such-task")
+            404, f"Operation {op.uuid} has no task no-such-task (neither an id nor a name "
+            "of its tasks)")
     done = sequencer.cancel(op.uuid)
     assert (done.retcode, done.stderr) == (
         409, f"Operation {op.uuid} is already SUCCESS: nothing to cancel")

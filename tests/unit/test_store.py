@@ -12,12 +12,12 @@ from kser.store.store import StoreError, _expired
 
 def test_a_new_store_is_migrated_to_the_current_version(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/a.db")
-    assert current_version(store.engine) == schema.SCHEMA_VERSION == 4
+    assert current_version(store.engine) == schema.SCHEMA_VERSION == 5
     tables = set(inspect(store.engine).get_table_names())
     assert {"kser_operations", "kser_tasks", "kser_task_dependencies", "kser_attempts",
             "kser_task_logs", "kser_outbox", "kser_dead_letters",
             "kser_schema_version"} <= tables
-    assert migrate(store.engine) == (4, 4)  # idempotent
+    assert migrate(store.engine) == (5, 5)  # idempotent
     store.close()
 
 
@@ -33,7 +33,7 @@ def test_a_version_1_store_is_migrated_to_the_current_version(tmp_path):
         connection.exec_driver_sql("DROP TABLE kser_dead_letters")
         connection.exec_driver_sql("DELETE FROM kser_schema_version WHERE version > 1")
     store.close()
-    assert current_version(Store(url).engine) == 4
+    assert current_version(Store(url).engine) == schema.SCHEMA_VERSION
     inspector = inspect(Store(url).engine)
     assert "due_at" in {c["name"] for c in inspector.get_columns("kser_outbox")}
     assert "resent_at" in {c["name"] for c in inspector.get_columns("kser_tasks")}
@@ -107,7 +107,7 @@ def test_the_store_reads_typed_rows_that_still_read_as_mappings(tmp_path):
     assert isinstance(op, OperationRow) and op.status is Status.RUNNING and op.params == {"x": 1}
     assert isinstance(task, TaskRow) and task.status is Status.RUNNING and task.attempt == 1
     assert isinstance(attempt, AttemptRow) and attempt.worker == "w"
-    assert to_run.operation_status is Status.RUNNING and to_run.blocking_count == 0
+    assert to_run.operation_status is Status.RUNNING and to_run.queued_attempt is None
     assert op["status"] == "RUNNING" and dict(op)["topic"] == "t"  # still a mapping
     assert op.get("nothing") is None and "entrypoint" in op
     with pytest.raises(KeyError):

@@ -1,0 +1,352 @@
+"""Shapes of operations on the in-process transport: parallel groups, DAGs, joins, trigger
+rules, branches, skips, names, and the controls on them."""
+
+import itertools
+
+import pytest
+from cdumay_error.types import ValidationError
+from cdumay_result import Result
+
+from kser.sequencing import Branch, Operation, Parallel, SkipTask, Task, TriggerRule
+from kser.sequencing.rules import Decision, decide
+from kser.status import Status
+from tests.unit import tasks
+from tests.unit.test_sequencing import Harness
+
+registry = tasks.registry
+RUNS: list[str] = []
+#: names of tasks that fail while listed here
+FAILING: set[str] = set()
+SEEN: dict[str, dict] = {}
+
+
+@registry.subscribe
+class Work(Task):
+    """Records its name, returns retval {its name: True} (a task's result accumulates
+    what it received: Result + keeps every key); fails while its name is in FAILING."""
+
+    def run(self):
+        RUNS.append(self.name)
+        SEEN[self.name] = dict(received=sorted(self.result.retval or {}),
+                               upstream={name: (r.retcode, sorted(r.retval or {}))
+                                         for name, r in self.upstream_results.items()})
+        if self.name in FAILING:
+            return Result(uuid=self.uuid, retcode=500, stderr=f"{self.name} failed")
+        return Result(uuid=self.uuid, stdout=self.name, retval={self.name: True})
+
+
+@registry.subscribe
+class Skipper(Task):
+    def run(self):
+        RUNS.append(self.name)
+        raise SkipTask("nothing to do today")
+
+
+@registry.subscribe
+class Pick(Branch):
+    def choose(self):
+        RUNS.append(self.name)
+        return self.params["pick"]
+
+
+@registry.subscribe
+class Fanned(Operation):
+    """a >> Parallel(b1, b2, b3) >> c >> Parallel(d1, d2) >> e (the acceptance shape)."""
+
+    def build_tasks(self, **kwargs):
+        return [Work(name="a"), Parallel(Work(name="b1"), Work(name="b2"), Work(name="b3")),
+                Work(name="c"), Parallel(Work(name="d1"), [Work(name="d2"), Work(name="d3")]),
+                Work(name="e")]
+
+
+@registry.subscribe
+class Diamond(Operation):
+    def build_tasks(self, **kwargs):
+        a, b, c, d = (Work(name=n) for n in "abcd")
+        a >> [b, c] >> d
+        return [a, b, c, d]
+
+
+@registry.subscribe
+class Ruled(Operation):
+    """Two upstream tasks (x, y; failing per FAILING) and a task with params["rule"]."""
+
+    def build_tasks(self, **kwargs):
+        x, y = Work(name="x"), Work(name="y")
+        last = Work(name="last", trigger_rule=kwargs["rule"])
+        [x, y] >> last
+        return [x, y, last]
+
+
+@registry.subscribe
+class Branching(Operation):
+    def build_tasks(self, **kwargs):
+        pick = Pick(name="pick", params={"pick": kwargs["pick"]})
+        left, right = Work(name="left"), Work(name="right")
+        after_right = Work(name="after_right")
+        join = Work(name="join", trigger_rule="none_failed_min_one_success")
+        pick >> [left, right]
+        right >> after_right
+        [left, after_right] >> join
+        return [pick, left, right, after_right, join]
+
+
+@registry.subscribe
+class Skipping(Operation):
+    def build_tasks(self, **kwargs):
+        return [Work(name="first"), Skipper(name="skipper"), Work(name="then"),
+                Work(name="anyway", trigger_rule="all_done")]
+
+
+@pytest.fixture
+def h(memory_broker_name, tmp_path, monkeypatch):
+    RUNS.clear()
+    FAILING.clear()
+    SEEN.clear()
+    harness = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
+    yield harness
+    harness.store.close()
+
+
+def statuses(h, op_id):
+    row, task_rows = h.operation(op_id)
+    return row.status, {t.name: t.status for t in task_rows}
+
+
+# -- trigger rules -----------------------------------------------------------------------
+
+S, F, K, P = "success", "failed", "skipped", "pending"
+# rule -> the decision for each mix of two upstream states (Airflow's meanings)
+RULES = {
+    "all_success": {(S, S): "run", (S, F): "fail", (F, F): "fail", (S, K): "skip",
+                    (K, K): "skip", (S, P): "wait", (F, P): "fail", (K, P): "skip"},
+    "all_failed": {(S, S): "skip", (S, F): "skip", (F, F): "run", (S, K): "skip",
+                   (K, K): "skip", (S, P): "skip", (F, P): "wait", (K, P): "skip"},
+    "all_done": {(S, S): "run", (S, F): "run", (F, F): "run", (S, K): "run",
+                 (K, K): "run", (S, P): "wait", (F, P): "wait", (K, P): "wait"},
+    "one_success": {(S, S): "run", (S, F): "run", (F, F): "fail", (S, K): "run",
+                    (K, K): "skip", (S, P): "run", (F, P): "wait", (K, P): "wait"},
+    "one_failed": {(S, S): "skip", (S, F): "run", (F, F): "run", (S, K): "skip",
+                   (K, K): "skip", (S, P): "wait", (F, P): "run", (K, P): "wait"},
+    "one_done": {(S, S): "run", (S, F): "run", (F, F): "run", (S, K): "run",
+                 (K, K): "skip", (S, P): "run", (F, P): "run", (K, P): "wait"},
+    "none_failed": {(S, S): "run", (S, F): "fail", (F, F): "fail", (S, K): "run",
+                    (K, K): "run", (S, P): "wait", (F, P): "fail", (K, P): "wait"},
+    "none_failed_min_one_success": {(S, S): "run", (S, F): "fail", (F, F): "fail",
+                                    (S, K): "run", (K, K): "skip", (S, P): "wait",
+                                    (F, P): "fail", (K, P): "wait"},
+    "none_skipped": {(S, S): "run", (S, F): "run", (F, F): "run", (S, K): "skip",
+                     (K, K): "skip", (S, P): "wait", (F, P): "wait", (K, P): "skip"},
+    "always": {mix: "run" for mix in itertools.product((S, F, K, P), repeat=2)},
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_trigger_rule_decides_as_airflow_does_for_each_mix_of_upstream_states(rule):
+    assert set(RULES) == {r.value for r in TriggerRule}
+    for mix, expected in RULES[rule].items():
+        counts = {state: mix.count(state) for state in (S, F, K)}
+        decision = decide(rule, 2, counts[S], counts[F], counts[K])
+        assert decision == Decision(expected), (rule, mix)
+    assert decide(rule, 0, 0, 0, 0) is Decision.RUN  # no upstream: runs at once
+
+
+def test_an_unknown_trigger_rule_is_refused_naming_the_known_ones():
+    with pytest.raises(ValidationError, match=r"Unknown trigger rule 'sometimes'.*all_success"):
+        Work(trigger_rule="sometimes")
+
+
+@pytest.mark.parametrize("rule,failing,expected", [
+    ("all_success", {"x"}, ("FAILED", "FAILED", False)),
+    ("all_done", {"x"}, ("SUCCESS", "SUCCESS", True)),
+    ("one_failed", set(), ("SUCCESS", "SKIPPED", False)),
+    ("one_failed", {"y"}, ("SUCCESS", "SUCCESS", True)),
+    ("all_failed", {"x", "y"}, ("SUCCESS", "SUCCESS", True)),
+    ("none_failed", {"x"}, ("FAILED", "FAILED", False)),
+    ("one_success", {"x"}, ("SUCCESS", "SUCCESS", True)),
+])
+def test_a_rule_runs_or_ends_its_task_and_decides_the_operations_status(h, rule, failing,
+                                                                         expected):
+    FAILING.update(failing)
+    op = Ruled(params={"rule": rule}).send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert (op_status, by_name["last"], "last" in RUNS) == expected
+    assert sorted(RUNS) == sorted(["x", "y", *(["last"] if expected[2] else [])])
+
+
+# -- shapes --------------------------------------------------------------------------------
+
+def test_parallel_groups_run_between_joins_that_run_once_with_every_upstream_result(h):
+    op = Fanned().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "SUCCESS" and set(by_name.values()) == {Status.SUCCESS}
+    assert sorted(RUNS) == sorted(["a", "b1", "b2", "b3", "c", "d1", "d2", "d3", "e"])
+    order = {name: RUNS.index(name) for name in RUNS}
+    assert order["a"] < min(order[b] for b in ("b1", "b2", "b3")) < order["c"]
+    assert max(order[b] for b in ("b1", "b2", "b3")) < order["c"]
+    assert order["d2"] < order["d3"] < order["e"] and order["d1"] < order["e"]
+    # a join receives its upstream results merged, and each by name
+    assert SEEN["c"]["received"] == ["a", "b1", "b2", "b3"]
+    assert SEEN["c"]["upstream"] == {f"b{i}": (0, ["a", f"b{i}"]) for i in (1, 2, 3)}
+    assert SEEN["d3"]["upstream"] == {"d2": (0, SEEN["d3"]["received"])}
+    assert SEEN["e"]["received"] == ["a", "b1", "b2", "b3", "c", "d1", "d2", "d3"]
+    row, _ = h.operation(op.uuid)
+    assert sorted(row.result["retval"]) == ["a", "b1", "b2", "b3", "c", "d1", "d2", "d3", "e"]
+
+
+def test_a_dag_wired_with_shift_operators_runs_its_diamond(h):
+    op = Diamond().send()
+    assert [t.name for t in op.tasks] == ["a", "b", "c", "d"]
+    assert [u.name for u in op.tasks[3].upstream] == ["b", "c"]
+    h.drain()
+    assert statuses(h, op.uuid)[0] == "SUCCESS"
+    assert RUNS[0] == "a" and RUNS[-1] == "d" and sorted(RUNS[1:3]) == ["b", "c"]
+    with h.store.transaction() as tx:
+        deps = tx.dependencies(op.uuid)
+    ids = {t.name: t.uuid for t in op.tasks}
+    assert deps[ids["d"]] == {ids["b"], ids["c"]} and deps[ids["b"]] == {ids["a"]}
+
+
+def test_a_failed_branch_lets_the_others_finish_then_fails_the_operation(h):
+    FAILING.add("b2")
+    op = Fanned().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "FAILED"
+    assert by_name["b1"] == by_name["b3"] == "SUCCESS" and by_name["b2"] == "FAILED"
+    assert all(by_name[n] == "FAILED" for n in ("c", "d1", "d2", "d3", "e"))
+    assert "c" not in RUNS
+    row, _ = h.operation(op.uuid)
+    assert row.result["stderr"] == "b2 failed"
+
+
+def test_a_branch_follows_the_chosen_task_and_skips_the_others(h):
+    op = Branching(params={"pick": "left"}).send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "SUCCESS"
+    assert by_name == {"pick": "SUCCESS", "left": "SUCCESS", "right": "SKIPPED",
+                       "after_right": "SKIPPED", "join": "SUCCESS"}
+    assert RUNS == ["pick", "left", "join"]
+    _, task_rows = h.operation(op.uuid)
+    right = next(t for t in task_rows if t.name == "right")
+    assert right.result["stdout"].startswith("not chosen by the branch before it")
+
+
+def test_a_branch_choosing_an_unknown_task_fails_saying_which_it_may_choose(h):
+    op = Branching(params={"pick": "middle"}).send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "FAILED" and by_name["pick"] == "FAILED"
+    _, task_rows = h.operation(op.uuid)
+    assert "chose 'middle', which is not among the tasks right after it (left, right)" in (
+        task_rows[0].result["stderr"])
+
+
+def test_skip_task_skips_it_and_what_needs_it_while_all_done_runs(h):
+    op = Skipping().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "SUCCESS"
+    assert by_name == {"first": "SUCCESS", "skipper": "SKIPPED", "then": "SKIPPED",
+                       "anyway": "SUCCESS"}
+    assert RUNS == ["first", "skipper", "anyway"]
+    _, task_rows = h.operation(op.uuid)
+    assert task_rows[1].result["stdout"] == "skipped: nothing to do today"
+    assert h.attempts(task_rows[1].id)[0].status == "SKIPPED"
+
+
+# -- building -------------------------------------------------------------------------------
+
+def test_tasks_are_named_after_their_class_unless_named_and_names_are_unique():
+    class Twice(Operation):
+        def build_tasks(self, **kwargs):
+            return [Work(), Work(), Work(name="Work-2"), Work(name="load")]
+
+    op = Twice().build()
+    assert [t.name for t in op.tasks] == ["Work", "Work-3", "Work-2", "load"]
+
+    class Clash(Operation):
+        def build_tasks(self, **kwargs):
+            return [Work(name="same"), Work(name="same")]
+
+    with pytest.raises(ValidationError, match=r"Two tasks of .* are named 'same'"):
+        Clash().build()
+
+
+def test_a_cycle_is_refused_naming_its_tasks():
+    class Loop(Operation):
+        def build_tasks(self, **kwargs):
+            a, b, c = Work(name="a"), Work(name="b"), Work(name="c")
+            a >> b >> c >> a
+            return [a, b, c]
+
+    with pytest.raises(ValidationError, match=r"form a cycle: (a >> b >> c >> a|b >> c >> a >> b"
+                       r"|c >> a >> b >> c); a task cannot wait for itself"):
+        Loop().build()
+
+
+def test_a_dependency_on_a_task_the_operation_lacks_is_refused():
+    class Partial(Operation):
+        def build_tasks(self, **kwargs):
+            outside, inside = Work(name="outside"), Work(name="inside")
+            outside >> inside
+            return [inside]
+
+    with pytest.raises(ValidationError, match="depends on outside, which is not in the "
+                       "operation"):
+        Partial().build()
+
+
+def test_parallel_and_shift_wiring_do_not_mix():
+    class Mixed(Operation):
+        def build_tasks(self, **kwargs):
+            a, b = Work(name="a"), Work(name="b")
+            a >> b
+            return [a, b, Parallel(Work(name="c"))]
+
+    with pytest.raises(ValidationError, match="mixes Parallel"):
+        Mixed().build()
+
+
+# -- controls on shapes ---------------------------------------------------------------------
+
+def test_recover_reruns_only_the_failed_branch_and_what_depends_on_it(h):
+    FAILING.add("b2")
+    op = Fanned().send()
+    h.drain()
+    FAILING.clear()
+    RUNS.clear()
+    assert h.registry.recover(op.uuid).retcode == 0
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "SUCCESS" and set(by_name.values()) == {Status.SUCCESS}
+    assert sorted(RUNS) == sorted(["b2", "c", "d1", "d2", "d3", "e"])
+
+
+def test_run_from_and_run_one_take_a_task_name(h):
+    op = Diamond().send()
+    h.drain()
+    RUNS.clear()
+    assert h.registry.run_from(op.uuid, "b").retcode == 0
+    h.drain()
+    assert sorted(RUNS) == ["b", "d"]
+    RUNS.clear()
+    assert h.registry.run_one(op.uuid, "c").retcode == 0
+    h.drain()
+    assert RUNS == ["c"]
+    assert statuses(h, op.uuid)[0] == "SUCCESS"
+
+
+def test_the_join_is_queued_once_whoever_finds_it_ready(h):
+    """The compare-and-set itself: a second transition finding the task ready (another
+    worker's, the same instant) queues nothing."""
+    op = Diamond()
+    op.launch()
+    with h.store.transaction() as tx:
+        d = next(t for t in tx.get_tasks(op.uuid) if t.name == "d")
+        assert tx.queue_task(d.id) is True
+        assert tx.queue_task(d.id) is False
+        assert tx.get_task(d.id).queued_attempt == 1
