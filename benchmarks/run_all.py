@@ -32,7 +32,7 @@ FULL = dict(dispatch=["--messages", "20000", "--runs", "5"], memory=["--messages
             sequencing=["--operations", "1000", "--unloaded", "50"])
 SMOKE = dict(dispatch=["--messages", "300", "--runs", "1"], memory=["--messages", "600"],
              sequencing=["--operations", "10", "--unloaded", "2", "--workers", "1",
-                         "--scaling", "10,20"])
+                         "--scaling", "10,20", "--parallel", "3x0.2"])
 
 
 def run(script: str, args: list[str], out: Path) -> str:
@@ -137,6 +137,18 @@ def tables(out: Path, commands: list[str]) -> str:
             rate = scaling[stored]["task_runs_per_second"]
             lines.append(f"| {int(stored):,} | {rate:,.0f} | "
                          f"{100 * (rate - first) / first:+.0f}% |")
+    fanouts = {name: runs for name, runs in results.items() if name.startswith("fanout")}
+    if fanouts:
+        lines += ["", "### Parallel group: wall time of one operation (first task's start "
+                  "to last task's end), 10 operations one at a time", "",
+                  "| configuration | tasks | as a parallel group (target: about one task's "
+                  "time) | as a chain |", "| --- | --- | --- | --- |"]
+        for name, runs in fanouts.items():
+            group, chain = (next(v for k, v in runs.items() if k.endswith(suffix))
+                            for suffix in ("group", "chain"))
+            lines.append(f"| {name} | {group['width']} x {group['task_seconds']:g} s | "
+                         f"{group['wall_p50_s']:.2f} s (max {group['wall_max_s']:.2f}) | "
+                         f"{chain['wall_p50_s']:.2f} s |")
     lines += ["", "![hop latency](img/hop-latency.png)", "",
               "![throughput](img/throughput.png)", "", "![scaling](img/scaling.png)"]
     return "\n".join(lines)

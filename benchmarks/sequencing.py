@@ -50,10 +50,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import sqlalchemy  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
 from benchmarks import scratch  # noqa: E402
 from benchmarks.memory import kafka_bootstrap  # noqa: E402
-from benchmarks.tasks import TimedChain, registry  # noqa: E402
+from benchmarks.tasks import Fanout, TimedChain, registry  # noqa: E402
 from kser.python_kafka.producer import Producer  # noqa: E402
 from kser.schemas import Message  # noqa: E402
 from kser.store import Store, schema  # noqa: E402
@@ -203,8 +204,9 @@ class KserRun:
     """kser workers on one topic and one store; operations sent in bulk or one by one."""
 
     def __init__(self, bootstrap: str, store_url: str, workers: int, transport: str,
-                 submit: str = "client"):
+                 submit: str = "client", concurrency: int = 1):
         self.bootstrap, self.store_url, self.workers = bootstrap, store_url, workers
+        self.concurrency = concurrency
         self.transport, self.submit = transport, submit
         self.topic = f"bench-seq-{uuid.uuid4().hex[:8]}"
         self.group = f"bench-{uuid.uuid4().hex[:6]}"
@@ -227,6 +229,7 @@ class KserRun:
             self.processes.append(subprocess.Popen(
                 [sys.executable, "-m", "kser.cli", "worker", "benchmarks.tasks:registry",
                  "--topic", self.topic, "--group", self.group, "--transport", self.transport,
+                 "--concurrency", str(self.concurrency),
                  "--bootstrap-servers", self.bootstrap], env=env, cwd=self.logs,
                 stdout=log, stderr=subprocess.STDOUT))
 
@@ -291,6 +294,25 @@ class KserRun:
             wait_for(lambda: self._finished(ids[-1:]) == 1, "kser unloaded operation", 60,
                      0.005, self.processes)
         return figures(self._chains(ids))
+
+    def fanout(self, operations: int, width: int, seconds: float, chain: bool) -> dict:
+        """Wall time of ``operations`` Fanout operations run one after the other: from the
+        first sleeping task's start to the last one's end, per operation."""
+        walls = []
+        for _ in range(operations):
+            op_id = Fanout(params=dict(width=width, seconds=seconds, chain=chain)
+                           ).send(self.topic).uuid
+            wait_for(lambda: self._finished([op_id]) == 1,  # noqa: B023 (called at once)
+                     "kser fanout operation", 120, 0.01, self.processes)
+            with self.reader.connect() as connection:
+                result = connection.execute(
+                    select(schema.operations.c.result)
+                    .where(schema.operations.c.id == op_id)).scalar_one()
+            spans = result["retval"].values()
+            walls.append(max(end for _, end in spans) - min(start for start, _ in spans))
+        return dict(operations=operations, width=width, task_seconds=seconds,
+                    wall_p50_s=round(percentile(walls, 0.5), 3),
+                    wall_max_s=round(max(walls), 3))
 
     def _chains(self, ids: list[str]) -> list[list[tuple[float, float]]]:
         task = schema.tasks.c
@@ -416,6 +438,10 @@ def main() -> int:
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--scaling", default="100,1000,10000",
                         help="stored operations before each scaling run ('' to skip)")
+    parser.add_argument("--parallel", default="3x1.0",
+                        help="WIDTHxSECONDS: a parallel group of WIDTH tasks sleeping SECONDS, "
+                        "against the same tasks in a chain, 1 worker with --concurrency "
+                        "WIDTH, per store ('' to skip)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     workers, stores = args.workers or [1, 2], args.store or ["sqlite", "postgresql"]
@@ -445,6 +471,21 @@ def main() -> int:
                 with CeleryRun(redis_url, count) as run:
                     report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
                     report(name, "bulk", run.bulk(args.operations, args.hops))
+        if args.parallel:
+            width, seconds = args.parallel.split("x")
+            for store in stores:
+                url = (new_database(pg) if store == "postgresql"
+                       else f"sqlite:///{scratch('kser-bench-')}/kser.db")
+                with KserRun(bootstrap, url, 1, args.transport, args.submit,
+                             concurrency=int(width)) as run:
+                    for chain in (False, True):
+                        data = run.fanout(10, int(width), float(seconds), chain)
+                        shape = f"{width} tasks in a chain" if chain else f"{width}-wide group"
+                        name = f"fanout ({store}, 1 worker, concurrency {width})"
+                        results.setdefault(name, {})[shape] = data
+                        print(f"{name}: {shape} of {seconds} s tasks: wall p50 "
+                              f"{data['wall_p50_s']:.3f} s, max {data['wall_max_s']:.3f} s",
+                              flush=True)
         scaling = [int(n) for n in args.scaling.split(",") if n]
         for stored in scaling:
             url = f"sqlite:///{scratch('kser-bench-')}/kser.db"

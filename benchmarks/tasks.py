@@ -4,6 +4,7 @@ import time
 
 from cdumay_result import Result
 
+from kser.sequencing import Parallel
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
@@ -43,3 +44,25 @@ class TimedChain(Operation):
 
     def build_tasks(self, hops=10, **kwargs):
         return [Timed() for _ in range(int(hops))]
+
+
+@registry.subscribe
+class Sleep(Task):
+    """Sleeps ``params["seconds"]``; reports when its body started and ended
+    (``retval[its name] = [start, end]``: the results of a group merge)."""
+
+    def run(self):
+        started = time.time()
+        time.sleep(float(self.params["seconds"]))
+        return Result(uuid=self.uuid, retval={self.name: [started, time.time()]})
+
+
+@registry.subscribe
+class Fanout(Operation):
+    """``width`` :class:`Sleep` tasks of ``seconds``: in a parallel group, or (``chain``)
+    one after the other."""
+
+    def build_tasks(self, width=3, seconds=1.0, chain=False, **kwargs):
+        sleeps = [Sleep(name=f"sleep{i}", params={"seconds": seconds})
+                  for i in range(int(width))]
+        return sleeps if chain else [Parallel(*sleeps)]

@@ -41,8 +41,9 @@ class Codec:
     def encode(self, kmsg: Message) -> tuple[bytes, bytes]:
         """Serialise ``kmsg`` into (key, value) bytes, refusing what cannot be sent.
 
-        The key is the operation id when the message belongs to an operation,
-        so all of an operation's messages share a partition, else the uuid.
+        The key is the message's uuid (a task's id for a task message): the tasks of
+        one operation spread over the partitions, so a parallel group runs on several
+        workers at once; the store, not the partition, orders an operation's steps.
 
         :raises ValidationError: params or metadata that JSON cannot represent
         :raises MessageTooLargeError: a value over :attr:`max_message_bytes`
@@ -62,8 +63,7 @@ class Codec:
                 f"{self.max_message_bytes}-byte limit; store large data elsewhere and send a "
                 "reference, or raise max_message_bytes (and the topic's max.message.bytes)",
                 extra=dict(uuid=kmsg.uuid, size=len(value)))
-        key = kmsg.kser_metadata.get("operation_id") or kmsg.uuid
-        return str(key).encode("utf-8"), value
+        return str(kmsg.uuid).encode("utf-8"), value
 
     def decode(self, raw: bytes | str | None, message_class: type[Message] = Message) -> Message:
         """The message of a record's value (opened if sealed).

@@ -47,6 +47,9 @@ class MemoryBroker:
         self._committed: dict[tuple[str, TopicPartition], int] = {}
         self._members: dict[str, list[object]] = defaultdict(list)
         self._generation: dict[str, int] = defaultdict(int)
+        #: records produced so far: consumers waiting for records watch it (a long poll)
+        self.produced = 0
+        self._arrived = threading.Condition(self._lock)
 
     def create_topic(self, topic: str, partitions: int | None = None) -> None:
         """Create ``topic`` (no-op if it exists)."""
@@ -74,7 +77,22 @@ class MemoryBroker:
             record = Record(topic, index % len(partitions), len(log), value, key,
                             list(headers or []))
             log.append(record)
+            self.produced += 1
+            self._arrived.notify_all()
             return record
+
+    def wait_for_records(self, seen: int, timeout: float,
+                         stop: threading.Event | None = None) -> None:
+        """Wait up to ``timeout`` seconds for a record produced after the ``seen``-th (as
+        a Kafka consumer's long poll returns when records arrive), or for ``stop``."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self.produced != seen or bool(stop and stop.is_set()),
+                                   timeout)
+
+    def wake(self) -> None:
+        """Wake every consumer waiting for records (one of them is stopping)."""
+        with self._arrived:
+            self._arrived.notify_all()
 
     def records(self, topic: str) -> list[Record]:
         """Every record of ``topic``, partition by partition (for tests and ``dlq list``)."""

@@ -26,6 +26,8 @@ class Consumer(BaseConsumer):
         self._positions: dict[TopicPartition, int] = {}
         self._generation = -1
         self._fetch_paused = False
+        for topic in self.topics:  # (what a worker creates at start, with KSER_PARTITIONS)
+            self.broker.create_topic(topic, self.settings.partitions)
         self.broker.join(self.group, self, self.topics)
 
     def run(self, until_idle: bool = True) -> None:
@@ -33,6 +35,7 @@ class Consumer(BaseConsumer):
         super().run(until_idle)
 
     def _poll(self, timeout: float, max_records: int) -> list[Record]:
+        seen = self.broker.produced
         generation = self.broker.generation(self.group)
         if generation != self._generation:  # a rebalance: restart from committed offsets
             self._generation, self._positions = generation, {}
@@ -47,8 +50,12 @@ class Consumer(BaseConsumer):
             if len(records) >= max_records:
                 break
         if not records and not self.until_idle:
-            self._stopping.wait(timeout)
+            self.broker.wait_for_records(seen, timeout, self._stopping)
         return records
+
+    def stop(self) -> None:
+        super().stop()
+        self.broker.wake()  # (a poll waiting for records returns at once)
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.broker.commit(self.group, offsets)

@@ -2,7 +2,7 @@
 
 from kser.sequencing.operation import Operation
 from kser.sequencing.rules import TriggerRule
-from kser.sequencing.shapes import Branch, Parallel, SkipTask
+from kser.sequencing.shapes import Branch, Parallel, Sensor, SkipTask
 from kser.sequencing.task import Task
 
-__all__ = ["Branch", "Operation", "Parallel", "SkipTask", "Task", "TriggerRule"]
+__all__ = ["Branch", "Operation", "Parallel", "Sensor", "SkipTask", "Task", "TriggerRule"]

@@ -97,7 +97,7 @@ class Controls:
                 reset += [tid for tid in descendants(dependencies, task) if tid not in reset]
             for task_id in reset:
                 tx.update_task(task_id, status=PENDING, result=None, finished_at=None,
-                               queued_attempt=None)
+                               queued_attempt=None, waiting_since=None, pokes=None)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         sent = self._sequencer.publish(operation_id)
@@ -116,7 +116,7 @@ class Controls:
             reset = descendants(tx.dependencies(operation_id), self.get_task(tx, op, task_id))
             for tid in reset:
                 tx.update_task(tid, status=PENDING, result=None, finished_at=None,
-                               queued_attempt=None)
+                               queued_attempt=None, waiting_since=None, pokes=None)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         self._sequencer.publish(operation_id)
@@ -136,7 +136,8 @@ class Controls:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
                                      "first")
             task_id = self.get_task(tx, op, task_id).id
-            tx.update_task(task_id, status=PENDING, finished_at=None, queued_attempt=None)
+            tx.update_task(task_id, status=PENDING, finished_at=None, queued_attempt=None,
+                           waiting_since=None, pokes=None)
             tx.queue_task(task_id)
             tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())

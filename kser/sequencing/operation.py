@@ -182,20 +182,24 @@ class Operation(Task):
         sequencer: Sequencer = registry.sequencer
         return sequencer
 
-    def launch(self, topic: str | None = None) -> Result:
-        """Build (if needed), validate, store the operation and send its first task.
+    def launch(self, topic: str | None = None, *, key: str | None = None) -> Result:
+        """Build (if needed), validate, store the operation and send its first tasks.
 
         :param topic: where its tasks go unless they name their own (default: the
             registry's topic, ``KSER_TOPIC``)
+        :param key: an idempotency key: if an operation was sent with it before, nothing
+            is started and the result's ``uuid`` is that operation's id
         :return: retcode 0 once stored and sent, else >= 300 with the reason
         """
         try:
-            return self._submit(topic)
+            return self._submit(topic, key)
         except Exception as exc:
             return exception_result(exc, self.uuid)
 
-    def _submit(self, topic: str | None) -> Result:
+    def _submit(self, topic: str | None, key: str | None = None) -> Result:
         sequencer = self._sequencer()
+        if key is not None:
+            self.metadata.setdefault(KSER_METADATA_KEY, {})["idempotency_key"] = str(key)
         return sequencer.submit(self, topic or sequencer.settings.topic)
 
     def launch_next(self, task: Task | None = None, result: Result | None = None) -> Result:
@@ -207,18 +211,42 @@ class Operation(Task):
             return self.launch()
         return self._sequencer().emit_ready(self.uuid)
 
-    def send(self, topic: str | None = None) -> Operation:
+    def send(self, topic: str | None = None, *, key: str | None = None) -> Operation:
         """Like :meth:`launch`, raising instead of returning an error; returns the operation.
 
+        :param key: an idempotency key (``"nightly-2026-11-22"``): a second send with the
+            same key starts nothing and returns the operation the first one started (a
+            producer script retrying after a timeout never starts a job twice)
         :raises Exception: what went wrong, as it was raised: a ``ValidationError`` for a
             missing parameter (nothing is stored or sent then), a ``StoreError`` or the
             database's error for an unreachable store, the client's for Kafka...
         """
-        result = self._submit(topic)
+        result = self._submit(topic, key)
         if not is_success(result):  # (submit raises; a Result it returns is a success)
             raise ValidationError(f"Operation {type(self).path}[{self.uuid}] was not sent: "
                                   f"{result.stderr}", extra=dict(uuid=self.uuid))
+        if result.uuid != self.uuid:  # sent before with this key: that operation
+            with self._sequencer().store.transaction() as tx:
+                first = tx.operation(result.uuid)
+            return type(self)(uuid=first.id, params=first.params, status=first.status,
+                              metadata=first.metadata)
         return self
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Block until this (sent) operation ends; its final result (see
+        :meth:`~kser.sequencing.registry.OperationRegistry.wait`)."""
+        result: Result = self._sequencer().wait(self.uuid, timeout)
+        return result
+
+    @classmethod
+    def run_sync(cls, timeout: float | None = None, *, topic: str | None = None,
+                 key: str | None = None, **params: Any) -> Result:
+        """Send an operation of this class with ``params`` and wait for its end: its final
+        result (cloudharness's synchronous operations).
+
+        :raises TimeoutError: ``timeout`` seconds passed first (the operation goes on)
+        """
+        return cls(params=params).send(topic, key=key).wait(timeout)
 
     def unsafe_execute(self, result: Result | None = None) -> Result:
         """An operation run directly is launched: stored, and its first task sent."""

@@ -142,6 +142,14 @@ class OperationRegistry:
         """Delete finished operations whose retention expired; return how many."""
         return self.sequencer.controls.purge()
 
+    def wait(self, operation_id: str, timeout: float | None = None) -> Result:
+        """Block until the operation ends and return its final result (retcode >= 300
+        when it FAILED or was canceled, 404 when it is not in the store).
+
+        :raises TimeoutError: ``timeout`` seconds passed first (the operation goes on)
+        """
+        return self.sequencer.wait(operation_id, timeout)
+
     def emit_ready(self, operation_id: str) -> Result:
         """Send the messages of the operation's tasks that are ready to run now (what a
         sweep does; kser 0.8's ``Operation.launch_next`` calls it)."""

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
+from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
 from kser.codec import Codec
@@ -44,6 +45,7 @@ from kser.sequencing.leases import Leases
 from kser.sequencing.outbox import Outbox
 from kser.sequencing.retries import backoff, should_retry
 from kser.sequencing.rules import Decision, TriggerRule, decide
+from kser.sequencing.shapes import Sensor
 from kser.sequencing.task import (
     CANCELED,
     FAILED,
@@ -53,7 +55,7 @@ from kser.sequencing.task import (
     SUCCESS,
     Task,
 )
-from kser.status import Status
+from kser.status import FINAL_STATUSES, Status
 from kser.store import OperationRow, OutboxRow, Store, TaskRow, Tx
 
 if TYPE_CHECKING:
@@ -206,11 +208,13 @@ class Sequencer:
         operation.check_required_params()
         now = time.time()
         exit_notify, ttl = operation.exit_notify_settings(), operation.ttl_settings()
+        key = operation.metadata.get(KSER_METADATA_KEY, {}).get("idempotency_key")
         op_row = dict(id=operation.uuid, entrypoint=type(operation).path, status=RUNNING,
                       params=operation.params, metadata=_user_metadata(operation.metadata),
                       result=dump_result(operation.result), topic=topic,
                       exit_notify=exit_notify, ttl_strategy=ttl, created_at=now,
-                      updated_at=now)
+                      updated_at=now, idempotency_key=None if key is None else str(key))
+        existing = operation.uuid
         task_rows = [dict(
             id=task.uuid, operation_id=operation.uuid, position=position, name=task.name,
             trigger_rule=str(task.trigger_rule), entrypoint=type(task).path,
@@ -225,20 +229,63 @@ class Sequencer:
                 tx.insert_tasks(task_rows, dependencies)
                 self._emit_ready(tx, operation.uuid)
             else:
-                stored = tx.operation(operation.uuid).entrypoint
-                if stored != op_row["entrypoint"]:
+                found = tx.get_operation(operation.uuid)
+                if found is None and key is not None:  # sent before with the same key
+                    found = tx.operation_by_key(str(key))
+                    if found is not None and found.entrypoint != op_row["entrypoint"]:
+                        raise ValidationError(
+                            f"The key {key!r} was given to operation {found.id}, a "
+                            f"{found.entrypoint}: a key names one operation; give this "
+                            f"{op_row['entrypoint']} another", extra=dict(uuid=operation.uuid))
+                if found is None:
+                    raise LookupError(f"operation {operation.uuid} is not in the store any "
+                                      "more (purged meanwhile)")
+                if found.entrypoint != op_row["entrypoint"]:
                     raise UndeliverableError(
-                        f"Operation {operation.uuid} is a {stored} in the store, but this "
-                        f"message names {op_row['entrypoint']}: forged or corrupt, it runs "
-                        "nothing", extra=dict(uuid=operation.uuid))
+                        f"Operation {operation.uuid} is a {found.entrypoint} in the store, "
+                        f"but this message names {op_row['entrypoint']}: forged or corrupt, "
+                        "it runs nothing", extra=dict(uuid=operation.uuid))
+                existing = found.id
         if created:
             operation._set_status(RUNNING)
-        self.publish(operation.uuid)
+        self.publish(existing)
+        if existing != operation.uuid:
+            return Result(uuid=existing, stdout=f"Operation {existing} was sent with the key "
+                          f"{key!r} before: not started again")
         if not created:
             return Result(uuid=operation.uuid, stdout=f"Operation {operation.uuid} already "
                           "submitted: unsent messages re-sent")
         return Result(uuid=operation.uuid, stdout=f"Operation {type(operation).path}"
                       f"[{operation.uuid}] started with {len(task_rows)} task(s)")
+
+    def wait(self, operation_id: str, timeout: float | None = None) -> Result:
+        """Block until the operation ends; its final result (retcode >= 300 when it
+        FAILED or was CANCELED; 404 when it is not in the store).
+
+        :raises TimeoutError: ``timeout`` seconds passed first (the operation goes on)
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            with self._transaction() as tx:
+                op = tx.get_operation(operation_id)
+            if op is None:
+                return Result(uuid=operation_id, retcode=404,
+                              stderr=f"No operation {operation_id} in the store")
+            if op.status in FINAL_STATUSES:
+                result = load_result(op.result, operation_id)
+                if op.status == CANCELED:
+                    result.retcode = max(result.retcode or 0, 499)
+                    result.stderr = result.stderr or f"Operation {operation_id} was canceled"
+                elif op.status == FAILED and (result.retcode or 0) < 300:
+                    result.retcode = 500
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Operation {operation_id} is still {op.status} after "
+                                   f"{timeout:g} s: it goes on (wait again, or cancel it)")
+            pause = delay if deadline is None else min(delay, deadline - time.monotonic())
+            time.sleep(max(pause, 0))
+            delay = min(delay * 1.5, 1.0)
 
     def upstream_results(self, task_id: str) -> dict[str, Result]:
         """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
@@ -317,10 +364,10 @@ class Sequencer:
                     return Result(uuid=task_id, stdout=f"Task {task_id} is running on "
                                   f"{task.worker}: left to it")
                 time.sleep(min(1.0, lease / 10))
-        return self._run_claimed(entrypoint, kmsg, task, attempt, mode)
+        return self._run_claimed(entrypoint, kmsg, task, attempt, mode, now)
 
     def _run_claimed(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
-                     attempt: int, mode: str | None) -> Result:
+                     attempt: int, mode: str | None, claimed_at: float) -> Result:
         task_id = task_row.id
         metadata = dict(task_row.metadata or {})
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
@@ -336,14 +383,16 @@ class Sequencer:
             if isinstance(instance, Task):
                 instance.name = task_row.name
                 instance._upstream_results = lambda: self.upstream_results(task_id)
+                if isinstance(instance, Sensor):
+                    instance.pokes = task_row.pokes or 0
         with self._leases.held(task_id, attempt):  # until its end is stored
             return self._run_and_finish(instance, result, entrypoint, task_row, forwarded,
-                                        attempt, mode)
+                                        attempt, mode, claimed_at)
 
     def _run_and_finish(self, instance: Entrypoint | None, result: Result | None,
                         entrypoint: type[Entrypoint], task_row: TaskRow,
                         forwarded: dict[str, Any] | None, attempt: int,
-                        mode: str | None) -> Result:
+                        mode: str | None, claimed_at: float) -> Result:
         operation_id, task_id = task_row.operation_id, task_row.id
         if instance is not None:
             if isinstance(instance, Task):
@@ -354,11 +403,17 @@ class Sequencer:
         followed = getattr(instance, "followed", None) if success else None
         if followed is not None:
             result, success = self._check_branch(task_row, followed, result)
+        poke, timed_out = None, False
+        if success and getattr(instance, "waiting", False):  # a sensor's condition unmet
+            since = task_row.waiting_since or claimed_at
+            poke, result = _next_poke(entrypoint, task_row, since, result)
+            timed_out = poke is None
+            success = not timed_out
         status = (FAILED if not success else
                   SKIPPED if getattr(instance, "skipped", None) is not None else SUCCESS)
         exception = getattr(instance, "exception", None)
         retry_in = None
-        if (not success and unstorable is None and mode != "one"
+        if (not success and unstorable is None and mode != "one" and not timed_out
                 and attempt <= getattr(entrypoint, "MAX_RETRIES", 0)
                 and should_retry(entrypoint, exception, result.retcode)):
             retry_in = backoff(entrypoint, attempt, exception)
@@ -367,7 +422,7 @@ class Sequencer:
         while True:
             try:
                 ended = self._record_end(task_row, forwarded, attempt, mode, result, status,
-                                         retry_in, logs, followed)
+                                         retry_in, logs, followed, poke)
                 break
             except (RedoError, UndeliverableError, WorkerFatalError):
                 raise
@@ -400,11 +455,13 @@ class Sequencer:
 
     def _record_end(self, task_row: TaskRow, forwarded: dict[str, Any] | None, attempt: int,
                     mode: str | None, result: Result, status: Status, retry_in: float | None,
-                    logs: Iterable[LogLine], followed: list[str] | None = None
-                    ) -> Ended | None:
+                    logs: Iterable[LogLine], followed: list[str] | None = None,
+                    poke: tuple[float, float] | None = None) -> Ended | None:
         """One transaction: the attempt's end (``status``), its logs, and what follows (the
-        tasks it lets run or never run, a retry, the operation's end). None if another
-        worker took the task over."""
+        tasks it lets run or never run, a retry, the operation's end); for a sensor whose
+        condition is unmet (``poke``: since when it waits, when to poke again), the
+        attempt given back and the next poke queued. None if another worker took the
+        task over."""
         operation_id, task_id = task_row.operation_id, task_row.id
         now = time.time()
         transitions: list[Transition] = []
@@ -413,6 +470,13 @@ class Sequencer:
             # the operation first: its transitions happen one at a time, so that of the
             # upstream tasks of a join ending together, the last one sees the others ended
             op = tx.operation(operation_id, lock=True)
+            if poke is not None:
+                if not tx.finish_poke(task_id, attempt, poke[0]):
+                    return None
+                tx.add_logs(task_id, attempt, logs)
+                if op.status == RUNNING and tx.queue_task(task_id):
+                    self._queue_task(tx, op, task_row, forwarded, due_at=poke[1])
+                return transitions, tx.queued
             if not tx.finish_attempt(task_id, attempt, status, dumped, now,
                                      result.stderr if status == FAILED else None,
                                      task_status=PENDING if retry_in is not None else None):
@@ -696,6 +760,20 @@ def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
             return "run", ""
         return "wait", ""
     return "run", ""
+
+
+def _next_poke(entrypoint: type[Entrypoint], task_row: TaskRow, since: float,
+               result: Result) -> tuple[tuple[float, float] | None, Result]:
+    """For a sensor whose condition is unmet: ``(since, when to poke next)`` and its
+    result, or None and a failure once its ``TIMEOUT`` passed."""
+    timeout = float(getattr(entrypoint, "TIMEOUT", Sensor.TIMEOUT))
+    interval = float(getattr(entrypoint, "POKE_INTERVAL", Sensor.POKE_INTERVAL))
+    now, pokes = time.time(), (task_row.pokes or 0) + 1
+    if now - since >= timeout:
+        return None, Result(uuid=task_row.id, retcode=504, stderr=(
+            f"Sensor {task_row.name} timed out: its condition was not met within "
+            f"{timeout:g} s ({pokes} poke(s), every {interval:g} s)"))
+    return (since, min(now + interval, since + timeout)), result
 
 
 def _unmet_rule(task: TaskRow, decision: Decision) -> str:

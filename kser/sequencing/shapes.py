@@ -32,7 +32,7 @@ from kser.sequencing.task import SkipTask, Task
 if TYPE_CHECKING:
     from kser.sequencing.operation import Operation
 
-__all__ = ["Branch", "Parallel", "SkipTask", "wire"]
+__all__ = ["Branch", "Parallel", "Sensor", "SkipTask", "wire"]
 
 #: what build_tasks' list may hold
 Shape = Union[Task, "Parallel", Sequence["Shape"]]
@@ -74,6 +74,37 @@ class Branch(Task):
         self.followed = names
         return Result(uuid=self.uuid, stdout=f"following {', '.join(names) or 'nothing'}",
                       retval={"followed": names})
+
+
+class Sensor(Task):
+    """A task that waits for a condition: :meth:`poke` is called every
+    :attr:`POKE_INTERVAL` seconds until it returns True (SUCCESS) or :attr:`TIMEOUT`
+    seconds passed since the first poke (FAILED).
+
+    Between two pokes nothing is held: no worker thread, no consumer, no partition. A
+    poke that finds the condition unmet ends at once, without using up an attempt
+    (``MAX_RETRIES`` counts failures only), and the next poke is a delayed message
+    from the store, as a retry's is. :attr:`pokes` says how many pokes came before.
+    """
+
+    #: seconds between two pokes
+    POKE_INTERVAL: float = 5.0
+    #: seconds after the first poke at which the sensor fails (its condition never met)
+    TIMEOUT: float = 3600.0
+
+    #: pokes that found the condition unmet before this one (set by kser)
+    pokes: int = 0
+
+    def poke(self) -> bool:
+        """True once the condition is met (to implement)."""
+        raise NotImplementedError(f"{type(self).path}.poke() is not implemented")
+
+    def run(self) -> Result:
+        if self.poke():
+            return Result(uuid=self.uuid, stdout=f"{self.name or type(self).__name__}: "
+                          f"condition met at poke {self.pokes + 1}")
+        self.waiting = True
+        return Result(uuid=self.uuid, stdout="condition not met yet")
 
 
 def wire(operation: Operation, items: Iterable[Any]) -> list[Task]:

@@ -83,6 +83,8 @@ class Task(Entrypoint):
         self.skipped: str | None = None
         #: (Branch) the names of the downstream tasks it chose
         self.followed: list[str] | None = None
+        #: (Sensor) set when its poke found the condition unmet: it is poked again later
+        self.waiting = False
         self._upstream_results: Callable[[], dict[str, Result]] | None = None
         #: ``(time, level, message)`` of every :meth:`log` call, stored with the attempt
         self.log_lines: list[tuple[float, int, str]] = []

@@ -210,8 +210,20 @@ def _v5(connection: Connection) -> None:
             "CREATE UNIQUE INDEX ux_kser_tasks_name ON kser_tasks (operation_id, name)"))
 
 
+def _v6(connection: Connection) -> None:
+    """Sensors: when a task's first poke started, and how many pokes found it unmet;
+    idempotent submission: an operation's key, unique."""
+    _add_column(connection, "kser_tasks", "waiting_since", "FLOAT")
+    _add_column(connection, "kser_tasks", "pokes", "INTEGER")
+    _add_column(connection, "kser_operations", "idempotency_key", "VARCHAR(255)")
+    if "ux_kser_operations_idempotency_key" not in {
+            i["name"] for i in inspect(connection).get_indexes("kser_operations")}:
+        connection.execute(text("CREATE UNIQUE INDEX ux_kser_operations_idempotency_key "
+                                "ON kser_operations (idempotency_key)"))
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 def current_version(engine: Engine) -> int:

@@ -67,6 +67,8 @@ class OperationRow(Row):
     created_at: float
     updated_at: float
     finished_at: float | None
+    #: ``Operation.send(key=...)``'s key (None: none given)
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +98,9 @@ class TaskRow(Row):
     trigger_rule: str | None = None
     #: the attempt whose message was queued (None: never queued since it was reset)
     queued_attempt: int | None = None
+    #: (a sensor) when its first poke started; how many pokes found the condition unmet
+    waiting_since: float | None = None
+    pokes: int | None = None
     #: (dependents, pending_tasks) how many tasks it depends on, and how many of them
     #: succeeded, failed and were skipped
     upstream_count: int | None = None

@@ -30,7 +30,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -57,7 +57,10 @@ operations = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    #: ``Operation.send(key=...)``: a second send with the same key gets this operation
+    Column("idempotency_key", String(255), nullable=True),
     Index("ix_kser_operations_status_finished", "status", "finished_at"),
+    Index("ux_kser_operations_idempotency_key", "idempotency_key", unique=True),
 )
 
 tasks = Table(
@@ -94,6 +97,11 @@ tasks = Table(
     #: made ready, so that of two transitions making it ready at once (a join) one
     #: queues it; a task message for a task never queued is early or forged
     Column("queued_attempt", Integer, nullable=True),
+    #: (a sensor) when its first poke started, and how many pokes found the condition
+    #: unmet: each such poke ends without using up an attempt, and the next one is a
+    #: delayed message (nothing is held in between)
+    Column("waiting_since", Float, nullable=True),
+    Column("pokes", Integer, nullable=True),
     Index("ix_kser_tasks_operation", "operation_id", "position"),
     Index("ux_kser_tasks_name", "operation_id", "name", unique=True),
     Index("ix_kser_tasks_leases", "status", "lease_expires_at"),

@@ -247,18 +247,25 @@ class Tx:
     # -- operations --------------------------------------------------------------------
 
     def insert_operation(self, row: dict[str, Any]) -> bool:
-        """Insert an operation; False if one with this id exists (a duplicate message).
+        """Insert an operation; False if one with this id, or this ``idempotency_key``,
+        exists (a duplicate message, a second send with the same key).
 
         INSERT ... ON CONFLICT DO NOTHING: two workers submitting the same operation
-        at once never collide on its key (a unique violation would otherwise be an
+        at once never collide on its keys (a unique violation would otherwise be an
         error the same message could raise again).
         """
         insert = (sqlite_insert if self.connection.dialect.name == "sqlite"
                   else postgresql_insert)(schema.operations)
         inserted = self.connection.execute(
-            insert.values(**row).on_conflict_do_nothing(index_elements=["id"])
+            insert.values(**row).on_conflict_do_nothing()
             .returning(schema.operations.c.id)).first()
         return inserted is not None
+
+    def operation_by_key(self, key: str) -> OperationRow | None:
+        """The operation sent with ``idempotency_key`` ``key``."""
+        rows = self._read_as(OperationRow, select(schema.operations)
+                             .where(_op.idempotency_key == key))
+        return rows[0] if rows else None
 
     def get_operation(self, operation_id: str, lock: bool = False) -> OperationRow | None:
         return self._first_as(OperationRow, _GET_OPERATION_LOCKED if lock else _GET_OPERATION,
@@ -360,6 +367,24 @@ class Tx:
                     b_error=f"lease expired: its worker stopped; taken over by {worker}"))
             self._execute(_NEW_ATTEMPT, params)
         return claimed
+
+    def finish_poke(self, task_id: str, attempt: int, since: float) -> bool:
+        """End attempt ``attempt`` of a sensor whose condition is not met yet without using
+        it up: the task is PENDING again at the attempt before, its attempt row removed,
+        ``pokes`` counted and ``waiting_since`` kept from the first poke. False if another
+        worker took the task over meanwhile: nothing is written."""
+        task = schema.tasks.c
+        done = self.connection.execute(
+            update(schema.tasks)
+            .where(and_(task.id == task_id, task.attempt == attempt,
+                        task.status == Status.RUNNING))
+            .values(status=Status.PENDING, attempt=attempt - 1, lease_expires_at=None,
+                    queued_attempt=None, waiting_since=func.coalesce(task.waiting_since, since),
+                    pokes=func.coalesce(task.pokes, 0) + 1)).rowcount == 1
+        if done:
+            self.connection.execute(delete(schema.attempts).where(
+                and_(_attempt.task_id == task_id, _attempt.number == attempt)))
+        return done
 
     def renew_lease(self, task_id: str, attempt: int, lease_until: float) -> bool:
         """Extend the lease of a RUNNING attempt; False if it is no longer ours."""

@@ -94,11 +94,13 @@ class Run:
     def start_worker(self, name):
         return self.processes.start(self.worker_args(), env=self.env, name=name)
 
-    def submit(self, count, hops=5, params=None):
-        """Send ``count`` Chain operations as messages; return their ids."""
+    def submit(self, count, hops=5, params=None, operation=Chain):
+        """Send ``count`` operations (Chain ones of ``hops`` tasks by default) as messages;
+        return their ids."""
         producer = Producer({"bootstrap_servers": self.kafka.bootstrap_servers})
-        kmsgs = [Message(str(uuid.uuid4()), Chain.path,
-                         params={"hops": hops, **(params(i) if params else {})})
+        base = {"hops": hops} if operation is Chain else {}
+        kmsgs = [Message(str(uuid.uuid4()), operation.path,
+                         params={**base, **(params(i) if params else {})})
                  for i in range(count)]
         assert producer.bulk_send(self.topic, kmsgs).retcode == 0
         producer.close()

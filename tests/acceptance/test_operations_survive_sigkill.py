@@ -65,9 +65,11 @@ def test_operations_survive_a_worker_killed_mid_task(kafka, pg_url, processes, t
         for op_id in failing:
             op, tasks = tx.get_operation(op_id), tx.get_tasks(op_id)
             assert op["status"] == "FAILED" and "fails on purpose" in op["result"]["stderr"]
+            # the tasks after the failed one never ran: FAILED, "upstream failed"
             assert [t["status"] for t in tasks] == ["SUCCESS", "SUCCESS", "FAILED",
-                                                    "PENDING", "PENDING"]
-            assert [t["attempt"] for t in tasks[3:]] == [0, 0]  # never ran
+                                                    "FAILED", "FAILED"]
+            assert [t["attempt"] for t in tasks[3:]] == [0, 0]
+            assert all(t["result"]["retcode"] == 424 for t in tasks[3:])
         attempts = tx.get_attempts(killed_task["id"])
         victims = tx.connection.execute(schema.attempts.select().where(
             schema.attempts.c.worker == victim)).all()

@@ -5,6 +5,7 @@ import time
 
 from cdumay_result import Result
 
+from kser.sequencing import Parallel
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
@@ -65,3 +66,42 @@ class Chain(Operation):
 
     def build_tasks(self, hops=5, **kwargs):
         return [Hop(params={"index": i}) for i in range(int(hops))]
+
+
+@registry.subscribe
+class Fan(Task):
+    """A task of a shaped operation: checks that the results it received (merged, and
+    ``upstream_results`` by name) are those of ``params["expects"]``, then returns
+    ``retval {its name: True}``; sleeps ``params["sleep"]`` first."""
+
+    def run(self):
+        ran(self.uuid)
+        time.sleep(float(self.params.get("sleep", 0.02)))
+        expects = sorted(self.params.get("expects", []))
+        upstream = self.upstream_results
+        if sorted(upstream) != expects or any(r.retcode for r in upstream.values()):
+            return Result(uuid=self.uuid, retcode=500,
+                          stderr=f"{self.name} expected {expects}, got {sorted(upstream)}")
+        received = sorted(self.result.retval or {})
+        if received != sorted(self.params.get("received", [])):
+            return Result(uuid=self.uuid, retcode=500,
+                          stderr=f"{self.name} received {received}")
+        return Result(uuid=self.uuid, stdout=self.name, retval={self.name: True})
+
+
+@registry.subscribe
+class Fanned(Operation):
+    """``a >> Parallel(b1, b2, b3) >> c >> Parallel(d1, d2) >> e``; with ``params["slow"]``
+    the tasks of the parallel groups take that many seconds."""
+
+    def build_tasks(self, slow=0.0, **kwargs):
+        def fan(name, expects, received, sleep=0.02):
+            return Fan(name=name, params={"expects": expects, "received": received,
+                                          "sleep": sleep})
+
+        bs, ds = ["b1", "b2", "b3"], ["d1", "d2"]
+        return [fan("a", [], []),
+                Parallel(*(fan(b, ["a"], ["a"], slow or 0.02) for b in bs)),
+                fan("c", bs, ["a", *bs]),
+                Parallel(*(fan(d, ["c"], ["a", *bs, "c"], slow or 0.02) for d in ds)),
+                fan("e", ds, ["a", *bs, "c", *ds])]

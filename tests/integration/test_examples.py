@@ -19,3 +19,27 @@ def test_operations_controls_example():
     assert "Canceled before it ran: __main__.Etl is CANCELED" in out
     assert "purged 1 finished operation(s)" in out
     assert "exit notifications on etl.done: 4" in out
+
+
+def _run(example):
+    done = subprocess.run([sys.executable, example], cwd=ROOT, capture_output=True, text=True,
+                          timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_shapes_parallel_example():
+    out = _run("examples/shapes/parallel.py")
+    assert "Nightly is SUCCESS in " in out and "NightlyDag is SUCCESS in " in out
+    assert out.count("publish  SUCCESS  published ['csv', 'html', 'pdf'] (csv: csv rendered, "
+                     "html: html rendered, pdf: pdf rendered)") == 2
+
+
+def test_shapes_branching_example():
+    out = _run("examples/shapes/branching.py")
+    assert "500 files: the full road: SUCCESS" in out
+    assert "delta    SKIPPED  not chosen by the branch before it (it chose full)" in out
+    assert "cleanup  SKIPPED  skipped: nothing arrived, nothing to clean" in out
+    assert "a broken full load: FAILED" in out
+    assert "page     FAILED   paged someone: ['full', 'publish'] failed" in out
+    assert out.count("close    SUCCESS  import closed") == 4

@@ -71,3 +71,74 @@ def test_a_store_newer_than_the_code_is_refused_in_one_line(tmp_path):
         f"kser: the store is at schema version 99, newer than this kser (which knows "
         f"versions up to {schema.SCHEMA_VERSION}): upgrade kser on this machine, or point "
         "KSER_STORE_URL at another store")
+
+
+def _version_4_operation(url: str, op_status: str, statuses: list[str]) -> None:
+    """A WithFlaky operation (step, flaky step, step) as kser wrote it at schema version 4."""
+    from tests.unit import tasks
+
+    engine = store_at(url, 4)
+    entrypoints = [tasks.Step.path, tasks.FlakyStep.path, tasks.Step.path]
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO kser_operations (id, entrypoint, status, params, metadata, result, "
+            "topic, created_at, updated_at) VALUES ('op4', ?, ?, '{}', '{}', NULL, 'ops', 1, 1)",
+            (tasks.WithFlaky.path, op_status))
+        for position, (entrypoint, status) in enumerate(zip(entrypoints, statuses, strict=True)):
+            done = status in ("SUCCESS", "FAILED")
+            retcode = 0 if status == "SUCCESS" else 500
+            result = (f'{{"uuid": "t{position}", "retcode": {retcode}, "stdout": "", '
+                      '"stderr": "", "retval": {"seen": [0]}}' if done else None)
+            connection.exec_driver_sql(
+                "INSERT INTO kser_tasks (id, operation_id, position, entrypoint, status, params, "
+                "metadata, result, attempt) VALUES (?, 'op4', ?, ?, ?, ?, '{}', ?, ?)",
+                (f"t{position}", position, entrypoint, status,
+                 f'{{"index": {position}}}', result, 1 if done else 0))
+            if position:
+                connection.exec_driver_sql(
+                    "INSERT INTO kser_task_dependencies (task_id, depends_on) VALUES (?, ?)",
+                    (f"t{position}", f"t{position - 1}"))
+    engine.dispose()
+
+
+def test_a_failed_operation_of_a_version_4_store_recovers_after_the_upgrade(
+        tmp_path, memory_broker_name, monkeypatch):
+    from tests.unit import tasks
+    from tests.unit.test_sequencing import Harness
+
+    url = f"sqlite:///{tmp_path}/v4.db"
+    _version_4_operation(url, "FAILED", ["SUCCESS", "FAILED", "PENDING"])
+    h = Harness(memory_broker_name, url, monkeypatch)  # opening the store migrates it
+    tasks.CALLS.clear()
+    tasks.FLAKY["fail"] = False
+    assert h.registry.recover("op4").retcode == 0
+    h.drain()
+    op, task_rows = h.operation("op4")
+    assert op.status == "SUCCESS"
+    assert [(t.name, t.status) for t in task_rows] == [
+        ("Step", "SUCCESS"), ("FlakyStep", "SUCCESS"), ("Step-2", "SUCCESS")]
+    assert tasks.CALLS == ["flaky2", "step2"]  # the step before kept its result
+    assert op.result["retval"]["seen"] == [0, 2]
+    h.store.close()
+
+
+def test_a_task_message_sent_before_the_upgrade_still_runs_after_it(
+        tmp_path, memory_broker_name, monkeypatch):
+    from kser.schemas import Message
+    from tests.unit import tasks
+    from tests.unit.test_sequencing import Harness
+
+    url = f"sqlite:///{tmp_path}/v4.db"
+    _version_4_operation(url, "RUNNING", ["SUCCESS", "PENDING", "PENDING"])
+    h = Harness(memory_broker_name, url, monkeypatch)
+    tasks.CALLS.clear()
+    tasks.FLAKY["fail"] = False
+    # the message version 4 sent for the flaky step, still in the topic at the upgrade
+    h.registry._get_producer().send("ops", Message(
+        "t1", tasks.FlakyStep.path, params={"index": 1},
+        result={"uuid": "t0", "retcode": 0, "retval": {"seen": [0]}},
+        metadata={"kser": {"operation_id": "op4", "task_id": "t1"}}))
+    h.drain()
+    op, _ = h.operation("op4")
+    assert op.status == "SUCCESS" and tasks.CALLS == ["flaky1", "step2"]
+    h.store.close()

@@ -255,7 +255,9 @@ def test_the_sweep_re_sends_a_task_whose_worker_died_after_its_message_was_acked
     op = tasks.ThreeSteps(params={"name": "n"}).send()
     h.drain(topics=["unrelated"])  # nothing consumed yet
     consumer = Consumer({"broker": h.broker.name, "group_id": "workers"}, ["ops"])
-    consumer._commit({("ops", 0): 1})  # the message was acknowledged by a worker...
+    (first_task_message,) = h.broker.records("ops")
+    consumer._commit({("ops", first_task_message.partition):  # the message was acknowledged
+                      first_task_message.offset + 1})  # by a worker...
     consumer._close()
     task_id = h.operation(op.uuid)[1][0]["id"]
     assert claim(h, task_id, "dead:1", time.time() - 1, time.time() - 31)  # ...that died

@@ -2,16 +2,17 @@
 rules, branches, skips, names, and the controls on them."""
 
 import itertools
+import time
 
 import pytest
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
-from kser.sequencing import Branch, Operation, Parallel, SkipTask, Task, TriggerRule
+from kser.sequencing import Branch, Operation, Parallel, Sensor, SkipTask, Task, TriggerRule
 from kser.sequencing.rules import Decision, decide
 from kser.status import Status
 from tests.unit import tasks
-from tests.unit.test_sequencing import Harness
+from tests.unit.test_sequencing import Harness, run_until_final
 
 registry = tasks.registry
 RUNS: list[str] = []
@@ -96,6 +97,25 @@ class Skipping(Operation):
     def build_tasks(self, **kwargs):
         return [Work(name="first"), Skipper(name="skipper"), Work(name="then"),
                 Work(name="anyway", trigger_rule="all_done")]
+
+
+READY = {"after": float("inf")}
+
+
+@registry.subscribe
+class WaitReady(Sensor):
+    POKE_INTERVAL = 0.05
+    TIMEOUT = 1.0
+
+    def poke(self):
+        RUNS.append(f"poke{self.pokes}")
+        return time.time() >= READY["after"]
+
+
+@registry.subscribe
+class Waiting(Operation):
+    def build_tasks(self, **kwargs):
+        return [WaitReady(name="wait"), Work(name="then")]
 
 
 @pytest.fixture
@@ -350,3 +370,97 @@ def test_the_join_is_queued_once_whoever_finds_it_ready(h):
         assert tx.queue_task(d.id) is True
         assert tx.queue_task(d.id) is False
         assert tx.get_task(d.id).queued_attempt == 1
+
+
+# -- sensors ------------------------------------------------------------------------------
+
+def test_a_sensor_pokes_until_its_condition_holds_without_using_attempts(h):
+    READY["after"] = time.time() + 0.3
+    op = Waiting().send()
+    row = run_until_final(h, op.uuid)
+    assert row.status == "SUCCESS"
+    pokes = [r for r in RUNS if r.startswith("poke")]
+    assert 3 <= len(pokes) <= 10 and pokes == [f"poke{i}" for i in range(len(pokes))]
+    assert RUNS[-1] == "then"
+    _, task_rows = h.operation(op.uuid)
+    sensor = task_rows[0]
+    assert sensor.attempt == 1 and sensor.pokes == len(pokes) - 1  # the met one is no poke
+    assert [a.status for a in h.attempts(sensor.id)] == ["SUCCESS"]
+    assert sensor.result["stdout"] == f"wait: condition met at poke {len(pokes)}"
+
+
+def test_a_sensor_fails_once_its_timeout_passed_and_is_not_retried(h, monkeypatch):
+    READY["after"] = float("inf")
+    monkeypatch.setattr(WaitReady, "TIMEOUT", 0.3)
+    monkeypatch.setattr(WaitReady, "MAX_RETRIES", 3)
+    op = Waiting().send()
+    row = run_until_final(h, op.uuid)
+    assert row.status == "FAILED"
+    assert row.result["retcode"] == 504
+    assert row.result["stderr"].startswith("Sensor wait timed out: its condition was not met "
+                                           "within 0.3 s (")
+    _, task_rows = h.operation(op.uuid)
+    assert [a.status for a in h.attempts(task_rows[0].id)] == ["FAILED"]
+    assert "then" not in RUNS
+
+
+def test_between_pokes_a_sensor_holds_no_consumer_thread(h):
+    """One consumer, one task thread: while the sensor waits, other operations run."""
+    READY["after"] = time.time() + 0.5
+    waiting = Waiting().send()
+    others = [Diamond().send() for _ in range(5)]
+    run_until_final(h, waiting.uuid)
+    assert all(statuses(h, op.uuid)[0] == "SUCCESS" for op in others)
+    first_poke, met = RUNS.index("poke0"), max(i for i, r in enumerate(RUNS)
+                                                if r.startswith("poke"))
+    # the other operations' 20 tasks all ran before the poke that found the condition
+    # met (half a second after the first), most of them between two pokes
+    assert sum(1 for r in RUNS[:met] if not r.startswith("poke")) == 20
+    assert sum(1 for r in RUNS[first_poke:met] if not r.startswith("poke")) >= 10
+
+
+# -- synchronous runs, idempotent submission -------------------------------------------------
+
+def test_a_second_send_with_the_same_key_returns_the_first_operation(h):
+    first = Diamond().send(key="nightly-2026-11-22")
+    again = Diamond().send(key="nightly-2026-11-22")
+    assert again.uuid == first.uuid and isinstance(again, Diamond)
+    h.drain()
+    assert RUNS.count("a") == 1  # started once
+    with h.store.transaction() as tx:
+        assert tx.operation_by_key("nightly-2026-11-22").id == first.uuid
+    assert Diamond().send(key="other").uuid != first.uuid
+    with pytest.raises(ValidationError, match=r"was given to operation .*, a "
+                       r"tests.unit.test_shapes.Diamond: a key names one operation"):
+        Skipping().send(key="nightly-2026-11-22")
+
+
+def test_wait_returns_the_final_result_or_raises_timeout_error(h):
+    op = Diamond().send()
+    with pytest.raises(TimeoutError, match=r"is still RUNNING after 0.2 s: it goes on"):
+        h.registry.wait(op.uuid, timeout=0.2)
+    h.drain()
+    result = h.registry.wait(op.uuid, timeout=1)
+    assert result.retcode == 0 and sorted(result.retval) == ["a", "b", "c", "d"]
+    FAILING.add("x")
+    failed = Ruled(params={"rule": "all_success"}).send()
+    h.drain()
+    assert h.registry.wait(failed.uuid).retcode == 500
+    assert h.registry.wait("no-such-operation").retcode == 404
+
+
+def test_run_sync_sends_and_waits_for_the_result(h):
+    import threading
+
+    from kser.memory.consumer import Consumer
+
+    worker = Consumer({"broker": h.broker.name, "group_id": "workers"}, ["ops"])
+    worker.controller = h.registry.controller
+    thread = threading.Thread(target=worker.run, kwargs=dict(until_idle=False))
+    thread.start()
+    try:
+        result = Diamond.run_sync(timeout=20)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert result.retcode == 0 and sorted(result.retval) == ["a", "b", "c", "d"]
