@@ -205,6 +205,9 @@ class Controller(BaseController):
             return Outcome(None, self._onerror(None, error_result(error)), undeliverable=True)
 
         entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
+        if entrypoint is None and self.sequencer is not None and "task_id" in kmsg.kser_metadata:
+            # a built-in task (kser.tasks) of an operation: checked against the stored task
+            entrypoint = _built_ins().get(kmsg.entrypoint)
         if entrypoint is None:
             error = NotFound(
                 f"Entrypoint '{safe_text(kmsg.entrypoint, 300)}' is not registered on this "
@@ -426,3 +429,11 @@ class BaseProducer(BaseController):
         except Exception:  # kept by the transports that can keep them (see _drain there)
             pass
 
+
+
+def _built_ins() -> dict[str, type[Entrypoint]]:
+    """kser's built-in tasks by path: every registry runs them as tasks of its operations
+    (what they call is read from the store; a message naming one alone is refused)."""
+    from kser.tasks import BUILT_INS
+
+    return {cls.path: cls for cls in BUILT_INS}

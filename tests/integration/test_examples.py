@@ -43,3 +43,12 @@ def test_shapes_branching_example():
     assert "a broken full load: FAILED" in out
     assert "page     FAILED   paged someone: ['full', 'publish'] failed" in out
     assert out.count("close    SUCCESS  import closed") == 4
+
+
+def test_shapes_job_server_example():
+    out = _run("examples/shapes/job_server.py")
+    assert "a job that succeeds: the operation is SUCCESS (job 1 done: report sent)" in out
+    assert "a job that fails: the operation is FAILED (RuntimeError: job 2 failed on the " \
+           "job server)" in out
+    assert "report  FAILED" in out and "upstream failed" in out
+    assert "wait    SUCCESS after " in out
