@@ -267,9 +267,9 @@ def check_limits(kmsg: Message) -> None:
     if type(attempt) is not int or not 0 <= attempt <= MAX_INT32:
         raise _limit_error(f"metadata.{KSER_METADATA_KEY}.attempt must be a 32-bit "
                            "non-negative integer", "limits")
-    if own.get("mode") not in (None, "one"):
-        raise _limit_error(f"metadata.{KSER_METADATA_KEY}.mode must be absent or \"one\"",
-                           "limits")
+    if own.get("mode") not in (None, "one", "child_ended"):
+        raise _limit_error(f"metadata.{KSER_METADATA_KEY}.mode must be absent, \"one\" or "
+                           "\"child_ended\"", "limits")
     if "task_id" in own and "operation_id" not in own:
         raise _limit_error(f"metadata.{KSER_METADATA_KEY} names a task_id without its "
                            "operation_id", "limits")

@@ -89,12 +89,7 @@ class Controls:
             if op.status != FAILED:
                 raise ControlRefusedError(409, f"Operation {operation_id} is {op.status}: "
                                      "only a FAILED one recovers")
-            tasks = tx.get_tasks(operation_id)
-            dependencies = tx.dependencies(operation_id)
-            failed = [t for t in tasks if t.status in (FAILED, CANCELED)]
-            reset: list[str] = []
-            for task in failed:
-                reset += [tid for tid in descendants(dependencies, task) if tid not in reset]
+            reset = self.reset_failed(tx, operation_id, tx.get_tasks(operation_id))
             for task_id in reset:
                 tx.update_task(task_id, status=PENDING, result=None, finished_at=None,
                                queued_attempt=None, waiting_since=None, pokes=None)
@@ -145,6 +140,17 @@ class Controls:
                                         mode="one")
         self._sequencer.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Task {task_id} sent to run once")
+
+    @staticmethod
+    def reset_failed(tx: Tx, operation_id: str, tasks: list[TaskRow]) -> list[str]:
+        """The ids of the operation's failed and canceled tasks and of every task that
+        depends on them: what a recover runs again."""
+        dependencies = tx.dependencies(operation_id)
+        reset: list[str] = []
+        for task in tasks:
+            if task.status in (FAILED, CANCELED):
+                reset += [tid for tid in descendants(dependencies, task) if tid not in reset]
+        return reset
 
     def purge(self) -> int:
         """Delete finished operations whose TTL strategy expired; return how many."""

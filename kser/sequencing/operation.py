@@ -31,7 +31,12 @@ logger = logging.getLogger(__name__)
 
 
 class Operation(Task):
-    """A sequence of tasks. Subclasses implement :meth:`build_tasks`.
+    """A sequence (or graph) of tasks. Subclasses implement :meth:`build_tasks`.
+
+    An operation among the tasks of another runs as its child (a sub-operation): its
+    own row in the store, linked to the parent's task, which ends as the child does;
+    the tasks after it wait without holding a worker, and canceling or recovering the
+    parent reaches the child.
 
     :param tasks: already built tasks (normally left to :meth:`build`)
     """
@@ -46,9 +51,10 @@ class Operation(Task):
 
     def __init__(self, uuid: str | None = None, status: str = PENDING,
                  params: dict[str, Any] | None = None, tasks: list[Task] | None = None,
-                 result: Result | None = None, metadata: dict[str, Any] | None = None) -> None:
+                 result: Result | None = None, metadata: dict[str, Any] | None = None, *,
+                 name: str | None = None, trigger_rule: str | None = None) -> None:
         Task.__init__(self, uuid=uuid, params=params, status=status, result=result,
-                      metadata=metadata)
+                      metadata=metadata, name=name, trigger_rule=trigger_rule)
         self.tasks: list[Task] = []
         self._built = bool(tasks)
         if tasks:

@@ -72,6 +72,8 @@ DUPLICATE_WAIT_LEASES = 1.5
 #: first and largest wait between two tries to store a finished task's result while the
 #: store is unreachable, seconds (it is tried for one lease, then the record is redone)
 FINISH_RETRY_MIN, FINISH_RETRY_MAX = 0.5, 5.0
+#: the mode of the message that tells a sub-operation's parent task its child ended
+CHILD_ENDED = "child_ended"
 #: retcode of a task that never ran because tasks it needed failed (HTTP's "Failed
 #: Dependency")
 UPSTREAM_FAILED = 424
@@ -206,29 +208,11 @@ class Sequencer:
         if not operation._built:
             operation.build(**operation.params)
         operation.check_required_params()
-        now = time.time()
-        exit_notify, ttl = operation.exit_notify_settings(), operation.ttl_settings()
         key = operation.metadata.get(KSER_METADATA_KEY, {}).get("idempotency_key")
-        op_row = dict(id=operation.uuid, entrypoint=type(operation).path, status=RUNNING,
-                      params=operation.params, metadata=_user_metadata(operation.metadata),
-                      result=dump_result(operation.result), topic=topic,
-                      exit_notify=exit_notify, ttl_strategy=ttl, created_at=now,
-                      updated_at=now, idempotency_key=None if key is None else str(key))
         existing = operation.uuid
-        task_rows = [dict(
-            id=task.uuid, operation_id=operation.uuid, position=position, name=task.name,
-            trigger_rule=str(task.trigger_rule), entrypoint=type(task).path,
-            topic=getattr(type(task), "TOPIC", None), status=PENDING, params=task.params,
-            metadata=_user_metadata(task.metadata), attempt=0)
-            for position, task in enumerate(operation.tasks)]
-        dependencies = [(task.uuid, upstream.uuid) for task in operation.tasks
-                        for upstream in task.upstream]
         with self._transaction() as tx:
-            created = tx.insert_operation(op_row)
-            if created:
-                tx.insert_tasks(task_rows, dependencies)
-                self._emit_ready(tx, operation.uuid)
-            else:
+            op_row, created = self._insert(tx, operation, topic, key)
+            if not created:
                 found = tx.get_operation(operation.uuid)
                 if found is None and key is not None:  # sent before with the same key
                     found = tx.operation_by_key(str(key))
@@ -256,7 +240,33 @@ class Sequencer:
             return Result(uuid=operation.uuid, stdout=f"Operation {operation.uuid} already "
                           "submitted: unsent messages re-sent")
         return Result(uuid=operation.uuid, stdout=f"Operation {type(operation).path}"
-                      f"[{operation.uuid}] started with {len(task_rows)} task(s)")
+                      f"[{operation.uuid}] started with {len(operation.tasks)} task(s)")
+
+    def _insert(self, tx: Tx, operation: Operation, topic: str, key: str | None = None,
+                parent: TaskRow | None = None) -> tuple[dict[str, Any], bool]:
+        """Store a built operation, its tasks and their dependencies, and queue the tasks
+        ready at once; its row, and False if it was there already (nothing written)."""
+        now = time.time()
+        op_row = dict(id=operation.uuid, entrypoint=type(operation).path, status=RUNNING,
+                      params=operation.params, metadata=_user_metadata(operation.metadata),
+                      result=dump_result(operation.result), topic=topic,
+                      exit_notify=operation.exit_notify_settings(),
+                      ttl_strategy=operation.ttl_settings(), created_at=now, updated_at=now,
+                      idempotency_key=None if key is None else str(key),
+                      parent_task_id=None if parent is None else parent.id,
+                      parent_operation_id=None if parent is None else parent.operation_id)
+        if not tx.insert_operation(op_row):
+            return op_row, False
+        tx.insert_tasks([dict(
+            id=task.uuid, operation_id=operation.uuid, position=position, name=task.name,
+            trigger_rule=str(task.trigger_rule), entrypoint=type(task).path,
+            topic=getattr(type(task), "TOPIC", None), status=PENDING, params=task.params,
+            metadata=_user_metadata(task.metadata), attempt=0)
+            for position, task in enumerate(operation.tasks)],
+            [(task.uuid, upstream.uuid) for task in operation.tasks
+             for upstream in task.upstream])
+        self._emit_ready(tx, operation.uuid)
+        return op_row, True
 
     def wait(self, operation_id: str, timeout: float | None = None) -> Result:
         """Block until the operation ends; its final result (retcode >= 300 when it
@@ -346,6 +356,9 @@ class Sequencer:
                         f"Task {task_id} of operation {operation_id} is not in the store "
                         f"({self.store}): purged, or sent to consumers of another store",
                         extra=dict(uuid=kmsg.uuid))
+                if mode == CHILD_ENDED:
+                    verdict = "child ended"
+                    break
                 verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker)
                 if verdict == "refuse":
                     raise UndeliverableError(f"Task message {task_id} refused: {why}",
@@ -359,12 +372,76 @@ class Sequencer:
                 self.publish(operation_id)
                 return Result(uuid=task_id, stdout=f"Task {task_id} is {task.status} "
                               f"(operation {task.operation_status}): nothing to do")
+            if verdict == "child":
+                return Result(uuid=task_id, stdout=f"Task {task_id} waits for its "
+                              "sub-operation: nothing to do")
             if verdict == "wait":
                 if time.monotonic() >= wait_until:
                     return Result(uuid=task_id, stdout=f"Task {task_id} is running on "
                                   f"{task.worker}: left to it")
                 time.sleep(min(1.0, lease / 10))
+        from kser.sequencing.operation import Operation
+
+        if verdict == "child ended":
+            return self._end_of_child(task)
+        if issubclass(entrypoint, Operation):
+            return self._start_child(entrypoint, kmsg, task, attempt)
         return self._run_claimed(entrypoint, kmsg, task, attempt, mode, now)
+
+    # -- sub-operations -----------------------------------------------------------------
+
+    def _start_child(self, entrypoint: type[Operation], kmsg: Message, task_row: TaskRow,
+                     attempt: int) -> Result:
+        """Run an operation that is a task of another as a child operation: its own row
+        (its id is the task's), started in the transaction that leaves the parent's task
+        RUNNING without a lease (waiting for the child, holding nothing). A child already
+        there is recovered (FAILED or CANCELED: the parent was recovered) or run again
+        from the start (SUCCESS: the parent was re-run from before it)."""
+        task_id = task_row.id
+        try:
+            child = entrypoint(uuid=task_id, params=task_row.params,
+                               metadata=dict(task_row.metadata or {}),
+                               result=load_result(dump_result(kmsg.result), task_id))
+            child.build(**child.params)
+            child.check_required_params()
+        except Exception as exc:  # it cannot be built: the parent's task fails with why
+            return self._run_and_finish(None, exception_result(exc, task_id), entrypoint,
+                                        task_row, None, attempt, None, time.time())
+        with self._transaction() as tx:
+            parent = tx.operation(task_row.operation_id, lock=True)
+            existing = tx.get_operation(task_id, lock=True)
+            if existing is None:
+                self._insert(tx, child, parent.topic, parent=task_row)
+            elif existing.status != RUNNING:
+                tasks = tx.get_tasks(task_id)
+                again = ([t.id for t in tasks] if existing.status == SUCCESS
+                         else self.controls.reset_failed(tx, task_id, tasks))
+                for reset_id in again:
+                    tx.update_task(reset_id, status=PENDING, result=None, finished_at=None,
+                                   queued_attempt=None, waiting_since=None, pokes=None)
+                tx.update_operation(task_id, status=RUNNING, finished_at=None)
+                self._emit_ready(tx, task_id)
+            tx.update_task(task_id, lease_expires_at=None)
+        self.publish(task_id)
+        self.publish(task_row.operation_id)  # (a child without tasks ended at once)
+        return Result(uuid=task_id, stdout=f"Sub-operation {entrypoint.path}[{task_id}] "
+                      "started")
+
+    def _end_of_child(self, task_row: TaskRow) -> Result:
+        """A child operation ended: its parent's task ends as it did, with its result."""
+        with self._transaction() as tx:
+            child = tx.get_operation(task_row.id)
+        if child is None or child.status not in FINAL_STATUSES or task_row.status != RUNNING:
+            return Result(uuid=task_row.id, stdout=f"Task {task_row.id}: nothing to do "
+                          "(its sub-operation did not end, or it ended already)")
+        result = load_result(child.result, task_row.id)
+        status = Status.SUCCESS if child.status == SUCCESS else Status.FAILED
+        if status == FAILED and (result.retcode or 0) < 300:
+            result.retcode = 500
+            result.stderr = result.stderr or f"its sub-operation {child.id} was {child.status}"
+        ended = self._record_end(task_row, None, task_row.attempt, None, result, status, None,
+                                 [])
+        return self._after_end(task_row.operation_id, ended, result)
 
     def _run_claimed(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
                      attempt: int, mode: str | None, claimed_at: float) -> Result:
@@ -442,6 +519,10 @@ class Sequencer:
                                reason, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, FINISH_RETRY_MAX)
+        return self._after_end(operation_id, ended, result)
+
+    def _after_end(self, operation_id: str, ended: Ended | None, result: Result) -> Result:
+        """Call the status hooks of what a task's end caused, send what it queued."""
         if ended is None:
             return result
         transitions, queued = ended
@@ -642,8 +723,20 @@ class Sequencer:
             for task in tx.get_tasks(operation_id):  # PENDING, for recover)
                 if task.status == PENDING:
                     tx.update_task(task.id, status=CANCELED, finished_at=now)
+                elif task.status == RUNNING and task.lease_expires_at is None:
+                    child = tx.get_operation(task.id, lock=True)  # a sub-operation: canceled
+                    if child is not None and child.status == RUNNING:
+                        self._finish_operation(tx, child.id, CANCELED, child.result)
+                    tx.update_task(task.id, status=CANCELED, finished_at=now)
         op = tx.get_operation(operation_id)
         assert op is not None  # updated a moment ago in this transaction
+        if op.parent_task_id and op.parent_operation_id:  # a child: its parent's task ends
+            kmsg = Message(uuid=op.parent_task_id, entrypoint=op.entrypoint, result=result,
+                           metadata={KSER_METADATA_KEY: dict(
+                               operation_id=op.parent_operation_id, task_id=op.parent_task_id,
+                               mode=CHILD_ENDED)})
+            key, value = self._codec().encode(kmsg)
+            tx.add_outbox(op.parent_operation_id, op.topic, key, value)
         notify = op.exit_notify
         if notify and notify.get("topic"):
             kmsg = Message(uuid=str(uuid.uuid4()),
@@ -756,7 +849,9 @@ def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
                           "run yet): the message is early (stale, replayed or forged)")
     if task.status == RUNNING:
         lease = task.lease_expires_at
-        if task.worker == worker or lease is None or lease < now:
+        if lease is None:  # a sub-operation's task: its child runs it
+            return "child", ""
+        if task.worker == worker or lease < now:
             return "run", ""
         return "wait", ""
     return "run", ""

@@ -222,8 +222,14 @@ def _v6(connection: Connection) -> None:
                                 "ON kser_operations (idempotency_key)"))
 
 
+def _v7(connection: Connection) -> None:
+    """Sub-operations: the parent's task (and operation) a child operation runs as."""
+    _add_column(connection, "kser_operations", "parent_task_id", "VARCHAR(64)")
+    _add_column(connection, "kser_operations", "parent_operation_id", "VARCHAR(64)")
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 def current_version(engine: Engine) -> int:

@@ -69,6 +69,9 @@ class OperationRow(Row):
     finished_at: float | None
     #: ``Operation.send(key=...)``'s key (None: none given)
     idempotency_key: str | None = None
+    #: (a sub-operation) the task of its parent it runs as, and the parent
+    parent_task_id: str | None = None
+    parent_operation_id: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

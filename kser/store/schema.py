@@ -30,7 +30,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -59,6 +59,9 @@ operations = Table(
     Column("finished_at", Float, nullable=True),
     #: ``Operation.send(key=...)``: a second send with the same key gets this operation
     Column("idempotency_key", String(255), nullable=True),
+    #: (a sub-operation) the parent's task it runs as (its id is that task's id)
+    Column("parent_task_id", String(64), nullable=True),
+    Column("parent_operation_id", String(64), nullable=True),
     Index("ix_kser_operations_status_finished", "status", "finished_at"),
     Index("ux_kser_operations_idempotency_key", "idempotency_key", unique=True),
 )

@@ -464,3 +464,83 @@ def test_run_sync_sends_and_waits_for_the_result(h):
         worker.stop()
         thread.join(30)
     assert result.retcode == 0 and sorted(result.retval) == ["a", "b", "c", "d"]
+
+
+# -- sub-operations -------------------------------------------------------------------------
+
+@registry.subscribe
+class Inner(Operation):
+    def build_tasks(self, **kwargs):
+        return [Work(name="x"), Work(name="y")]
+
+
+@registry.subscribe
+class Outer(Operation):
+    def build_tasks(self, **kwargs):
+        return [Work(name="a"), Inner(name="inner"), Work(name="b")]
+
+
+def test_an_operation_among_the_tasks_runs_as_a_child_operation(h):
+    op = Outer().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "SUCCESS" and set(by_name.values()) == {Status.SUCCESS}
+    assert RUNS == ["a", "x", "y", "b"]
+    _, task_rows = h.operation(op.uuid)
+    inner_task = task_rows[1]
+    child, child_tasks = h.operation(inner_task.id)  # the child's id is its task's
+    assert child.status == "SUCCESS" and child.entrypoint == Inner.path
+    assert (child.parent_task_id, child.parent_operation_id) == (inner_task.id, op.uuid)
+    assert [t.name for t in child_tasks] == ["x", "y"]
+    assert SEEN["x"]["received"] == ["a"]  # the child's first task got what came before
+    assert SEEN["b"]["received"] == ["a", "x", "y"]  # and what follows, the child's result
+    assert inner_task.attempt == 1
+
+
+def test_a_failed_child_fails_its_parent_and_recovering_the_parent_recovers_the_child(h):
+    FAILING.add("y")
+    op = Outer().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "FAILED" and by_name == {"a": "SUCCESS", "inner": "FAILED",
+                                                 "b": "FAILED"}
+    _, task_rows = h.operation(op.uuid)
+    assert h.operation(task_rows[1].id)[0].status == "FAILED"
+    FAILING.clear()
+    RUNS.clear()
+    assert h.registry.recover(op.uuid).retcode == 0
+    h.drain()
+    assert statuses(h, op.uuid)[0] == "SUCCESS"
+    assert RUNS == ["y", "b"]  # x kept its result: the child was recovered, not re-run
+    assert h.operation(task_rows[1].id)[0].status == "SUCCESS"
+
+
+@registry.subscribe
+class WaitingChild(Operation):
+    def build_tasks(self, **kwargs):
+        return [WaitReady(name="wait"), Work(name="z")]
+
+
+@registry.subscribe
+class OuterWaiting(Operation):
+    def build_tasks(self, **kwargs):
+        return [Work(name="a"), WaitingChild(name="child"), Work(name="b")]
+
+
+def test_canceling_the_parent_cancels_its_running_child(h):
+    READY["after"] = float("inf")
+    op = OuterWaiting().send()
+    h.drain()  # a ran, the child started, its sensor's first poke found nothing
+    _, task_rows = h.operation(op.uuid)
+    child_id = task_rows[1].id
+    assert task_rows[1].status == "RUNNING" and task_rows[1].lease_expires_at is None
+    assert h.operation(child_id)[0].status == "RUNNING"
+    assert h.registry.cancel(op.uuid).retcode == 0
+    assert h.operation(child_id)[0].status == "CANCELED"
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "CANCELED" and by_name == {"a": "SUCCESS", "child": "CANCELED",
+                                                   "b": "CANCELED"}
+    READY["after"] = 0
+    h.registry.sequencer.sweep(force=True)  # the next poke, due: refused, the child ended
+    h.drain()
+    assert "z" not in RUNS and "b" not in RUNS
