@@ -54,6 +54,7 @@ from kser.sequencing.task import (
     SKIPPED,
     SUCCESS,
     Task,
+    TaskCanceled,
 )
 from kser.status import FINAL_STATUSES, Status
 from kser.store import OperationRow, OutboxRow, Store, TaskRow, Tx
@@ -297,6 +298,11 @@ class Sequencer:
             time.sleep(max(pause, 0))
             delay = min(delay * 1.5, 1.0)
 
+    def _operation_status(self, operation_id: str) -> str | None:
+        with self._transaction() as tx:
+            op = tx.get_operation(operation_id)
+        return None if op is None else str(op.status)
+
     def upstream_results(self, task_id: str) -> dict[str, Result]:
         """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
         reads)."""
@@ -460,6 +466,8 @@ class Sequencer:
             if isinstance(instance, Task):
                 instance.name = task_row.name
                 instance._upstream_results = lambda: self.upstream_results(task_id)
+                instance._operation_status = lambda: self._operation_status(
+                    task_row.operation_id)
                 if isinstance(instance, Sensor):
                     instance.pokes = task_row.pokes or 0
         with self._leases.held(task_id, attempt):  # until its end is stored
@@ -480,17 +488,19 @@ class Sequencer:
         followed = getattr(instance, "followed", None) if success else None
         if followed is not None:
             result, success = self._check_branch(task_row, followed, result)
-        poke, timed_out = None, False
+        poke, no_retry = None, False
         if success and getattr(instance, "waiting", False):  # a sensor's condition unmet
             since = task_row.waiting_since or claimed_at
             poke, result = _next_poke(entrypoint, task_row, since, result)
-            timed_out = poke is None
-            success = not timed_out
+            no_retry = poke is None
+            success = not no_retry
         status = (FAILED if not success else
                   SKIPPED if getattr(instance, "skipped", None) is not None else SUCCESS)
         exception = getattr(instance, "exception", None)
+        if isinstance(exception, TaskCanceled):
+            status, no_retry = CANCELED, True  # (never retried)
         retry_in = None
-        if (not success and unstorable is None and mode != "one" and not timed_out
+        if (not success and unstorable is None and mode != "one" and not no_retry
                 and attempt <= getattr(entrypoint, "MAX_RETRIES", 0)
                 and should_retry(entrypoint, exception, result.retcode)):
             retry_in = backoff(entrypoint, attempt, exception)

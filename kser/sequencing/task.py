@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T", "Task", "list[Task]")
 
 
+class TaskCanceled(Exception):  # noqa: N818 (what happened to the task)
+    """Raised by :meth:`Task.checkpoint` when the task's operation was canceled: the task
+    ends CANCELED, and nothing follows it."""
+
+
 class SkipTask(Exception):  # noqa: N818 (the API's name, as Airflow's AirflowSkipException)
     """Raised in ``run``: this task ends SKIPPED, the reason in its result's stdout.
 
@@ -86,6 +91,9 @@ class Task(Entrypoint):
         #: (Sensor) set when its poke found the condition unmet: it is poked again later
         self.waiting = False
         self._upstream_results: Callable[[], dict[str, Result]] | None = None
+        #: reads the operation's status (set by kser for a task of an operation)
+        self._operation_status: Callable[[], str | None] | None = None
+        self._checked_at = 0.0
         #: ``(time, level, message)`` of every :meth:`log` call, stored with the attempt
         self.log_lines: list[tuple[float, int, str]] = []
         self._log_lines_dropped = 0
@@ -137,6 +145,22 @@ class Task(Entrypoint):
         """``[b, c] << a``: b and c wait for a. Returns a."""
         self.set_downstream(other)
         return self
+
+    def checkpoint(self, every: float = 1.0) -> None:
+        """Stop here if the operation was canceled meanwhile: call it between the steps of
+        a long ``run``. Raises :class:`TaskCanceled` (the task ends CANCELED, nothing
+        follows it); reads the store at most once per ``every`` seconds (a no-op for a
+        task run alone)."""
+        if self._operation_status is None:
+            return
+        now = time.monotonic()
+        if now - self._checked_at < every:
+            return
+        self._checked_at = now
+        status = self._operation_status()
+        if status is not None and status != RUNNING:
+            raise TaskCanceled(f"its operation {self.operation_id} is {status}: stopped at a "
+                               "checkpoint")
 
     @property
     def upstream_results(self) -> dict[str, Result]:

@@ -1,4 +1,6 @@
-"""100 operations shaped ``a >> Parallel(b1, b2, b3) >> c >> Parallel(d1, d2) >> e`` over 2
+"""Shapes on real `kser worker` processes, a real broker and PostgreSQL.
+
+100 operations shaped ``a >> Parallel(b1, b2, b3) >> c >> Parallel(d1, d2) >> e`` over 2
 `kser worker` processes on a real broker and PostgreSQL, one worker killed with SIGKILL
 while parallel groups run, then started again.
 
@@ -16,7 +18,14 @@ from sqlalchemy import func, select
 
 from kser.store import schema
 from tests.acceptance.harness import Run, wait_for
-from tests.acceptance.workload import Fanned
+from tests.acceptance.workload import (
+    Branchy,
+    CleanUpAfterFailure,
+    Diamond,
+    Fanned,
+    WaitThenStep,
+    WithChild,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -80,3 +89,92 @@ def test_joins_run_once_when_a_worker_dies_while_groups_run(kafka, pg_url, proce
     for worker in run.workers:
         assert "Traceback" not in worker.output(), worker.output()[-3000:]
     run.close()
+
+
+def test_a_diamond_a_branch_and_all_done_after_a_failure_on_real_workers(
+        kafka, pg_url, processes):
+    run = Run(kafka, pg_url, processes)
+    diamonds = run.submit(5, operation=Diamond)
+    lefts = run.submit(3, operation=Branchy, params=lambda i: {"pick": "left"})
+    rights = run.submit(3, operation=Branchy, params=lambda i: {"pick": "right"})
+    cleanups = run.submit(3, operation=CleanUpAfterFailure)
+    run.wait_until_final({"SUCCESS": 14})
+    with run.store.transaction() as tx:
+        def by_name(op_id):
+            return {t.name: (t.status, t.attempt) for t in tx.get_tasks(op_id)}
+
+        for op_id in diamonds:
+            assert by_name(op_id) == {n: ("SUCCESS", 1) for n in "abcd"}
+            spans = tx.operation(op_id).result["retval"]
+            assert spans["a"][1] <= min(spans["b"][0], spans["c"][0])
+            assert max(spans["b"][1], spans["c"][1]) <= spans["d"][0]
+        for op_id in lefts:
+            assert by_name(op_id) == {"choose": ("SUCCESS", 1), "left": ("SUCCESS", 1),
+                                      "right": ("SKIPPED", 0), "join": ("SUCCESS", 1)}
+        for op_id in rights:
+            assert by_name(op_id)["left"] == ("SKIPPED", 0)
+            assert by_name(op_id)["right"] == by_name(op_id)["join"] == ("SUCCESS", 1)
+        for op_id in cleanups:
+            assert by_name(op_id) == {"x": ("FAILED", 1), "after": ("FAILED", 0),
+                                      "cleanup": ("SUCCESS", 1)}
+    run.close()
+
+
+def test_a_waiting_sensor_holds_nothing_while_the_same_single_worker_runs_50_tasks(
+        kafka, pg_url, processes):
+    run = Run(kafka, pg_url, processes, workers=1)  # one worker, one task at a time
+    ready_at = time.time() + 5
+    (waiting,) = run.submit(1, operation=WaitThenStep, params=lambda i: {"ready_at": ready_at})
+    wait_for(lambda: _pokes(run, waiting) >= 1, "the sensor's first poke", timeout=60)
+    others = run.submit(10, hops=5)  # 50 tasks
+    run.wait_until_final({"SUCCESS": 11})
+    with run.store.transaction() as tx:
+        sensor, _ = tx.get_tasks(waiting)
+        assert sensor.status == "SUCCESS" and sensor.attempt == 1 and sensor.pokes >= 3
+        met_at = sensor.finished_at
+        finished = [t.finished_at for op_id in others for t in tx.get_tasks(op_id)]
+    assert len(finished) == 50
+    # the tasks ran while the sensor waited (a sensor holding the worker's only task
+    # thread for its 5 seconds would let none of them end before it): all of them, but
+    # for a machine so loaded that 50 short tasks take 5 s
+    assert sum(end < met_at for end in finished) >= 40, (sorted(finished), met_at)
+    run.close()
+
+
+def test_a_sub_operation_whose_child_task_is_killed_mid_run_completes(
+        kafka, pg_url, processes):
+    run = Run(kafka, pg_url, processes)
+    (op_id,) = run.submit(1, operation=WithChild, params=lambda i: {"slow": SLOW * 2})
+    workers = {f"{socket.gethostname()}:{w.popen.pid}": w for w in run.workers}
+
+    def child_task_running():
+        task = schema.tasks.c
+        with run.store.transaction() as tx:
+            return tx.connection.execute(
+                schema.tasks.select().where(task.status == "RUNNING", task.name == "x",
+                                            task.worker.in_(list(workers)))
+            ).mappings().first()
+
+    killed = wait_for(child_task_running, "the child's slow task running", timeout=120)
+    workers[killed["worker"]].popen.kill()
+    workers[killed["worker"]].popen.wait(30)
+    run.workers.append(run.start_worker("killed-worker-restarted"))
+    run.wait_until_final({"SUCCESS": 1})
+    with run.store.transaction() as tx:
+        tasks = {t.name: t for t in tx.get_tasks(op_id)}
+        assert [t.status for t in tasks.values()] == ["SUCCESS"] * 3
+        assert tasks["child"].attempt == 1  # the parent's task waited, held nothing
+        child, child_tasks = tx.operation(tasks["child"].id), tx.get_tasks(tasks["child"].id)
+        assert child.status == "SUCCESS" and child.parent_operation_id == op_id
+        attempts = [a.status for a in tx.get_attempts(killed["id"])]
+        assert attempts == ["FAILED", "SUCCESS"]  # taken over once its lease expired
+        assert [t.status for t in child_tasks] == ["SUCCESS", "SUCCESS"]
+        assert sorted(tx.operation(op_id).result["retval"]) == ["a", "b", "x", "y"]
+    for worker in run.workers:
+        assert "Traceback" not in worker.output(), worker.output()[-3000:]
+    run.close()
+
+
+def _pokes(run, op_id):
+    with run.store.transaction() as tx:
+        return tx.get_tasks(op_id)[0].pokes or 0

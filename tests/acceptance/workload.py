@@ -5,7 +5,7 @@ import time
 
 from cdumay_result import Result
 
-from kser.sequencing import Parallel
+from kser.sequencing import Branch, Parallel, Sensor
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
@@ -105,3 +105,84 @@ class Fanned(Operation):
                 fan("c", bs, ["a", *bs]),
                 Parallel(*(fan(d, ["c"], ["a", *bs, "c"], slow or 0.02) for d in ds)),
                 fan("e", ds, ["a", *bs, "c", *ds])]
+
+
+@registry.subscribe
+class Step(Task):
+    """Records that it ran (KSER_TEST_SIDE_EFFECTS); sleeps ``params["sleep"]``; fails when
+    ``params["fail"]``; returns ``retval {its name: [start, end]}``."""
+
+    def run(self):
+        ran(self.uuid)
+        started = time.time()
+        time.sleep(float(self.params.get("sleep", 0.02)))
+        if self.params.get("fail"):
+            return Result(uuid=self.uuid, retcode=500, stderr=f"{self.name} fails on purpose")
+        return Result(uuid=self.uuid, stdout=self.name, retval={self.name: [started, time.time()]})
+
+
+@registry.subscribe
+class Diamond(Operation):
+    def build_tasks(self, **kwargs):
+        a, b, c, d = (Step(name=n) for n in "abcd")
+        a >> [b, c] >> d
+        return [a, b, c, d]
+
+
+@registry.subscribe
+class Choose(Branch):
+    def choose(self):
+        return self.params["pick"]
+
+
+@registry.subscribe
+class Branchy(Operation):
+    def build_tasks(self, pick="left", **kwargs):
+        choose = Choose(name="choose", params={"pick": pick})
+        left, right = Step(name="left"), Step(name="right")
+        join = Step(name="join", trigger_rule="none_failed_min_one_success")
+        choose >> [left, right] >> join
+        return [choose, left, right, join]
+
+
+@registry.subscribe
+class CleanUpAfterFailure(Operation):
+    """x fails; cleanup (all_done) runs anyway; the operation's failure was handled."""
+
+    def build_tasks(self, **kwargs):
+        x = Step(name="x", params={"fail": True})
+        after = Step(name="after")
+        cleanup = Step(name="cleanup", trigger_rule="all_done")
+        x >> after
+        [x, after] >> cleanup
+        return [x, after, cleanup]
+
+
+@registry.subscribe
+class ReadyAt(Sensor):
+    """True once ``params["ready_at"]`` (a UNIX time) passed."""
+
+    POKE_INTERVAL = 0.5
+    TIMEOUT = 60
+
+    def poke(self):
+        ran(self.uuid)
+        return time.time() >= float(self.params["ready_at"])
+
+
+@registry.subscribe
+class WaitThenStep(Operation):
+    def build_tasks(self, ready_at, **kwargs):
+        return [ReadyAt(name="wait", params={"ready_at": ready_at}), Step(name="then")]
+
+
+@registry.subscribe
+class SlowChild(Operation):
+    def build_tasks(self, slow=2.0, **kwargs):
+        return [Step(name="x", params={"sleep": slow}), Step(name="y")]
+
+
+@registry.subscribe
+class WithChild(Operation):
+    def build_tasks(self, slow=2.0, **kwargs):
+        return [Step(name="a"), SlowChild(name="child", params={"slow": slow}), Step(name="b")]

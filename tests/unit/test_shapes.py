@@ -544,3 +544,36 @@ def test_canceling_the_parent_cancels_its_running_child(h):
     h.registry.sequencer.sweep(force=True)  # the next poke, due: refused, the child ended
     h.drain()
     assert "z" not in RUNS and "b" not in RUNS
+
+
+# -- cancel checkpoints -------------------------------------------------------------------
+
+@registry.subscribe
+class Long(Task):
+    def run(self):
+        RUNS.append(self.name)
+        for step in range(100):
+            if step == 3:  # meanwhile, someone cancels its operation
+                registry.cancel(self.operation_id)
+            self.checkpoint(every=0)
+            RUNS.append(f"{self.name} step {step}")
+        return Result(uuid=self.uuid)
+
+
+@registry.subscribe
+class LongBranches(Operation):
+    def build_tasks(self, **kwargs):
+        return [Parallel(Long(name="long"), Work(name="other")), Work(name="after")]
+
+
+def test_cancel_stops_a_running_task_at_its_next_checkpoint(h):
+    op = LongBranches().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "CANCELED"
+    assert by_name["long"] == "CANCELED" and by_name["after"] == "CANCELED"
+    assert "long step 3" not in RUNS and "long step 2" in RUNS and "after" not in RUNS
+    _, task_rows = h.operation(op.uuid)
+    long_task = next(t for t in task_rows if t.name == "long")
+    assert [a.status for a in h.attempts(long_task.id)] == ["CANCELED"]
+    assert "stopped at a checkpoint" in long_task.result["stderr"]
