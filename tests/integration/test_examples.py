@@ -52,3 +52,11 @@ def test_shapes_job_server_example():
            "job server)" in out
     assert "report  FAILED" in out and "upstream failed" in out
     assert "wait    SUCCESS after " in out
+
+
+def test_shapes_sub_operations_example():
+    out = _run("examples/shapes/sub_operations.py")
+    assert "Nightly is SUCCESS: europe loaded, americas loaded, " in out
+    assert out.count("(in child ") == 4
+    assert "archive   SUCCESS  archived" in out
+    assert "space     SUCCESS  shutil:disk_usage returned" in out
