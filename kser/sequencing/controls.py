@@ -137,7 +137,7 @@ class Controls:
             tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())
             self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),
-                                        mode="one")
+                                        mode="one", queued=tasks[task_id].attempt + 1)
         self._sequencer.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Task {task_id} sent to run once")
 

@@ -21,6 +21,7 @@ expired (a periodic :meth:`Sequencer.sweep` re-emits it if no message does).
 
 from __future__ import annotations
 
+import graphlib
 import logging
 import threading
 import time
@@ -365,7 +366,8 @@ class Sequencer:
                 if mode == CHILD_ENDED:
                     verdict = "child ended"
                     break
-                verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker)
+                verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker,
+                                        meta.get("queued"))
                 if verdict == "refuse":
                     raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                              extra=dict(uuid=kmsg.uuid))
@@ -415,7 +417,19 @@ class Sequencer:
                                         task_row, None, attempt, None, time.time())
         with self._transaction() as tx:
             parent = tx.operation(task_row.operation_id, lock=True)
+            current = tx.get_task(task_id)
+            if (parent.status != RUNNING or current is None or current.status != RUNNING
+                    or current.attempt != attempt):  # canceled, or taken over, meanwhile
+                return Result(uuid=task_id, stdout=f"Task {task_id}: its operation is "
+                              f"{parent.status}, or another worker took it over: nothing "
+                              "started")
             existing = tx.get_operation(task_id, lock=True)
+            if existing is not None and (existing.parent_task_id, existing.parent_operation_id
+                                         ) != (task_id, task_row.operation_id):
+                raise UndeliverableError(
+                    f"An operation {task_id} that is not the child of this task is in the "
+                    "store (forged, or sent with a task's id): nothing started",
+                    extra=dict(uuid=task_id))
             if existing is None:
                 self._insert(tx, child, parent.topic, parent=task_row)
             elif existing.status != RUNNING:
@@ -434,10 +448,15 @@ class Sequencer:
                       "started")
 
     def _end_of_child(self, task_row: TaskRow) -> Result:
-        """A child operation ended: its parent's task ends as it did, with its result."""
+        """A child operation ended: its parent's task ends as it did, with its result
+        (only for the parent's task waiting for this very child: a forged message
+        changes nothing)."""
         with self._transaction() as tx:
             child = tx.get_operation(task_row.id)
-        if child is None or child.status not in FINAL_STATUSES or task_row.status != RUNNING:
+        if (child is None or child.status not in FINAL_STATUSES or task_row.status != RUNNING
+                or task_row.lease_expires_at is not None
+                or (child.parent_task_id, child.parent_operation_id)
+                != (task_row.id, task_row.operation_id)):
             return Result(uuid=task_row.id, stdout=f"Task {task_row.id}: nothing to do "
                           "(its sub-operation did not end, or it ended already)")
         result = load_result(child.result, task_row.id)
@@ -566,7 +585,8 @@ class Sequencer:
                     return None
                 tx.add_logs(task_id, attempt, logs)
                 if op.status == RUNNING and tx.queue_task(task_id):
-                    self._queue_task(tx, op, task_row, forwarded, due_at=poke[1])
+                    self._queue_task(tx, op, task_row, forwarded, due_at=poke[1],
+                                     queued=attempt, pokes=(task_row.pokes or 0) + 1)
                 return transitions, tx.queued
             if not tx.finish_attempt(task_id, attempt, status, dumped, now,
                                      result.stderr if status == FAILED else None,
@@ -581,7 +601,8 @@ class Sequencer:
                 logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
                                attempt, safe_text(result.stderr, 500), retry_in)
                 if tx.queue_task(task_id):
-                    self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in)
+                    self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in,
+                                     queued=attempt + 1)
             elif not self._advance(tx, op, tx.dependents(task_id),
                                    ended=(task_id, dumped if status == SUCCESS else None),
                                    followed=followed) \
@@ -660,16 +681,16 @@ class Sequencer:
                     else:
                         received = merged(row["result"] for row in tx.upstream(task.id)
                                           if row["status"] == SUCCESS)
-                    self._queue_task(tx, op, task, received)
+                    self._queue_task(tx, op, task, received, queued=task.attempt + 1)
                     queued += 1
             elif decision is not Decision.WAIT:
                 status = SKIPPED if decision is Decision.SKIP else FAILED
                 why = (f"not chosen by the branch before it (it chose {', '.join(followed or [])})"
                        if task.id in not_chosen else _unmet_rule(task, decision))
-                tx.update_task(task.id, status=status, finished_at=now, result=dump_result(
-                    Result(uuid=task.id, retcode=0 if status == SKIPPED else UPSTREAM_FAILED,
-                           **{"stdout" if status == SKIPPED else "stderr": why})))
-                frontier.extend(tx.dependents(task.id))
+                if tx.end_pending(task.id, status, now, dump_result(
+                        Result(uuid=task.id, retcode=0 if status == SKIPPED else UPSTREAM_FAILED,
+                               **{"stdout" if status == SKIPPED else "stderr": why}))):
+                    frontier.extend(tx.dependents(task.id))
         return queued
 
     def _emit_ready(self, tx: Tx, operation_id: str) -> int:
@@ -700,12 +721,14 @@ class Sequencer:
         def ran(task: TaskRow) -> bool:
             return task.attempt > 0 and task.status in (SUCCESS, FAILED, SKIPPED)
 
-        def accepted(task_id: str) -> bool:
-            return any(ran(tasks[d]) or (tasks[d].status == FAILED and accepted(d))
-                       for d in downstream[task_id])
-
+        # whether a task's failure was accepted downstream, last tasks first (one pass)
+        accepted: dict[str, bool] = {}
+        for task_id in graphlib.TopologicalSorter(downstream).static_order():
+            accepted[task_id] = any(ran(tasks[d]) or (tasks[d].status == FAILED
+                                                      and accepted[d])
+                                    for d in downstream[task_id])
         failed = [task for task in tasks.values()
-                  if task.status == FAILED and not accepted(task.id)]
+                  if task.status == FAILED and not accepted[task.id]]
         if failed:
             first = next((task for task in failed if ran(task)), failed[0])
             return Status.FAILED, first.result
@@ -715,10 +738,17 @@ class Sequencer:
                                 last[0] if last else op.result)
 
     def _queue_task(self, tx: Tx, op: OperationRow, task: TaskRow, forwarded: dict[str, Any] | None,
-                    mode: str | None = None, due_at: float | None = None) -> None:
+                    mode: str | None = None, due_at: float | None = None, *, queued: int,
+                    pokes: int | None = None) -> None:
+        """Add the message of ``task``'s attempt ``queued`` to the outbox. The message
+        carries ``queued`` and the sensor's ``pokes`` count: a copy of an earlier message
+        (a duplicate of a poke or a retry already run) finds them changed, and does
+        nothing (it would start a second chain of pokes)."""
         metadata = dict(task.metadata or {})
-        metadata[KSER_METADATA_KEY] = dict(operation_id=op.id, task_id=task.id,
-                                           **({"mode": mode} if mode else {}))
+        metadata[KSER_METADATA_KEY] = dict(
+            operation_id=op.id, task_id=task.id,
+            queued=[queued, task.pokes or 0 if pokes is None else pokes],
+            **({"mode": mode} if mode else {}))
         kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)
         key, value = self._codec().encode(kmsg)
@@ -741,12 +771,7 @@ class Sequencer:
         op = tx.get_operation(operation_id)
         assert op is not None  # updated a moment ago in this transaction
         if op.parent_task_id and op.parent_operation_id:  # a child: its parent's task ends
-            kmsg = Message(uuid=op.parent_task_id, entrypoint=op.entrypoint, result=result,
-                           metadata={KSER_METADATA_KEY: dict(
-                               operation_id=op.parent_operation_id, task_id=op.parent_task_id,
-                               mode=CHILD_ENDED)})
-            key, value = self._codec().encode(kmsg)
-            tx.add_outbox(op.parent_operation_id, op.topic, key, value)
+            self._queue_child_ended(tx, op, result)
         notify = op.exit_notify
         if notify and notify.get("topic"):
             kmsg = Message(uuid=str(uuid.uuid4()),
@@ -757,6 +782,22 @@ class Sequencer:
             key, value = self._codec().encode(kmsg)
             tx.add_outbox(operation_id, notify["topic"], key, value)
         return status, result
+
+    def _queue_child_ended(self, tx: Tx, child: OperationRow,
+                           result: dict[str, Any] | None) -> None:
+        """Tell a child's parent task that the child ended (to the topic of that task).
+        The row is the child's (no lock on the parent's row: a cancel of the parent,
+        which locks it and then the child, never waits on this transaction)."""
+        assert child.parent_task_id is not None and child.parent_operation_id is not None
+        parent_task = tx.get_task(child.parent_task_id)
+        kmsg = Message(uuid=child.parent_task_id, entrypoint=child.entrypoint, result=result,
+                       metadata={KSER_METADATA_KEY: dict(
+                           operation_id=child.parent_operation_id,
+                           task_id=child.parent_task_id, mode=CHILD_ENDED)})
+        key, value = self._codec().encode(kmsg)
+        topic = (parent_task.topic if parent_task is not None and parent_task.topic
+                 else child.topic)
+        tx.add_outbox(child.id, topic, key, value)
 
     def _notify_status(self, operation_id: str, transitions: Sequence[Transition]) -> None:
         """Call the operation class's ``set_status`` for each transition, if registered here."""
@@ -799,7 +840,8 @@ class Sequencer:
                 op = tx.operation(task.operation_id)
                 tasks = {t.id: t for t in tx.get_tasks(op.id)}
                 deps = tx.dependencies(op.id).get(task.id, ())
-                self._queue_task(tx, op, task, forwarded(op, tasks, deps))
+                self._queue_task(tx, op, task, forwarded(op, tasks, deps),
+                                 queued=task.attempt)  # (a takeover of the running one)
             operations = {task.operation_id for task in expired}
             operations.update(tx.operations_with_unsent(now - grace, now))
         if expired:
@@ -834,7 +876,7 @@ class Sequencer:
         return self.controls.purge()
 
 def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
-             worker: str) -> tuple[str, str]:
+             worker: str, queued: Any = None) -> tuple[str, str]:
     """What a task message should do, and why: "run"; "wait" (it runs on a live worker);
     "done" (a duplicate of a finished task); "refuse" (stale or forged: dead-lettered).
 
@@ -846,6 +888,8 @@ def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
                           f"{task.entrypoint}: forged or corrupt")
     if task.status not in (PENDING, RUNNING):
         return "done", ""
+    if queued is not None and queued != [task.queued_attempt, task.pokes or 0]:
+        return "done", ""  # a copy of an earlier message (its poke or retry ran already)
     operation_status = task.operation_status
     if mode == "one":
         if operation_status == RUNNING:

@@ -77,7 +77,9 @@ def _upstream_count(status: Status | None = None) -> Any:
 
 _UPSTREAM_COUNTS = (_upstream_count().label("upstream_count"),
                     _upstream_count(Status.SUCCESS).label("upstream_succeeded"),
-                    _upstream_count(Status.FAILED).label("upstream_failed"),
+                    # a canceled upstream task never succeeds: it counts as failed
+                    (_upstream_count(Status.FAILED) + _upstream_count(Status.CANCELED))
+                    .label("upstream_failed"),
                     _upstream_count(Status.SKIPPED).label("upstream_skipped"))
 # the tasks that depend on a task (found by id from the dependencies; their status is
 # checked by dependents(), as SQLite would otherwise look them up by status: a scan
@@ -322,6 +324,15 @@ class Tx:
         """Mark a PENDING task's next attempt queued; False if it was already (another
         transition found it ready first): the compare-and-set of a join."""
         return self._execute(_QUEUE, dict(b_id=task_id)) == 1
+
+    def end_pending(self, task_id: str, status: str, now: float,
+                    result: dict[str, Any] | None) -> bool:
+        """End a PENDING task that never runs (SKIPPED, or FAILED for an upstream
+        failure); False if it is not PENDING any more (a compare-and-set)."""
+        task = schema.tasks.c
+        return self.connection.execute(
+            update(schema.tasks).where(and_(task.id == task_id, task.status == Status.PENDING))
+            .values(status=status, finished_at=now, result=result)).rowcount == 1
 
     def downstream_names(self, task_id: str) -> set[str]:
         """The names of the tasks that depend directly on ``task_id``."""

@@ -29,11 +29,17 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
         memory = json.loads((tmp_path / f"memory-{transport}.json").read_text())
         assert memory["samples"][-1][1] == 600  # every message committed
     sequencing = json.loads((tmp_path / "sequencing.json").read_text())["results"]
+    fanouts = {"fanout (sqlite, 1 worker, concurrency 3)",
+               "fanout (postgresql, 1 worker, concurrency 3)"}
     names = set(sequencing)
     assert {"kser (confluent), sqlite, 1 worker", "kser (confluent), postgresql, 1 worker",
             "Celery 5.7.0 chain, Redis, 1 worker",
-            "scaling (kser, sqlite, 1 worker)"} == names
-    for name in names - {"scaling (kser, sqlite, 1 worker)"}:
+            "scaling (kser, sqlite, 1 worker)", *fanouts} == names
+    for name in fanouts:  # a 3-wide group and a chain of the same three sleeping tasks
+        group, chain = sequencing[name]["3-wide group"], sequencing[name]["3 tasks in a chain"]
+        assert group["operations"] == chain["operations"] == 10
+        assert group["wall_p50_s"] > 0.2 and chain["wall_p50_s"] > 0.6
+    for name in names - {"scaling (kser, sqlite, 1 worker)", *fanouts}:
         assert sequencing[name]["bulk"]["task_runs"] == 10 * 10  # every task ran once
         assert sequencing[name]["unloaded"]["task_runs"] == 2 * 10
     assert set(sequencing["scaling (kser, sqlite, 1 worker)"]) == {"10", "20"}
@@ -41,3 +47,4 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
         assert (tmp_path / "img" / image).stat().st_size > 1000
     tables = (tmp_path / "benchmarks.md").read_text()
     assert "### Sequencing" in tables and "### Dispatch" in tables
+    assert "### Parallel group" in tables

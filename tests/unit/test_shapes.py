@@ -577,3 +577,90 @@ def test_cancel_stops_a_running_task_at_its_next_checkpoint(h):
     long_task = next(t for t in task_rows if t.name == "long")
     assert [a.status for a in h.attempts(long_task.id)] == ["CANCELED"]
     assert "stopped at a checkpoint" in long_task.result["stderr"]
+
+
+# -- what a review found --------------------------------------------------------------------
+
+def test_copies_of_a_sensors_poke_message_never_start_a_second_chain_of_pokes(h):
+    READY["after"] = time.time() + 0.4
+    op = Waiting().send()
+    h.drain()  # the first poke: unmet; the next one waits in the outbox
+    with h.store.transaction() as tx:
+        (row,) = [r for r in tx.unsent(op.uuid)]
+    for _ in range(2):  # two sweeps sent it at once, and a broker redelivered it
+        h.broker.produce("ops", row.value, row.key)
+    h.registry.sequencer.sweep(force=True)
+    row = run_until_final(h, op.uuid)
+    assert row.status == "SUCCESS"
+    _, task_rows = h.operation(op.uuid)
+    pokes = [r for r in RUNS if r.startswith("poke")]
+    assert len(pokes) == task_rows[0].pokes + 1  # every poke counted: one chain
+    assert pokes == [f"poke{i}" for i in range(len(pokes))]
+
+
+@registry.subscribe
+class CancelsItsOperation(Task):
+    def run(self):
+        RUNS.append(self.name)
+        registry.cancel(self.operation_id)
+        return Result(uuid=self.uuid, stdout="canceled my operation")
+
+
+@registry.subscribe
+class CanceledDiamond(Operation):
+    def build_tasks(self, **kwargs):
+        a, b, c, d = CancelsItsOperation(name="a"), *(Work(name=n) for n in "bcd")
+        a >> [b, c] >> d
+        return [a, b, c, d]
+
+
+def test_run_from_after_a_cancel_ends_the_operation_instead_of_waiting_forever(h):
+    op = CanceledDiamond().send()
+    h.drain()  # a ran and canceled the operation: b, c and d are CANCELED
+    assert statuses(h, op.uuid)[1] == {"a": "SUCCESS", "b": "CANCELED", "c": "CANCELED",
+                                       "d": "CANCELED"}
+    assert h.registry.run_from(op.uuid, "b").retcode == 0
+    row = run_until_final(h, op.uuid)
+    op_status, by_name = statuses(h, op.uuid)
+    # d waits for b and c; c was canceled and never runs: d cannot run either
+    assert op_status == "FAILED" and by_name["b"] == "SUCCESS" and by_name["d"] == "FAILED"
+    assert row.status == "FAILED"
+
+
+def test_a_long_chain_failing_at_its_start_ends_without_recursion(h):
+    class Long(Operation):
+        def build_tasks(self, **kwargs):
+            return [Work(name=f"w{i}") for i in range(600)]
+
+    registry.subscribe(Long)
+    FAILING.add("w0")
+    op = Long().send()
+    h.drain()
+    op_status, by_name = statuses(h, op.uuid)
+    assert op_status == "FAILED" and list(by_name.values()).count("FAILED") == 600
+
+
+def test_a_forged_child_ended_message_or_a_planted_child_changes_nothing(h):
+    from kser.memory.producer import Producer
+    from kser.schemas import Message
+
+    READY["after"] = float("inf")
+    op = OuterWaiting().send()
+    h.drain()
+    _, task_rows = h.operation(op.uuid)
+    a_task, child_task = task_rows[0], task_rows[1]
+    producer = Producer({"broker": h.broker.name})
+    for task in (a_task, child_task):  # the child has not ended: nothing may end its task
+        producer.send("ops", Message(task.id, task.entrypoint, metadata={"kser": dict(
+            operation_id=op.uuid, task_id=task.id, mode="child_ended")}))
+    h.drain()
+    _, by_name = statuses(h, op.uuid)
+    assert by_name["child"] == "RUNNING" and by_name["b"] == "PENDING"
+
+    # an operation sent with the id of a task before it runs is not taken for its child
+    planted = OuterWaiting().send()
+    _, planted_tasks = h.operation(planted.uuid)
+    Inner(uuid=planted_tasks[1].id).send()
+    h.drain()
+    _, by_name = statuses(h, planted.uuid)
+    assert by_name["child"] != "SUCCESS" and "b" not in [r for r in RUNS if r == "b"]
