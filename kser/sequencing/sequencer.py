@@ -843,6 +843,10 @@ class Sequencer:
                 self._queue_task(tx, op, task, forwarded(op, tasks, deps),
                                  queued=task.attempt)  # (a takeover of the running one)
             operations = {task.operation_id for task in expired}
+            children = tx.ended_children(now, self.settings.task_lease)
+            for child in children:  # their parents' tasks were not told: tell them again
+                self._queue_child_ended(tx, child, child.result)
+            operations.update(child.id for child in children)
             operations.update(tx.operations_with_unsent(now - grace, now))
         if expired:
             logger.warning("Sweep: %d task(s) whose worker stopped renewing its lease "

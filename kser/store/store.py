@@ -463,6 +463,22 @@ class Tx:
                                     .values(resent_at=now))
         return expired
 
+    def ended_children(self, now: float, lease: float) -> list[OperationRow]:
+        """Child operations that ended while their parent's task still waits for them
+        (its child_ended message lost, or dead-lettered), and that no sweep told again
+        in the last ``lease`` seconds; each parent's task is marked told."""
+        task, child = schema.tasks.c, schema.operations.c
+        ended = self._read_as(OperationRow, select(schema.operations).join(
+            schema.tasks, task.id == child.parent_task_id).where(and_(
+                child.status.in_(FINAL_STATUSES), task.status == Status.RUNNING,
+                task.lease_expires_at.is_(None), child.finished_at < now - lease,
+                or_(task.resent_at.is_(None), task.resent_at < now - lease))))
+        if ended:
+            self.connection.execute(update(schema.tasks)
+                                    .where(task.id.in_([row.id for row in ended]))
+                                    .values(resent_at=now))
+        return ended
+
     def end_orphaned_tasks(self, now: float) -> int:
         """RUNNING tasks whose lease is past in operations that already ended (canceled,
         failed): their worker stopped and nothing may take them over. Each becomes
@@ -564,10 +580,15 @@ class Tx:
     def purge(self, now: float) -> int:
         """Delete finished operations whose TTL strategy says they expired; return how many."""
         op = schema.operations.c
+        parent = schema.operations.alias("parent")
         candidates = self._read(
             select(op.id, op.status, op.finished_at, op.ttl_strategy)
             .where(and_(op.status.in_(FINAL_STATUSES), op.finished_at.is_not(None),
-                        op.ttl_strategy.is_not(None))))
+                        op.ttl_strategy.is_not(None),
+                        # a child stays while its parent runs (its parent's task reads it)
+                        ~select(parent.c.id).where(and_(
+                            parent.c.id == op.parent_operation_id,
+                            parent.c.status == Status.RUNNING)).exists())))
         expired = [row["id"] for row in candidates
                    if _expired(row["status"], row["finished_at"], row["ttl_strategy"], now)]
         for chunk in range(0, len(expired), 500):

@@ -664,3 +664,22 @@ def test_a_forged_child_ended_message_or_a_planted_child_changes_nothing(h):
     h.drain()
     _, by_name = statuses(h, planted.uuid)
     assert by_name["child"] != "SUCCESS" and "b" not in [r for r in RUNS if r == "b"]
+
+
+def test_a_lost_child_ended_message_is_sent_again_by_a_sweep(h, monkeypatch):
+    op = Outer().send()
+    # the child's end is stored, but its message to the parent's task is lost
+    sequencer = h.registry.sequencer
+    sequencer._queue_child_ended = lambda tx, child, result: None
+    try:
+        h.drain()
+    finally:
+        del sequencer._queue_child_ended
+    _, task_rows = h.operation(op.uuid)
+    assert h.operation(task_rows[1].id)[0].status == "SUCCESS"
+    assert statuses(h, op.uuid)[1]["inner"] == "RUNNING"
+    monkeypatch.setattr(h.registry.settings, "task_lease", 0.0)
+    time.sleep(0.01)
+    h.registry.sequencer.sweep(force=True)
+    h.drain()
+    assert statuses(h, op.uuid)[0] == "SUCCESS"
