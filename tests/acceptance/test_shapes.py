@@ -159,7 +159,7 @@ def test_a_sub_operation_whose_child_task_is_killed_mid_run_completes(
     workers[killed["worker"]].popen.kill()
     workers[killed["worker"]].popen.wait(30)
     run.workers.append(run.start_worker("killed-worker-restarted"))
-    run.wait_until_final({"SUCCESS": 1})
+    run.wait_until_final({"SUCCESS": 2}, timeout=180)  # the parent and its child
     with run.store.transaction() as tx:
         tasks = {t.name: t for t in tx.get_tasks(op_id)}
         assert [t.status for t in tasks.values()] == ["SUCCESS"] * 3
