@@ -64,34 +64,22 @@ _GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"))
                     .where(_task.id == bindparam("b_id")))
 
 
-def _upstream_count(status: Status | None = None) -> Any:
-    """How many upstream tasks of the outer task (``kser_tasks``) have ``status`` (all of
-    them for None). (No IN lists in the hop's statements: the DB-API path runs them
-    compiled once, without SQLAlchemy's expanding parameters.)"""
-    query = (select(func.count()).select_from(_up_dep)
-             .join(_up, _up.c.id == _up_dep.c.depends_on).where(_up_dep.c.task_id == _task.id))
-    if status is not None:
-        query = query.where(_up.c.status == status)
-    return query.scalar_subquery()
-
-
-_UPSTREAM_COUNTS = (_upstream_count().label("upstream_count"),
-                    _upstream_count(Status.SUCCESS).label("upstream_succeeded"),
-                    # a canceled upstream task never succeeds: it counts as failed
-                    (_upstream_count(Status.FAILED) + _upstream_count(Status.CANCELED))
-                    .label("upstream_failed"),
-                    _upstream_count(Status.SKIPPED).label("upstream_skipped"))
 # the tasks that depend on a task (found by id from the dependencies; their status is
-# checked by dependents(), as SQLite would otherwise look them up by status: a scan
-# of every pending task), with the states of their own upstream tasks
-_DEPENDENTS = (select(schema.tasks, *_UPSTREAM_COUNTS)
+# checked by dependents(), as SQLite would otherwise look them up by status: a scan of
+# every pending task), one row per upstream task of each, with that task's status
+# (counted in Python: one join, where a count per status was a subquery each)
+_DEPENDENTS = (select(schema.tasks, _up.c.status.label("upstream_status"))
+               .join(_up_dep, _up_dep.c.task_id == _task.id)
+               .join(_up, _up.c.id == _up_dep.c.depends_on)
                .where(_task.id.in_(select(_dep.c.task_id)
                                    .where(_dep.c.depends_on == bindparam("b_id"))))
                .order_by(_task.position))
-_PENDING_WITH_COUNTS = (select(schema.tasks, *_UPSTREAM_COUNTS)
-                        .where(and_(_task.operation_id == bindparam("b_id"),
-                                    _task.status == Status.PENDING))
-                        .order_by(_task.position))
+_PENDING_WITH_UPSTREAM = (select(schema.tasks, _up.c.status.label("upstream_status"))
+                          .outerjoin(_up_dep, _up_dep.c.task_id == _task.id)
+                          .outerjoin(_up, _up.c.id == _up_dep.c.depends_on)
+                          .where(and_(_task.operation_id == bindparam("b_id"),
+                                      _task.status == Status.PENDING))
+                          .order_by(_task.position))
 _UPSTREAM = (select(_task.id, _task.name, _task.position, _task.status, _task.result)
              .join(_dep, _dep.c.depends_on == _task.id)
              .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
@@ -155,7 +143,8 @@ _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)
 _HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_TASK_TO_RUN,
-                          _DEPENDENTS, _UPSTREAM, _UNFINISHED, _QUEUE, _CLAIM,
+                          _DEPENDENTS, _PENDING_WITH_UPSTREAM, _UPSTREAM, _UNFINISHED,
+                          _QUEUE, _CLAIM,
                           _TAKEN_OVER, _NEW_ATTEMPT, _RENEW, _FINISH_TASK, _FINISH_ATTEMPT,
                           _ADD_OUTBOX, _MARK_SENT)))
 #: columns the store keeps as JSON
@@ -308,12 +297,12 @@ class Tx:
         """The PENDING tasks depending on ``task_id``, each with how many upstream tasks
         it has (``upstream_count``) and how many of them succeeded, failed or were
         skipped (``upstream_succeeded``, ``upstream_failed``, ``upstream_skipped``)."""
-        return [row for row in self._read_as(TaskRow, _DEPENDENTS, dict(b_id=task_id))
+        return [row for row in _with_counts(self._read(_DEPENDENTS, dict(b_id=task_id)))
                 if row.status == Status.PENDING]
 
     def pending_tasks(self, operation_id: str) -> list[TaskRow]:
         """The operation's PENDING tasks, with the upstream counts of :meth:`dependents`."""
-        return self._read_as(TaskRow, _PENDING_WITH_COUNTS, dict(b_id=operation_id))
+        return _with_counts(self._read(_PENDING_WITH_UPSTREAM, dict(b_id=operation_id)))
 
     def upstream(self, task_id: str) -> list[dict[str, Any]]:
         """The tasks ``task_id`` depends on (``id``, ``name``, ``position``, ``status``,
@@ -604,6 +593,29 @@ class Tx:
                                     .where(schema.tasks.c.operation_id.in_(ids)))
             self.connection.execute(delete(schema.operations).where(op.id.in_(ids)))
         return len(expired)
+
+
+def _with_counts(rows: list[dict[str, Any]]) -> list[TaskRow]:
+    """Tasks from rows of (task, the status of one of its upstream tasks), in order, each
+    with how many upstream tasks it has, and how many succeeded, failed (or were
+    canceled: they never succeed) and were skipped."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        task = tasks.get(row["id"])
+        if task is None:
+            task = tasks[row["id"]] = dict(row, upstream_count=0, upstream_succeeded=0,
+                                           upstream_failed=0, upstream_skipped=0)
+        status = row["upstream_status"]
+        if status is None:  # (a task without upstream tasks)
+            continue
+        task["upstream_count"] += 1
+        if status == Status.SUCCESS:
+            task["upstream_succeeded"] += 1
+        elif status in (Status.FAILED, Status.CANCELED):
+            task["upstream_failed"] += 1
+        elif status == Status.SKIPPED:
+            task["upstream_skipped"] += 1
+    return [TaskRow.from_row(task) for task in tasks.values()]
 
 
 def _expired(status: str, finished_at: float, ttl: dict[str, Any] | None, now: float) -> bool:
