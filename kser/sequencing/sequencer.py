@@ -712,6 +712,11 @@ class Sequencer:
         with the merged results of its last tasks (those nothing depends on) that
         succeeded, the operation's own when there are none.
         """
+        rows = tx.failed_or_last(op.id)
+        if not any(row["status"] == FAILED for row in rows):  # the common case: one read
+            last = [row["result"] for row in rows if row["status"] == SUCCESS]
+            return Status.SUCCESS, (merged(last) if len(last) > 1 else
+                                    last[0] if last else op.result)
         tasks = {task.id: task for task in tx.get_tasks(op.id)}
         downstream: dict[str, list[str]] = {task_id: [] for task_id in tasks}
         for task_id, upstream_ids in tx.dependencies(op.id).items():

@@ -83,6 +83,14 @@ _PENDING_WITH_UPSTREAM = (select(schema.tasks, _up.c.status.label("upstream_stat
 _UPSTREAM = (select(_task.id, _task.name, _task.position, _task.status, _task.result)
              .join(_dep, _dep.c.depends_on == _task.id)
              .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
+# what decides an operation's outcome in the common case: its FAILED tasks, and its last
+# tasks (those nothing depends on) with their results
+_FAILED_OR_LAST = (select(_task.id, _task.status, _task.result)
+                   .where(and_(_task.operation_id == bindparam("b_id"),
+                               or_(_task.status == Status.FAILED,
+                                   ~select(_dep.c.task_id)
+                                   .where(_dep.c.depends_on == _task.id).exists())))
+                   .order_by(_task.position))
 _UNFINISHED = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
                                            or_(_task.status == Status.PENDING,
                                                _task.status == Status.RUNNING)))
@@ -144,6 +152,7 @@ _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
 #: the DB-API connection (each compiled once per dialect)
 _HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_TASK_TO_RUN,
                           _DEPENDENTS, _PENDING_WITH_UPSTREAM, _UPSTREAM, _UNFINISHED,
+                          _FAILED_OR_LAST,
                           _QUEUE, _CLAIM,
                           _TAKEN_OVER, _NEW_ATTEMPT, _RENEW, _FINISH_TASK, _FINISH_ATTEMPT,
                           _ADD_OUTBOX, _MARK_SENT)))
@@ -328,6 +337,11 @@ class Tx:
         return {row["name"] for row in self._read(
             select(_task.name).join(_dep, _dep.c.task_id == _task.id)
             .where(_dep.c.depends_on == task_id))}
+
+    def failed_or_last(self, operation_id: str) -> list[dict[str, Any]]:
+        """The operation's FAILED tasks and its last tasks (nothing depends on them):
+        ``id``, ``status``, ``result``, in its order."""
+        return self._read(_FAILED_OR_LAST, dict(b_id=operation_id))
 
     def unfinished(self, operation_id: str) -> bool:
         """True while a task of the operation is PENDING or RUNNING."""
