@@ -259,15 +259,24 @@ class Sequencer:
                       parent_operation_id=None if parent is None else parent.operation_id)
         if not tx.insert_operation(op_row):
             return op_row, False
-        tx.insert_tasks([dict(
+        task_rows: list[dict[str, Any]] = [dict(
             id=task.uuid, operation_id=operation.uuid, position=position, name=task.name,
             trigger_rule=str(task.trigger_rule), entrypoint=type(task).path,
             topic=getattr(type(task), "TOPIC", None), status=PENDING, params=task.params,
             metadata=_user_metadata(task.metadata), attempt=0)
-            for position, task in enumerate(operation.tasks)],
-            [(task.uuid, upstream.uuid) for task in operation.tasks
-             for upstream in task.upstream])
-        self._emit_ready(tx, operation.uuid)
+            for position, task in enumerate(operation.tasks)]
+        tx.insert_tasks(task_rows, [(task.uuid, upstream.uuid) for task in operation.tasks
+                                    for upstream in task.upstream])
+        # what runs at once is known without reading it back: the tasks without upstream
+        # tasks, and those whose rule is "always"
+        op = OperationRow.from_row(op_row)
+        ready = [row for row, task in zip(task_rows, operation.tasks, strict=True)
+                 if not task.upstream or task.trigger_rule is TriggerRule.ALWAYS]
+        for row in ready:
+            if tx.queue_task(row["id"]):
+                self._queue_task(tx, op, TaskRow.from_row(row), op.result, queued=1)
+        if not task_rows:
+            self._finish_operation(tx, operation.uuid, *self._outcome(tx, op))
         return op_row, True
 
     def wait(self, operation_id: str, timeout: float | None = None) -> Result:
