@@ -133,7 +133,6 @@ class Controls:
             task_id = self.get_task(tx, op, task_id).id
             tx.update_task(task_id, status=PENDING, finished_at=None, queued_attempt=None,
                            waiting_since=None, pokes=None)
-            tx.queue_task(task_id)
             tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())
             self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),

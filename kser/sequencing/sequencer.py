@@ -273,8 +273,7 @@ class Sequencer:
         ready = [row for row, task in zip(task_rows, operation.tasks, strict=True)
                  if not task.upstream or task.trigger_rule is TriggerRule.ALWAYS]
         for row in ready:
-            if tx.queue_task(row["id"]):
-                self._queue_task(tx, op, TaskRow.from_row(row), op.result, queued=1)
+            self._queue_task(tx, op, TaskRow.from_row(row), op.result, queued=1)
         if not task_rows:
             self._finish_operation(tx, operation.uuid, *self._outcome(tx, op))
         return op_row, True
@@ -593,7 +592,7 @@ class Sequencer:
                 if not tx.finish_poke(task_id, attempt, poke[0]):
                     return None
                 tx.add_logs(task_id, attempt, logs)
-                if op.status == RUNNING and tx.queue_task(task_id):
+                if op.status == RUNNING:
                     self._queue_task(tx, op, task_row, forwarded, due_at=poke[1],
                                      queued=attempt, pokes=(task_row.pokes or 0) + 1)
                 return transitions, tx.queued
@@ -609,9 +608,8 @@ class Sequencer:
             elif retry_in is not None:
                 logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
                                attempt, safe_text(result.stderr, 500), retry_in)
-                if tx.queue_task(task_id):
-                    self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in,
-                                     queued=attempt + 1)
+                self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in,
+                                 queued=attempt + 1)
             elif not self._advance(tx, op, tx.dependents(task_id),
                                    ended=(task_id, dumped if status == SUCCESS else None),
                                    followed=followed) \
@@ -681,16 +679,15 @@ class Sequencer:
                                task.upstream_succeeded or 0, task.upstream_failed or 0,
                                task.upstream_skipped or 0))
             if decision is Decision.RUN:
-                if tx.queue_task(task.id):
-                    if not task.upstream_count:
-                        received = op.result
-                    elif (ended is not None and task.upstream_count == 1
-                          and task.upstream_succeeded == 1):
-                        received = ended[1]
-                    else:
-                        received = merged(row["result"] for row in tx.upstream(task.id)
-                                          if row["status"] == SUCCESS)
-                    self._queue_task(tx, op, task, received, queued=task.attempt + 1)
+                if not task.upstream_count:
+                    received = op.result
+                elif (ended is not None and task.upstream_count == 1
+                      and task.upstream_succeeded == 1):
+                    received = ended[1]
+                else:
+                    received = merged(row["result"] for row in tx.upstream(task.id)
+                                      if row["status"] == SUCCESS)
+                if self._queue_task(tx, op, task, received, queued=task.attempt + 1):
                     queued += 1
             elif decision is not Decision.WAIT:
                 status = SKIPPED if decision is Decision.SKIP else FAILED
@@ -753,11 +750,13 @@ class Sequencer:
 
     def _queue_task(self, tx: Tx, op: OperationRow, task: TaskRow, forwarded: dict[str, Any] | None,
                     mode: str | None = None, due_at: float | None = None, *, queued: int,
-                    pokes: int | None = None) -> None:
-        """Add the message of ``task``'s attempt ``queued`` to the outbox. The message
-        carries ``queued`` and the sensor's ``pokes`` count: a copy of an earlier message
-        (a duplicate of a poke or a retry already run) finds them changed, and does
-        nothing (it would start a second chain of pokes)."""
+                    pokes: int | None = None, cas: bool = True) -> bool:
+        """Queue ``task`` (the compare-and-set of a join, unless ``cas`` is False: a
+        takeover's re-send) and add the message of its attempt ``queued`` to the outbox;
+        False if another transition had queued it. The message carries ``queued`` and the
+        sensor's ``pokes`` count: a copy of an earlier message (a duplicate of a poke or
+        a retry already run) finds them changed, and does nothing (it would start a
+        second chain of pokes)."""
         metadata = dict(task.metadata or {})
         metadata[KSER_METADATA_KEY] = dict(
             operation_id=op.id, task_id=task.id,
@@ -766,7 +765,11 @@ class Sequencer:
         kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)
         key, value = self._codec().encode(kmsg)
+        if cas:
+            return tx.queue_with_message(task.id, op.id, task.topic or op.topic, key, value,
+                                         due_at)
         tx.add_outbox(op.id, task.topic or op.topic, key, value, due_at)
+        return True
 
     def _finish_operation(self, tx: Tx, operation_id: str, status: str,
                           result: dict[str, Any] | None) -> Transition:
@@ -855,7 +858,7 @@ class Sequencer:
                 tasks = {t.id: t for t in tx.get_tasks(op.id)}
                 deps = tx.dependencies(op.id).get(task.id, ())
                 self._queue_task(tx, op, task, forwarded(op, tasks, deps),
-                                 queued=task.attempt)  # (a takeover of the running one)
+                                 queued=task.attempt, cas=False)  # (a takeover: re-sent)
             operations = {task.operation_id for task in expired}
             children = tx.ended_children(now, self.settings.task_lease)
             for child in children:  # their parents' tasks were not told: tell them again
