@@ -90,9 +90,7 @@ class Controls:
                 raise ControlRefusedError(409, f"Operation {operation_id} is {op.status}: "
                                      "only a FAILED one recovers")
             reset = self.reset_failed(tx, operation_id, tx.get_tasks(operation_id))
-            for task_id in reset:
-                tx.update_task(task_id, status=PENDING, result=None, finished_at=None,
-                               queued_attempt=None, waiting_since=None, pokes=None)
+            tx.reset_tasks(reset)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         sent = self._sequencer.publish(operation_id)
@@ -109,9 +107,7 @@ class Controls:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
                                      "first")
             reset = descendants(tx.dependencies(operation_id), self.get_task(tx, op, task_id))
-            for tid in reset:
-                tx.update_task(tid, status=PENDING, result=None, finished_at=None,
-                               queued_attempt=None, waiting_since=None, pokes=None)
+            tx.reset_tasks(reset)
             self._restart(tx, operation_id)
         self._sequencer._notify_status(operation_id, [(RUNNING, None)])
         self._sequencer.publish(operation_id)
@@ -131,8 +127,7 @@ class Controls:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
                                      "first")
             task_id = self.get_task(tx, op, task_id).id
-            tx.update_task(task_id, status=PENDING, finished_at=None, queued_attempt=None,
-                           waiting_since=None, pokes=None)
+            tx.reset_tasks([task_id], keep_result=True)
             tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())
             self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),

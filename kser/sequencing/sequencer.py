@@ -444,9 +444,7 @@ class Sequencer:
                 tasks = tx.get_tasks(task_id)
                 again = ([t.id for t in tasks] if existing.status == SUCCESS
                          else self.controls.reset_failed(tx, task_id, tasks))
-                for reset_id in again:
-                    tx.update_task(reset_id, status=PENDING, result=None, finished_at=None,
-                                   queued_attempt=None, waiting_since=None, pokes=None)
+                tx.reset_tasks(again)
                 tx.update_operation(task_id, status=RUNNING, finished_at=None)
                 self._emit_ready(tx, task_id)
             tx.update_task(task_id, lease_expires_at=None)

@@ -391,6 +391,18 @@ class Tx:
             deps.setdefault(row["task_id"], set()).add(row["depends_on"])
         return deps
 
+    def reset_tasks(self, task_ids: list[str], keep_result: bool = False) -> None:
+        """Make tasks PENDING again, to run anew (recover, run_from, run_one, a child run
+        again): not queued, no sensor waiting, no result unless ``keep_result``."""
+        if not task_ids:
+            return
+        values: dict[str, Any] = dict(status=Status.PENDING, finished_at=None,
+                                      queued_attempt=None, waiting_since=None, pokes=None)
+        if not keep_result:
+            values["result"] = None
+        self.connection.execute(update(schema.tasks)
+                                .where(schema.tasks.c.id.in_(task_ids)).values(**values))
+
     def update_task(self, task_id: str, **values: Any) -> None:
         self.connection.execute(update(schema.tasks).where(schema.tasks.c.id == task_id)
                                 .values(**values))

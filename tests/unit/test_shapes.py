@@ -663,7 +663,9 @@ def test_a_forged_child_ended_message_or_a_planted_child_changes_nothing(h):
     Inner(uuid=planted_tasks[1].id).send()
     h.drain()
     _, by_name = statuses(h, planted.uuid)
-    assert by_name["child"] != "SUCCESS" and "b" not in [r for r in RUNS if r == "b"]
+    assert by_name["child"] == "RUNNING" and "b" not in RUNS  # nothing followed it
+    errors = [dict(r.headers)["kser-error"] for r in h.broker.records("ops.dlq")]
+    assert any(b"is not the child of this task" in error for error in errors), errors
 
 
 def test_a_lost_child_ended_message_is_sent_again_by_a_sweep(h, monkeypatch):
