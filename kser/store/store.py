@@ -69,10 +69,11 @@ _GET_TASK_TO_RUN = (select(schema.tasks, _op.status.label("operation_status"))
 # every pending task), one row per upstream task of each, with that task's status
 # (counted in Python: one join, where a count per status was a subquery each)
 _DEPENDENTS = (select(schema.tasks, _up.c.status.label("upstream_status"))
-               .join(_up_dep, _up_dep.c.task_id == _task.id)
+               .select_from(_dep)
+               .join(schema.tasks, _task.id == _dep.c.task_id)
+               .join(_up_dep, _up_dep.c.task_id == _dep.c.task_id)
                .join(_up, _up.c.id == _up_dep.c.depends_on)
-               .where(_task.id.in_(select(_dep.c.task_id)
-                                   .where(_dep.c.depends_on == bindparam("b_id"))))
+               .where(_dep.c.depends_on == bindparam("b_id"))
                .order_by(_task.position))
 _PENDING_WITH_UPSTREAM = (select(schema.tasks, _up.c.status.label("upstream_status"))
                           .outerjoin(_up_dep, _up_dep.c.task_id == _task.id)
@@ -85,15 +86,22 @@ _UPSTREAM = (select(_task.id, _task.name, _task.position, _task.status, _task.re
              .where(_dep.c.task_id == bindparam("b_id")).order_by(_task.position))
 # what decides an operation's outcome in the common case: its FAILED tasks, and its last
 # tasks (those nothing depends on) with their results
+# (the upstream tasks of the operation's own tasks: PostgreSQL would otherwise hash
+# every dependency of the store, as it may for an OR'd NOT EXISTS)
+_same_op = schema.tasks.alias("same_op")
 _FAILED_OR_LAST = (select(_task.id, _task.status, _task.result)
                    .where(and_(_task.operation_id == bindparam("b_id"),
                                or_(_task.status == Status.FAILED,
-                                   ~select(_dep.c.task_id)
-                                   .where(_dep.c.depends_on == _task.id).exists())))
+                                   _task.id.not_in(
+                                       select(_dep.c.depends_on)
+                                       .join(_same_op, _same_op.c.id == _dep.c.task_id)
+                                       .where(_same_op.c.operation_id == bindparam("b_id"))))))
                    .order_by(_task.position))
+# (final statuses excluded, not unfinished ones matched: a match on status could be
+# served by the leases index, a scan of every running task of the store)
 _UNFINISHED = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
-                                           or_(_task.status == Status.PENDING,
-                                               _task.status == Status.RUNNING)))
+                                           *(_task.status != status
+                                             for status in sorted(FINAL_STATUSES))))
                .limit(1))
 # the join's compare-and-set: of the transitions that find a task ready, one queues it
 _QUEUE = (update(schema.tasks)
@@ -157,6 +165,33 @@ _QUEUE_WITH_MESSAGE_PG = (
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at) "
     "SELECT %(b_operation)s, %(b_topic)s, %(b_key)s, %(b_value)s, %(b_now)s, %(b_due)s "
     "FROM queued RETURNING id")
+
+#: claim_task on PostgreSQL: the compare-and-set of _CLAIM, and the new attempt's row
+#: only if it claimed the task, in one round trip; {taken_over} is _TAKEN_OVER's CTE
+#: when the task may be taken over (a data-modifying CTE runs whether or not used)
+_CLAIM_PG = (
+    "WITH claimed AS (UPDATE kser_tasks SET status = 'RUNNING', attempt = %(b_next)s, "
+    "worker = %(b_worker)s, lease_expires_at = %(b_lease)s, started_at = %(b_now)s, "
+    "finished_at = NULL WHERE id = %(b_id)s AND attempt = %(b_attempt)s "
+    "AND (status = 'PENDING' OR (status = 'RUNNING' AND (lease_expires_at < %(b_now)s "
+    "OR worker = %(b_worker)s))) RETURNING id){taken_over} "
+    "INSERT INTO kser_attempts (task_id, number, worker, status, started_at) "
+    "SELECT id, %(b_next)s, %(b_worker)s, 'RUNNING', %(b_now)s FROM claimed RETURNING task_id")
+_CLAIM_PG_TAKING_OVER = _CLAIM_PG.format(taken_over=(
+    ", taken_over AS (UPDATE kser_attempts SET status = 'FAILED', finished_at = %(b_now)s, "
+    "error = %(b_error)s WHERE task_id IN (SELECT id FROM claimed) "
+    "AND number = %(b_attempt)s AND status = 'RUNNING')"))
+_CLAIM_PG = _CLAIM_PG.format(taken_over="")
+#: finish_attempt on PostgreSQL: _FINISH_TASK, and _FINISH_ATTEMPT only if it finished
+#: the task, in one round trip; the count of tasks finished (0: taken over meanwhile)
+_FINISH_PG = (
+    "WITH finished AS (UPDATE kser_tasks SET status = %(b_task_status)s, "
+    "result = %(b_result)s, finished_at = %(b_finished)s, lease_expires_at = NULL "
+    "WHERE id = %(b_id)s AND attempt = %(b_attempt)s AND status = 'RUNNING' RETURNING id), "
+    "attempt AS (UPDATE kser_attempts SET status = %(b_status)s, finished_at = %(b_now)s, "
+    "retcode = %(b_retcode)s, error = %(b_error)s WHERE task_id IN (SELECT id FROM finished) "
+    "AND number = %(b_attempt)s) "
+    "SELECT count(*) FROM finished")
 
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)
@@ -418,12 +453,20 @@ class Tx:
         """
         params = dict(b_id=task_id, b_attempt=attempt, b_next=attempt + 1, b_worker=worker,
                       b_lease=lease_until, b_now=now)
+        # a taken-over attempt ended when its worker stopped renewing
+        error = f"lease expired: its worker stopped; taken over by {worker}"
+        if self.connection.dialect.name == "postgresql":  # one round trip
+            cursor = self._dbapi().cursor()
+            cursor.execute(_CLAIM_PG_TAKING_OVER if taking_over else _CLAIM_PG,
+                           dict(params, b_error=error) if taking_over else params)
+            claimed = cursor.fetchone() is not None
+            cursor.close()
+            return claimed
         claimed = self._execute(_CLAIM, params) == 1
         if claimed:
-            if taking_over:  # a taken-over attempt ended when its worker stopped renewing
-                self._execute(_TAKEN_OVER, dict(
-                    b_id=task_id, b_attempt=attempt, b_now=now,
-                    b_error=f"lease expired: its worker stopped; taken over by {worker}"))
+            if taking_over:
+                self._execute(_TAKEN_OVER, dict(b_id=task_id, b_attempt=attempt, b_now=now,
+                                                b_error=error))
             self._execute(_NEW_ATTEMPT, params)
         return claimed
 
@@ -460,14 +503,25 @@ class Tx:
         """
         task_status = task_status or status
         retry = task_status == Status.PENDING
+        retcode = None if result is None else result.get("retcode")
+        error = None if error is None else safe_text(error, None)
+        if self.connection.dialect.name == "postgresql":  # one round trip
+            cursor = self._dbapi().cursor()
+            cursor.execute(_FINISH_PG, dict(
+                b_id=task_id, b_attempt=attempt, b_task_status=task_status,
+                b_result=None if retry or result is None else json.dumps(result),
+                b_finished=None if retry else now, b_status=status, b_now=now,
+                b_retcode=retcode, b_error=error))
+            count: int = cursor.fetchone()[0]
+            cursor.close()
+            return count == 1
         finished = self._execute(_FINISH_TASK, dict(
             b_id=task_id, b_attempt=attempt, b_status=task_status,
             b_result=None if retry else result, b_finished=None if retry else now)) == 1
         if finished:
             self._execute(_FINISH_ATTEMPT, dict(
                 b_id=task_id, b_attempt=attempt, b_status=status, b_now=now,
-                b_retcode=None if result is None else result.get("retcode"),
-                b_error=None if error is None else safe_text(error, None)))
+                b_retcode=retcode, b_error=error))
         return finished
 
     def add_logs(self, task_id: str, attempt: int, lines: Iterable[tuple[float, int, str]]) -> None:
