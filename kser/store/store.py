@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.expression import Executable
 
@@ -897,6 +898,10 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.05)
 
 
+#: seconds a pooled PostgreSQL connection may sit idle before it is pinged on its next use
+PING_AFTER_IDLE = 2.0
+
+
 def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # a pool of open connections: opening one costs its PRAGMAs, and closing the last
@@ -924,4 +929,26 @@ def _create_engine(url: str) -> Engine:
             sqlite.execute("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_size=5, max_overflow=5)
+
+    # A connection is pinged before use only after it sat idle (the server may have
+    # restarted meanwhile): a ping at every checkout was a round trip per transaction,
+    # a tenth of a hop's time. One that fails the ping is replaced at once; one that
+    # breaks mid-transaction fails it with a transient error, and the pool is renewed.
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["kser_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("kser_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection lost: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection lost")
+
+    return engine
