@@ -367,20 +367,10 @@ def dlq() -> None:
 
 def _dlq_tools(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer],
                                            Callable[[], BaseProducer]]:
-    module = _transport(settings.transport)
-    consumer_module = importlib.import_module(f"{module.__name__}.consumer")
-    producer_module = importlib.import_module(f"{module.__name__}.producer")
+    from kser.dlq import clients
 
-    def make_consumer(group: str, topic: str) -> BaseConsumer:
-        consumer: BaseConsumer = consumer_module.Consumer(settings.client_config(group),
-                                                          [topic], settings=settings)
-        return consumer
-
-    def make_producer() -> BaseProducer:
-        producer: BaseProducer = producer_module.Producer(settings.client_config())
-        return producer
-
-    return make_consumer, make_producer
+    _transport(settings.transport)  # (a clear error for a transport not installed)
+    return clients(settings)
 
 
 def _dlq_store(settings: Settings, store_url: str | None) -> Store | None:

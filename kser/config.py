@@ -136,6 +136,13 @@ class Settings:
     ssl_cafile: str = field(default_factory=lambda: _env("KSER_SSL_CAFILE", ""))
     ssl_certfile: str = field(default_factory=lambda: _env("KSER_SSL_CERTFILE", ""))
     ssl_keyfile: str = field(default_factory=lambda: _env("KSER_SSL_KEYFILE", ""))
+    #: where the REST API is mounted (``registry.init_app``, ``kser serve``)
+    api_prefix: str = field(default_factory=lambda: _env("KSER_API_PREFIX", "/api/v1"))
+    #: the API's bearer tokens: comma-separated ``role:token`` pairs, roles ``read`` and
+    #: ``admin`` (secrets: never logged)
+    api_tokens: str = field(default_factory=lambda: _env("KSER_API_TOKENS", ""), repr=False)
+    #: ``none``: serve the API without tokens (refused unless set, when no token is)
+    api_auth: str = field(default_factory=lambda: _env("KSER_API_AUTH", "token"))
     #: logging level of the ``kser`` command
     log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
 

@@ -20,12 +20,14 @@ was not fixed, and a worker dead-lettered it again), it stops there.
 from __future__ import annotations
 
 import base64
+import importlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kser.config import TRANSPORTS, Settings
 from kser.controller import BaseProducer
 from kser.deadletter import DLQ_HEADERS
 from kser.record import Record, TopicPartition
@@ -87,6 +89,26 @@ class DeadLetter:
     def preview(self, width: int = 80) -> str:
         text = (self.record.value or b"").decode("utf-8", "replace").replace("\n", " ")
         return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def clients(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer],
+                                         Callable[[], BaseProducer]]:
+    """Makers of the consumers (``(group, topic)``) and producers of the settings'
+    transport that reading and replaying dead letters use."""
+    module = TRANSPORTS[settings.transport]
+    consumer_module = importlib.import_module(f"{module}.consumer")
+    producer_module = importlib.import_module(f"{module}.producer")
+
+    def make_consumer(group: str, topic: str) -> BaseConsumer:
+        consumer: BaseConsumer = consumer_module.Consumer(settings.client_config(group),
+                                                          [topic], settings=settings)
+        return consumer
+
+    def make_producer() -> BaseProducer:
+        producer: BaseProducer = producer_module.Producer(settings.client_config())
+        return producer
+
+    return make_consumer, make_producer
 
 
 def read(consumer: BaseConsumer, wait: float, commit: bool = False) -> Iterator[Record]:

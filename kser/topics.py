@@ -122,6 +122,10 @@ class TopicAdmin:
                 time.sleep(0.1)
         return missing
 
+    def existing(self, topics: list[str]) -> set[str]:
+        """Which of ``topics`` exist (a request to the cluster: it answers or raises)."""
+        return self._existing(list(dict.fromkeys(topics)))
+
     def describe(self, topics: list[str], group: str | None = None) -> list[TopicInfo]:
         """``topics`` as the cluster knows them (and as ``group`` reads them).
 

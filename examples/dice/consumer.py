@@ -32,7 +32,7 @@ if __name__ == '__main__':
     from kser.python_kafka.consumer import Consumer
 
     app = Flask(__name__)
-    oregistry.init_app(app)
+    oregistry.init_app(app, api=False)  # a worker: binds the registry, serves no API
     cons = Consumer(
         config=dict(
             bootstrap_servers=os.environ.get("KSER_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),

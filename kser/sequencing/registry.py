@@ -161,10 +161,19 @@ class OperationRegistry:
         ``with registry.store.transaction() as tx: tx.get_operation(id)``."""
         return self.sequencer.store
 
-    def init_app(self, app: Any = None) -> None:
-        """Bind to a Flask app (``app.extensions["kser"]`` is this registry), then load tasks."""
+    def init_app(self, app: Any = None, *, api: bool = True) -> None:
+        """Bind to a Flask app (``app.extensions["kser"]`` is this registry), mount the
+        REST API there (:func:`kser.web.init_api`, unless ``api=False``), then load tasks.
+
+        :raises kser.web.AuthConfigError: the API has no token (``KSER_API_TOKENS``) and
+            ``KSER_API_AUTH=none`` does not allow it to be open; nothing is mounted
+        """
         self.app = app
         if app is not None:
+            if api:
+                from kser.web import init_api
+
+                init_api(app, self)
             app.extensions["kser"] = self
         self.load_tasks()
 

@@ -228,8 +228,15 @@ def _v7(connection: Connection) -> None:
     _add_column(connection, "kser_operations", "parent_operation_id", "VARCHAR(64)")
 
 
+def _v8(connection: Connection) -> None:
+    """The control plane: operations listed newest first, page by page, read in order
+    from an index (not sorted whole for each page)."""
+    _add_index(connection, "kser_operations", "ix_kser_operations_created",
+               "(created_at, id)")
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def current_version(engine: Engine) -> int:

@@ -30,7 +30,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -64,6 +64,8 @@ operations = Table(
     Column("parent_operation_id", String(64), nullable=True),
     Index("ix_kser_operations_status_finished", "status", "finished_at"),
     Index("ux_kser_operations_idempotency_key", "idempotency_key", unique=True),
+    #: the control plane lists operations newest first, page by page
+    Index("ix_kser_operations_created", "created_at", "id"),
 )
 
 tasks = Table(

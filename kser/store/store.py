@@ -694,8 +694,15 @@ class Tx:
                             parent.c.status == Status.RUNNING)).exists())))
         expired = [row["id"] for row in candidates
                    if _expired(row["status"], row["finished_at"], row["ttl_strategy"], now)]
-        for chunk in range(0, len(expired), 500):
-            ids = expired[chunk:chunk + 500]
+        self.delete_operations(expired)
+        return len(expired)
+
+    def delete_operations(self, operation_ids: list[str]) -> None:
+        """Delete operations with their tasks, dependencies, attempts, logs and outbox rows
+        (the caller checked they are finished)."""
+        op = schema.operations.c
+        for chunk in range(0, len(operation_ids), 500):
+            ids = operation_ids[chunk:chunk + 500]
             task_ids = select(schema.tasks.c.id).where(schema.tasks.c.operation_id.in_(ids))
             for table in (schema.task_logs, schema.attempts):
                 self.connection.execute(delete(table).where(table.c.task_id.in_(task_ids)))
@@ -706,7 +713,55 @@ class Tx:
             self.connection.execute(delete(schema.tasks)
                                     .where(schema.tasks.c.operation_id.in_(ids)))
             self.connection.execute(delete(schema.operations).where(op.id.in_(ids)))
-        return len(expired)
+
+    # -- what the control plane reads ------------------------------------------------------
+
+    def list_operations(self, *, status: str | None = None, entrypoint: str | None = None,
+                        created_after: float | None = None,
+                        created_before: float | None = None, search: str | None = None,
+                        after: tuple[float, str] | None = None,
+                        limit: int = 50) -> list[OperationRow]:
+        """Operations, newest first (by creation time, then id), filtered: ``status``,
+        ``entrypoint`` (exact), created in ``[created_after, created_before)``,
+        ``search`` (a part of the id or entrypoint); ``after``: the ``(created_at, id)``
+        of the last one of the previous page."""
+        op = schema.operations.c
+        query = select(schema.operations)
+        if status is not None:
+            query = query.where(op.status == status)
+        if entrypoint is not None:
+            query = query.where(op.entrypoint == entrypoint)
+        if created_after is not None:
+            query = query.where(op.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(op.created_at < created_before)
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace(
+                "_", "\\_") + "%"
+            query = query.where(or_(op.id.like(pattern, escape="\\"),
+                                    op.entrypoint.like(pattern, escape="\\")))
+        if after is not None:
+            query = query.where(or_(op.created_at < after[0],
+                                    and_(op.created_at == after[0], op.id < after[1])))
+        return self._read_as(OperationRow, query.order_by(op.created_at.desc(), op.id.desc())
+                             .limit(limit))
+
+    def descendant_operations(self, operation_id: str) -> list[OperationRow]:
+        """The sub-operations of an operation, theirs, and so on (children first)."""
+        found: list[OperationRow] = []
+        parents = [operation_id]
+        while parents:
+            children = self._read_as(OperationRow, select(schema.operations).where(
+                schema.operations.c.parent_operation_id.in_(parents)))
+            found += children
+            parents = [child.id for child in children]
+        return found
+
+    def count_operations(self) -> dict[str, int]:
+        """How many operations the store holds, by status."""
+        op = schema.operations.c
+        return {row["status"]: row["n"] for row in self._read(
+            select(op.status, func.count().label("n")).group_by(op.status))}
 
 
 def _with_counts(rows: list[dict[str, Any]]) -> list[TaskRow]:

@@ -175,9 +175,10 @@ def test_subscribe_returns_the_class_and_registries_are_separate():
     assert OnlyInFirst.path not in second.controller.ENTRYPOINTS
 
 
-def test_init_app_binds_flask_and_loads_tasks():
+def test_init_app_binds_flask_mounts_the_api_and_loads_tasks(monkeypatch):
     from flask import Flask
 
+    monkeypatch.setenv("KSER_API_TOKENS", "admin:s3cret")
     loaded = []
 
     class Loading(OperationRegistry):
@@ -187,6 +188,23 @@ def test_init_app_binds_flask_and_loads_tasks():
     app = Flask(__name__)
     registry = Loading(app)
     assert app.extensions["kser"] is registry and registry.app is app and loaded == [True]
+    assert app.test_client().get("/api/v1/health").status_code == 200
+
+
+def test_init_app_refuses_an_api_without_tokens_unless_told(monkeypatch):
+    from flask import Flask
+
+    from kser.web import AuthConfigError
+
+    monkeypatch.delenv("KSER_API_TOKENS", raising=False)
+    monkeypatch.delenv("KSER_API_AUTH", raising=False)
+    with pytest.raises(AuthConfigError, match="KSER_API_AUTH=none"):
+        OperationRegistry(Flask(__name__))
+    app = Flask(__name__)
+    registry = OperationRegistry()
+    registry.init_app(app, api=False)  # binding alone needs no token
+    assert app.extensions["kser"] is registry
+    assert app.test_client().get("/api/v1/health").status_code == 404
 
 
 def test_message_class_decodes_records_and_kser_08_transport_still_works():

@@ -381,7 +381,7 @@ def test_a_flask_view_launches_an_operation(h):
     from flask import Flask, jsonify
 
     app = Flask(__name__)
-    h.registry.init_app(app)
+    h.registry.init_app(app, api=False)  # the host's own view, without kser's REST API
 
     @app.post("/operations")
     def launch():
