@@ -24,7 +24,7 @@ from cdumay_error import Error as CdumayError
 from kser import __version__
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
-from kser.errors import StoreError
+from kser.errors import StoreError, kafka_client_errors
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
 from kser.status import FINAL_STATUSES, Status
@@ -86,27 +86,12 @@ def _load_registry(spec: str) -> Controller:
                        "or a Controller")
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = []
-    try:
-        from kafka.errors import KafkaError
-        errors.append(KafkaError)
-    except ImportError:  # pragma: no cover - kafka-python is a dependency
-        pass
-    try:
-        from confluent_kafka import KafkaException
-        errors.append(KafkaException)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 @contextmanager
 def _kafka_errors(settings: Settings) -> Iterator[None]:
     """A Kafka client error in the block is one line: which broker, what, what to check."""
     try:
         yield
-    except _connection_errors() as exc:
+    except kafka_client_errors() as exc:
         raise KserCliError(f"Kafka at {settings.bootstrap_servers} failed: {exc}; is the "
                            "broker running and reachable, are the credentials right?") from None
 
@@ -256,7 +241,7 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, count: in
     producer_module = importlib.import_module(f"{module.__name__}.producer")
     try:
         producer = producer_module.Producer(settings.producer_config())
-    except _connection_errors() as exc:
+    except kafka_client_errors() as exc:
         raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers} within "
                            f"{settings.connect_timeout:g} s ({exc}): is the broker running "
                            "and reachable? (KSER_BOOTSTRAP_SERVERS, --bootstrap-servers; "
@@ -413,10 +398,7 @@ def dlq_list(settings: Settings, topic: str, wait: float, store_url: str | None,
     with _kafka_errors(settings):
         letters = list_dead_letters(make_consumer, settings.dlq_for(topic), wait, store, topic)
     for letter in letters:
-        record = letter.record
-        where = (f"store #{letter.stored_id}" if letter.stored_id is not None
-                 else f"{record.topic}[{record.partition}]@{record.offset}")
-        click.echo(f"{where} from "
+        click.echo(f"{letter.where} from "
                    f"{letter.headers.get('kser-source-topic', '?')}"
                    f"[{letter.headers.get('kser-source-partition', '?')}]"
                    f"@{letter.headers.get('kser-source-offset', '?')}: {letter.error}\n"
@@ -512,7 +494,7 @@ def _admin(settings: Settings) -> TopicAdmin:
             settings.client_config(), partitions=settings.partitions,
             replication_factor=settings.replication_factor, timeout=settings.connect_timeout)
         return admin
-    except _connection_errors() as exc:
+    except kafka_client_errors() as exc:
         raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers} within "
                            f"{settings.connect_timeout:g} s ({exc}): is the broker running "
                            "and reachable?") from None

@@ -62,6 +62,13 @@ class DeadLetter:
         return cls(Record("store", 0, row.id, row.value, row.key, headers), row.id)
 
     @property
+    def where(self) -> str:
+        """Where it is kept: ``topic[partition]@offset``, or ``store #id``."""
+        record = self.record
+        return (f"store #{self.stored_id}" if self.stored_id is not None
+                else f"{record.topic}[{record.partition}]@{record.offset}")
+
+    @property
     def trimmed(self) -> bool:
         """True for a topic copy whose value was cut to fit (the store has it whole)."""
         return "kser-value-trimmed" in self.headers

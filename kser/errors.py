@@ -32,6 +32,23 @@ class WorkerFatalError(Exception):
     """This worker cannot go on (e.g. its SQLite store file was removed): it stops."""
 
 
+def kafka_client_errors() -> tuple[type[BaseException], ...]:
+    """The base error classes of the Kafka clients installed (kafka-python's, and
+    confluent-kafka's when it is): what an unreachable or refusing cluster raises."""
+    errors: list[type[BaseException]] = []
+    try:
+        from kafka.errors import KafkaError
+        errors.append(KafkaError)
+    except ImportError:  # pragma: no cover - kafka-python is a dependency
+        pass
+    try:
+        from confluent_kafka import KafkaException
+        errors.append(KafkaException)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def safe_text(value: object, limit: int | None = DEFAULT_TEXT_LIMIT) -> str:
     """``value`` as text that encodes to UTF-8 and holds no NUL character.
 

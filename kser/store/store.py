@@ -455,7 +455,8 @@ class Tx:
         params = dict(b_id=task_id, b_attempt=attempt, b_next=attempt + 1, b_worker=worker,
                       b_lease=lease_until, b_now=now)
         # a taken-over attempt ended when its worker stopped renewing
-        error = f"lease expired: its worker stopped; taken over by {worker}"
+        error = (f"lease expired: its worker stopped; taken over by {worker}"
+                 if taking_over else "")
         if self.connection.dialect.name == "postgresql":  # one round trip
             cursor = self._dbapi().cursor()
             cursor.execute(_CLAIM_PG_TAKING_OVER if taking_over else _CLAIM_PG,

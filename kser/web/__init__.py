@@ -55,12 +55,7 @@ def init_api(app: Flask, registry: OperationRegistry) -> Api:
     })
     api = Api(app)
     for blueprint in routes.BLUEPRINTS:
-        if blueprint is routes.health:
-            api.register_blueprint(blueprint, url_prefix=prefix or None)
-        elif blueprint is routes.dead_letters:
-            api.register_blueprint(blueprint, url_prefix=f"{prefix}/dead-letters")
-        else:
-            api.register_blueprint(blueprint, url_prefix=prefix or None)
+        api.register_blueprint(blueprint, url_prefix=prefix or None)
     _static(app)
     if tokens.open:
         logger.warning("kser API at %s: no authentication (KSER_API_AUTH=none)", prefix or "/")

@@ -24,7 +24,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy.exc import SQLAlchemyError
 
-from kser.errors import StoreError, safe_text
+from kser.errors import StoreError, kafka_client_errors, safe_text
 from kser.sequencing.controls import ControlRefusedError, Controls
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 operations = Blueprint("operations", __name__, description="Start, watch and control "
                        "operations; read their tasks' logs and attempts")
 entrypoints = Blueprint("entrypoints", __name__, description="What can be started")
-dead_letters = Blueprint("dead_letters", __name__, url_prefix="/dead-letters",
+dead_letters = Blueprint("dead_letters", __name__,
                          description="Records workers could not handle, and their replay")
 health = Blueprint("health", __name__, description="Liveness and readiness (no token)")
 
@@ -85,25 +85,31 @@ def authorize() -> None:
               f"{request.path} needs 'admin'")
 
 
+def unavailable(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Any route: the store or Kafka failing is a 503 saying which, to retry later."""
+    if isinstance(exc, SQLAlchemyError | StoreError):
+        what = ("the store is unreachable", "check KSER_STORE_URL and the database")
+    else:
+        what = ("Kafka did not answer", "check KSER_BOOTSTRAP_SERVERS and the brokers")
+    logger.warning("kser API: %s: %s", what[0], safe_text(exc, 500))
+    return (dict(code=503, status="Service Unavailable",
+                 message=f"{what[0]} ({safe_text(exc, 300)}): try again, and {what[1]}"),
+            503, {"Retry-After": "5"})
+
+
 for _blueprint in (operations, entrypoints, dead_letters):
     _blueprint.before_request(authorize)
+for _blueprint in (operations, entrypoints, dead_letters, health):
+    for _error in (SQLAlchemyError, StoreError, *kafka_client_errors()):
+        _blueprint.register_error_handler(_error, unavailable)
 
 
 # -- helpers --------------------------------------------------------------------------
 
-def _store_unavailable(exc: Exception) -> None:
-    logger.warning("kser API: the store is unreachable: %s", safe_text(exc, 500))
-    abort(503, message=f"the store is unreachable ({safe_text(exc, 300)}): try again, and "
-          "check KSER_STORE_URL and the database", headers={"Retry-After": "5"})
-
-
 def transaction(work: Callable[[Tx], Any]) -> Any:
-    """``work`` in one store transaction; an unreachable store is a 503."""
-    try:
-        with registry().store.transaction() as tx:
-            return work(tx)
-    except (SQLAlchemyError, StoreError) as exc:
-        _store_unavailable(exc)
+    """``work`` in one store transaction (an exception, an abort too, rolls it back)."""
+    with registry().store.transaction() as tx:
+        return work(tx)
 
 
 def operation_url(operation_id: str) -> str:
@@ -232,9 +238,6 @@ class Operations(MethodView):
         except ValidationError as exc:  # (a key given to another entrypoint)
             invalid_params(safe_text(exc.message, 1000), "key")
             raise
-        except (SQLAlchemyError, StoreError) as exc:
-            _store_unavailable(exc)
-            raise
         operation_id = result.uuid
         if wait is not None:
             try:
@@ -280,11 +283,7 @@ class OperationView(MethodView):
 
 
 def _control(operation_id: str, call: Callable[[], Any]) -> dict[str, Any]:
-    try:
-        result = call()
-    except (SQLAlchemyError, StoreError) as exc:
-        _store_unavailable(exc)
-        raise
+    result = call()
     if result.retcode >= 300:
         abort(result.retcode if result.retcode in (404, 409) else 409,
               message=safe_text(result.stderr, 1000))
@@ -397,12 +396,7 @@ def _dead_letter_tools(topic: str | None) -> tuple[Any, Any, str]:
     return make_consumer, make_producer, topic or settings.topic
 
 
-def _kafka_unavailable(exc: Exception) -> None:
-    abort(503, message=f"Kafka did not answer ({safe_text(exc, 300)}): try again, and check "
-          "KSER_BOOTSTRAP_SERVERS and the brokers", headers={"Retry-After": "5"})
-
-
-@dead_letters.route("")
+@dead_letters.route("/dead-letters")
 @dead_letters.arguments(schemas.DeadLetterArgsSchema, location="query", as_kwargs=True)
 @dead_letters.response(200, schemas.DeadLettersSchema)
 def list_dead_letters(wait: float, topic: str | None = None) -> dict[str, Any]:
@@ -413,19 +407,12 @@ def list_dead_letters(wait: float, topic: str | None = None) -> dict[str, Any]:
     from kser.dlq import list_dead_letters as read
 
     make_consumer, _, topic = _dead_letter_tools(topic)
-    settings = registry().settings
-    try:
-        letters = read(make_consumer, settings.dlq_for(topic), wait, registry().store, topic)
-    except (SQLAlchemyError, StoreError) as exc:
-        _store_unavailable(exc)
-        raise
-    except Exception as exc:
-        _kafka_unavailable(exc)
-        raise
+    letters = read(make_consumer, registry().settings.dlq_for(topic), wait,
+                   registry().store, topic)
     return dict(topic=topic, dead_letters=[dead_letter_view(letter) for letter in letters])
 
 
-@dead_letters.route("/replay", methods=["POST"])
+@dead_letters.route("/dead-letters/replay", methods=["POST"])
 @dead_letters.arguments(schemas.ReplaySchema)
 @dead_letters.response(200, schemas.DeadLettersSchema)
 def replay_dead_letters(body: dict[str, Any]) -> dict[str, Any]:
@@ -435,20 +422,12 @@ def replay_dead_letters(body: dict[str, Any]) -> dict[str, Any]:
     from kser.dlq import replay
 
     make_consumer, make_producer, topic = _dead_letter_tools(body.get("topic"))
-    settings = registry().settings
+    producer = make_producer()
     try:
-        producer = make_producer()
-        try:
-            letters = replay(make_consumer, producer, settings.dlq_for(topic), topic,
-                             body["wait"], registry().store)
-        finally:
-            producer.close()
-    except (SQLAlchemyError, StoreError) as exc:
-        _store_unavailable(exc)
-        raise
-    except Exception as exc:
-        _kafka_unavailable(exc)
-        raise
+        letters = replay(make_consumer, producer, registry().settings.dlq_for(topic), topic,
+                         body["wait"], registry().store)
+    finally:
+        producer.close()
     return dict(topic=topic, dead_letters=[dead_letter_view(letter) for letter in letters])
 
 

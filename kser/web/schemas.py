@@ -136,15 +136,20 @@ class EntrypointSchema(Schema):
     required_fields = fields.List(fields.String(), required=True)
 
 
-class DeadLetterArgsSchema(_Args):
+class _DeadLetterFields(Schema):
     topic = fields.String(validate=validate.Length(min=1, max=249),
                           metadata={"description": "the source topic (default KSER_TOPIC)"})
-    wait = fields.Float(load_default=2.0, validate=validate.Range(min=0.1, max=60))
+    wait = fields.Float(load_default=2.0, validate=validate.Range(min=0.1, max=60),
+                        metadata={"description": "seconds without a new record that end "
+                                  "the dead-letter topic"})
 
 
-class ReplaySchema(_Strict):
-    topic = fields.String(validate=validate.Length(min=1, max=249))
-    wait = fields.Float(load_default=2.0, validate=validate.Range(min=0.1, max=60))
+class DeadLetterArgsSchema(_DeadLetterFields, _Args):
+    pass
+
+
+class ReplaySchema(_DeadLetterFields, _Strict):
+    pass
 
 
 class DeadLetterSchema(Schema):

@@ -54,9 +54,6 @@ def attempt_view(attempt: AttemptRow) -> dict[str, Any]:
 
 
 def dead_letter_view(letter: DeadLetter) -> dict[str, Any]:
-    record = letter.record
-    where = (f"store #{letter.stored_id}" if letter.stored_id is not None
-             else f"{record.topic}[{record.partition}]@{record.offset}")
     topic, partition, offset = letter.source
-    return dict(where=where, source_topic=topic, source_partition=partition,
+    return dict(where=letter.where, source_topic=topic, source_partition=partition,
                 source_offset=offset, error=letter.error, preview=letter.preview(200))
