@@ -23,10 +23,10 @@ def load_result(data: Mapping[str, Any] | None, uuid_: str | None = None) -> Res
 def forwarded(op: OperationRow, tasks: Mapping[str, TaskRow],
               dependencies: Iterable[str]) -> dict[str, Any] | None:
     """The result a task receives: its upstream tasks' results merged (of those that
-    succeeded), else the operation's."""
+    succeeded), else the one the operation was sent with."""
     dependencies = list(dependencies)
     if not dependencies:
-        return op.result
+        return op.initial_result
     if len(dependencies) == 1 and tasks[dependencies[0]].status == Status.SUCCESS:
         return tasks[dependencies[0]].result
     return merged([tasks[dep].result for dep in

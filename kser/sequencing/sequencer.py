@@ -252,6 +252,7 @@ class Sequencer:
         op_row = dict(id=operation.uuid, entrypoint=type(operation).path, status=RUNNING,
                       params=operation.params, metadata=_user_metadata(operation.metadata),
                       result=dump_result(operation.result), topic=topic,
+                      initial_result=dump_result(operation.result),
                       exit_notify=operation.exit_notify_settings(),
                       ttl_strategy=operation.ttl_settings(), created_at=now, updated_at=now,
                       idempotency_key=None if key is None else str(key),
@@ -273,7 +274,7 @@ class Sequencer:
         ready = [row for row, task in zip(task_rows, operation.tasks, strict=True)
                  if not task.upstream or task.trigger_rule is TriggerRule.ALWAYS]
         for row in ready:
-            self._queue_task(tx, op, TaskRow.from_row(row), op.result, queued=1)
+            self._queue_task(tx, op, TaskRow.from_row(row), op.initial_result, queued=1)
         if not task_rows:
             self._finish_operation(tx, operation.uuid, *self._outcome(tx, op))
         return op_row, True
@@ -678,7 +679,7 @@ class Sequencer:
                                task.upstream_skipped or 0))
             if decision is Decision.RUN:
                 if not task.upstream_count:
-                    received = op.result
+                    received = op.initial_result
                 elif (ended is not None and task.upstream_count == 1
                       and task.upstream_succeeded == 1):
                     received = ended[1]
@@ -714,13 +715,13 @@ class Sequencer:
         rule let it run after the failure accepted it; one that did not run because of it
         passes it on), with the result of the first such task that ran; else SUCCESS,
         with the merged results of its last tasks (those nothing depends on) that
-        succeeded, the operation's own when there are none.
+        succeeded, the one the operation was sent with when there are none.
         """
         rows = tx.failed_or_last(op.id)
         if not any(row["status"] == FAILED for row in rows):  # the common case: one read
             last = [row["result"] for row in rows if row["status"] == SUCCESS]
             return Status.SUCCESS, (merged(last) if len(last) > 1 else
-                                    last[0] if last else op.result)
+                                    last[0] if last else op.initial_result)
         tasks = {task.id: task for task in tx.get_tasks(op.id)}
         downstream: dict[str, list[str]] = {task_id: [] for task_id in tasks}
         for task_id, upstream_ids in tx.dependencies(op.id).items():
@@ -744,7 +745,7 @@ class Sequencer:
         last = [tasks[t].result for t in tasks
                 if not downstream[t] and tasks[t].status == SUCCESS]
         return Status.SUCCESS, (merged(last) if len(last) > 1 else
-                                last[0] if last else op.result)
+                                last[0] if last else op.initial_result)
 
     def _queue_task(self, tx: Tx, op: OperationRow, task: TaskRow, forwarded: dict[str, Any] | None,
                     mode: str | None = None, due_at: float | None = None, *, queued: int,

@@ -235,8 +235,19 @@ def _v8(connection: Connection) -> None:
                "(created_at, id)")
 
 
+def _v9(connection: Connection) -> None:
+    """An operation's initial result kept apart from its final one (a recovered first
+    task received the failure). A running operation's ``result`` is still the one it
+    was sent with; an ended one's is lost (NULL: its first tasks receive an empty one)."""
+    _add_column(connection, "kser_operations", "initial_result", "JSON")
+    connection.execute(text(
+        "UPDATE kser_operations SET initial_result = result "
+        "WHERE status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')"))
+
+
 #: migration n is MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8,
+                                                  _v9]
 
 
 def current_version(engine: Engine) -> int:

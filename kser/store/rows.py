@@ -72,6 +72,8 @@ class OperationRow(Row):
     #: (a sub-operation) the task of its parent it runs as, and the parent
     parent_task_id: str | None = None
     parent_operation_id: str | None = None
+    #: the result it was sent with (None in rows older than schema 9 that had ended)
+    initial_result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, eq=False)

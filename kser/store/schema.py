@@ -30,7 +30,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -47,6 +47,9 @@ operations = Table(
     Column("metadata", JSON, nullable=False),
     #: the final (or latest) result of the operation
     Column("result", JSON, nullable=True),
+    #: the result it was sent with, which its first tasks receive (again when recovered
+    #: or re-run: ``result`` is then the final one); NULL in rows older than schema 9
+    Column("initial_result", JSON, nullable=True),
     #: topic the operation's tasks go to unless a task names its own
     Column("topic", String(255), nullable=False),
     #: {"topic": ..., "payload": ..., "entrypoint": ...} or NULL

@@ -202,9 +202,9 @@ _HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_TASK_TO_RU
                           _QUEUE, _CLAIM,
                           _TAKEN_OVER, _NEW_ATTEMPT, _RENEW, _FINISH_TASK, _FINISH_ATTEMPT,
                           _ADD_OUTBOX, _MARK_SENT)))
-#: columns the store keeps as JSON
-_JSON_COLUMNS = frozenset({"params", "metadata", "result", "exit_notify", "ttl_strategy",
-                           "headers"})
+#: columns the store keeps as JSON (decoded by hand on the hop's raw cursors)
+_JSON_COLUMNS = frozenset(column.name for table in schema.metadata.tables.values()
+                          for column in table.columns if isinstance(column.type, JSON))
 _Compiled = tuple[str, list[str] | None, dict[str, Any], frozenset[str]]
 _COMPILED: dict[tuple[int, str], _Compiled] = {}
 

@@ -91,6 +91,12 @@ class WithFlaky(Operation):
         return [Step(params={"index": 0}), FlakyStep(), Step(params={"index": 2})]
 
 
+@registry.subscribe
+class FlakyFirst(Operation):
+    def build_tasks(self, **kwargs):
+        return [FlakyStep(), Step(params={"index": 1})]
+
+
 class HeavyStep(Step):
     """A step routed to its own topic (and so to its own pool of consumers)."""
 

@@ -142,3 +142,21 @@ def test_a_task_message_sent_before_the_upgrade_still_runs_after_it(
     op, _ = h.operation("op4")
     assert op.status == "SUCCESS" and tasks.CALLS == ["flaky1", "step2"]
     h.store.close()
+
+
+def test_version_9_keeps_the_initial_result_of_running_operations_only(tmp_path):
+    url = f"sqlite:///{tmp_path}/v8.db"
+    engine = store_at(url, 8)
+    with engine.begin() as connection:
+        for op_id, status in (("running", "RUNNING"), ("failed", "FAILED")):
+            connection.exec_driver_sql(
+                "INSERT INTO kser_operations (id, entrypoint, status, params, metadata, "
+                "result, topic, created_at, updated_at) VALUES (?, 'e', ?, '{}', '{}', ?, "
+                "'ops', 1, 1)", (op_id, status, f'{{"retval": "{op_id}"}}'))
+    engine.dispose()
+    store = Store(url)
+    with store.transaction() as tx:
+        # a running operation still holds what it was sent with; an ended one's is lost
+        assert tx.operation("running").initial_result == {"retval": "running"}
+        assert tx.operation("failed").initial_result is None
+    store.close()

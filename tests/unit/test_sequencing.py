@@ -163,6 +163,24 @@ def test_recover_restarts_from_the_failed_task_keeping_earlier_results(h):
     assert h.registry.sequencer.recover(op.uuid).retcode == 409  # only a FAILED one
 
 
+@pytest.mark.parametrize("control", ["recover", "run_one", "run_from"])
+def test_a_first_task_run_again_receives_the_result_the_operation_was_sent_with(h, control):
+    op = tasks.FlakyFirst(result=Result(retval={"seed": 1})).send()
+    h.drain()
+    row, task_rows = h.operation(op.uuid)
+    assert row["status"] == "FAILED" and row["result"]["retcode"] == 500
+    tasks.FLAKY["fail"] = False
+    control_args = () if control == "recover" else (task_rows[0]["name"],)
+    assert getattr(h.registry.sequencer, control)(op.uuid, *control_args).retcode == 0
+    h.drain()
+    sent = [m for m in h.messages("ops") if m["uuid"] == task_rows[0]["id"]]
+    assert [m["result"]["retcode"] for m in sent] == [0, 0]
+    assert [m["result"]["retval"] for m in sent] == [{"seed": 1}, {"seed": 1}]
+    # run_one runs that task alone: the step after it stays failed by its upstream
+    assert h.operation(op.uuid)[0]["status"] == ("FAILED" if control == "run_one"
+                                                 else "SUCCESS")
+
+
 def test_task_logs_are_stored_per_task_and_attempt(h):
     op = tasks.WithFlaky().send()
     h.drain()
