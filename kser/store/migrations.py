@@ -238,8 +238,15 @@ def _v8(connection: Connection) -> None:
 def _v9(connection: Connection) -> None:
     """An operation's initial result kept apart from its final one (a recovered first
     task received the failure). A running operation's ``result`` is still the one it
-    was sent with; an ended one's is lost (NULL: its first tasks receive an empty one)."""
+    was sent with; an ended one's is lost (NULL: its first tasks receive an empty one).
+    The leases index made partial and without the status (PostgreSQL planned the hop's
+    updates of a task by id and status on it, scanning every PENDING task)."""
     _add_column(connection, "kser_operations", "initial_result", "JSON")
+    connection.execute(text("DROP INDEX IF EXISTS ix_kser_tasks_leases"))
+    if "ix_kser_tasks_lease_expiry" not in {
+            i["name"] for i in inspect(connection).get_indexes("kser_tasks")}:
+        connection.execute(text("CREATE INDEX ix_kser_tasks_lease_expiry ON kser_tasks "
+                                "(lease_expires_at) WHERE lease_expires_at IS NOT NULL"))
     connection.execute(text(
         "UPDATE kser_operations SET initial_result = result "
         "WHERE status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')"))

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -112,7 +113,12 @@ tasks = Table(
     Column("pokes", Integer, nullable=True),
     Index("ix_kser_tasks_operation", "operation_id", "position"),
     Index("ux_kser_tasks_name", "operation_id", "name", unique=True),
-    Index("ix_kser_tasks_leases", "status", "lease_expires_at"),
+    #: the sweep's expired leases; partial (only held leases) and without the status, so
+    #: that a statement naming a task by id and status is never planned on it: a scan of
+    #: every PENDING or RUNNING task (and their dead index entries) instead of one row
+    Index("ix_kser_tasks_lease_expiry", "lease_expires_at",
+          postgresql_where=text("lease_expires_at IS NOT NULL"),
+          sqlite_where=text("lease_expires_at IS NOT NULL")),
 )
 
 task_dependencies = Table(

@@ -98,8 +98,8 @@ _FAILED_OR_LAST = (select(_task.id, _task.status, _task.result)
                                        .join(_same_op, _same_op.c.id == _dep.c.task_id)
                                        .where(_same_op.c.operation_id == bindparam("b_id"))))))
                    .order_by(_task.position))
-# (final statuses excluded, not unfinished ones matched: a match on status could be
-# served by the leases index, a scan of every running task of the store)
+# (final statuses excluded, not unfinished ones matched: the operation's own tasks are
+# read from its index, whatever the planner thinks of a status's frequency)
 _UNFINISHED = (select(_task.id).where(and_(_task.operation_id == bindparam("b_id"),
                                            *(_task.status != status
                                              for status in sorted(FINAL_STATUSES))))
@@ -180,18 +180,20 @@ _CLAIM_PG = (
     "SELECT id, %(b_next)s, %(b_worker)s, 'RUNNING', %(b_now)s FROM claimed RETURNING task_id")
 _CLAIM_PG_TAKING_OVER = _CLAIM_PG.format(taken_over=(
     ", taken_over AS (UPDATE kser_attempts SET status = 'FAILED', finished_at = %(b_now)s, "
-    "error = %(b_error)s WHERE task_id IN (SELECT id FROM claimed) "
-    "AND number = %(b_attempt)s AND status = 'RUNNING')"))
+    "error = %(b_error)s WHERE task_id = %(b_id)s AND number = %(b_attempt)s "
+    "AND status = 'RUNNING' AND EXISTS (SELECT 1 FROM claimed))"))
 _CLAIM_PG = _CLAIM_PG.format(taken_over="")
 #: finish_attempt on PostgreSQL: _FINISH_TASK, and _FINISH_ATTEMPT only if it finished
-#: the task, in one round trip; the count of tasks finished (0: taken over meanwhile)
+#: the task, in one round trip; the count of tasks finished (0: taken over meanwhile).
+#: The attempt is named by its key, not joined to the CTE: a prepared statement's
+#: generic plan, made while the table was small, would scan every attempt for the join
 _FINISH_PG = (
     "WITH finished AS (UPDATE kser_tasks SET status = %(b_task_status)s, "
     "result = %(b_result)s, finished_at = %(b_finished)s, lease_expires_at = NULL "
     "WHERE id = %(b_id)s AND attempt = %(b_attempt)s AND status = 'RUNNING' RETURNING id), "
     "attempt AS (UPDATE kser_attempts SET status = %(b_status)s, finished_at = %(b_now)s, "
-    "retcode = %(b_retcode)s, error = %(b_error)s WHERE task_id IN (SELECT id FROM finished) "
-    "AND number = %(b_attempt)s) "
+    "retcode = %(b_retcode)s, error = %(b_error)s WHERE task_id = %(b_id)s "
+    "AND number = %(b_attempt)s AND EXISTS (SELECT 1 FROM finished)) "
     "SELECT count(*) FROM finished")
 
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on

@@ -26,7 +26,7 @@ def test_a_version_1_store_is_migrated_to_the_current_version(tmp_path):
     store = Store(url)
     with store.engine.begin() as connection:  # turn it back into what version 1 created
         connection.exec_driver_sql("DROP INDEX ix_kser_outbox_due")
-        connection.exec_driver_sql("DROP INDEX ix_kser_tasks_leases")
+        connection.exec_driver_sql("DROP INDEX ix_kser_tasks_lease_expiry")
         connection.exec_driver_sql("DROP INDEX ix_kser_task_dependencies_depends_on")
         connection.exec_driver_sql("ALTER TABLE kser_outbox DROP COLUMN due_at")
         connection.exec_driver_sql("ALTER TABLE kser_tasks DROP COLUMN resent_at")

@@ -1,0 +1,96 @@
+"""PostgreSQL plans of the hop's own statements: each reaches its rows by their keys,
+whatever the statistics say. Two did not, and cost grew with the store: the end of an
+attempt joined the attempts to a CTE (a scan of every attempt once the planner took the
+table for small), and the join's compare-and-set was planned on the leases index (a scan
+of every PENDING task once the statistics said PENDING was rare)."""
+
+import re
+from typing import Any
+
+import psycopg
+import pytest
+
+from kser.store import Store
+from kser.store import store as store_module
+from tests.integration.test_migrations import new_database
+
+TASKS = 3000
+
+
+def fill(store: Store) -> None:
+    """Statistics taken when every task had ended and no attempt existed, then
+    PENDING and RUNNING tasks and their attempts: the planner misjudges both."""
+    with store.engine.begin() as connection:
+        run = connection.exec_driver_sql
+        run("INSERT INTO kser_operations (id, entrypoint, status, params, metadata, topic, "
+            "created_at, updated_at) VALUES ('op', 'a.Op', 'RUNNING', '{}', '{}', 't', 1, 1)")
+        run("INSERT INTO kser_tasks (id, operation_id, position, name, entrypoint, status, "
+            "params, metadata, attempt) SELECT 't' || n, 'op', n, 'task-' || n, 'a.T', "
+            "'SUCCESS', '{}', '{}', 1 FROM generate_series(1, %(n)s) AS n", dict(n=TASKS))
+        run("ANALYZE kser_tasks")
+        run("ANALYZE kser_attempts")
+        run("UPDATE kser_tasks SET status = CASE WHEN position %% 2 = 0 THEN 'PENDING' "
+            "ELSE 'RUNNING' END, attempt = 0")
+        run("INSERT INTO kser_attempts (task_id, number, worker, status, started_at) "
+            "SELECT id, 1, 'w', 'RUNNING', 1 FROM kser_tasks")
+
+
+@pytest.fixture
+def store(postgres):
+    store = Store(new_database(postgres))
+    yield store
+    store.close()
+
+
+def scans(plan: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(node type, relation, index) of every scan of a table in a JSON plan."""
+    found = []
+    if "Relation Name" in plan and "Scan" in plan["Node Type"]:
+        found.append((plan["Node Type"], plan["Relation Name"], plan.get("Index Name")))
+    for child in plan.get("Plans", []):
+        found.extend(scans(child))
+    return found
+
+
+def explain(store: Store, sql: str, params: dict[str, Any], generic: bool) -> list:
+    """The scans of ``sql``'s plan for ``params`` once the store is filled; ``generic``:
+    the plan a prepared statement settles on (psycopg prepares the hop's statements
+    after a few runs) and keeps, made while the tables were still empty."""
+    with store.engine.connect() as connection:
+        cursor = connection.connection.driver_connection.cursor()
+        if not generic:
+            fill(store)
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            return scans(cursor.fetchone()[0][0]["Plan"])
+        names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE hop({', '.join(TYPES[name] for name in names)}) AS " + re.sub(
+            r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", sql))
+        inline = psycopg.ClientCursor(cursor.connection)  # the values typed by hop's types
+        execute = f"EXPLAIN (FORMAT JSON) EXECUTE hop({', '.join(['%s'] * len(names))})"
+        inline.execute(execute, [params[name] for name in names])  # the plan is made
+        cursor.connection.commit()
+        fill(store)
+        inline.execute(execute, [params[name] for name in names])  # and kept
+        return scans(inline.fetchone()[0][0]["Plan"])
+
+
+TYPES = dict(b_id="text", b_attempt="int", b_next="int", b_worker="text", b_lease="float8",
+             b_now="float8", b_error="text", b_task_status="text", b_status="text",
+             b_result="json", b_finished="float8", b_retcode="int", b_operation="text",
+             b_topic="text", b_key="bytea", b_value="bytea", b_due="float8")
+HOP = dict(b_id="t2", b_attempt=0, b_next=1, b_worker="w", b_lease=2.0, b_now=1.0,
+           b_error="taken over", b_task_status="SUCCESS", b_status="SUCCESS",
+           b_result="{}", b_finished=1.0, b_retcode=0, b_operation="op", b_topic="t",
+           b_key=None, b_value=b"v", b_due=None)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+@pytest.mark.parametrize("statement", ["_QUEUE_WITH_MESSAGE_PG", "_CLAIM_PG",
+                                       "_CLAIM_PG_TAKING_OVER", "_FINISH_PG"])
+def test_each_hop_statement_reaches_its_rows_by_their_keys(store, statement, generic):
+    found = explain(store, getattr(store_module, statement), HOP, generic)
+    assert found, "no scan in the plan"
+    keys = {"kser_tasks": "kser_tasks_pkey", "kser_attempts": "kser_attempts_pkey"}
+    assert all(node != "Seq Scan" and index == keys[table]
+               for node, table, index in found if table in keys), found
