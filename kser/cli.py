@@ -25,6 +25,7 @@ from kser import __version__
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
 from kser.errors import StoreError, kafka_client_errors
+from kser.ops_cli import ops
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
 from kser.status import FINAL_STATUSES, Status
@@ -61,6 +62,20 @@ def _transport(name: str) -> ModuleType:
 
 
 def _load_registry(spec: str) -> Controller:
+    target = _load_target(spec)
+    if isinstance(target, OperationRegistry):
+        return target.controller
+    if isinstance(target, Controller):
+        return target
+    if isinstance(target, type) and issubclass(target, Controller):
+        return target()
+    raise KserCliError(f"'{spec}' is a {type(target).__name__}, not an OperationRegistry "
+                       "or a Controller")
+
+
+def _load_target(spec: str) -> Any:
+    """The object ``MODULE:ATTRIBUTE`` names (the module imported from the working
+    directory too)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise KserCliError(f"'{spec}' is not MODULE:REGISTRY (e.g. myapp.tasks:registry)")
@@ -73,17 +88,9 @@ def _load_registry(spec: str) -> Controller:
     except CdumayError as exc:  # e.g. a bad KSER_SECRET_KEYS met while building the registry
         raise KserCliError(f"cannot load '{spec}': {exc.message}") from None
     try:
-        target = getattr(module, attribute)
+        return getattr(module, attribute)
     except AttributeError:
         raise KserCliError(f"module '{module_name}' has no attribute '{attribute}'") from None
-    if isinstance(target, OperationRegistry):
-        return target.controller
-    if isinstance(target, Controller):
-        return target
-    if isinstance(target, type) and issubclass(target, Controller):
-        return target()
-    raise KserCliError(f"'{spec}' is a {type(target).__name__}, not an OperationRegistry "
-                       "or a Controller")
 
 
 @contextmanager
@@ -585,6 +592,78 @@ def demo(dice: int, store_url: str | None) -> None:
                "finished ones)")
     if operation["status"] != Status.SUCCESS:
         sys.exit(1)
+
+
+def _wsgi_app(spec: str) -> Any:
+    """The app ``kser serve`` runs: a Flask app as it is (it hosts the registry with
+    ``registry.init_app``), or an OperationRegistry's own (:func:`kser.web.create_app`)."""
+    from flask import Flask
+
+    from kser.web import create_app
+
+    target = _load_target(spec)
+    if isinstance(target, Flask):
+        return target
+    if isinstance(target, OperationRegistry):
+        return create_app(target)
+    raise KserCliError(f"'{spec}' is a {type(target).__name__}, not an OperationRegistry "
+                       "or a Flask app")
+
+
+@main.command()
+@click.argument("registry")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="KSER_API_HOST",
+              show_envvar=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              envvar="KSER_API_PORT", show_envvar=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Server processes.")
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Threads per process (a request with ?wait= holds one).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log each request (method, path, status; never the token).")
+def serve(registry: str, host: str, port: int, workers: int, threads: int,
+          access_log: bool) -> None:
+    """Serve the REST API of REGISTRY (MODULE:ATTRIBUTE: an OperationRegistry, or a Flask
+    app hosting one) on gunicorn, a production WSGI server.
+
+    The API is at /api/v1 (KSER_API_PREFIX), its docs at /api/v1/docs; tokens come from
+    KSER_API_TOKENS (role:token,...), and it refuses to start without one unless
+    KSER_API_AUTH=none.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    from kser.web import AuthConfigError
+    from kser.web.auth import Tokens
+
+    try:  # refused here, in one line, rather than by each server process failing to boot
+        Tokens.from_settings(Settings())
+    except AuthConfigError as exc:
+        raise KserCliError(str(exc)) from None
+    _wsgi_app(registry)  # (an import or a name that is wrong: one line, here)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 3600)  # ?wait= may hold a request long
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("proc_name", f"kser-serve {registry}")
+            if access_log:
+                self.cfg.set("accesslog", "-")
+                self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss')
+
+        def load(self) -> Any:  # in each server process: its own store and Kafka clients
+            return _wsgi_app(registry)
+
+    click.echo(f"kser: serving {registry} at http://{host}:{port}/api/v1 "
+               f"({workers} process(es) x {threads} threads)", err=True)
+    Server().run()
+
+
+main.add_command(ops)
 
 
 if __name__ == "__main__":
