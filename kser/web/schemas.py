@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
 from kser.status import Status
 
@@ -16,7 +16,9 @@ class _Strict(Schema):
 
 class _Args(Schema):
     class Meta:
-        unknown = EXCLUDE  # (query strings: cache busters and the like are ignored)
+        # an unknown query argument is an error too: a misspelt filter (?stauts=FAILED)
+        # would otherwise list everything
+        unknown = RAISE
 
 
 class TaskSummarySchema(Schema):
