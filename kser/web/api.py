@@ -50,6 +50,9 @@ dead_letters = Blueprint("dead_letters", __name__,
                          description="Records workers could not handle, and their replay")
 health = Blueprint("health", __name__, description="Liveness and readiness (no token)")
 
+#: arguments read from the query string, validated by their schema's own ``unknown``
+#: (RAISE: a misspelt argument is a 422 naming it; webargs would ignore it by default)
+QUERY: dict[str, Any] = dict(location="query", unknown=None)
 #: routes anyone may call (probes); everything else needs a token
 PUBLIC_ENDPOINTS = frozenset({"health.Health", "health.Ready"})
 
@@ -174,7 +177,7 @@ def epoch(value: Any) -> float | None:
 @operations.route("/operations")
 class Operations(MethodView):
 
-    @operations.arguments(schemas.ListArgsSchema, location="query")
+    @operations.arguments(schemas.ListArgsSchema, **QUERY)
     @operations.response(200, schemas.OperationPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List operations, newest first, page by page
@@ -194,7 +197,7 @@ class Operations(MethodView):
                     next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None)
 
     @operations.arguments(schemas.StartSchema)
-    @operations.arguments(schemas.WaitArgsSchema, location="query", as_kwargs=True)
+    @operations.arguments(schemas.WaitArgsSchema, **QUERY, as_kwargs=True)
     @operations.response(202, schemas.OperationSchema,
                          description="Started (or, with a key, started before): running")
     @operations.alt_response(200, schema=schemas.OperationSchema,
@@ -332,7 +335,7 @@ def run_one(body: dict[str, Any], operation_id: str) -> dict[str, Any]:
 
 
 @operations.route("/operations/<operation_id>/tasks/<task>/logs")
-@operations.arguments(schemas.LogArgsSchema, location="query", as_kwargs=True)
+@operations.arguments(schemas.LogArgsSchema, **QUERY, as_kwargs=True)
 @operations.response(200, schemas.LogsSchema)
 def logs(operation_id: str, task: str, attempt: int | None = None) -> dict[str, Any]:
     """A task's log lines
@@ -397,7 +400,7 @@ def _dead_letter_tools(topic: str | None) -> tuple[Any, Any, str]:
 
 
 @dead_letters.route("/dead-letters")
-@dead_letters.arguments(schemas.DeadLetterArgsSchema, location="query", as_kwargs=True)
+@dead_letters.arguments(schemas.DeadLetterArgsSchema, **QUERY, as_kwargs=True)
 @dead_letters.response(200, schemas.DeadLettersSchema)
 def list_dead_letters(wait: float, topic: str | None = None) -> dict[str, Any]:
     """The dead letters of a topic
@@ -435,6 +438,7 @@ def replay_dead_letters(body: dict[str, Any]) -> dict[str, Any]:
 
 @health.route("/health")
 class Health(MethodView):
+    @health.doc(security=[])
     @health.response(200, schemas.HealthSchema)
     def get(self) -> dict[str, Any]:
         """Liveness: the server answers (no token)"""
@@ -461,6 +465,7 @@ def check_broker() -> dict[str, Any]:
 
 @health.route("/ready")
 class Ready(MethodView):
+    @health.doc(security=[])
     @health.response(200, schemas.ReadySchema)
     @health.alt_response(503, schema=schemas.ReadySchema, description="Not ready")
     def get(self) -> Any:

@@ -21,6 +21,7 @@ API = "/api/v1"
 @pytest.fixture
 def h(memory_broker_name, tmp_path, monkeypatch):
     tasks.CALLS.clear()
+    tasks.FLAKY["fail"] = True
     harness = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
     monkeypatch.setattr(harness.registry.settings, "api_tokens",
                         "admin:adm-token, read:read-token")
