@@ -163,7 +163,8 @@ class OperationRegistry:
 
     def init_app(self, app: Any = None, *, api: bool = True) -> None:
         """Bind to a Flask app (``app.extensions["kser"]`` is this registry), mount the
-        REST API there (:func:`kser.web.init_api`, unless ``api=False``), then load tasks.
+        control plane there (the REST API, :func:`kser.web.init_api`, and the web UI at
+        ``/ui``, :func:`kser.web.ui.init_ui`; unless ``api=False``), then load tasks.
 
         :raises kser.web.AuthConfigError: the API has no token (``KSER_API_TOKENS``) and
             ``KSER_API_AUTH=none`` does not allow it to be open; nothing is mounted
@@ -172,8 +173,10 @@ class OperationRegistry:
         if app is not None:
             if api:
                 from kser.web import init_api
+                from kser.web.ui import init_ui
 
                 init_api(app, self)
+                init_ui(app)
             app.extensions["kser"] = self
         self.load_tasks()
 

@@ -174,6 +174,53 @@ def epoch(value: Any) -> float | None:
 
 # -- operations -----------------------------------------------------------------------
 
+class StartRefusedError(Exception):
+    """What ``POST /operations`` (or the UI's form) was given cannot start: ``field``
+    names what is wrong (``entrypoint``, ``params``, ``params.<name>``, ``key``)."""
+
+    def __init__(self, message: str, field: str = "params") -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def start_operation(entrypoint: str, params: dict[str, Any], key: str | None = None) -> str:
+    """Build and submit the operation (or the task alone) ``entrypoint`` names; its id
+    (with a ``key`` given before, the first operation's).
+
+    :raises StartRefusedError: an unknown entrypoint, params its build refuses, a key used
+        by another entrypoint
+    """
+    found = registry().controller.ENTRYPOINTS.get(entrypoint)
+    if found is None or not issubclass(found, Task):
+        raise StartRefusedError(f"no entrypoint {entrypoint!r} in this registry: GET "
+                           "/entrypoints lists what can be started" if found is None else
+                           f"{entrypoint} is not a Task or an Operation: it cannot be run "
+                           "by the sequencer", "entrypoint")
+    try:
+        if issubclass(found, Operation):
+            operation: Operation = found(params=params)
+            operation.build(**operation.params)
+        else:
+            operation = TaskRun(params=dict(entrypoint=found.path, params=params),
+                                tasks=[found(params=params)])
+        operation.check_required_params()
+    except ValidationError as exc:
+        extra = getattr(exc, "extra", None) or {}
+        raise StartRefusedError(safe_text(exc.message, 1000), f"params.{extra['param']}"
+                           if extra.get("param") else "params") from None
+    except Exception as exc:  # its build_tasks refused these params
+        raise StartRefusedError(f"{entrypoint} could not be built with these params: "
+                           f"{type(exc).__name__}: {safe_text(exc, 1000)}") from None
+    if key is not None:
+        operation.metadata.setdefault("kser", {})["idempotency_key"] = key
+    sequencer = registry().sequencer
+    try:
+        result = sequencer.submit(operation, sequencer.settings.topic)
+    except ValidationError as exc:  # (a key given to another entrypoint)
+        raise StartRefusedError(safe_text(exc.message, 1000), "key") from None
+    return str(result.uuid)
+
+
 @operations.route("/operations")
 class Operations(MethodView):
 
@@ -209,39 +256,11 @@ class Operations(MethodView):
         ``key`` an idempotency key: a second start with it returns the first operation.
         ``?wait=SECONDS`` blocks until the operation ends (200) or the time runs out
         (202, still running)."""
-        found = registry().controller.ENTRYPOINTS.get(body["entrypoint"])
-        if found is None or not issubclass(found, Task):
-            message = (f"no entrypoint {body['entrypoint']!r} in this registry: GET "
-                       "/entrypoints lists what can be started" if found is None else
-                       f"{body['entrypoint']} is not a Task or an Operation: it cannot be "
-                       "run by the sequencer")
-            invalid_params(message, "entrypoint")
-            raise AssertionError  # (abort raises)
-        params = body["params"]
         try:
-            if issubclass(found, Operation):
-                operation: Operation = found(params=params)
-                operation.build(**operation.params)
-            else:
-                operation = TaskRun(params=dict(entrypoint=found.path, params=params),
-                                    tasks=[found(params=params)])
-            operation.check_required_params()
-        except ValidationError as exc:
-            extra = getattr(exc, "extra", None) or {}
-            invalid_params(safe_text(exc.message, 1000),
-                           f"params.{extra['param']}" if extra.get("param") else "params")
-        except Exception as exc:  # its build_tasks refused these params
-            invalid_params(f"{body['entrypoint']} could not be built with these params: "
-                           f"{type(exc).__name__}: {safe_text(exc, 1000)}")
-        if body.get("key") is not None:
-            operation.metadata.setdefault("kser", {})["idempotency_key"] = body["key"]
-        sequencer = registry().sequencer
-        try:
-            result = sequencer.submit(operation, sequencer.settings.topic)
-        except ValidationError as exc:  # (a key given to another entrypoint)
-            invalid_params(safe_text(exc.message, 1000), "key")
-            raise
-        operation_id = result.uuid
+            operation_id = start_operation(body["entrypoint"], body["params"], body.get("key"))
+        except StartRefusedError as exc:
+            invalid_params(exc.message, exc.field)
+            raise AssertionError from exc  # (abort raises)
         if wait is not None:
             try:
                 registry().wait(operation_id, timeout=wait)
