@@ -11,8 +11,9 @@ from typing import Any
 #: size of a task's box and the gaps between layers and rows, in SVG units (pixels)
 NODE_WIDTH, NODE_HEIGHT = 150, 40
 LAYER_GAP, ROW_GAP, MARGIN = 60, 18, 10
-#: timeline: height of an attempt's row, width of its bars' area
-TIMELINE_ROW, TIMELINE_WIDTH, TIMELINE_LABEL = 22, 620, 170
+#: timeline: height of an attempt's row, width of its bars' area, of the task names
+#: before it and of the worker names after it
+TIMELINE_ROW, TIMELINE_WIDTH, TIMELINE_LABEL, TIMELINE_TAIL = 22, 620, 170, 150
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def timeline(attempts: list[tuple[str, dict[str, Any]]], now: float) -> Timeline
         if started is not None:
             spans.append((name, attempt, started, _epoch(attempt["finished_at"]) or now))
     if not spans:
-        return Timeline([], TIMELINE_LABEL + TIMELINE_WIDTH, 0, 0.0)
+        return Timeline([], TIMELINE_LABEL + TIMELINE_WIDTH + TIMELINE_TAIL, 0, 0.0)
     start = min(s for _, _, s, _ in spans)
     seconds = max(max(f for _, _, _, f in spans) - start, 1e-3)
     scale = TIMELINE_WIDTH / seconds
@@ -133,5 +134,5 @@ def timeline(attempts: list[tuple[str, dict[str, Any]]], now: float) -> Timeline
                 TIMELINE_LABEL + int((s - start) * scale),
                 max(2, int((f - s) * scale)))
             for index, (name, attempt, s, f) in enumerate(spans)]
-    return Timeline(bars, TIMELINE_LABEL + TIMELINE_WIDTH + MARGIN,
+    return Timeline(bars, TIMELINE_LABEL + TIMELINE_WIDTH + TIMELINE_TAIL,
                     len(bars) * TIMELINE_ROW, seconds)

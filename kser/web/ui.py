@@ -193,18 +193,22 @@ def operations() -> Any:
     search = (request.args.get("search") or "").strip() or None
     entrypoint = request.args.get("entrypoint") or None
 
+    after = api.decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
+
     def read(tx: Any) -> tuple[list[Any], dict[str, int]]:
         return (tx.list_operations(status=status, search=search, entrypoint=entrypoint,
-                                   limit=PAGE), tx.count_operations())
+                                   after=after, limit=PAGE + 1), tx.count_operations())
     rows, counts = api.transaction(read)
     ops = [operation_view(op, url_for("ui.operation", operation_id=op.id))
-           for op in rows]
+           for op in rows[:PAGE]]
+    older = (url_for("ui.operations", status=status, search=search, entrypoint=entrypoint,
+                     cursor=api.encode_cursor(rows[PAGE - 1])) if len(rows) > PAGE else None)
     running = counts.get(Status.RUNNING, 0) > 0
     template = ("kser/_operations.html" if request.headers.get("HX-Request")
                 else "kser/operations.html")
     return render_template(template, operations=ops, counts=counts, status=status,
                            search=search or "", entrypoint=entrypoint or "",
-                           statuses=list(COLOURS), running=running)
+                           statuses=list(COLOURS), running=running, older=older)
 
 
 def _operation_page(operation_id: str) -> dict[str, Any]:

@@ -137,3 +137,17 @@ def test_what_a_hostile_message_stored_is_shown_escaped(h, app):  # noqa: F811
     page = text(Browser(app, "read-token").get(f"/ui/operations/{op.uuid}"))
     assert "<script>alert(1)" not in page
     assert "\\u003cscript\\u003ealert(1)" in page  # the params, as escaped JSON
+
+
+def test_the_list_pages_to_older_operations(h, app, monkeypatch):  # noqa: F811
+    from kser.web import ui
+
+    monkeypatch.setattr(ui, "PAGE", 2)
+    ids = [tasks.ThreeSteps(params={"name": str(i)}).send().uuid for i in range(3)]
+    browser = Browser(app, "read-token")
+    first = text(browser.get("/ui/"))
+    assert re.findall(r'<tr data-operation="([^"]+)"', first) == ids[:0:-1]
+    older = re.search(r'<a href="([^"]+)" rel="next">', first).group(1).replace("&amp;", "&")
+    second = text(browser.get(older))
+    assert re.findall(r'<tr data-operation="([^"]+)"', second) == ids[:1]
+    assert 'rel="next"' not in second
