@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -610,6 +611,26 @@ def _wsgi_app(spec: str) -> Any:
                        "or a Flask app")
 
 
+def _check_app(spec: str) -> None:
+    """Build the app of ``spec`` once in a child process, to say in one line what is
+    wrong (a module that does not import, a name that is not there, no token) before
+    any server process starts. Not here: what a module opens when imported (a store's
+    pool, a Kafka client) must not be inherited by the server processes forked from
+    this one, which each import it themselves."""
+    code = ("import sys\nfrom kser.cli import _wsgi_app\ntry:\n    _wsgi_app(sys.argv[1])\n"
+            "except Exception as exc:\n    message = getattr(exc, 'format_message', None)\n"
+            "    sys.exit(message() if message else f'{type(exc).__name__}: {exc}')\n")
+    try:
+        checked = subprocess.run([sys.executable, "-c", code, spec], capture_output=True,
+                                 text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise KserCliError(f"importing '{spec}' took more than 120 s: does the module "
+                           "connect to something at import time?") from None
+    if checked.returncode:
+        lines = [line for line in checked.stderr.strip().splitlines() if line.strip()]
+        raise KserCliError(f"cannot serve '{spec}': {lines[-1] if lines else 'it failed'}")
+
+
 @main.command()
 @click.argument("registry")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="KSER_API_HOST",
@@ -636,11 +657,12 @@ def serve(registry: str, host: str, port: int, workers: int, threads: int,
     from kser.web import AuthConfigError
     from kser.web.auth import Tokens
 
+    settings = Settings()
     try:  # refused here, in one line, rather than by each server process failing to boot
-        Tokens.from_settings(Settings())
+        Tokens.from_settings(settings)
     except AuthConfigError as exc:
         raise KserCliError(str(exc)) from None
-    _wsgi_app(registry)  # (an import or a name that is wrong: one line, here)
+    _check_app(registry)
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -658,7 +680,8 @@ def serve(registry: str, host: str, port: int, workers: int, threads: int,
         def load(self) -> Any:  # in each server process: its own store and Kafka clients
             return _wsgi_app(registry)
 
-    click.echo(f"kser: serving {registry} at http://{host}:{port}/api/v1 "
+    click.echo(f"kser: serving {registry} at http://{host}:{port}"
+               f"/{settings.api_prefix.strip('/')} "
                f"({workers} process(es) x {threads} threads)", err=True)
     Server().run()
 

@@ -139,10 +139,12 @@ class Client:
                  session: requests.Session | None = None) -> None:
         self.url = api_url(base_url)
         self.timeout = timeout
+        self._owns_session = session is None
         self.session = session or requests.Session()
+        # sent with this client's requests only: a session given may talk to other hosts
+        self._headers = {"Accept": "application/json"}
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        self.session.headers.setdefault("Accept", "application/json")
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def __enter__(self) -> Client:
         return self
@@ -151,8 +153,10 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the pooled connections."""
-        self.session.close()
+        """Close the pooled connections (of a session the client made: one given to it
+        is the caller's to close)."""
+        if self._owns_session:
+            self.session.close()
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -273,7 +277,7 @@ class Client:
     def _call(self, method: str, path: str, *, extra_time: float = 0, **kwargs: Any) -> Any:
         url = self.url + path
         try:
-            response = self.session.request(method, url, timeout=(
+            response = self.session.request(method, url, headers=self._headers, timeout=(
                 self.timeout, self.timeout + extra_time), **kwargs)
         except requests.Timeout as exc:
             raise ServerUnreachable(f"the kser API at {self.url} did not answer {method} "
@@ -284,9 +288,16 @@ class Client:
             raise ServerUnreachable(f"cannot reach the kser API at {self.url} ({exc}): is "
                                     "`kser serve` running there? check the URL (--url, "
                                     "KSER_API_URL)") from exc
-        if response.status_code < 400:
-            return response.json() if response.content else None
-        raise self._error(method, path, response)
+        if response.status_code >= 400:
+            raise self._error(method, path, response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:  # (a proxy's login page, a URL that is not the API's)
+            raise ServerError(f"{method} {path}: {response.status_code}, but not the kser "
+                              f"API's JSON ({response.headers.get('Content-Type')}): is "
+                              f"{self.url} the API's URL?", response.status_code) from None
 
     def _error(self, method: str, path: str, response: requests.Response) -> ClientError:
         try:

@@ -112,6 +112,11 @@ def _status(status: str) -> Text:
     return Text(status, style=STYLES.get(status, ""))
 
 
+def _plain(value: Any) -> Text:
+    """A value of the API's as text, never read as rich markup ("[daily]" stays)."""
+    return Text(str(value))
+
+
 def _when(iso: str | None) -> str:
     """An API timestamp in local time, to the second."""
     if not iso:
@@ -164,7 +169,7 @@ def ls(url: str, token: str | None, as_json: bool, limit: int, **filters: Any) -
     table = Table("ENTRYPOINT", "STATUS", "CREATED", "TOOK", box=None)
     table.columns.insert(0, Column("ID", no_wrap=True, min_width=36))
     for op in found:
-        table.add_row(op["id"], op["entrypoint"], _status(op["status"]),
+        table.add_row(_plain(op["id"]), _plain(op["entrypoint"]), _status(op["status"]),
                       _when(op["created_at"]), _took(op["created_at"], op["finished_at"]))
     console = _console()
     console.print(table if found else "no operation")
@@ -177,11 +182,12 @@ def _task_table(op: dict[str, Any]) -> Table:
     for task in op["tasks"]:
         result = task.get("result") or {}
         summary = (result.get("stderr") or result.get("stdout") or "").strip().splitlines()
-        table.add_row(task["name"], _status(task["status"]), str(task["attempt"]),
-                      task["worker"] or "-", _when(task["started_at"]),
+        table.add_row(_plain(task["name"]), _status(task["status"]), str(task["attempt"]),
+                      _plain(task["worker"] or "-"), _when(task["started_at"]),
                       _took(task["started_at"], task["finished_at"]) if task["started_at"]
-                      else "-", ", ".join(names.get(d, d) for d in task["depends_on"]) or "-",
-                      (summary[0][:60] if summary else "-"))
+                      else "-",
+                      _plain(", ".join(names.get(d, d) for d in task["depends_on"]) or "-"),
+                      _plain(summary[0][:60] if summary else "-"))
     return table
 
 
@@ -191,9 +197,9 @@ def _show(op: dict[str, Any]) -> None:
     console.print(f"entrypoint  {op['entrypoint']}\nparams      {json.dumps(op['params'])}\n"
                   f"created     {_when(op['created_at'])}\nfinished    "
                   f"{_when(op['finished_at'])}  (took "
-                  f"{_took(op['created_at'], op['finished_at'])})")
+                  f"{_took(op['created_at'], op['finished_at'])})", markup=False)
     if op.get("parent_operation_id"):
-        console.print(f"parent      {op['parent_operation_id']}")
+        console.print(f"parent      {op['parent_operation_id']}", markup=False)
     console.print(_task_table(op))
     result = op.get("result") or {}
     if op["status"] == "FAILED" and result.get("stderr"):
@@ -344,15 +350,17 @@ def entrypoints(url: str, token: str | None, as_json: bool) -> None:
     table = Table("ENTRYPOINT", "KIND", "REQUIRED", "DOC", box=None)
     for entry in found:
         doc = (entry.get("doc") or "").strip().splitlines()
-        table.add_row(entry["path"], entry["kind"], ", ".join(entry["required_fields"]) or "-",
-                      doc[0] if doc else "")
+        table.add_row(_plain(entry["path"]), entry["kind"],
+                      _plain(", ".join(entry["required_fields"]) or "-"),
+                      _plain(doc[0] if doc else ""))
     _console().print(table)
 
 
 def _progress_of(ops_by_id: dict[str, dict[str, Any]]) -> Group:
     """A bar per operation: tasks ended out of all, and the tasks running now."""
-    progress = Progress(TextColumn("{task.fields[status]}"), TextColumn("{task.description}"),
-                        BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"))
+    progress = Progress(TextColumn("{task.fields[status]}"),
+                        TextColumn("{task.description}", markup=False), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[now]}", markup=False))
     for op in ops_by_id.values():
         tasks = op.get("tasks", [])
         running = [t["name"] for t in tasks if t["status"] == "RUNNING"]

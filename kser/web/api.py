@@ -14,6 +14,7 @@ import binascii
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +23,9 @@ from cdumay_error.types import ValidationError
 from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
+from kser.controller import RedoError
 from kser.errors import StoreError, kafka_client_errors, safe_text
 from kser.sequencing.controls import ControlRefusedError, Controls
 from kser.sequencing.operation import Operation
@@ -100,11 +102,23 @@ def unavailable(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
             503, {"Retry-After": "5"})
 
 
+def refused_by_store(exc: Exception) -> tuple[dict[str, Any], int]:
+    """A value the store cannot hold (a NUL character in a text, a number out of its
+    range): the request's fault, a 422, not an outage."""
+    return (dict(code=422, status="Unprocessable Entity",
+                 message=f"the store refused a value of this request: "
+                         f"{safe_text(getattr(exc, 'orig', None) or exc, 300)}"), 422)
+
+
+#: what makes a route answer 503 (the store or Kafka failing)
+UNAVAILABLE = (SQLAlchemyError, StoreError, *kafka_client_errors())
+
 for _blueprint in (operations, entrypoints, dead_letters):
     _blueprint.before_request(authorize)
 for _blueprint in (operations, entrypoints, dead_letters, health):
-    for _error in (SQLAlchemyError, StoreError, *kafka_client_errors()):
+    for _error in UNAVAILABLE:
         _blueprint.register_error_handler(_error, unavailable)
+    _blueprint.register_error_handler(DataError, refused_by_store)
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -154,10 +168,12 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, operation_id = json.loads(raw)
-        if not isinstance(created_at, int | float) or not isinstance(operation_id, str):
+        if (not isinstance(created_at, int | float) or not isinstance(operation_id, str)
+                or not math.isfinite(float(created_at))):
             raise ValueError("not [created_at, id]")
         return float(created_at), operation_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error,
+            UnicodeDecodeError):
         abort(422, message="cursor is not one this API gave: pass next_cursor of the "
               "previous page as it was", errors={"query": {"cursor": ["not a cursor of "
                                                                       "this API"]}})
@@ -218,6 +234,15 @@ def start_operation(entrypoint: str, params: dict[str, Any], key: str | None = N
         result = sequencer.submit(operation, sequencer.settings.topic)
     except ValidationError as exc:  # (a key given to another entrypoint)
         raise StartRefusedError(safe_text(exc.message, 1000), "key") from None
+    except RedoError as exc:
+        # stored, with its first messages in the outbox: a worker's sweep sends them once
+        # Kafka answers (a 503 would have the client start it a second time)
+        logger.warning("kser API: operation stored, its first messages wait in the "
+                       "outbox: %s", safe_text(exc, 300))
+        if key is None:
+            return operation.uuid
+        found = transaction(lambda tx: tx.operation_by_key(str(key)))
+        return str(found.id if found is not None else operation.uuid)
     return str(result.uuid)
 
 

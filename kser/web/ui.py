@@ -28,6 +28,7 @@ from flask import (
     Blueprint,
     Flask,
     abort,
+    current_app,
     flash,
     redirect,
     render_template,
@@ -35,6 +36,7 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy.exc import DataError
 from werkzeug.wrappers import Response
 
 from kser.status import FINAL_STATUSES, Status
@@ -71,10 +73,18 @@ def init_ui(app: Flask) -> None:
     app.register_blueprint(ui)
 
 
+for _error in api.UNAVAILABLE:  # a store or Kafka failing: a 503, as the API's
+    ui.register_error_handler(_error, api.unavailable)
+ui.register_error_handler(DataError, api.refused_by_store)
+
+
 # -- who is asking ----------------------------------------------------------------------
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """What the session keeps of a token: an HMAC keyed with the app's secret key (the
+    signed cookie is readable; a plain hash of a weak token could be brute-forced)."""
+    key = str(current_app.secret_key).encode()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
 
 
 def current_role() -> str | None:
@@ -102,7 +112,7 @@ def csrf_token() -> str:
 
 def _check_csrf() -> None:
     sent = request.form.get("csrf", "")
-    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+    if not sent or not hmac.compare_digest(sent.encode(), str(session.get("csrf", "")).encode()):
         abort(400, "the form's CSRF token is missing or stale: reload the page and retry")
 
 
@@ -159,8 +169,11 @@ def _pretty(value: Any) -> str:
 @ui.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     """Ask for a token once; keep its digest in the session."""
-    target = request.values.get("next") or url_for("ui.operations")
-    if not target.startswith("/") or target.startswith("//"):  # no open redirect
+    target = request.values.get("next") or ""
+    # back to a page of the UI only (no open redirect: werkzeug drops control
+    # characters from a Location, turning "/\t/evil" into "//evil")
+    if (not target.startswith("/ui/") or "\\" in target
+            or any(ord(c) < 32 or ord(c) == 127 for c in target)):
         target = url_for("ui.operations")
     error = None
     if request.method == "POST":
@@ -236,13 +249,20 @@ def operation(operation_id: str) -> Any:
     """One operation: graph, timeline, tasks with results and logs, controls."""
     try:
         page = _operation_page(operation_id)
-    except Exception as exc:  # the API's 404 (flask-smorest's abort) as a page
+    except Exception as exc:  # the API's 404 (flask-smorest's abort) as the UI's
         if getattr(exc, "code", None) == 404:
             abort(404, f"no operation {operation_id} in the store")
         raise
     template = ("kser/_operation.html" if request.headers.get("HX-Request")
                 else "kser/operation.html")
     return render_template(template, **page)
+
+
+def _json(text: str) -> Any:
+    """``text`` as JSON, refusing NaN and infinities (the store's JSON has none)."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number")
+    return json.loads(text, parse_constant=refuse)
 
 
 CONTROLS = {"cancel": "cancel", "recover": "recover", "run-from": "run_from",
@@ -281,23 +301,25 @@ def start() -> Any:
     extra = request.form.get("params", "").strip()
     params: dict[str, Any] = {}
     error = None
+    key = request.form.get("key") or None
     if extra:
         try:
-            loaded = json.loads(extra)
+            loaded = _json(extra)
             if not isinstance(loaded, dict):
                 raise ValueError("not an object")
             params.update(loaded)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             error = f"more params: not a JSON object ({exc})"
     for name, value in values.items():  # a field's text, as JSON when it is JSON
         try:
-            params[name] = json.loads(value)
-        except ValueError:
+            params[name] = _json(value)
+        except (ValueError, RecursionError):
             params[name] = value
+    if key is not None and len(key) > 255:
+        error = "key: 255 characters at most"
     if error is None:
         try:
-            operation_id = api.start_operation(entrypoint, params,
-                                               request.form.get("key") or None)
+            operation_id = api.start_operation(entrypoint, params, key)
             return redirect(url_for("ui.operation", operation_id=operation_id))
         except api.StartRefusedError as exc:
             error = f"{exc.field}: {exc.message}"

@@ -26,11 +26,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_api(run, processes):
+def start_api(run, processes, **env):
     """`kser serve` of the workload's registry on a free port; its URL once it answers."""
     port = free_port()
     env = {**run.env, "KSER_BOOTSTRAP_SERVERS": run.kafka.bootstrap_servers,
-           "KSER_TOPIC": run.topic, "KSER_API_TOKENS": TOKENS}
+           "KSER_TOPIC": run.topic, "KSER_API_TOKENS": TOKENS, **env}
     processes.start([sys.executable, "-m", "kser.cli", "serve",
                      "tests.acceptance.workload:registry", "--port", str(port),
                      "--workers", "2", "--threads", "4"], env=env, name="api")
@@ -138,3 +138,27 @@ def test_the_store_going_away_is_a_503_and_the_api_comes_back_with_it(control_pl
             assert time.monotonic() < deadline, "the API did not come back with the store"
             time.sleep(0.5)
     assert kser.start(CHAIN, {"hops": 2}, wait=60)["status"] == "SUCCESS"
+
+
+def test_kafka_going_away_leaves_starts_stored_and_sent_when_it_is_back(kafka, pg_url,
+                                                                        processes):
+    run = Run(kafka, pg_url, processes, workers=1)
+    url = start_api(run, processes, KSER_SEND_TIMEOUT="3")
+    kser = Client(url, token="adm-secret")
+    assert kser.start(CHAIN, {"hops": 2}, wait=60)["status"] == "SUCCESS"
+    kafka.stop()
+    try:
+        # stored, its first message in the outbox: 202, not a 503 a client would retry
+        op = kser.start(CHAIN, {"hops": 2}, key="while-kafka-is-away")
+        assert op["status"] == "RUNNING"
+        assert kser.start(CHAIN, {"hops": 2}, key="while-kafka-is-away")["id"] == op["id"]
+        answer = requests.get(f"{url}/api/v1/ready", timeout=60)
+        checks = answer.json()["checks"]
+        assert answer.status_code == 503 and checks["store"]["ok"] and not checks["broker"]["ok"]
+        assert kser.get(op["id"])["status"] == "RUNNING"  # reads need only the store
+    finally:
+        kafka.start()
+    # a worker's sweep sends what waited in the outbox
+    assert kser.wait(op["id"], timeout=120)["status"] == "SUCCESS"
+    assert requests.get(f"{url}/api/v1/ready", timeout=60).status_code == 200
+    run.close()

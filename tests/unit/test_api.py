@@ -310,6 +310,31 @@ def test_a_store_or_kafka_failing_is_a_503_to_retry(h, monkeypatch):
     assert response.status_code == 503 and "Kafka did not answer" in response.json["message"]
 
 
+@pytest.mark.parametrize("key", [None, "k-1"])
+def test_an_operation_started_while_kafka_is_down_is_stored_and_sent_later(h, monkeypatch, key):
+    from kafka.errors import KafkaTimeoutError
+
+    def kafka_down(*args, **kwargs):
+        raise KafkaTimeoutError("no broker answered")
+
+    with monkeypatch.context() as down:
+        down.setattr(h.registry.sequencer.outbox, "_producer", kafka_down)
+        response = h.client.post(f"{API}/operations", headers=ADMIN, json=dict(
+            entrypoint=tasks.ThreeSteps.path, params={"name": "n"}, key=key))
+        # not a 503: a client retrying would start it a second time
+        assert response.status_code == 202, response.json
+        op = response.json
+        assert op["status"] == "RUNNING"
+        assert h.messages("ops") == []  # its first message waits in the outbox
+        if key:
+            again = h.client.post(f"{API}/operations", headers=ADMIN, json=dict(
+                entrypoint=tasks.ThreeSteps.path, params={"name": "n"}, key=key))
+            assert again.json["id"] == op["id"]
+    assert h.registry.sequencer.publish(op["id"]) == 1  # (what a worker's sweep does)
+    h.drain()
+    assert h.client.get(op["url"], headers=READ).json["status"] == "SUCCESS"
+
+
 def test_ready_names_the_store_when_it_is_unreachable(h, monkeypatch):
     def broken():
         raise OSError("database gone")

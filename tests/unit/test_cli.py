@@ -226,3 +226,21 @@ def test_keygen_and_a_bad_key_is_one_line(runner, monkeypatch):
     result = runner.invoke(main, ["send", "a.B", "--topic", "t", "--transport", "memory"])
     assert result.exit_code == 1
     assert result.output.strip() == "kser: KSER_SECRET_KEYS key #1 has 3 bytes, not 32"
+
+
+def test_serve_says_in_one_line_what_keeps_it_from_starting(monkeypatch):
+    from click.testing import CliRunner
+
+    from kser.cli import main
+
+    monkeypatch.setenv("KSER_API_TOKENS", "")
+    monkeypatch.delenv("KSER_API_AUTH", raising=False)
+    no_token = CliRunner().invoke(main, ["serve", "tests.unit.tasks:registry"])
+    assert no_token.exit_code == 1 and "has no token" in no_token.output
+    monkeypatch.setenv("KSER_API_TOKENS", "admin:x")
+    missing = CliRunner().invoke(main, ["serve", "no_such_module_here:registry"])
+    assert missing.exit_code == 1
+    assert "cannot serve 'no_such_module_here:registry'" in missing.output
+    assert "cannot import module 'no_such_module_here'" in missing.output
+    not_one = CliRunner().invoke(main, ["serve", "tests.unit.tasks:CALLS"])
+    assert not_one.exit_code == 1 and "not an OperationRegistry or a Flask app" in not_one.output

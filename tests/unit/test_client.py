@@ -1,6 +1,8 @@
 """kser.client.Client against the real API app in process (tests/wsgi.py: no socket):
 every call, every typed error, paging; tests/integration runs it over HTTP."""
 
+import re
+
 import pytest
 import requests
 from sqlalchemy.exc import OperationalError
@@ -12,6 +14,7 @@ from kser.client import (
     Forbidden,
     InvalidParams,
     NotFound,
+    ServerError,
     ServerUnreachable,
     ServiceUnavailable,
     Unauthorized,
@@ -143,3 +146,17 @@ def test_a_url_naming_only_a_host_gets_the_api_prefix(given, expected):
 def test_a_url_that_is_not_http_is_refused_saying_what_to_give():
     with pytest.raises(ValueError, match="http://localhost:8000"):
         api_url("localhost:8000")
+
+
+def test_an_answer_that_is_not_the_apis_json_is_a_server_error(app):
+    session = session_for(app)
+    with pytest.raises(ServerError, match=re.escape("is http://kser.test/ui the API's URL")):
+        Client(f"{BASE}/ui", token="adm-token", session=session).get("x")  # the login page
+
+
+def test_a_session_given_is_left_as_it_was(app):
+    session = session_for(app)
+    with Client(BASE, token="adm-token", session=session) as kser:
+        assert kser.health()["status"] == "ok"
+    assert "Authorization" not in session.headers  # its other requests carry no token
+    assert session.adapters  # and it was not closed for its owner

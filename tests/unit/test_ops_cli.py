@@ -95,3 +95,11 @@ def test_start_wait_prints_the_ended_operation_and_exits_from_its_status(h, ops,
     monkeypatch.setattr(client_module, "POLL_INTERVAL", (0.01, 0.01))
     timed_out = ops("start", tasks.ThreeSteps.path, "-p", "name=n", "--wait", "0.05")
     assert timed_out.exit_code == 3 and "RUNNING" in timed_out.output
+
+
+def test_values_are_shown_as_they_are_never_as_markup(h, ops):  # noqa: F811
+    op_id = ops("start", tasks.ThreeSteps.path, "-p", "name=[/tmp/x] [bold]daily").output.strip()
+    h.drain()
+    shown = ops("show", op_id)
+    assert shown.exit_code == 0, shown.output
+    assert "[/tmp/x] [bold]daily" in shown.output

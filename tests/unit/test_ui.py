@@ -3,6 +3,7 @@ login with a token, CSRF on every form, what each page shows (the graph's nodes 
 data-task and data-status), the controls for admins only, the start forms
 (tests/browser drives the same pages in a real Chromium)."""
 
+import base64
 import re
 
 import pytest
@@ -151,3 +152,42 @@ def test_the_list_pages_to_older_operations(h, app, monkeypatch):  # noqa: F811
     second = text(browser.get(older))
     assert re.findall(r'<tr data-operation="([^"]+)"', second) == ids[:1]
     assert 'rel="next"' not in second
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "/\t/evil.example", "https://evil.example",
+                                    "/ui/\\\\evil", "/api/v1/operations"])
+def test_login_goes_back_to_pages_of_the_ui_only(app, target):
+    browser = Browser(app)
+    login = browser.get("/ui/login")
+    answer = browser.client.post("/ui/login", data=dict(token="adm-token", csrf=csrf(login),
+                                                        next=target))
+    assert answer.status_code == 302 and answer.headers["Location"] == "/ui/"
+
+
+def test_crafted_input_is_refused_not_a_500(h, app, monkeypatch):  # noqa: F811
+    from sqlalchemy.exc import DataError
+
+    browser = Browser(app)
+    assert browser.client.post("/ui/login", data=dict(token="x", csrf="é")).status_code == 400
+    admin = Browser(app, "adm-token")
+    huge = base64.urlsafe_b64encode(b'[1' + b"0" * 420 + b', "x"]').decode()  # no float
+    assert admin.get(f"/ui/?cursor={huge}").status_code == 422
+    assert app.test_client().get(f"/api/v1/operations?cursor={huge}",
+                                 headers={"Authorization": "Bearer adm-token"}).status_code == 422
+    nested = admin.post("/ui/entrypoints/start", "/ui/entrypoints",
+                        entrypoint=tasks.ThreeSteps.path, params="[" * 5000)
+    assert nested.status_code == 422 and "not a JSON object" in text(nested)
+    infinite = admin.post("/ui/entrypoints/start", "/ui/entrypoints",
+                          entrypoint=tasks.ThreeSteps.path, params='{"x": NaN}')
+    assert infinite.status_code == 422 and "NaN is not a JSON number" in text(infinite)
+    long_key = admin.post("/ui/entrypoints/start", "/ui/entrypoints",
+                          entrypoint=tasks.ThreeSteps.path, key="k" * 256,
+                          **{"param.name": "n"})
+    assert long_key.status_code == 422 and "255 characters" in text(long_key)
+
+    def refused(*args, **kwargs):
+        raise DataError("SELECT", {}, ValueError("NUL characters are not allowed"))
+
+    monkeypatch.setattr(h.store, "transaction", refused)
+    answer = admin.get("/ui/?search=%00")
+    assert answer.status_code == 422 and "NUL" in text(answer)
