@@ -1,5 +1,6 @@
 """The web UI of the control plane (``/ui``): server-rendered pages, htmx for the parts
-that refresh themselves, no script of ours and nothing from a CDN.
+that refresh themselves (a few lines of script keep opened logs open across a refresh,
+forms ask for confirmation), nothing from a CDN.
 
 - ``/ui/``: operations, counts by status, filters and search; refreshes while any runs.
 - ``/ui/operations/<id>``: its task graph (SVG, a node per task coloured by status),

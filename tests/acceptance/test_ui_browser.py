@@ -85,6 +85,12 @@ def test_start_watch_read_a_log_and_cancel_from_the_browser(ui, page: Page, tmp_
     assert second and second != op_id
     expect(page.locator('svg.graph g.node[data-task="Hop"]')).to_have_attribute(
         "data-status", "RUNNING")
+    # a log opened while it runs stays open across the page's refreshes
+    page.locator('details[data-logs="Hop"] summary').click()
+    with page.expect_response(lambda r: r.request.headers.get("hx-request") == "true"):
+        pass  # (the next refresh)
+    page.wait_for_timeout(300)
+    expect(page.locator('details[data-logs="Hop"]')).to_have_attribute("open", "")
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
     page.click('button[data-control="cancel"]')
