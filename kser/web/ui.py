@@ -38,6 +38,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy.exc import DataError
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from kser.status import FINAL_STATUSES, Status
@@ -74,9 +75,28 @@ def init_ui(app: Flask) -> None:
     app.register_blueprint(ui)
 
 
+def error_page(exc: HTTPException) -> tuple[str, int]:
+    """A refusal of the UI's (400, 403, 404...) as a page saying why (the app's own
+    handler, flask-smorest's, would answer JSON)."""
+    code = exc.code or 500
+    data = getattr(exc, "data", None)  # (flask-smorest's abort keeps its message there)
+    message = (data.get("message") if isinstance(data, dict) else None) or exc.description
+    return render_template("kser/error.html", code=code, name=exc.name,
+                           message=message), code
+
+
+def _as_page(answer: tuple[dict[str, Any], int, Any] | tuple[dict[str, Any], int]) -> Any:
+    body, code = answer[0], answer[1]
+    headers = answer[2] if len(answer) > 2 else {}
+    page = render_template("kser/error.html", code=code, name=body.get("status", ""),
+                           message=body.get("message", ""))
+    return page, code, headers
+
+
 for _error in api.UNAVAILABLE:  # a store or Kafka failing: a 503, as the API's
-    ui.register_error_handler(_error, api.unavailable)
-ui.register_error_handler(DataError, api.refused_by_store)
+    ui.register_error_handler(_error, lambda exc: _as_page(api.unavailable(exc)))
+ui.register_error_handler(DataError, lambda exc: _as_page(api.refused_by_store(exc)))
+ui.register_error_handler(HTTPException, error_page)
 
 
 # -- who is asking ----------------------------------------------------------------------

@@ -51,9 +51,11 @@ def contract_check(operation, mode):
               deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     def check(case):
-        # a query argument whose name is blank is not sent at all: the request would be
-        # valid, and its acceptance taken for a failure
-        if any(not str(name).strip() for name in case.query or {}):
+        # a query argument with a blank name, or without a value (None, []), is not sent
+        # at all: the request would be valid, and its acceptance taken for a failure
+        if any(not str(name).strip() or value is None or value == [] or (
+                isinstance(value, list) and all(v is None for v in value))
+               for name, value in (case.query or {}).items()):
             reject()
         case.call_and_validate(headers=ADMIN, excluded_checks=excluded)
     return check

@@ -191,3 +191,15 @@ def test_crafted_input_is_refused_not_a_500(h, app, monkeypatch):  # noqa: F811
     monkeypatch.setattr(h.store, "transaction", refused)
     answer = admin.get("/ui/?search=%00")
     assert answer.status_code == 422 and "NUL" in text(answer)
+
+
+def test_refusals_are_pages_saying_why(h, app):  # noqa: F811
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    reader = Browser(app, "read-token")
+    refused = reader.post(f"/ui/operations/{op.uuid}/cancel")
+    assert refused.status_code == 403 and refused.mimetype == "text/html"
+    assert "controls need an &#39;admin&#39; one" in text(refused)
+    missing = reader.get("/ui/operations/no-such-id")
+    assert missing.status_code == 404 and "no operation no-such-id" in text(missing)
+    bad_cursor = reader.get("/ui/?cursor=x")
+    assert bad_cursor.status_code == 422 and "cursor is not one this API gave" in text(bad_cursor)
