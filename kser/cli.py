@@ -671,6 +671,9 @@ def serve(registry: str, host: str, port: int, workers: int, threads: int,
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 3600)  # ?wait= may hold a request long
+            # idle keep-alive connections kept 30 s (gunicorn's 2 s would close them
+            # under clients polling every second or two)
+            self.cfg.set("keepalive", 30)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("proc_name", f"kser-serve {registry}")
             if access_log:

@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from kser.status import FINAL_STATUSES
 
@@ -140,7 +142,16 @@ class Client:
         self.url = api_url(base_url)
         self.timeout = timeout
         self._owns_session = session is None
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # a pooled keep-alive connection the server closes as it is reused ("Remote
+            # end closed connection"): a read is sent again on a new one (never a POST)
+            retries = Retry(total=2, connect=2, read=2, status=0, backoff_factor=0.1,
+                            allowed_methods=frozenset({"GET", "HEAD", "OPTIONS"}),
+                            raise_on_status=False)
+            session.mount("http://", HTTPAdapter(max_retries=retries))
+            session.mount("https://", HTTPAdapter(max_retries=retries))
+        self.session = session
         # sent with this client's requests only: a session given may talk to other hosts
         self._headers = {"Accept": "application/json"}
         if token:

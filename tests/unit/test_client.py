@@ -160,3 +160,9 @@ def test_a_session_given_is_left_as_it_was(app):
         assert kser.health()["status"] == "ok"
     assert "Authorization" not in session.headers  # its other requests carry no token
     assert session.adapters  # and it was not closed for its owner
+
+
+def test_a_read_is_sent_again_on_a_connection_the_server_closed_a_post_never():
+    retries = Client("http://127.0.0.1:9").session.get_adapter("http://127.0.0.1:9").max_retries
+    assert retries.read == 2 and retries.is_retry("GET", 0) is False
+    assert retries._is_method_retryable("GET") and not retries._is_method_retryable("POST")
