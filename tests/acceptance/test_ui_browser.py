@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.acceptance.harness import Run
-from tests.acceptance.test_control_plane import CHAIN, start_api
+from tests.acceptance.test_control_plane import CHAIN, control_plane  # noqa: F401 (fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("KSER_ARTIFACTS", Path(__file__).resolve().parents[2]
@@ -28,21 +27,14 @@ def browser_type_launch_args(browser_type_launch_args):
             "args": ["--no-sandbox", "--disable-dev-shm-usage"]}
 
 
-@pytest.fixture
-def ui(kafka, pg_url, processes):
-    run = Run(kafka, pg_url, processes, workers=1)
-    url = start_api(run, processes)
-    yield run, url
-    run.close()
-
-
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_start_watch_read_a_log_and_cancel_from_the_browser(ui, page: Page, tmp_path):
-    _run, url = ui
+def test_start_watch_read_a_log_and_cancel_from_the_browser(control_plane, page: Page,  # noqa: F811
+                                                            tmp_path):
+    _run, url = control_plane
     page.set_default_timeout(WAIT_MS)
     page.goto(f"{url}/ui/")
     expect(page).to_have_url(f"{url}/ui/login?next=/ui/?")  # asked for a token first
@@ -110,8 +102,8 @@ def test_start_watch_read_a_log_and_cancel_from_the_browser(ui, page: Page, tmp_
     shot(page, "operations")
 
 
-def test_a_read_token_sees_but_cannot_control(ui, page: Page):
-    _run, url = ui
+def test_a_read_token_sees_but_cannot_control(control_plane, page: Page):  # noqa: F811
+    _run, url = control_plane
     page.set_default_timeout(WAIT_MS)
     page.goto(f"{url}/ui/login")
     page.fill("#token", "read-secret")
