@@ -58,7 +58,7 @@ from kser.sequencing.task import (
     TaskCanceled,
 )
 from kser.status import FINAL_STATUSES, Status
-from kser.store import OperationRow, OutboxRow, Store, TaskRow, Tx
+from kser.store import OperationRow, OperationState, OutboxRow, Store, TaskRow, Tx
 
 if TYPE_CHECKING:
     from kser.sequencing.operation import Operation
@@ -84,6 +84,8 @@ UPSTREAM_FAILED = 424
 Transition = tuple[str, dict[str, Any] | None]
 #: what storing a task's end did: the operation's transitions, the outbox rows it queued
 Ended = tuple[list[Transition], list[OutboxRow]]
+#: an operation as sequencing its tasks reads it: its whole row, or its state alone
+OperationLike = OperationRow | OperationState
 #: a log line a task kept: (time, level, message)
 LogLine = tuple[float, int, str]
 
@@ -214,6 +216,7 @@ class Sequencer:
         existing = operation.uuid
         with self._transaction() as tx:
             op_row, created = self._insert(tx, operation, topic, key)
+            queued = tx.queued
             if not created:
                 found = tx.get_operation(operation.uuid)
                 if found is None and key is not None:  # sent before with the same key
@@ -234,7 +237,8 @@ class Sequencer:
                 existing = found.id
         if created:
             operation._set_status(RUNNING)
-        self.publish(existing)
+        # (what it queued is sent as it was queued; a duplicate re-sends what is unsent)
+        self.publish(existing, queued if created else None)
         if existing != operation.uuid:
             return Result(uuid=existing, stdout=f"Operation {existing} was sent with the key "
                           f"{key!r} before: not started again")
@@ -586,7 +590,7 @@ class Sequencer:
         with self._transaction() as tx:
             # the operation first: its transitions happen one at a time, so that of the
             # upstream tasks of a join ending together, the last one sees the others ended
-            op = tx.operation(operation_id, lock=True)
+            op = tx.operation_state(operation_id)
             if poke is not None:
                 if not tx.finish_poke(task_id, attempt, poke[0]):
                     return None
@@ -652,7 +656,7 @@ class Sequencer:
 
     # -- sequencing helpers (inside a transaction) --------------------------------------
 
-    def _advance(self, tx: Tx, op: OperationRow, candidates: list[TaskRow],
+    def _advance(self, tx: Tx, op: OperationLike, candidates: list[TaskRow],
                  ended: tuple[str, dict[str, Any] | None] | None = None,
                  followed: list[str] | None = None) -> int:
         """Apply their trigger rules to PENDING tasks (read with their upstream counts):
@@ -708,7 +712,7 @@ class Sequencer:
             self._finish_operation(tx, operation_id, *self._outcome(tx, op))
         return queued
 
-    def _outcome(self, tx: Tx, op: OperationRow) -> tuple[Status, dict[str, Any] | None]:
+    def _outcome(self, tx: Tx, op: OperationLike) -> tuple[Status, dict[str, Any] | None]:
         """The final status and result of an operation none of whose tasks is left to run.
 
         FAILED if a task failed and no task that depends on it ran (a task whose trigger
@@ -747,9 +751,10 @@ class Sequencer:
         return Status.SUCCESS, (merged(last) if len(last) > 1 else
                                 last[0] if last else op.initial_result)
 
-    def _queue_task(self, tx: Tx, op: OperationRow, task: TaskRow, forwarded: dict[str, Any] | None,
-                    mode: str | None = None, due_at: float | None = None, *, queued: int,
-                    pokes: int | None = None, cas: bool = True) -> bool:
+    def _queue_task(self, tx: Tx, op: OperationLike, task: TaskRow,
+                    forwarded: dict[str, Any] | None, mode: str | None = None,
+                    due_at: float | None = None, *, queued: int, pokes: int | None = None,
+                    cas: bool = True) -> bool:
         """Queue ``task`` (the compare-and-set of a join, unless ``cas`` is False: a
         takeover's re-send) and add the message of its attempt ``queued`` to the outbox;
         False if another transition had queued it. The message carries ``queued`` and the

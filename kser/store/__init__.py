@@ -12,11 +12,12 @@ from kser.store.rows import (
     DeadLetterRow,
     LogRow,
     OperationRow,
+    OperationState,
     OutboxRow,
     Row,
     TaskRow,
 )
 from kser.store.store import Store, Tx
 
-__all__ = ["AttemptRow", "DeadLetterRow", "LogRow", "OperationRow", "OutboxRow", "Row", "Store",
-           "StoreError", "TaskRow", "Tx"]
+__all__ = ["AttemptRow", "DeadLetterRow", "LogRow", "OperationRow", "OperationState",
+           "OutboxRow", "Row", "Store", "StoreError", "TaskRow", "Tx"]

@@ -77,6 +77,19 @@ class OperationRow(Row):
 
 
 @dataclass(frozen=True, eq=False)
+class OperationState(Row):
+    """What sequencing an operation's tasks needs of its row, and nothing it would
+    decode for nothing: the read (and, on PostgreSQL, the lock) of a task's end."""
+
+    id: str
+    status: Status
+    #: where its tasks go unless they name their own
+    topic: str
+    #: the result it was sent with (its first tasks receive it)
+    initial_result: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class TaskRow(Row):
     """A task as stored (``kser_tasks``), with what some reads join to it."""
 

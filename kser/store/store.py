@@ -39,6 +39,7 @@ from kser.store.rows import (
     DeadLetterRow,
     LogRow,
     OperationRow,
+    OperationState,
     OutboxRow,
     Row,
     TaskRow,
@@ -57,6 +58,9 @@ _op, _task, _attempt, _box = (schema.operations.c, schema.tasks.c, schema.attemp
 # form, where building them per call cost more than running them (benchmarks/).
 _GET_OPERATION = select(schema.operations).where(_op.id == bindparam("b_id"))
 _GET_OPERATION_LOCKED = _GET_OPERATION.with_for_update()
+# (a task's end: its operation's state alone, without the JSON it would decode for nothing)
+_GET_OPERATION_STATE = (select(_op.id, _op.status, _op.topic, _op.initial_result)
+                        .where(_op.id == bindparam("b_id")).with_for_update())
 _GET_TASK = select(schema.tasks).where(_task.id == bindparam("b_id"))
 _dep, _up_dep = schema.task_dependencies.alias("dep"), schema.task_dependencies.alias("up_dep")
 _up = schema.tasks.alias("up")
@@ -198,7 +202,8 @@ _FINISH_PG = (
 
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)
-_HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_TASK_TO_RUN,
+_HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_OPERATION_STATE,
+                          _GET_TASK_TO_RUN,
                           _DEPENDENTS, _PENDING_WITH_UPSTREAM, _UPSTREAM, _UNFINISHED,
                           _FAILED_OR_LAST,
                           _QUEUE, _CLAIM,
@@ -251,12 +256,14 @@ class Tx:
                     self.connection.execute(statement, params or {}).mappings()]
         cursor = self._cursor(statement, params or {})
         names = [column[0] for column in cursor.description]
+        json_names = [name for name in names if name in _JSON_COLUMNS]
         rows = []
         for values in cursor.fetchall():
             row = dict(zip(names, values, strict=True))
-            for name in _JSON_COLUMNS.intersection(row):
-                if isinstance(row[name], str | bytes):  # SQLite: text; psycopg: decoded
-                    row[name] = json.loads(row[name])
+            for name in json_names:
+                value = row[name]
+                if value.__class__ is str or value.__class__ is bytes:  # SQLite: text
+                    row[name] = json.loads(value)  # (psycopg decodes JSONB itself)
             rows.append(row)
         cursor.close()
         return rows
@@ -327,6 +334,16 @@ class Tx:
             raise LookupError(f"operation {operation_id} is not in the store any more "
                               "(purged meanwhile)")
         return op
+
+    def operation_state(self, operation_id: str) -> OperationState:
+        """The operation's :class:`OperationState`, its row locked (PostgreSQL) until the
+        transaction ends: what a task's end reads first, so that the transitions of one
+        operation happen one at a time. :class:`LookupError` if it is not in the store."""
+        state = self._first_as(OperationState, _GET_OPERATION_STATE, dict(b_id=operation_id))
+        if state is None:
+            raise LookupError(f"operation {operation_id} is not in the store any more "
+                              "(purged meanwhile)")
+        return state
 
     def update_operation(self, operation_id: str, **values: Any) -> None:
         values.setdefault("updated_at", time.time())
