@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 from kser.status import Status
 
 R = TypeVar("R", bound="Row")
+_STATUSES = {status.value: status for status in Status}
 
 
 class Row(Mapping[str, Any]):
@@ -29,7 +30,7 @@ class Row(Mapping[str, Any]):
         for name in ("status", "operation_status"):
             value = values.get(name)
             if value is not None:
-                values[name] = Status(value)
+                values[name] = _STATUSES.get(value) or Status(value)  # (Status() is slow)
         return cls(**values)
 
     @classmethod
