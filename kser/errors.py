@@ -28,6 +28,11 @@ class StoreError(Exception):
     """The store cannot be used: a wrong URL, a missing driver, an unreachable database."""
 
 
+class OperationGoneError(LookupError):
+    """An operation is not in the store any more: deleted (a purge, the API) while one
+    of its tasks was handled. Nothing of it is left to update."""
+
+
 class WorkerFatalError(Exception):
     """This worker cannot go on (e.g. its SQLite store file was removed): it stops."""
 

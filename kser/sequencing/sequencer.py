@@ -37,7 +37,7 @@ from kser.codec import Codec
 from kser.config import Settings
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.entry import Entrypoint
-from kser.errors import WorkerFatalError, is_transient, safe_text
+from kser.errors import OperationGoneError, WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY, MAX_INT32, MIN_INT32, Message, dump_result
 from kser.sequencing.controls import Controls, control
@@ -227,8 +227,8 @@ class Sequencer:
                             f"{found.entrypoint}: a key names one operation; give this "
                             f"{op_row['entrypoint']} another", extra=dict(uuid=operation.uuid))
                 if found is None:
-                    raise LookupError(f"operation {operation.uuid} is not in the store any "
-                                      "more (purged meanwhile)")
+                    raise OperationGoneError(f"operation {operation.uuid} is not in the store "
+                                        "any more (purged or deleted meanwhile)")
                 if found.entrypoint != op_row["entrypoint"]:
                     raise UndeliverableError(
                         f"Operation {operation.uuid} is a {found.entrypoint} in the store, "
@@ -543,6 +543,10 @@ class Sequencer:
                 break
             except (RedoError, UndeliverableError, WorkerFatalError):
                 raise
+            except OperationGoneError as exc:  # nothing left to store it in, nothing follows
+                logger.warning("Task %s attempt %d ended, but %s: its result is not kept",
+                               task_id, attempt, exc)
+                return result
             except Exception as exc:
                 reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
                 if not is_transient(exc):

@@ -30,7 +30,13 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.expression import Executable
 
-from kser.errors import StoreError, WorkerFatalError, is_transient, safe_text
+from kser.errors import (
+    OperationGoneError,
+    StoreError,
+    WorkerFatalError,
+    is_transient,
+    safe_text,
+)
 from kser.status import FINAL_STATUSES, Status
 from kser.store import schema
 from kser.store.migrations import migrate
@@ -328,21 +334,23 @@ class Tx:
 
     def operation(self, operation_id: str, lock: bool = False) -> OperationRow:
         """The operation, which must be in the store (a task of it was just read, or its
-        insert met it): :class:`LookupError` if it is not (purged meanwhile)."""
+        insert met it): :class:`~kser.errors.OperationGoneError` if it is not (deleted
+        meanwhile)."""
         op = self.get_operation(operation_id, lock=lock)
         if op is None:
-            raise LookupError(f"operation {operation_id} is not in the store any more "
-                              "(purged meanwhile)")
+            raise OperationGoneError(f"operation {operation_id} is not in the store any more "
+                                "(purged or deleted meanwhile)")
         return op
 
     def operation_state(self, operation_id: str) -> OperationState:
         """The operation's :class:`OperationState`, its row locked (PostgreSQL) until the
         transaction ends: what a task's end reads first, so that the transitions of one
-        operation happen one at a time. :class:`LookupError` if it is not in the store."""
+        operation happen one at a time. :class:`~kser.errors.OperationGoneError` if it is not
+        in the store."""
         state = self._first_as(OperationState, _GET_OPERATION_STATE, dict(b_id=operation_id))
         if state is None:
-            raise LookupError(f"operation {operation_id} is not in the store any more "
-                              "(purged meanwhile)")
+            raise OperationGoneError(f"operation {operation_id} is not in the store any more "
+                                "(purged or deleted meanwhile)")
         return state
 
     def update_operation(self, operation_id: str, **values: Any) -> None:

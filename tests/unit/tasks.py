@@ -160,3 +160,20 @@ class Unreliable(Task):
 class OneUnreliable(Operation):
     def build_tasks(self, **kwargs):
         return [Unreliable()]
+
+
+@registry.subscribe
+class DeletesItsOperation(Task):
+    """Deletes its own operation from the store while it runs (purged meanwhile)."""
+
+    def run(self):
+        with registry.sequencer.store.transaction() as tx:
+            tx.delete_operations([self.metadata["kser"]["operation_id"]])
+        CALLS.append("deleted")
+        return Result(uuid=self.uuid)
+
+
+@registry.subscribe
+class PurgedWhileRunning(Operation):
+    def build_tasks(self, **kwargs):
+        return [DeletesItsOperation(), Step(params={"index": 1})]

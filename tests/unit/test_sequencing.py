@@ -196,6 +196,20 @@ def test_task_logs_are_stored_per_task_and_attempt(h):
     assert logs[0]["message"] == prefix + "attempt 1"
 
 
+def test_a_task_whose_operation_is_deleted_while_it_runs_ends_quietly(h, caplog):
+    """A purge (or DELETE through the API) while a task runs: its end finds nothing to
+    update; the record is done, nothing is written back or sent, and the log says why
+    (not that the task's result was unstorable)."""
+    op = tasks.PurgedWhileRunning().send()
+    consumer = h.drain()
+    assert tasks.CALLS == ["deleted"]  # the next task was never sent
+    assert h.operation(op.uuid) == (None, [])
+    assert consumer.processed == 1 and h.broker.lag("workers", ["ops"]) == 0
+    assert not h.broker.has_topic("ops.dlq") or not h.broker.records("ops.dlq")
+    assert "is not in the store any more (purged or deleted meanwhile)" in caplog.text
+    assert "cannot store" not in caplog.text and "cannot be stored" not in caplog.text
+
+
 def test_a_duplicate_message_of_a_finished_task_runs_nothing(h):
     op = tasks.ThreeSteps(params={"name": "n"}).send()
     h.drain()
