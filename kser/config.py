@@ -103,6 +103,9 @@ class Settings:
         default_factory=lambda: _float("KSER_SHUTDOWN_TIMEOUT", "30"))
     #: tasks one consumer runs at once (``kser worker --concurrency``)
     concurrency: int = field(default_factory=lambda: _int("KSER_CONCURRENCY", "1"))
+    #: most task messages one task thread claims, runs and stores together (records
+    #: already in hand, under load; 1: one at a time)
+    batch_size: int = field(default_factory=lambda: _int("KSER_BATCH_SIZE", "32"))
     #: longest time processed records wait for their offset commit, seconds
     commit_interval: float = field(
         default_factory=lambda: _float("KSER_COMMIT_INTERVAL", "1.0"))

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from cdumay_error.types import NotFound, ValidationError
@@ -195,6 +196,54 @@ class Controller(BaseController):
         :param topic: the topic the record came from (where an operation's tasks go
             unless they name their own)
         """
+        routed = self._route(raw_data)
+        if isinstance(routed, Outcome):
+            return routed
+        kmsg, entrypoint = routed
+        return self._conclude(kmsg, lambda: self.execute(entrypoint, kmsg, topic))
+
+    def batch_limit(self) -> int:
+        """How many records one task thread should take at once (see :meth:`handle_many`):
+        the sequencer's say (1 without one: nothing to share)."""
+        return self.sequencer.batch_limit() if self.sequencer is not None else 1
+
+    def handle_many(self, records: Sequence[tuple[str | bytes | None, str | None]]
+                    ) -> list[Outcome]:
+        """:meth:`handle` for several ``(value, topic)`` records in hand: the messages of
+        operations' tasks among them run together (see ``Sequencer.run_tasks``: shared
+        transactions), every other one alone, each with its own outcome."""
+        outcomes: list[Outcome | None] = [None] * len(records)
+        tasks: list[tuple[int, Message, type[Entrypoint]]] = []
+        for index, (value, topic) in enumerate(records):
+            routed = self._route(value)
+            if isinstance(routed, Outcome):
+                outcomes[index] = routed
+            elif self.sequencer is not None and "task_id" in routed[0].kser_metadata:
+                tasks.append((index, *routed))
+            else:
+                kmsg, entrypoint = routed
+                outcomes[index] = self._conclude(kmsg, partial(self.execute, entrypoint, kmsg,
+                                                               topic))
+        if tasks:
+            assert self.sequencer is not None
+            results = (self.sequencer.run_tasks([(e, k) for _, k, e in tasks]) if len(tasks) > 1
+                       else [self._raised(partial(self.execute, tasks[0][2], tasks[0][1]))])
+            for (index, kmsg, _), result in zip(tasks, results, strict=True):
+                outcomes[index] = self._conclude(kmsg, partial(_returned, result))
+        return cast(list[Outcome], outcomes)
+
+    @staticmethod
+    def _raised(call: Callable[[], Result]) -> Result | Exception:
+        try:
+            return call()
+        except WorkerFatalError:
+            raise
+        except Exception as exc:
+            return exc
+
+    def _route(self, raw_data: str | bytes | None
+               ) -> Outcome | tuple[Message, type[Entrypoint]]:
+        """The record's message and the entrypoint it names, or why it has none."""
         try:
             kmsg = self._onmessage(self.message_class.loads(self.sealer.open(raw_data)))
         except Exception as exc:
@@ -216,8 +265,12 @@ class Controller(BaseController):
                 extra=dict(uuid=kmsg.uuid, entrypoint=kmsg.entrypoint))
             return Outcome(kmsg, self._onerror(kmsg, error_result(error, kmsg.uuid)),
                            undeliverable=True)
+        return kmsg, entrypoint
+
+    def _conclude(self, kmsg: Message, execute: Callable[[], Result]) -> Outcome:
+        """The outcome of executing ``kmsg`` (``execute``), its hooks called."""
         try:
-            result = self.execute(entrypoint, kmsg, topic)
+            result = execute()
         except UndeliverableError as exc:
             return Outcome(kmsg, self._onerror(kmsg, error_result(exc, kmsg.uuid)),
                            undeliverable=True)
@@ -437,3 +490,10 @@ def _built_ins() -> dict[str, type[Entrypoint]]:
     from kser.tasks import BUILT_INS
 
     return {cls.path: cls for cls in BUILT_INS}
+
+
+def _returned(result: Result | Exception) -> Result:
+    """``result``, raised if it is an exception (what a batched message's execution gave)."""
+    if isinstance(result, Exception):
+        raise result
+    return result

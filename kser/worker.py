@@ -150,7 +150,8 @@ class _LoopState:
     executor: ThreadPoolExecutor
     concurrency: int
     backlog: deque[Record] = field(default_factory=deque)
-    running: dict[Future[bool], Record] = field(default_factory=dict)
+    #: the records each task thread has in hand (one, or a batch)
+    running: dict[Future[list[bool]], list[Record]] = field(default_factory=dict)
     #: False while the partitions are paused (a full backlog, a stop)
     fetching: bool = True
     fetched_nothing: bool = True
@@ -477,10 +478,11 @@ class BaseConsumer:
             logger.info("%s: stopping; waiting up to %g s for %d task(s)", self.name,
                         self.settings.shutdown_timeout, len(loop.running))
         if self._aborting.is_set() or time.monotonic() >= loop.stop_deadline:
-            self.abandoned, self.exit_code = len(loop.running), 1
+            self.abandoned = sum(len(records) for records in loop.running.values())
+            self.exit_code = 1
             logger.error("%s: %d task(s) still running %s: their records are not "
                          "committed and will be processed again by another worker",
-                         self.name, len(loop.running),
+                         self.name, self.abandoned,
                          "at a second stop signal" if self._aborting.is_set() else
                          f"after {self.settings.shutdown_timeout:g} s")
             return True
@@ -494,11 +496,16 @@ class BaseConsumer:
         return False
 
     def _dispatch(self, loop: _LoopState) -> None:
-        """Hand backlog records to free task threads (none while paused)."""
+        """Hand backlog records to free task threads (none while paused): one each, or
+        under load a batch each (the backlog shared among the free threads, at most
+        what the controller takes at once: see ``Controller.batch_limit``)."""
         while loop.backlog and len(loop.running) < loop.concurrency and not self.paused:
-            record = loop.backlog.popleft()
-            loop.tracker.started(record)
-            loop.running[loop.executor.submit(self._process, record)] = record
+            free = loop.concurrency - len(loop.running)
+            size = min(-(-len(loop.backlog) // free), self.controller.batch_limit())
+            records = [loop.backlog.popleft() for _ in range(max(1, size))]
+            for record in records:
+                loop.tracker.started(record)
+            loop.running[loop.executor.submit(self._process_all, records)] = records
 
     def _maybe_checkpoint(self, loop: _LoopState) -> None:
         """Commit when nothing more came (a checkpoint waits for the broker twice: it would
@@ -585,51 +592,69 @@ class BaseConsumer:
             self.fatal, self.exit_code = exc, 1
         self._stopping.set()  # not stop(): a second fatal error is no second signal
 
-    def _harvest(self, running: dict[Future[bool], Record], tracker: OffsetTracker) -> None:
+    def _harvest(self, running: dict[Future[list[bool]], list[Record]],
+                 tracker: OffsetTracker) -> None:
         for future in [f for f in running if f.done()]:
-            record = running.pop(future)
-            if future.result():
-                tracker.done(record)
-            # else: stopped while it had to be redone: left in flight, never committed
+            records = running.pop(future)
+            for record, done in zip(records, future.result(), strict=True):
+                if done:
+                    tracker.done(record)
+                # else: stopped while it had to be redone: left in flight, never committed
 
-    def _process(self, record: Record) -> bool:
-        """Handle one record in a task thread; redo it while its infrastructure fails.
+    def _process_all(self, records: list[Record]) -> list[bool]:
+        """Handle records in a task thread (one, or a batch the controller handles
+        together: see ``Controller.handle_many``); redo those whose infrastructure failed,
+        together, after a doubling backoff.
 
-        Returns True when it is done (to be committed), False when the consumer
-        stopped before it could be. Never raises, whatever the record holds.
+        Returns, per record, True when it is done (to be committed), False when the
+        consumer stopped before it could be. Never raises, whatever the records hold.
         """
+        done: set[int] = set()
         try:
-            redo = 0
-            while True:
-                outcome = (self._handle(record) if record.unreadable is None else Outcome(
-                    None, exception_result(ValueError(
-                        f"The Kafka client could not read this record ({record.unreadable}); "
-                        "this dead letter only says where it is: read it with another "
-                        "client before the topic's retention removes it")), undeliverable=True))
-                if outcome.undeliverable and not self.dead_letters.send(
-                        record, outcome.result.stderr or "undeliverable"):
-                    outcome.redo = True
-                if not outcome.redo:
+            todo, redo = list(records), 0
+            while todo:
+                again = []
+                for record, outcome in zip(todo, self._outcomes(todo), strict=True):
+                    if outcome.undeliverable and not self.dead_letters.send(
+                            record, outcome.result.stderr or "undeliverable"):
+                        outcome.redo = True
+                    if outcome.redo:
+                        again.append(record)
+                        delay = min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)
+                        logger.warning("%s will process %s[%d]@%d again in %.1f s: %s",
+                                       self.name, record.topic, record.partition,
+                                       record.offset, delay,
+                                       safe_text(outcome.result.stderr, 1000))
+                        continue
+                    done.add(id(record))
+                    with self._counter_lock:  # task threads finish together
+                        self.processed += 1
+                    if outcome.kmsg is not None:
+                        logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d",
+                                    self.name, outcome.kmsg.entrypoint, outcome.kmsg.uuid,
+                                    record.topic, record.partition, record.offset,
+                                    outcome.result.retcode)
+                if again and self._stopping.wait(
+                        min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)):
                     break
-                delay = min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)
-                redo += 1
-                logger.warning("%s will process %s[%d]@%d again in %.1f s: %s", self.name,
-                               record.topic, record.partition, record.offset, delay,
-                               safe_text(outcome.result.stderr, 1000))
-                if self._stopping.wait(delay):
-                    return False
-            with self._counter_lock:  # task threads finish together
-                self.processed += 1
-            if outcome.kmsg is not None:
-                logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d", self.name,
-                            outcome.kmsg.entrypoint, outcome.kmsg.uuid, record.topic,
-                            record.partition, record.offset, outcome.result.retcode)
-            return True
+                todo, redo = again, redo + 1
         except WorkerFatalError as exc:
             self._fatal(exc)
-            return False
         finally:
             self._task_done.set()
+        return [id(record) in done for record in records]
+
+    def _outcomes(self, records: list[Record]) -> list[Outcome]:
+        """How each record was handled: one alone, several together; a record the client
+        could not read is a placeholder dead letter saying where it is."""
+        readable = [record for record in records if record.unreadable is None]
+        handled = (self._handle_many(readable) if len(readable) > 1
+                   else [self._handle(record) for record in readable])
+        outcomes = dict(zip(map(id, readable), handled, strict=True))
+        return [outcomes.get(id(record)) or Outcome(None, exception_result(ValueError(
+            f"The Kafka client could not read this record ({record.unreadable}); this dead "
+            "letter only says where it is: read it with another client before the topic's "
+            "retention removes it")), undeliverable=True) for record in records]
 
     def _handle(self, record: Record) -> Outcome:
         """The controller's outcome for ``record``; an error it did not foresee (a bug, a
@@ -643,6 +668,19 @@ class BaseConsumer:
                          record.partition, record.offset, type(exc).__name__,
                          safe_text(exc, 1000))
             return Outcome(None, exception_result(exc), redo=True)
+
+    def _handle_many(self, records: list[Record]) -> list[Outcome]:
+        """:meth:`_handle` for several records at once; if the controller fails on the
+        batch unforeseen, each record is redone alone."""
+        try:
+            return self.controller.handle_many([(r.value, r.topic) for r in records])
+        except WorkerFatalError:
+            raise
+        except Exception as exc:
+            logger.error("%s: %d records handled together raised %s: %s; each is handled "
+                         "again alone", self.name, len(records), type(exc).__name__,
+                         safe_text(exc, 1000))
+            return [Outcome(None, exception_result(exc), redo=True) for _ in records]
 
     def _dead_letter_store(self) -> Store:
         """The store dead letters fall back on: the sequencer's, else one of this consumer."""

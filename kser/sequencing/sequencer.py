@@ -27,7 +27,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from cdumay_error.types import ValidationError
@@ -84,10 +86,55 @@ UPSTREAM_FAILED = 424
 Transition = tuple[str, dict[str, Any] | None]
 #: what storing a task's end did: the operation's transitions, the outbox rows it queued
 Ended = tuple[list[Transition], list[OutboxRow]]
+#: longest a task's end waits in a batch before it is stored (and the follow-up messages it
+#: queues are produced), seconds; also what sizes a batch: as many messages as bodies run in
+#: this time at their recent pace (see Sequencer.batch_limit)
+BATCH_WINDOW = 0.05
+
 #: an operation as sequencing its tasks reads it: its whole row, or its state alone
 OperationLike = OperationRow | OperationState
 #: a log line a task kept: (time, level, message)
 LogLine = tuple[float, int, str]
+
+
+@dataclass
+class _Claim:
+    """What reading (and claiming) a task message's task found: ``verdict`` is "run"
+    (claimed: ``attempt`` is ours), "lost" (another worker claimed it first), "done",
+    "wait", "child" or "child ended" (see :func:`_verdict`)."""
+
+    verdict: str
+    task: TaskRow
+    attempt: int = 0
+
+    def nothing_to_do(self) -> Result:
+        task = self.task
+        if self.verdict == "done":
+            why = f"is {task.status} (operation {task.operation_status}): nothing to do"
+        elif self.verdict == "child":
+            why = "waits for its sub-operation: nothing to do"
+        else:
+            why = f"is running on {task.worker}: left to it"
+        return Result(uuid=task.id, stdout=f"Task {task.id} {why}")
+
+
+@dataclass
+class _End:
+    """How a task attempt ended, as its body left it: what storing it writes."""
+
+    task: TaskRow
+    forwarded: dict[str, Any] | None
+    attempt: int
+    mode: str | None
+    result: Result
+    status: Status
+    #: a retry's delay (the task goes back to PENDING)
+    retry_in: float | None = None
+    logs: list[LogLine] = field(default_factory=list)
+    #: (a branch) the names of the tasks it chose
+    followed: list[str] | None = None
+    #: (a sensor whose condition is unmet) since when it waits, when to poke again
+    poke: tuple[float, float] | None = None
 
 
 class Sequencer:
@@ -124,6 +171,9 @@ class Sequencer:
         #: them (a duplicate, a sweep's re-send) never runs it again alongside
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+        #: how long task bodies took lately, seconds (a moving average; None until one
+        #: ran here): sizes the batches
+        self._body_seconds: float | None = None
 
     @property
     def settings(self) -> Settings:
@@ -192,15 +242,7 @@ class Sequencer:
         except (RedoError, UndeliverableError, WorkerFatalError):
             raise
         except Exception as exc:
-            reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
-            if is_transient(exc):
-                raise RedoError(f"store unreachable: {reason}") from exc
-            what = "task" if "task_id" in kmsg.kser_metadata else "operation"
-            raise UndeliverableError(
-                f"The {what} message {kmsg.entrypoint}[{kmsg.uuid}] cannot be handled: "
-                f"{reason if hasattr(exc, 'code') else f'{type(exc).__name__}: {reason}'}; "
-                "fix the cause, then send it again (kser dlq replay)",
-                extra=dict(uuid=kmsg.uuid), code=getattr(exc, "code", None) or 500) from exc
+            raise _failure(exc, kmsg) from exc
 
     # -- submitting ----------------------------------------------------------------------
 
@@ -364,50 +406,222 @@ class Sequencer:
 
     def _claim_and_run(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
         meta = kmsg.kser_metadata
-        operation_id, task_id, mode = meta.get("operation_id"), meta["task_id"], meta.get("mode")
-        worker, lease = self._worker_name(), self.settings.task_lease
+        lease = self.settings.task_lease
         wait_until = time.monotonic() + lease * DUPLICATE_WAIT_LEASES
         while True:
             now = time.time()
             with self._transaction() as tx:
-                task = tx.get_task_to_run(task_id)
-                if task is None or task.operation_id != operation_id:
-                    raise UndeliverableError(
-                        f"Task {task_id} of operation {operation_id} is not in the store "
-                        f"({self.store}): purged, or sent to consumers of another store",
-                        extra=dict(uuid=kmsg.uuid))
-                if mode == CHILD_ENDED:
-                    verdict = "child ended"
-                    break
-                verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker,
-                                        meta.get("queued"))
-                if verdict == "refuse":
-                    raise UndeliverableError(f"Task message {task_id} refused: {why}",
-                                             extra=dict(uuid=kmsg.uuid))
-                if verdict == "run" and tx.claim_task(task_id, task.attempt, worker,
-                                                     now + lease, now,
-                                                     taking_over=task.status == RUNNING):
-                    attempt = task.attempt + 1
-                    break
-            if verdict == "done":
-                self.publish(operation_id)
-                return Result(uuid=task_id, stdout=f"Task {task_id} is {task.status} "
-                              f"(operation {task.operation_status}): nothing to do")
-            if verdict == "child":
-                return Result(uuid=task_id, stdout=f"Task {task_id} waits for its "
-                              "sub-operation: nothing to do")
-            if verdict == "wait":
+                claim = self._claim_in(tx, kmsg, now)
+            if claim.verdict == "done":
+                return self._republished(claim)
+            if claim.verdict == "child":
+                return claim.nothing_to_do()
+            if claim.verdict == "wait":
                 if time.monotonic() >= wait_until:
-                    return Result(uuid=task_id, stdout=f"Task {task_id} is running on "
-                                  f"{task.worker}: left to it")
+                    return claim.nothing_to_do()
                 time.sleep(min(1.0, lease / 10))
+                continue
+            if claim.verdict != "lost":  # (lost: another worker claimed it first: read again)
+                break
         from kser.sequencing.operation import Operation
 
-        if verdict == "child ended":
-            return self._end_of_child(task)
+        if claim.verdict == "child ended":
+            return self._end_of_child(claim.task)
         if issubclass(entrypoint, Operation):
-            return self._start_child(entrypoint, kmsg, task, attempt)
-        return self._run_claimed(entrypoint, kmsg, task, attempt, mode, now)
+            return self._start_child(entrypoint, kmsg, claim.task, claim.attempt)
+        return self._run_claimed(entrypoint, kmsg, claim.task, claim.attempt,
+                                 meta.get("mode"), now)
+
+    def _republished(self, claim: _Claim) -> Result:
+        """A message for a task that is done: what its end queued and is unsent is sent
+        again (a duplicate after a crash between commit and produce), nothing else."""
+        self.publish(claim.task.operation_id)
+        return claim.nothing_to_do()
+
+    def _claim_in(self, tx: Tx, kmsg: Message, now: float) -> _Claim:
+        """In ``tx``: read the task a message names, judge the message against it
+        (:func:`_verdict`) and claim the task when it is to run (``verdict`` "run";
+        "lost" when another worker claimed it first).
+
+        :raises UndeliverableError: the message is refused (before anything is written)
+        """
+        meta = kmsg.kser_metadata
+        operation_id, task_id, mode = meta.get("operation_id"), meta["task_id"], meta.get("mode")
+        worker = self._worker_name()
+        task = tx.get_task_to_run(task_id)
+        if task is None or task.operation_id != operation_id:
+            raise UndeliverableError(
+                f"Task {task_id} of operation {operation_id} is not in the store "
+                f"({self.store}): purged, or sent to consumers of another store",
+                extra=dict(uuid=kmsg.uuid))
+        if mode == CHILD_ENDED:
+            return _Claim("child ended", task)
+        verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker, meta.get("queued"))
+        if verdict == "refuse":
+            raise UndeliverableError(f"Task message {task_id} refused: {why}",
+                                     extra=dict(uuid=kmsg.uuid))
+        if verdict != "run":
+            return _Claim(verdict, task)
+        if not tx.claim_task(task_id, task.attempt, worker, now + self.settings.task_lease,
+                             now, taking_over=task.status == RUNNING):
+            return _Claim("lost", task)
+        return _Claim("run", task, task.attempt + 1)
+
+    # -- several task messages at once -------------------------------------------------
+
+    def batch_limit(self) -> int:
+        """How many task messages one thread should take at once (:meth:`run_tasks`): as
+        many as start within :data:`BATCH_WINDOW` at the pace bodies ran lately, at most
+        ``settings.batch_size``; 1 (one at a time) for tasks that take their time."""
+        size, pace = self.settings.batch_size, self._body_seconds
+        if size <= 1 or pace is None:  # (no task of an operation ran here yet)
+            return 1
+        return max(1, min(size, int(BATCH_WINDOW / max(pace, 1e-6))))
+
+    def run_tasks(self, items: Sequence[tuple[type[Entrypoint], Message]]
+                  ) -> list[Result | Exception]:
+        """Run several task messages (a worker's records in hand) as :meth:`run_task` runs
+        one, sharing transactions: the tasks are claimed in one, their bodies run one after
+        the other, and their ends are stored together (every :data:`BATCH_WINDOW`, and
+        after the last body), then what they queued is produced.
+
+        What would make a message wait or differ (a sub-operation, a task running on
+        another worker, a duplicate in hand) goes the way of :meth:`run_task`, after the
+        others; so does everything if a shared transaction fails (each message then meets
+        its own failure alone). Returns, for each message, its result or the exception
+        :meth:`execute` would have raised for it.
+        """
+        from kser.sequencing.operation import Operation
+
+        outcomes: list[Result | Exception | None] = [None] * len(items)
+        alone: list[int] = []
+        batched: list[int] = []
+        with self._running_lock:
+            for index, (entrypoint, kmsg) in enumerate(items):
+                task_id = kmsg.kser_metadata["task_id"]
+                if (issubclass(entrypoint, Operation) or task_id in self._running
+                        or kmsg.kser_metadata.get("mode") == CHILD_ENDED):
+                    alone.append(index)
+                else:
+                    self._running.add(task_id)
+                    batched.append(index)
+        try:
+            claimed = self._claim_batch(items, batched, outcomes, alone)
+            self._run_batch(items, claimed, outcomes)
+        finally:
+            with self._running_lock:
+                for index in batched:
+                    self._running.discard(items[index][1].kser_metadata["task_id"])
+        for index in sorted(alone):
+            entrypoint, kmsg = items[index]
+            outcomes[index] = self._guarded_execute(entrypoint, kmsg)
+        assert all(outcome is not None for outcome in outcomes)
+        return cast("list[Result | Exception]", outcomes)
+
+    def _guarded_execute(self, entrypoint: type[Entrypoint], kmsg: Message
+                         ) -> Result | Exception:
+        return _settled(kmsg, lambda: self.execute(entrypoint, kmsg, None))
+
+    def _claim_batch(self, items: Sequence[tuple[type[Entrypoint], Message]],
+                     batched: list[int], outcomes: list[Result | Exception | None],
+                     alone: list[int]) -> list[tuple[int, _Claim, float]]:
+        """Claim the ``batched`` messages' tasks in one transaction: those to run, with
+        when; the others get their outcome, or go ``alone``."""
+        claims: list[tuple[int, _Claim]] = []
+        refused: dict[int, UndeliverableError] = {}
+        now = time.time()
+        try:
+            with self._transaction() as tx:
+                for index in batched:
+                    try:
+                        claims.append((index, self._claim_in(tx, items[index][1], now)))
+                    except UndeliverableError as exc:  # (nothing written for it)
+                        refused[index] = exc
+        except WorkerFatalError:
+            raise
+        except Exception as exc:  # nothing was claimed: each message goes alone
+            logger.warning("%d task messages could not be claimed together (%s): one at a "
+                           "time", len(batched), safe_text(exc, 300))
+            alone.extend(batched)
+            return []
+        for index, error in refused.items():
+            outcomes[index] = error
+        to_run = []
+        published: set[str] = set()
+        for index, claim in claims:
+            if claim.verdict == "run":
+                to_run.append((index, claim, now))
+            elif claim.verdict == "done":
+                operation_id = claim.task.operation_id
+                if operation_id not in published:  # (a duplicate: re-send what is unsent)
+                    published.add(operation_id)
+                    outcomes[index] = _settled(items[index][1],
+                                               partial(self._republished, claim))
+                else:
+                    outcomes[index] = claim.nothing_to_do()
+            elif claim.verdict == "child":
+                outcomes[index] = claim.nothing_to_do()
+            else:  # wait (running on another worker), lost: as run_task does, alone
+                alone.append(index)
+        return to_run
+
+    def _run_batch(self, items: Sequence[tuple[type[Entrypoint], Message]],
+                   claimed: list[tuple[int, _Claim, float]],
+                   outcomes: list[Result | Exception | None]) -> None:
+        """Run the claimed tasks' bodies one after the other; store their ends together
+        every :data:`BATCH_WINDOW` and after the last one."""
+        pending: list[tuple[int, _End]] = []
+        since = 0.0
+        with ExitStack() as leases:
+            for index, claim, claimed_at in claimed:
+                entrypoint, kmsg = items[index]
+                leases.enter_context(self._leases.held(claim.task.id, claim.attempt))
+                try:
+                    end = self._run_body(entrypoint, kmsg, claim.task, claim.attempt,
+                                         kmsg.kser_metadata.get("mode"), claimed_at)
+                except WorkerFatalError:
+                    raise
+                except Exception as exc:  # (a branch's check could not read the store)
+                    outcomes[index] = _failure(exc, kmsg)
+                    continue
+                if not pending:
+                    since = time.monotonic()
+                pending.append((index, end))
+                if time.monotonic() - since >= BATCH_WINDOW:
+                    self._store_ends(items, pending, outcomes)
+                    pending = []
+            self._store_ends(items, pending, outcomes)
+
+    def _store_ends(self, items: Sequence[tuple[type[Entrypoint], Message]],
+                    pending: list[tuple[int, _End]],
+                    outcomes: list[Result | Exception | None]) -> None:
+        """Store several ends in one transaction (each on its own if that fails), then
+        produce what they queued."""
+        if not pending:
+            return
+        ended: list[Ended | None] = []
+        if len(pending) > 1:
+            try:
+                with self._transaction() as tx:
+                    # the operations' rows locked in one order: two workers' batches never
+                    # wait for each other in a cycle
+                    ended = [self._end_in(tx, end) for _, end in
+                             sorted(pending, key=lambda item: item[1].task.operation_id)]
+            except WorkerFatalError:
+                raise
+            except Exception as exc:
+                logger.warning("%d task ends could not be stored together (%s): one at a "
+                               "time", len(pending), safe_text(exc, 300))
+                ended = []
+            else:
+                pending = sorted(pending, key=lambda item: item[1].task.operation_id)
+        if not ended:
+            for index, end in pending:
+                outcomes[index] = _settled(items[index][1], partial(self._store_end, end))
+            return
+        for (index, end), done in zip(pending, ended, strict=True):
+            outcomes[index] = _settled(items[index][1], partial(
+                self._after_end, end.task.operation_id, done, end.result))
 
     # -- sub-operations -----------------------------------------------------------------
 
@@ -475,12 +689,18 @@ class Sequencer:
         if status == FAILED and (result.retcode or 0) < 300:
             result.retcode = 500
             result.stderr = result.stderr or f"its sub-operation {child.id} was {child.status}"
-        ended = self._record_end(task_row, None, task_row.attempt, None, result, status, None,
-                                 [])
+        ended = self._record_end(_End(task_row, None, task_row.attempt, None, result, status))
         return self._after_end(task_row.operation_id, ended, result)
 
     def _run_claimed(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
                      attempt: int, mode: str | None, claimed_at: float) -> Result:
+        with self._leases.held(task_row.id, attempt):  # until its end is stored
+            return self._store_end(self._run_body(entrypoint, kmsg, task_row, attempt, mode,
+                                                  claimed_at))
+
+    def _run_body(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
+                  attempt: int, mode: str | None, claimed_at: float) -> _End:
+        """Run a claimed task's body: how its attempt ended, to be stored."""
         task_id = task_row.id
         metadata = dict(task_row.metadata or {})
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
@@ -500,15 +720,28 @@ class Sequencer:
                     task_row.operation_id)
                 if isinstance(instance, Sensor):
                     instance.pokes = task_row.pokes or 0
-        with self._leases.held(task_id, attempt):  # until its end is stored
-            return self._run_and_finish(instance, result, entrypoint, task_row, forwarded,
-                                        attempt, mode, claimed_at)
+        started = time.monotonic()
+        end = self._end_of_body(instance, result, entrypoint, task_row, forwarded, attempt,
+                                mode, claimed_at)
+        # the pace of bodies, which sizes the batches (one float: threads may race on it)
+        took, pace = time.monotonic() - started, self._body_seconds
+        self._body_seconds = took if pace is None else pace + (took - pace) * 0.2
+        return end
 
     def _run_and_finish(self, instance: Entrypoint | None, result: Result | None,
                         entrypoint: type[Entrypoint], task_row: TaskRow,
                         forwarded: dict[str, Any] | None, attempt: int,
                         mode: str | None, claimed_at: float) -> Result:
-        operation_id, task_id = task_row.operation_id, task_row.id
+        return self._store_end(self._end_of_body(instance, result, entrypoint, task_row,
+                                                 forwarded, attempt, mode, claimed_at))
+
+    def _end_of_body(self, instance: Entrypoint | None, result: Result | None,
+                     entrypoint: type[Entrypoint], task_row: TaskRow,
+                     forwarded: dict[str, Any] | None, attempt: int,
+                     mode: str | None, claimed_at: float) -> _End:
+        """Execute ``instance`` (unless ``result`` says it could not be made) and decide
+        how its attempt ends: status, retry, a sensor's next poke, a branch's choice."""
+        task_id = task_row.id
         if instance is not None:
             if isinstance(instance, Task):
                 instance.status = RUNNING
@@ -534,12 +767,17 @@ class Sequencer:
                 and attempt <= getattr(entrypoint, "MAX_RETRIES", 0)
                 and should_retry(entrypoint, exception, result.retcode)):
             retry_in = backoff(entrypoint, attempt, exception)
-        logs = getattr(instance, "log_lines", [])
+        return _End(task_row, forwarded, attempt, mode, result, Status(status), retry_in,
+                    list(getattr(instance, "log_lines", [])), followed, poke)
+
+    def _store_end(self, end: _End) -> Result:
+        """Store an attempt's end (trying again while the store is unreachable, for up to a
+        lease), then call the status hooks and produce what it queued."""
+        task_id, attempt, result = end.task.id, end.attempt, end.result
         deadline, delay = time.monotonic() + self.settings.task_lease, FINISH_RETRY_MIN
         while True:
             try:
-                ended = self._record_end(task_row, forwarded, attempt, mode, result, status,
-                                         retry_in, logs, followed, poke)
+                ended = self._record_end(end)
                 break
             except (RedoError, UndeliverableError, WorkerFatalError):
                 raise
@@ -554,7 +792,7 @@ class Sequencer:
                     logger.error("Task %s attempt %d: its result cannot be stored or "
                                  "forwarded (%s): the task FAILED", task_id, attempt, reason)
                     result = _unstorable_result(task_id, f"{type(exc).__name__}: {reason}")
-                    ended = self._record_failure(task_row, attempt, result, logs)
+                    ended = self._record_failure(end.task, attempt, result, end.logs)
                     break
                 if time.monotonic() >= deadline:
                     raise RedoError(f"store unreachable: {reason}") from exc
@@ -563,7 +801,7 @@ class Sequencer:
                                reason, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, FINISH_RETRY_MAX)
-        return self._after_end(operation_id, ended, result)
+        return self._after_end(end.task.operation_id, ended, result)
 
     def _after_end(self, operation_id: str, ended: Ended | None, result: Result) -> Result:
         """Call the status hooks of what a task's end caused, send what it queued."""
@@ -578,52 +816,56 @@ class Sequencer:
         self.publish(operation_id, queued, wait=False)
         return result
 
-    def _record_end(self, task_row: TaskRow, forwarded: dict[str, Any] | None, attempt: int,
-                    mode: str | None, result: Result, status: Status, retry_in: float | None,
-                    logs: Iterable[LogLine], followed: list[str] | None = None,
-                    poke: tuple[float, float] | None = None) -> Ended | None:
-        """One transaction: the attempt's end (``status``), its logs, and what follows (the
+    def _record_end(self, end: _End) -> Ended | None:
+        """Store ``end`` in a transaction of its own (see :meth:`_end_in`)."""
+        with self._transaction() as tx:
+            return self._end_in(tx, end)
+
+    def _end_in(self, tx: Tx, end: _End) -> Ended | None:
+        """In ``tx``: the attempt's end (its status), its logs, and what follows (the
         tasks it lets run or never run, a retry, the operation's end); for a sensor whose
         condition is unmet (``poke``: since when it waits, when to poke again), the
         attempt given back and the next poke queued. None if another worker took the
-        task over."""
+        task over; else the operation's transitions and the outbox rows queued here."""
+        task_row, forwarded, attempt, mode = end.task, end.forwarded, end.attempt, end.mode
+        result, status, retry_in, poke = end.result, end.status, end.retry_in, end.poke
         operation_id, task_id = task_row.operation_id, task_row.id
         now = time.time()
         transitions: list[Transition] = []
         dumped = dump_result(result)
-        with self._transaction() as tx:
-            # the operation first: its transitions happen one at a time, so that of the
-            # upstream tasks of a join ending together, the last one sees the others ended
-            op = tx.operation_state(operation_id)
-            if poke is not None:
-                if not tx.finish_poke(task_id, attempt, poke[0]):
-                    return None
-                tx.add_logs(task_id, attempt, logs)
-                if op.status == RUNNING:
-                    self._queue_task(tx, op, task_row, forwarded, due_at=poke[1],
-                                     queued=attempt, pokes=(task_row.pokes or 0) + 1)
-                return transitions, tx.queued
-            if not tx.finish_attempt(task_id, attempt, status, dumped, now,
-                                     result.stderr if status == FAILED else None,
-                                     task_status=PENDING if retry_in is not None else None):
-                logger.warning("Task %s attempt %d finished after another worker took it "
-                               "over: its result is discarded", task_id, attempt)
+        first = len(tx.queued)  # (several ends may share the transaction)
+        # the operation first: its transitions happen one at a time, so that of the
+        # upstream tasks of a join ending together, the last one sees the others ended
+        op = tx.operation_state(operation_id)
+        if poke is not None:
+            if not tx.finish_poke(task_id, attempt, poke[0]):
                 return None
-            tx.add_logs(task_id, attempt, logs)
-            if mode == "one" or op.status != RUNNING:
-                pass  # run_one, or the operation was canceled meanwhile: nothing follows
-            elif retry_in is not None:
-                logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
-                               attempt, safe_text(result.stderr, 500), retry_in)
-                self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in,
-                                 queued=attempt + 1)
-            elif not self._advance(tx, op, tx.dependents(task_id),
-                                   ended=(task_id, dumped if status == SUCCESS else None),
-                                   followed=followed) \
-                    and not tx.unfinished(operation_id):
-                transitions.append(self._finish_operation(tx, operation_id,
-                                                          *self._outcome(tx, op)))
-            return transitions, tx.queued
+            tx.add_logs(task_id, attempt, end.logs)
+            if op.status == RUNNING:
+                self._queue_task(tx, op, task_row, forwarded, due_at=poke[1],
+                                 queued=attempt, pokes=(task_row.pokes or 0) + 1)
+            return transitions, tx.queued[first:]
+        if not tx.finish_attempt(task_id, attempt, status, dumped, now,
+                                 result.stderr if status == FAILED else None,
+                                 task_status=PENDING if retry_in is not None else None):
+            logger.warning("Task %s attempt %d finished after another worker took it "
+                           "over: its result is discarded", task_id, attempt)
+            return None
+        tx.add_logs(task_id, attempt, end.logs)
+        if mode == "one" or op.status != RUNNING:
+            pass  # run_one, or the operation was canceled meanwhile: nothing follows
+        elif retry_in is not None:
+            logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
+                           attempt, safe_text(result.stderr, 500), retry_in)
+            self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in,
+                             queued=attempt + 1)
+        elif not self._advance(tx, op, tx.dependents(task_id),
+                               ended=(task_id, dumped if status == SUCCESS else None),
+                               followed=end.followed) \
+                and not tx.unfinished(operation_id):
+            transitions.append(self._finish_operation(tx, operation_id,
+                                                      *self._outcome(tx, op)))
+        return transitions, tx.queued[first:]
 
     def _check_branch(self, task_row: TaskRow, followed: list[str],
                       result: Result) -> tuple[Result, bool]:
@@ -644,8 +886,8 @@ class Sequencer:
         """The end of an attempt whose own result could not be stored: the task and its
         operation FAILED with ``result``; if even that fails for good, the bare status."""
         try:
-            return self._record_end(task_row, None, attempt, None, result, Status.FAILED, None,
-                                    logs)
+            return self._record_end(_End(task_row, None, attempt, None, result, Status.FAILED,
+                                         logs=list(logs)))
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -903,6 +1145,32 @@ class Sequencer:
 
     def purge(self) -> int:
         return self.controls.purge()
+
+def _settled(kmsg: Message, call: Callable[[], Result]) -> Result | Exception:
+    """``call()``'s result, or what its failure means for ``kmsg`` (see :func:`_failure`)."""
+    try:
+        return call()
+    except WorkerFatalError:
+        raise
+    except Exception as exc:
+        return _failure(exc, kmsg)
+
+
+def _failure(exc: Exception, kmsg: Message) -> RedoError | UndeliverableError:
+    """What handling ``kmsg`` failing with ``exc`` means for the worker: redo it later (the
+    store or broker failed), or dead-letter it (it cannot be handled, and never will)."""
+    if isinstance(exc, RedoError | UndeliverableError):
+        return exc
+    reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
+    if is_transient(exc):
+        return RedoError(f"store unreachable: {reason}")
+    what = "task" if "task_id" in kmsg.kser_metadata else "operation"
+    return UndeliverableError(
+        f"The {what} message {kmsg.entrypoint}[{kmsg.uuid}] cannot be handled: "
+        f"{reason if hasattr(exc, 'code') else f'{type(exc).__name__}: {reason}'}; "
+        "fix the cause, then send it again (kser dlq replay)",
+        extra=dict(uuid=kmsg.uuid), code=getattr(exc, "code", None) or 500)
+
 
 def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
              worker: str, queued: Any = None) -> tuple[str, str]:

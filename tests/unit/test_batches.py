@@ -1,0 +1,164 @@
+"""Task messages in hand handled together (Sequencer.run_tasks, Controller.handle_many):
+claimed in one transaction, their ends stored in one, each message still with its own
+outcome; anything unusual, or a shared transaction that fails, goes one at a time."""
+
+import time
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from kser.controller import UndeliverableError
+from kser.sequencing import sequencer as sequencer_module
+from tests.unit import tasks
+from tests.unit.test_sequencing import Harness
+from tests.unit.test_shapes import Fanned
+
+
+@pytest.fixture
+def h(memory_broker_name, tmp_path, monkeypatch):
+    tasks.CALLS.clear()
+    harness = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
+    yield harness
+    harness.store.close()
+
+
+@pytest.fixture
+def batches(h, monkeypatch):
+    """The sizes of the batches run_tasks was given."""
+    sizes: list[int] = []
+    run_tasks = h.registry.sequencer.run_tasks
+
+    def spy(items):
+        sizes.append(len(items))
+        return run_tasks(items)
+
+    monkeypatch.setattr(h.registry.sequencer, "run_tasks", spy)
+    return sizes
+
+
+def routed(h, records):
+    """(entrypoint, message) of each record, as the controller routes them."""
+    found = [h.registry.controller._route(record.value) for record in records]
+    return [(entrypoint, kmsg) for kmsg, entrypoint in found]
+
+
+def first_messages(h, count, operation=tasks.ThreeSteps, **params):
+    ops = [operation(params=params).send() for _ in range(count)]
+    return ops, routed(h, h.broker.records("ops"))
+
+
+def test_operations_in_hand_run_in_batches_and_every_join_fires_once(h, batches):
+    fanned = [Fanned().send() for _ in range(20)]
+    chains = [tasks.ThreeSteps(params={"name": "n"}).send() for _ in range(20)]
+    h.drain()
+    assert batches and max(batches) > 1  # records in hand were handled together
+    for op in fanned + chains:
+        row, task_rows = h.operation(op.uuid)
+        assert row["status"] == "SUCCESS"
+        for task in task_rows:  # each task ran once: joins (c, e) included
+            assert task["status"] == "SUCCESS" and task["attempt"] == 1
+            assert [a["status"] for a in h.attempts(task["id"])] == ["SUCCESS"]
+    for op in chains:  # each task received what the one before it left
+        seen = [t["result"]["retval"]["seen"] for t in h.operation(op.uuid)[1]]
+        assert seen == [[0], [0, 1], [0, 1, 2]]
+    assert h.broker.lag("workers", ["ops"]) == 0
+
+
+def test_each_message_of_a_batch_gets_its_own_outcome(h, monkeypatch):
+    monkeypatch.setattr(h.registry.settings, "task_lease", 0.2)
+    _, items = first_messages(h, 4, name="n")
+    good, forged, done, elsewhere = items
+    # forged: a real task's message naming another entrypoint
+    forged[1].entrypoint = "tests.unit.tasks.Echo"
+    # done: its task ran already (this message is a duplicate)
+    assert h.registry.sequencer.run_tasks([done])[0].retcode == 0
+    # elsewhere: another worker runs it and keeps renewing its lease
+    with h.store.transaction() as tx:
+        tx.claim_task(elsewhere[1].kser_metadata["task_id"], 0, "other:1",
+                      time.time() + 3600, time.time())
+    outcomes = h.registry.sequencer.run_tasks([good, forged, done, elsewhere, good])
+    assert outcomes[0].retcode == 0 and "step 0" in outcomes[0].stdout
+    assert isinstance(outcomes[1], UndeliverableError)
+    assert "refused" in str(outcomes[1])
+    assert "nothing to do" in outcomes[2].stdout
+    assert "is running on other:1: left to it" in outcomes[3].stdout
+    # the same message twice in one batch: the second is a duplicate, run alone after
+    assert "nothing to do" in outcomes[4].stdout
+    assert tasks.CALLS == ["step0", "step0"]  # good and done ran once each
+    good_task = h.operation(good[1].kser_metadata["operation_id"])[1][0]
+    assert good_task["status"] == "SUCCESS" and good_task["attempt"] == 1
+
+
+def test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time(h, monkeypatch,
+                                                                      caplog):
+    ops, items = first_messages(h, 3, name="n")
+    end_in = h.registry.sequencer._end_in
+    calls = {"n": 0}
+
+    def fails_once(tx, end):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second end of the shared transaction
+            raise ValueError("a bug in one end")
+        return end_in(tx, end)
+
+    monkeypatch.setattr(h.registry.sequencer, "_end_in", fails_once)
+    outcomes = h.registry.sequencer.run_tasks(items)
+    assert [o.retcode for o in outcomes] == [0, 0, 0]
+    assert "3 task ends could not be stored together (a bug in one end): one at a time" \
+        in caplog.text
+    h.drain()
+    for op in ops:
+        assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+    # nothing of the rolled-back shared transaction was kept twice
+    for op in ops:
+        for task in h.operation(op.uuid)[1]:
+            assert len(h.attempts(task["id"])) == 1
+
+
+def test_a_store_failure_while_claiming_a_batch_leaves_each_message_to_itself(
+        h, monkeypatch, caplog):
+    _, items = first_messages(h, 3, name="n")
+    claim_in = h.registry.sequencer._claim_in
+    calls = {"n": 0}
+
+    def unreachable_once(tx, kmsg, now):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return claim_in(tx, kmsg, now)
+
+    monkeypatch.setattr(h.registry.sequencer, "_claim_in", unreachable_once)
+    outcomes = h.registry.sequencer.run_tasks(items)
+    assert [o.retcode for o in outcomes] == [0, 0, 0]
+    assert "3 task messages could not be claimed together" in caplog.text
+    assert tasks.CALLS == ["step0"] * 3
+
+
+def test_a_failure_a_batch_cannot_get_past_is_redone_per_message(h, monkeypatch):
+    """The store unreachable for every try: each message's outcome is a redo."""
+    _, items = first_messages(h, 2, name="n")
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("BEGIN", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(h.registry.sequencer.outbox, "transaction", unreachable)
+    outcomes = h.registry.controller.handle_many(
+        [(None, "ops")] + [(kmsg.dumps().encode(), "ops") for _, kmsg in items])
+    assert outcomes[0].undeliverable  # an empty record is what it always was
+    assert [o.redo for o in outcomes[1:]] == [True, True]
+    assert tasks.CALLS == []
+
+
+def test_batches_are_sized_by_the_pace_of_bodies(h, monkeypatch):
+    sequencer = h.registry.sequencer
+    monkeypatch.setattr(sequencer, "_body_seconds", None)
+    assert sequencer.batch_limit() == 1  # nothing ran here yet: one at a time
+    monkeypatch.setattr(sequencer, "_body_seconds", 0.0001)
+    assert sequencer.batch_limit() == h.registry.settings.batch_size
+    monkeypatch.setattr(sequencer, "_body_seconds", sequencer_module.BATCH_WINDOW / 4)
+    assert sequencer.batch_limit() == 4
+    monkeypatch.setattr(sequencer, "_body_seconds", 60.0)  # slow tasks: never held back
+    assert sequencer.batch_limit() == 1
+    monkeypatch.setattr(h.registry.settings, "batch_size", 1)
+    monkeypatch.setattr(sequencer, "_body_seconds", 0.0001)
+    assert sequencer.batch_limit() == 1
