@@ -33,17 +33,25 @@ class Leases:
 
     @contextmanager
     def held(self, task_id: str, attempt: int) -> Iterator[None]:
+        """Renew the lease of attempt ``attempt`` of ``task_id`` during the block."""
+        self.hold(task_id, attempt)
+        try:
+            yield
+        finally:
+            self.release(task_id)
+
+    def hold(self, task_id: str, attempt: int) -> None:
+        """Renew the lease of attempt ``attempt`` of ``task_id`` until :meth:`release`."""
         with self._lock:
             self._held[task_id] = attempt
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._renew, daemon=True,
                                                 name="kser-leases")
                 self._thread.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.pop(task_id, None)
+
+    def release(self, task_id: str) -> None:
+        with self._lock:
+            self._held.pop(task_id, None)
 
     def _renew(self) -> None:
         while True:

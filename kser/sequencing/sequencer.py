@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -572,10 +572,11 @@ class Sequencer:
         every :data:`BATCH_WINDOW` and after the last one."""
         pending: list[tuple[int, _End]] = []
         since = 0.0
-        with ExitStack() as leases:
+        for _, claim, _ in claimed:  # renewed from now on: a task waiting for its turn
+            self._leases.hold(claim.task.id, claim.attempt)  # behind a slow one stays ours
+        try:
             for index, claim, claimed_at in claimed:
                 entrypoint, kmsg = items[index]
-                leases.enter_context(self._leases.held(claim.task.id, claim.attempt))
                 try:
                     end = self._run_body(entrypoint, kmsg, claim.task, claim.attempt,
                                          kmsg.kser_metadata.get("mode"), claimed_at)
@@ -591,14 +592,26 @@ class Sequencer:
                     self._store_ends(items, pending, outcomes)
                     pending = []
             self._store_ends(items, pending, outcomes)
+        finally:
+            for _, claim, _ in claimed:  # (those stored are released already)
+                self._leases.release(claim.task.id)
 
     def _store_ends(self, items: Sequence[tuple[type[Entrypoint], Message]],
                     pending: list[tuple[int, _End]],
                     outcomes: list[Result | Exception | None]) -> None:
         """Store several ends in one transaction (each on its own if that fails), then
-        produce what they queued."""
+        produce what they queued; their leases are released."""
         if not pending:
             return
+        try:
+            self._store_ends_now(items, pending, outcomes)
+        finally:
+            for _, end in pending:
+                self._leases.release(end.task.id)
+
+    def _store_ends_now(self, items: Sequence[tuple[type[Entrypoint], Message]],
+                        pending: list[tuple[int, _End]],
+                        outcomes: list[Result | Exception | None]) -> None:
         ended: list[Ended | None] = []
         if len(pending) > 1:
             try:
