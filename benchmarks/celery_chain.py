@@ -2,7 +2,8 @@
 
 A chain of no-op tasks, each recording when its body started and ended, as
 benchmarks.tasks.Timed does for kser. Settings come from the environment:
-BENCH_REDIS_URL, BENCH_TIMES_DIR (one ``<pid>.tsv`` per worker process).
+BENCH_REDIS_URL, BENCH_TIMES_DIR (one ``<pid>.tsv`` per worker process), BENCH_SLEEP
+(seconds each task sleeps; default 0).
 
     python celery_chain.py send BULK|ONE COUNT HOPS   # send chains (ONE: one at a time)
 """
@@ -33,9 +34,14 @@ def _log(line: str) -> None:
     _times.write(line)
 
 
+SLEEP = float(os.environ.get("BENCH_SLEEP", "0"))
+
+
 @app.task(name="noop")
 def noop(previous, chain_id, position):
     started = time.time()
+    if SLEEP:  # an I/O-bound task
+        time.sleep(SLEEP)
     result = dict(chain=chain_id, position=position)
     _log(f"{chain_id}\t{position}\t{started}\t{time.time()}\n")
     return result

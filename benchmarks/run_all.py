@@ -30,9 +30,11 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 FULL = dict(dispatch=["--messages", "20000", "--runs", "5"], memory=["--messages", "100000"],
             sequencing=["--operations", "1000", "--unloaded", "50"])
+#: Temporal needs its CLI built with Go (minutes): the smoke run leaves it out
 SMOKE = dict(dispatch=["--messages", "300", "--runs", "1"], memory=["--messages", "600"],
              sequencing=["--operations", "10", "--unloaded", "2", "--workers", "1",
-                         "--scaling", "10,20", "--parallel", "3x0.2"])
+                         "--scaling", "10,20", "--parallel", "3x0.2", "--io", "2x0.01",
+                         "--no-temporal"])
 
 
 def run(script: str, args: list[str], out: Path) -> str:
@@ -67,8 +69,9 @@ def versions() -> list[str]:
             f"Apache Kafka {kafka} (scripts/kafka-local, one KRaft node, same machine)",
             f"PostgreSQL: {output(['bash', '-c', 'ls -d /usr/lib/postgresql/*/bin | tail -1'])}"
             " (scripts/pg-local); Redis: " + output(["redis-server", "--version"]),
-            "Celery: benchmarks/.venv-celery (see benchmarks/sequencing.py for its version); "
-            "kser 0.8.27: benchmarks/.venv-kser0827"]
+            "Celery: benchmarks/.venv-celery; Temporal: its CLI's dev server "
+            "(benchmarks/.temporal) and temporalio (benchmarks/.venv-temporal); versions in "
+            "benchmarks/sequencing.py; kser 0.8.27: benchmarks/.venv-kser0827"]
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -107,25 +110,47 @@ def tables(out: Path, commands: list[str]) -> str:
                          f"{data['rss_final_kib'] / 1024:.1f} MiB | "
                          f"{data['growth_percent']}% |")
     sequencing = json.loads((out / "sequencing.json").read_text())
-    results = sequencing["results"]
+    results, meta = sequencing["results"], sequencing.get("meta", {})
     lines += ["", f"### Sequencing: {sequencing['operations']:,} operations x "
-              f"{sequencing['hops']} no-op tasks at once; hop latency unloaded over "
+              f"{sequencing['hops']} tasks at once; hop latency unloaded over "
               f"{sequencing['unloaded']} operations one at a time", "",
-              "| configuration | task runs/s | vs Celery, same workers (target >= 1.5x) "
-              "| loaded hop p50 / p99 | unloaded hop p50 / p99 (target: p50 <= Celery's, "
-              "p99 <= 2x Celery's) |", "| --- | --- | --- | --- | --- |"]
+              "Worker CPU: the worker processes' user + system time per task run in the "
+              "run at once (for Temporal, its server's apart).", "",
+              "| configuration | task runs/s | vs Celery, same workers and load (target >= "
+              "1.5x) | vs Temporal tuned, same workers (target >= 5x) | loaded hop p50 / p99 "
+              "| unloaded hop p50 / p99 | worker CPU per task run |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def peer(system: str, about: dict, **extra) -> dict | None:
+        for other, runs in results.items():
+            them = meta.get(other, {})
+            if (them.get("system") == system and them.get("workers") == about.get("workers")
+                    and them.get("sleep") == about.get("sleep")
+                    and all(them.get(k) == v for k, v in extra.items()) and "bulk" in runs):
+                return runs
+        return None
+
     for name, runs in results.items():
         if "bulk" not in runs:
             continue
-        workers = name.rsplit(", ", 1)[-1]
-        celery = next((r for n, r in results.items() if n.startswith("Celery")
-                       and n.endswith(workers)), None)
+        about = meta.get(name, {})
         bulk, unloaded = runs["bulk"], runs["unloaded"]
-        versus = ("" if name.startswith("Celery") or celery is None
-                  else _ratio(bulk["task_runs_per_second"], celery["bulk"]["task_runs_per_second"]))
-        lines.append(f"| {name} | {bulk['task_runs_per_second']:,.0f} | {versus} | "
-                     f"{bulk['hop_p50_ms']:.1f} / {bulk['hop_p99_ms']:.1f} ms | "
-                     f"{unloaded['hop_p50_ms']:.2f} / {unloaded['hop_p99_ms']:.2f} ms |")
+        rate = bulk["task_runs_per_second"]
+        celery = peer("celery", about) if about.get("system") == "kser" else None
+        temporal = (peer("temporal", about, tuned=True) if about.get("system") == "kser"
+                    else None)
+        cpu = bulk.get("worker_cpu_ms_per_task_run")
+        server = bulk.get("server_cpu_ms_per_task_run")
+        lines.append(
+            f"| {name} | {rate:,.0f} | "
+            f"{_ratio(rate, celery['bulk']['task_runs_per_second']) if celery else ''} | "
+            + (f"{_ratio(rate, temporal['bulk']['task_runs_per_second'])} (unloaded p50 "
+               f"{_ratio(unloaded['hop_p50_ms'], temporal['unloaded']['hop_p50_ms'])} of "
+               "Temporal's; target <= 0.20x)" if temporal else "")
+            + f" | {bulk['hop_p50_ms']:.1f} / {bulk['hop_p99_ms']:.1f} ms | "
+            f"{unloaded['hop_p50_ms']:.2f} / {unloaded['hop_p99_ms']:.2f} ms | "
+            + (f"{cpu:.2f} ms" if cpu is not None else "")
+            + (f" (server {server:.2f} ms)" if server is not None else "") + " |")
     scaling = results.get("scaling (kser, sqlite, 1 worker)")
     if scaling:
         first = scaling[min(scaling, key=int)]["task_runs_per_second"]

@@ -1,27 +1,39 @@
 #!/usr/bin/env python3
-"""Sequencing: operations of no-op tasks through kser workers, side by side with Celery chains.
+"""Sequencing: operations of no-op tasks through kser workers, side by side with Celery
+chains and Temporal workflows.
 
     python benchmarks/sequencing.py [--operations 1000] [--hops 10] [--unloaded 50]
-                                    [--workers 1 --workers 2] [--store sqlite --store postgresql]
-                                    [--no-celery] [--scaling 100,1000,10000]
+                                    [--workers 1 --workers 2 --workers 4]
+                                    [--store sqlite --store postgresql] [--io 8x0.01]
+                                    [--no-celery] [--no-temporal] [--scaling 100,1000,10000]
 
 In one run, on this machine: a local Kafka broker (scripts/kafka-local, unless
-KSER_BOOTSTRAP_SERVERS is set), a local PostgreSQL (scripts/pg-local) and a
-local Redis (Debian's redis-server, append-only file fsynced every second).
+KSER_BOOTSTRAP_SERVERS is set), a local PostgreSQL (scripts/pg-local), a local
+Redis (Debian's redis-server, append-only file fsynced every second) and
+Temporal's dev server (its CLI built once with Go into benchmarks/.temporal).
 
 - **kser**: ``--operations`` operations of ``--hops`` timed no-op tasks
   (benchmarks.tasks.TimedChain) are submitted at once (``Operation.send()``:
   stored, and their first task sent, by this process) to a 4-partition topic
-  read by 1 or 2 `kser worker` processes (concurrency 1), on a SQLite or a
+  read by 1, 2 or 4 `kser worker` processes (concurrency 1), on a SQLite or a
   PostgreSQL store.
 - **Celery**: the same number of ``chain``s of the same number of no-op tasks
   (benchmarks/celery_chain.py, Celery 5 in its own venv
   benchmarks/.venv-celery, not committed) sent at once to Redis, with as many
   solo-pool worker processes, acks_late.
+- **I/O-bound** (``--io THREADSxSECONDS``): the same, tasks sleeping SECONDS; kser
+  with ``--concurrency THREADS``, Celery with ``--pool threads --concurrency THREADS``.
+- **Temporal**: as many workflows (benchmarks/temporal_chain.py, temporalio in its own
+  venv benchmarks/.venv-temporal) of as many no-op activities one after the other, 1
+  or 2 worker processes, on the dev server with its durable SQLite file: stock, then
+  tuned (WAL, synchronous=normal, the 20 polls/s dispatch limit lifted). Skipped, with
+  the reason, when Go is missing.
 
 Figures: task runs/s (all task runs / first body start to last body end);
 hop latency (task n's body ended → task n+1's body started), p50/p99, loaded
-(that bulk run) and unloaded (``--unloaded`` operations one after the other).
+(that bulk run) and unloaded (``--unloaded`` operations one after the other);
+the worker processes' CPU time per task run in the bulk run (user + system, from
+/proc: how many cores a load needs; Temporal's server is counted apart).
 Scaling: with 1 worker on SQLite, hops/s of 100 operations after the store was
 filled with 100, 1,000 and 10,000 finished operations.
 
@@ -61,6 +73,13 @@ from kser.store import Store, schema  # noqa: E402
 
 CELERY_VENV = ROOT / "benchmarks" / ".venv-celery"
 CELERY_VERSION = "5.7.0"
+#: the Temporal CLI (with its dev server), built once from the Go module proxy into
+#: benchmarks/.temporal (not committed; newer versions do not build from the proxy)
+TEMPORAL_CLI = "github.com/temporalio/cli/cmd/temporal"
+TEMPORAL_CLI_VERSION = "v1.5.1"
+TEMPORAL_DIR = ROOT / "benchmarks" / ".temporal"
+TEMPORAL_VENV = ROOT / "benchmarks" / ".venv-temporal"
+TEMPORALIO_VERSION = "1.35.0"
 PARTITIONS = 4
 #: seconds any one phase may take before the benchmark gives up
 PHASE_TIMEOUT = 900
@@ -141,6 +160,40 @@ def celery_python() -> str:
     return str(python)
 
 
+def temporal_binary() -> Path | None:
+    """The Temporal CLI, built with Go on first use (about 6 minutes); None, with the
+    reason printed, when Go is missing or the build fails."""
+    binary = TEMPORAL_DIR / "bin" / "temporal"
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        print("Temporal skipped: Go is not installed (the Temporal CLI is built with "
+              f"'go install {TEMPORAL_CLI}@{TEMPORAL_CLI_VERSION}')", flush=True)
+        return None
+    print(f"building the Temporal CLI {TEMPORAL_CLI_VERSION} into {binary} (once; about "
+          "6 minutes)", flush=True)
+    env = {**os.environ, "GOBIN": str(binary.parent), "GOPATH": str(TEMPORAL_DIR / "go"),
+           "GOCACHE": str(TEMPORAL_DIR / "cache"), "GOFLAGS": "-modcacherw"}
+    built = subprocess.run([go, "install", f"{TEMPORAL_CLI}@{TEMPORAL_CLI_VERSION}"], env=env,
+                           capture_output=True, text=True, timeout=3600)
+    if built.returncode != 0 or not binary.exists():
+        print(f"Temporal skipped: building its CLI failed:\n{built.stderr[-2000:]}",
+              flush=True)
+        return None
+    return binary
+
+
+def temporal_python() -> str:
+    """The throwaway venv with the Temporal Python SDK from PyPI (created on first use)."""
+    python = TEMPORAL_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TEMPORAL_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q",
+                        f"temporalio=={TEMPORALIO_VERSION}"], check=True)
+    return str(python)
+
+
 def stop_all(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -173,14 +226,31 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def figures(chains: list[list[tuple[float, float]]]) -> dict:
-    """Task runs/s and hop latencies (ms) from each chain's (start, end) body times."""
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` used so far, from the OS's
+    accounting (/proc/PID/stat): how many cores a load needs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def figures(chains: list[list[tuple[float, float]]], cpu: float | None = None) -> dict:
+    """Task runs/s and hop latencies (ms) from each chain's (start, end) body times;
+    ``cpu``: the workers' CPU seconds meanwhile (per task run in the figures)."""
     runs = [span for chain in chains for span in chain]
     hops = [(chain[i][0] - chain[i - 1][1]) * 1000 for chain in chains
             for i in range(1, len(chain))]
     elapsed = max(end for _, end in runs) - min(start for start, _ in runs)
     return dict(task_runs=len(runs), seconds=round(elapsed, 2),
                 task_runs_per_second=round(len(runs) / elapsed, 1),
+                **({} if cpu is None else
+                   dict(worker_cpu_ms_per_task_run=round(1000 * cpu / len(runs), 3))),
                 hop_p50_ms=round(percentile(hops, 0.5), 2),
                 hop_p99_ms=round(percentile(hops, 0.99), 2),
                 # the distribution the plots draw, in 201 points (p0, p0.5 ... p100); the
@@ -204,9 +274,9 @@ class KserRun:
     """kser workers on one topic and one store; operations sent in bulk or one by one."""
 
     def __init__(self, bootstrap: str, store_url: str, workers: int, transport: str,
-                 submit: str = "client", concurrency: int = 1):
+                 submit: str = "client", concurrency: int = 1, sleep: float = 0):
         self.bootstrap, self.store_url, self.workers = bootstrap, store_url, workers
-        self.concurrency = concurrency
+        self.concurrency, self.sleep = concurrency, sleep
         self.transport, self.submit = transport, submit
         self.topic = f"bench-seq-{uuid.uuid4().hex[:8]}"
         self.group = f"bench-{uuid.uuid4().hex[:6]}"
@@ -258,12 +328,12 @@ class KserRun:
                 print(f"--- {log} ---\n{text[-3000:]}", file=sys.stderr)
 
     def _send(self, ids: list[str], hops: int) -> None:
+        params = dict(hops=hops, **({"sleep": self.sleep} if self.sleep else {}))
         if self.submit == "client":  # stored and started here, as Celery's apply_async does
             for op_id in ids:
-                TimedChain(uuid=op_id, params=dict(hops=hops)).send(self.topic)
+                TimedChain(uuid=op_id, params=params).send(self.topic)
             return
-        kmsgs = [Message(op_id, "benchmarks.tasks.TimedChain", params=dict(hops=hops))
-                 for op_id in ids]
+        kmsgs = [Message(op_id, "benchmarks.tasks.TimedChain", params=params) for op_id in ids]
         result = self.producer.bulk_send(self.topic, kmsgs, timeout=120)
         assert result.retcode == 0, result.stderr
 
@@ -281,10 +351,12 @@ class KserRun:
 
     def bulk(self, operations: int, hops: int) -> dict:
         ids = [str(uuid.uuid4()) for _ in range(operations)]
+        cpu = cpu_seconds([process.pid for process in self.processes])
         self._send(ids, hops)
         wait_for(lambda: self._finished(ids) == len(ids), "kser bulk run", every=0.2,
                  processes=self.processes)
-        return figures(self._chains(ids))
+        cpu = cpu_seconds([process.pid for process in self.processes]) - cpu
+        return figures(self._chains(ids), cpu)
 
     def unloaded(self, operations: int, hops: int) -> dict:
         ids = []
@@ -360,17 +432,32 @@ def fill_store(store_url: str, operations: int, hops: int) -> None:
 # -- Celery ----------------------------------------------------------------------------
 
 
+def chains_from(times_dir: Path, ids: set[str]) -> list[list[tuple[float, float]]]:
+    """The (start, end) body times of each chain in ``ids``, from the ``<pid>.tsv`` lines
+    (chain, position, start, end) the Celery and Temporal workers write."""
+    chains: dict[str, dict[int, tuple[float, float]]] = {}
+    for times in times_dir.glob("*.tsv"):
+        for line in times.read_text().splitlines():
+            chain_id, position, start, end = line.split("\t")
+            if chain_id in ids:
+                chains.setdefault(chain_id, {})[int(position)] = (float(start), float(end))
+    return [[spans[i] for i in sorted(spans)] for spans in chains.values()]
+
+
 class CeleryRun:
     """Celery solo-pool workers on one Redis; chains sent in bulk or one by one."""
 
-    def __init__(self, redis_url: str, workers: int):
+    def __init__(self, redis_url: str, workers: int, threads: int = 0, sleep: float = 0):
         self.python = celery_python()
         self.times = scratch("kser-bench-celery-")
         self.env = {**os.environ, "BENCH_REDIS_URL": redis_url,
-                    "BENCH_TIMES_DIR": str(self.times),
+                    "BENCH_TIMES_DIR": str(self.times), "BENCH_SLEEP": str(sleep),
                     "PYTHONPATH": str(ROOT / "benchmarks")}
         self.env.pop("VIRTUAL_ENV", None)
         self.workers = workers
+        # the solo pool (one task at a time, as kser's concurrency 1), or threads
+        self.pool = (["--pool", "threads", "--concurrency", str(threads)] if threads
+                     else ["--pool", "solo"])
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
@@ -381,7 +468,7 @@ class CeleryRun:
             log = self.times / f"worker-{number}.log"
             self.logs.append(log)
             self.processes.append(subprocess.Popen(
-                [self.python, "-m", "celery", "-A", "celery_chain", "worker", "--pool", "solo",
+                [self.python, "-m", "celery", "-A", "celery_chain", "worker", *self.pool,
                  "-n", f"bench{number}@%h", "-Q", "bench", "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "-l", "INFO"],
                 env=self.env, cwd=self.times.parent, stdout=open(log, "wb"),
@@ -394,15 +481,10 @@ class CeleryRun:
         stop_all(self.processes)
 
     def _chains(self, ids: set[str]) -> list[list[tuple[float, float]]]:
-        chains: dict[str, dict[int, tuple[float, float]]] = {}
-        for times in self.times.glob("*.tsv"):
-            for line in times.read_text().splitlines():
-                chain_id, position, start, end = line.split("\t")
-                if chain_id in ids:
-                    chains.setdefault(chain_id, {})[int(position)] = (float(start), float(end))
-        return [[spans[i] for i in sorted(spans)] for spans in chains.values()]
+        return chains_from(self.times, ids)
 
     def _run(self, mode: str, operations: int, hops: int) -> dict:
+        cpu = cpu_seconds([process.pid for process in self.processes])
         sent = subprocess.run([self.python, str(ROOT / "benchmarks" / "celery_chain.py"),
                                "send", mode, str(operations), str(hops)], env=self.env,
                               check=True, timeout=PHASE_TIMEOUT, capture_output=True, text=True)
@@ -410,7 +492,103 @@ class CeleryRun:
         total = operations * hops
         wait_for(lambda: sum(len(c) for c in self._chains(ids)) >= total, "Celery chains",
                  every=0.2, processes=self.processes)
-        return figures(self._chains(ids))
+        cpu = cpu_seconds([process.pid for process in self.processes]) - cpu
+        return figures(self._chains(ids), cpu)
+
+    def bulk(self, operations: int, hops: int) -> dict:
+        return self._run("BULK", operations, hops)
+
+    def unloaded(self, operations: int, hops: int) -> dict:
+        return self._run("ONE", operations, hops)
+
+
+# -- Temporal --------------------------------------------------------------------------
+
+
+@contextmanager
+def temporal_server(binary: Path, tuned: bool):
+    """Temporal's single-binary dev server on 127.0.0.1 for the block, on a durable SQLite
+    file; yields its address. Stock: its defaults (SQLite's default journal, dispatch
+    limited to 20 polls/s); ``tuned``: WAL with synchronous=normal, and that limit lifted."""
+    workdir, port = scratch("kser-bench-temporal-"), free_port()
+    command = [str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+               "--port", str(port), "--http-port", str(free_port()),
+               "--metrics-port", str(free_port()), "--db-filename",
+               str(workdir / "temporal.db"), "--log-level", "error"]
+    if tuned:
+        command += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma",
+                    "synchronous=normal", "--dynamic-config-value",
+                    "history.transferProcessorMaxPollRPS=10000"]
+    log = open(workdir / "server.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the Temporal dev server did not start: "
+                                       + (workdir / "server.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}", process
+    finally:
+        stop_all([process])
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class TemporalRun:
+    """Temporal worker processes (benchmarks/temporal_chain.py) on one dev server;
+    workflows of no-op activities started in bulk or one by one."""
+
+    def __init__(self, address: str, server: subprocess.Popen, workers: int):
+        self.python = temporal_python()
+        self.times = scratch("kser-bench-temporal-times-")
+        self.env = {**os.environ, "BENCH_TEMPORAL": address, "BENCH_TIMES_DIR": str(self.times)}
+        self.env.pop("VIRTUAL_ENV", None)
+        self.workers, self.server = workers, server
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def __enter__(self) -> TemporalRun:
+        for number in range(self.workers):
+            log = self.times / f"worker-{number}.log"
+            self.logs.append(log)
+            self.processes.append(subprocess.Popen(
+                [self.python, str(ROOT / "benchmarks" / "temporal_chain.py"), "worker"],
+                env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT))
+        wait_for(lambda: all("worker ready" in log.read_text(errors="replace")
+                             for log in self.logs),
+                 "Temporal workers starting", 120, 0.2, self.processes)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        stop_all(self.processes)
+        for log in self.logs:
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:
+                print(f"--- {log} ---\n{text[-3000:]}", file=sys.stderr)
+
+    def _chains(self, ids: set[str]) -> list[list[tuple[float, float]]]:
+        return chains_from(self.times, ids)
+
+    def _run(self, mode: str, operations: int, hops: int) -> dict:
+        pids = [process.pid for process in self.processes]
+        cpu, server_cpu = cpu_seconds(pids), cpu_seconds([self.server.pid])
+        sent = subprocess.run([self.python, str(ROOT / "benchmarks" / "temporal_chain.py"),
+                               "send", mode, str(operations), str(hops)], env=self.env,
+                              check=True, timeout=PHASE_TIMEOUT, capture_output=True, text=True)
+        ids = set(sent.stdout.split())
+        total = operations * hops
+        wait_for(lambda: sum(len(c) for c in self._chains(ids)) >= total, "Temporal workflows",
+                 every=0.2, processes=self.processes)
+        cpu = cpu_seconds(pids) - cpu
+        data = figures(self._chains(ids), cpu)
+        data["server_cpu_ms_per_task_run"] = round(
+            1000 * (cpu_seconds([self.server.pid]) - server_cpu) / data["task_runs"], 3)
+        return data
 
     def bulk(self, operations: int, hops: int) -> dict:
         return self._run("BULK", operations, hops)
@@ -427,7 +605,8 @@ def main() -> int:
     parser.add_argument("--operations", type=int, default=1000)
     parser.add_argument("--hops", type=int, default=10)
     parser.add_argument("--unloaded", type=int, default=50)
-    parser.add_argument("--workers", type=int, action="append", choices=[1, 2])
+    parser.add_argument("--workers", type=int, action="append", choices=[1, 2, 4],
+                        help="worker processes (repeat; default 1, 2 and 4)")
     parser.add_argument("--store", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--transport", choices=["kafka", "confluent"], default="confluent",
                         help="kser's Kafka client (default: confluent, the faster one)")
@@ -435,7 +614,14 @@ def main() -> int:
                         help="client: Operation.send() here stores each operation and sends "
                         "its first task (as Celery's apply_async sends a chain's first); "
                         "worker: an operation message, stored by the worker that gets it")
+    parser.add_argument("--io", default="8x0.01",
+                        help="THREADSxSECONDS: the same runs with tasks sleeping SECONDS (an "
+                        "I/O-bound load), kser with --concurrency THREADS and Celery with "
+                        "--pool threads --concurrency THREADS ('' to skip)")
     parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument("--no-temporal", action="store_true")
+    parser.add_argument("--temporal-workers", type=int, action="append", choices=[1, 2],
+                        help="Temporal worker processes (repeat; default 1 and 2)")
     parser.add_argument("--scaling", default="100,1000,10000",
                         help="stored operations before each scaling run ('' to skip)")
     parser.add_argument("--parallel", default="3x1.0",
@@ -444,33 +630,68 @@ def main() -> int:
                         "WIDTH, per store ('' to skip)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
-    workers, stores = args.workers or [1, 2], args.store or ["sqlite", "postgresql"]
+    workers, stores = args.workers or [1, 2, 4], args.store or ["sqlite", "postgresql"]
+    threads, sleep = ((int(args.io.split("x")[0]), float(args.io.split("x")[1]))
+                      if args.io else (0, 0.0))
+    loads = [(1, 0.0)] + ([(threads, sleep)] if threads else [])
     results: dict[str, dict] = {}
+    meta: dict[str, dict] = {}
 
-    def report(name: str, kind: str, data: dict) -> None:
+    def describe(count: int, concurrency: int, seconds: float) -> str:
+        text = f"{count} worker{'s' * (count > 1)}"
+        if seconds:
+            text += f", {concurrency} threads each, {seconds * 1000:g} ms tasks"
+        return text
+
+    def report(name: str, kind: str, data: dict, **about) -> None:
         results.setdefault(name, {})[kind] = data
-        print(f"{name:<32} {kind:<9} {data['task_runs_per_second']:>8.1f} task runs/s  "
-              f"hop p50 {data['hop_p50_ms']:.2f} ms  p99 {data['hop_p99_ms']:.2f} ms",
-              flush=True)
+        meta[name] = about
+        cpu = data.get("worker_cpu_ms_per_task_run")
+        print(f"{name:<60} {kind:<9} {data['task_runs_per_second']:>8.1f} task runs/s  "
+              f"hop p50 {data['hop_p50_ms']:.2f} ms  p99 {data['hop_p99_ms']:.2f} ms"
+              + (f"  worker CPU {cpu:.3f} ms/run" if cpu is not None else ""), flush=True)
 
     with ExitStack() as stack:
         bootstrap = stack.enter_context(kafka_bootstrap())
         pg = stack.enter_context(postgres()) if "postgresql" in stores else None
-        for store in stores:
-            for count in workers:
-                url = (new_database(pg) if store == "postgresql"
-                       else f"sqlite:///{scratch('kser-bench-')}/kser.db")
-                name = f"kser ({args.transport}), {store}, {count} worker{'s' * (count > 1)}"
-                with KserRun(bootstrap, url, count, args.transport, args.submit) as run:
-                    report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
-                    report(name, "bulk", run.bulk(args.operations, args.hops))
+        for concurrency, seconds in loads:
+            for store in stores:
+                for count in workers:
+                    url = (new_database(pg) if store == "postgresql"
+                           else f"sqlite:///{scratch('kser-bench-')}/kser.db")
+                    name = (f"kser ({args.transport}), {store}, "
+                            f"{describe(count, concurrency, seconds)}")
+                    about = dict(system="kser", store=store, workers=count,
+                                 concurrency=concurrency, sleep=seconds)
+                    with KserRun(bootstrap, url, count, args.transport, args.submit,
+                                 concurrency=concurrency, sleep=seconds) as run:
+                        report(name, "unloaded", run.unloaded(args.unloaded, args.hops), **about)
+                        report(name, "bulk", run.bulk(args.operations, args.hops), **about)
         if not args.no_celery:
             redis_url = stack.enter_context(redis_server())
-            for count in workers:
-                name = f"Celery {CELERY_VERSION} chain, Redis, {count} worker{'s' * (count > 1)}"
-                with CeleryRun(redis_url, count) as run:
-                    report(name, "unloaded", run.unloaded(args.unloaded, args.hops))
-                    report(name, "bulk", run.bulk(args.operations, args.hops))
+            for concurrency, seconds in loads:
+                for count in workers:
+                    name = (f"Celery {CELERY_VERSION} chain, Redis, "
+                            f"{describe(count, concurrency, seconds)}")
+                    about = dict(system="celery", store="redis", workers=count,
+                                 concurrency=concurrency, sleep=seconds)
+                    with CeleryRun(redis_url, count, concurrency if seconds else 0,
+                                   seconds) as run:
+                        report(name, "unloaded", run.unloaded(args.unloaded, args.hops), **about)
+                        report(name, "bulk", run.bulk(args.operations, args.hops), **about)
+        binary = None if args.no_temporal else temporal_binary()
+        if binary is not None:
+            for tuned in (False, True):
+                with temporal_server(binary, tuned) as (address, server):
+                    for count in args.temporal_workers or [1, 2]:
+                        name = (f"Temporal {TEMPORAL_CLI_VERSION} dev server "
+                                f"({'tuned' if tuned else 'stock'}), {describe(count, 1, 0)}")
+                        about = dict(system="temporal", store="sqlite", workers=count,
+                                     concurrency=1, sleep=0.0, tuned=tuned)
+                        with TemporalRun(address, server, count) as run:
+                            report(name, "unloaded", run.unloaded(args.unloaded, args.hops),
+                                   **about)
+                            report(name, "bulk", run.bulk(args.operations, args.hops), **about)
         if args.parallel:
             width, seconds = args.parallel.split("x")
             for store in stores:
@@ -505,7 +726,7 @@ def main() -> int:
     (out / "raw" / "sequencing-hops.json").write_text(json.dumps(raw))
     (out / "sequencing.json").write_text(json.dumps(dict(
         operations=args.operations, hops=args.hops, unloaded=args.unloaded,
-        partitions=PARTITIONS, results=results), indent=1))
+        partitions=PARTITIONS, results=results, meta=meta), indent=1))
     return 0
 
 

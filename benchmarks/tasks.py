@@ -30,20 +30,24 @@ class NoopChain(Operation):
 
 @registry.subscribe
 class Timed(Task):
-    """A no-op that reports when its body started and ended (``retval["s"]``/``["f"]``),
-    so hop latency is measured body to body, as benchmarks/celery_chain.py does."""
+    """A no-op (or a sleep of ``params["sleep"]`` seconds: an I/O-bound task) that reports
+    when its body started and ended (``retval["s"]``/``["f"]``), so hop latency is measured
+    body to body, as benchmarks/celery_chain.py and temporal_chain.py do."""
 
     def run(self):
         started = time.time()
+        if self.params.get("sleep"):
+            time.sleep(float(self.params["sleep"]))
         return Result(uuid=self.uuid, retval=dict(s=started, f=time.time()))
 
 
 @registry.subscribe
 class TimedChain(Operation):
-    """``hops`` :class:`Timed` tasks in a row."""
+    """``hops`` :class:`Timed` tasks in a row (each sleeping ``sleep`` seconds)."""
 
-    def build_tasks(self, hops=10, **kwargs):
-        return [Timed() for _ in range(int(hops))]
+    def build_tasks(self, hops=10, sleep=0, **kwargs):
+        return [Timed(params={"sleep": float(sleep)} if sleep else {})
+                for _ in range(int(hops))]
 
 
 @registry.subscribe

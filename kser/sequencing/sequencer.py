@@ -440,15 +440,29 @@ class Sequencer:
 
     def _claim_in(self, tx: Tx, kmsg: Message, now: float) -> _Claim:
         """In ``tx``: read the task a message names, judge the message against it
-        (:func:`_verdict`) and claim the task when it is to run (``verdict`` "run";
-        "lost" when another worker claimed it first).
+        (:meth:`_judge`) and claim the task when it is to run (``verdict`` "run"; "lost"
+        when another worker claimed it first).
 
         :raises UndeliverableError: the message is refused (before anything is written)
         """
+        claim = self._judge(tx.get_task_to_run(kmsg.kser_metadata["task_id"]), kmsg, now)
+        if claim.verdict != "run":
+            return claim
+        task = claim.task
+        if not tx.claim_task(task.id, task.attempt, self._worker_name(),
+                             now + self.settings.task_lease, now,
+                             taking_over=task.status == RUNNING):
+            return _Claim("lost", task)
+        return _Claim("run", task, task.attempt + 1)
+
+    def _judge(self, task: TaskRow | None, kmsg: Message, now: float) -> _Claim:
+        """What to do with a task message, given its task as stored (see :func:`_verdict`):
+        "run" means claim it.
+
+        :raises UndeliverableError: the message is refused
+        """
         meta = kmsg.kser_metadata
         operation_id, task_id, mode = meta.get("operation_id"), meta["task_id"], meta.get("mode")
-        worker = self._worker_name()
-        task = tx.get_task_to_run(task_id)
         if task is None or task.operation_id != operation_id:
             raise UndeliverableError(
                 f"Task {task_id} of operation {operation_id} is not in the store "
@@ -456,16 +470,12 @@ class Sequencer:
                 extra=dict(uuid=kmsg.uuid))
         if mode == CHILD_ENDED:
             return _Claim("child ended", task)
-        verdict, why = _verdict(task, kmsg.entrypoint, mode, now, worker, meta.get("queued"))
+        verdict, why = _verdict(task, kmsg.entrypoint, mode, now, self._worker_name(),
+                                meta.get("queued"))
         if verdict == "refuse":
             raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                      extra=dict(uuid=kmsg.uuid))
-        if verdict != "run":
-            return _Claim(verdict, task)
-        if not tx.claim_task(task_id, task.attempt, worker, now + self.settings.task_lease,
-                             now, taking_over=task.status == RUNNING):
-            return _Claim("lost", task)
-        return _Claim("run", task, task.attempt + 1)
+        return _Claim(verdict, task)
 
     # -- several task messages at once -------------------------------------------------
 
@@ -530,13 +540,33 @@ class Sequencer:
         claims: list[tuple[int, _Claim]] = []
         refused: dict[int, UndeliverableError] = {}
         now = time.time()
+        worker, lease_until = self._worker_name(), now + self.settings.task_lease
         try:
             with self._transaction() as tx:
+                found = tx.tasks_to_run([items[index][1].kser_metadata["task_id"]
+                                         for index in batched])
+                judged: list[tuple[int, _Claim]] = []
                 for index in batched:
+                    kmsg = items[index][1]
                     try:
-                        claims.append((index, self._claim_in(tx, items[index][1], now)))
+                        judged.append((index, self._judge(
+                            found.get(kmsg.kser_metadata["task_id"]), kmsg, now)))
                     except UndeliverableError as exc:  # (nothing written for it)
                         refused[index] = exc
+                # the PENDING tasks claimed by one statement; one held by a dead worker
+                # (or by this one before it restarted) is taken over alone
+                pending = tx.claim_pending(
+                    [(claim.task.id, claim.task.attempt) for _, claim in judged
+                     if claim.verdict == "run" and claim.task.status == PENDING],
+                    worker, lease_until, now)
+                for index, claim in judged:
+                    task = claim.task
+                    if claim.verdict == "run":
+                        won = (task.id in pending if task.status == PENDING else
+                               tx.claim_task(task.id, task.attempt, worker, lease_until, now))
+                        claim = (_Claim("run", task, task.attempt + 1) if won
+                                 else _Claim("lost", task))
+                    claims.append((index, claim))
         except WorkerFatalError:
             raise
         except Exception as exc:  # nothing was claimed: each message goes alone
@@ -612,29 +642,37 @@ class Sequencer:
     def _store_ends_now(self, items: Sequence[tuple[type[Entrypoint], Message]],
                         pending: list[tuple[int, _End]],
                         outcomes: list[Result | Exception | None]) -> None:
-        ended: list[Ended | None] = []
-        if len(pending) > 1:
-            try:
-                with self._transaction() as tx:
-                    # the operations' rows locked in one order: two workers' batches never
-                    # wait for each other in a cycle
-                    ended = [self._end_in(tx, end) for _, end in
-                             sorted(pending, key=lambda item: item[1].task.operation_id)]
-            except WorkerFatalError:
-                raise
-            except Exception as exc:
-                logger.warning("%d task ends could not be stored together (%s): one at a "
-                               "time", len(pending), safe_text(exc, 300))
-                ended = []
-            else:
-                pending = sorted(pending, key=lambda item: item[1].task.operation_id)
-        if not ended:
+        if len(pending) == 1:
+            index, end = pending[0]
+            outcomes[index] = _settled(items[index][1], partial(self._store_end, end))
+            return
+        try:
+            with self._transaction() as tx:
+                transitions = self._ends_in(tx, [end for _, end in pending])
+                queued = tx.queued
+        except WorkerFatalError:
+            raise
+        except Exception as exc:
+            logger.warning("%d task ends could not be stored together (%s): one at a "
+                           "time", len(pending), safe_text(exc, 300))
             for index, end in pending:
                 outcomes[index] = _settled(items[index][1], partial(self._store_end, end))
             return
-        for (index, end), done in zip(pending, ended, strict=True):
+        by_operation: dict[str, list[OutboxRow]] = {}
+        for row in queued:
+            by_operation.setdefault(row.operation_id or "", []).append(row)
+        for (index, end), changes in zip(pending, transitions, strict=True):
+            operation_id = end.task.operation_id
+            # (the rows of its operation: sent with its first end in the batch)
+            rows = by_operation.pop(operation_id, [])
             outcomes[index] = _settled(items[index][1], partial(
-                self._after_end, end.task.operation_id, done, end.result))
+                self._after_end, operation_id,
+                None if changes is None else (changes, rows), end.result))
+        for operation_id, rows in by_operation.items():  # (exit notifications: sent too)
+            try:
+                self.publish(operation_id, rows, wait=False)
+            except (RedoError, UndeliverableError) as exc:
+                logger.warning("%s", exc)
 
     # -- sub-operations -----------------------------------------------------------------
 
@@ -840,7 +878,7 @@ class Sequencer:
         condition is unmet (``poke``: since when it waits, when to poke again), the
         attempt given back and the next poke queued. None if another worker took the
         task over; else the operation's transitions and the outbox rows queued here."""
-        task_row, forwarded, attempt, mode = end.task, end.forwarded, end.attempt, end.mode
+        task_row, forwarded, attempt = end.task, end.forwarded, end.attempt
         result, status, retry_in, poke = end.result, end.status, end.retry_in, end.poke
         operation_id, task_id = task_row.operation_id, task_row.id
         now = time.time()
@@ -865,20 +903,69 @@ class Sequencer:
                            "over: its result is discarded", task_id, attempt)
             return None
         tx.add_logs(task_id, attempt, end.logs)
-        if mode == "one" or op.status != RUNNING:
-            pass  # run_one, or the operation was canceled meanwhile: nothing follows
-        elif retry_in is not None:
+        return self._follow(tx, end, op, dumped), tx.queued[first:]
+
+    def _follow(self, tx: Tx, end: _End, op: OperationLike, dumped: dict[str, Any] | None,
+                dependents: list[TaskRow] | None = None) -> list[Transition]:
+        """In ``tx``, after a stored end: what follows it (a retry, the tasks it lets run
+        or never run, the operation's end); the operation's transitions.
+
+        :param dependents: the PENDING tasks depending on it, if read already
+        """
+        task_id, operation_id = end.task.id, end.task.operation_id
+        if end.mode == "one" or op.status != RUNNING:
+            return []  # run_one, or the operation was canceled meanwhile: nothing follows
+        if end.retry_in is not None:
             logger.warning("Task %s attempt %d failed (%s); retry in %.1f s", task_id,
-                           attempt, safe_text(result.stderr, 500), retry_in)
-            self._queue_task(tx, op, task_row, forwarded, due_at=now + retry_in,
-                             queued=attempt + 1)
-        elif not self._advance(tx, op, tx.dependents(task_id),
-                               ended=(task_id, dumped if status == SUCCESS else None),
-                               followed=end.followed) \
-                and not tx.unfinished(operation_id):
-            transitions.append(self._finish_operation(tx, operation_id,
-                                                      *self._outcome(tx, op)))
-        return transitions, tx.queued[first:]
+                           end.attempt, safe_text(end.result.stderr, 500), end.retry_in)
+            self._queue_task(tx, op, end.task, end.forwarded,
+                             due_at=time.time() + end.retry_in, queued=end.attempt + 1)
+            return []
+        if dependents is None:
+            dependents = tx.dependents(task_id)
+        if (not self._advance(tx, op, dependents,
+                              ended=(task_id, dumped if end.status == SUCCESS else None),
+                              followed=end.followed)
+                and not tx.unfinished(operation_id)):
+            return [self._finish_operation(tx, operation_id, *self._outcome(tx, op))]
+        return []
+
+    def _ends_in(self, tx: Tx, ends: list[_End]) -> list[list[Transition] | None]:
+        """:meth:`_end_in` of several ends in one transaction, each step one statement for
+        all of them (on PostgreSQL): their operations read and locked in id order, the
+        attempts finished, the logs added, the dependents read, the tasks made ready
+        queued. For each end, its operation's transitions (None if taken over meanwhile);
+        the outbox rows are in ``tx.queued``."""
+        now = time.time()
+        tx.operation_states(end.task.operation_id for end in ends)
+        plain = [end for end in ends if end.poke is None]
+        dumped = {end.task.id: dump_result(end.result) for end in plain}
+        finished = tx.finish_attempts([
+            (end.task.id, end.attempt, end.status, dumped[end.task.id],
+             end.result.stderr if end.status == FAILED else None,
+             PENDING if end.retry_in is not None else end.status) for end in plain], now)
+        tx.add_logs_many((end.task.id, end.attempt, end.logs) for end in plain
+                         if end.task.id in finished)
+        advancing = [end.task.id for end in plain if end.task.id in finished
+                     and end.mode != "one" and end.retry_in is None
+                     and tx.operation_state(end.task.operation_id).status == RUNNING]
+        dependents = tx.dependents_of(advancing) if advancing else {}
+        transitions: list[list[Transition] | None] = []
+        with tx.deferred_queue():
+            for end in ends:
+                if end.poke is not None:
+                    ended = self._end_in(tx, end)
+                    transitions.append(None if ended is None else ended[0])
+                elif end.task.id not in finished:
+                    logger.warning("Task %s attempt %d finished after another worker took "
+                                   "it over: its result is discarded", end.task.id,
+                                   end.attempt)
+                    transitions.append(None)
+                else:
+                    op = tx.operation_state(end.task.operation_id)
+                    transitions.append(self._follow(tx, end, op, dumped[end.task.id],
+                                                    dependents.get(end.task.id)))
+        return transitions
 
     def _check_branch(self, task_row: TaskRow, followed: list[str],
                       result: Result) -> tuple[Result, bool]:

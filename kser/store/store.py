@@ -206,6 +206,63 @@ _FINISH_PG = (
     "AND number = %(b_attempt)s AND EXISTS (SELECT 1 FROM finished)) "
     "SELECT count(*) FROM finished")
 
+# -- several tasks at once (a worker's batch), PostgreSQL: one statement for all of them,
+# each row named by its key from arrays (unnest); SQLite runs the one-task statements in
+# a loop (in process, a statement costs no round trip). Run by Tx._raw, never prepared.
+
+#: tasks_to_run: tasks with their operation's status
+_TASKS_TO_RUN_PG = (
+    "SELECT t.*, o.status AS operation_status FROM kser_tasks t "
+    "JOIN kser_operations o ON o.id = t.operation_id WHERE t.id = ANY(%(b_ids)s)")
+#: dependents_of: _DEPENDENTS of several tasks, each row with the task it depends on
+#: (``ended_id``), each task's dependents found from its key (LATERAL)
+_DEPENDENTS_OF_PG = (
+    "SELECT d.*, ended.id AS ended_id FROM unnest(%(b_ids)s::varchar[]) AS ended(id), "
+    "LATERAL (SELECT t.*, u.status AS upstream_status FROM kser_task_dependencies dep "
+    "JOIN kser_tasks t ON t.id = dep.task_id "
+    "JOIN kser_task_dependencies ud ON ud.task_id = dep.task_id "
+    "JOIN kser_tasks u ON u.id = ud.depends_on WHERE dep.depends_on = ended.id) d "
+    "ORDER BY d.position")
+#: operation_states: locked in id order (two batches never wait for each other in a cycle)
+_OPERATION_STATES_PG = (
+    "SELECT id, status, topic, initial_result FROM kser_operations "
+    "WHERE id = ANY(%(b_ids)s) ORDER BY id FOR UPDATE")
+#: claim_pending: _CLAIM_PG for PENDING tasks, several at once
+_CLAIM_PENDING_PG = (
+    "WITH v AS (SELECT * FROM unnest(%(b_ids)s::varchar[], %(b_attempts)s::int[]) "
+    "AS v(id, attempt)), "
+    "claimed AS (UPDATE kser_tasks t SET status = 'RUNNING', attempt = v.attempt + 1, "
+    "worker = %(b_worker)s, lease_expires_at = %(b_lease)s, started_at = %(b_now)s, "
+    "finished_at = NULL FROM v WHERE t.id = v.id AND t.attempt = v.attempt "
+    "AND t.status = 'PENDING' RETURNING t.id, t.attempt) "
+    "INSERT INTO kser_attempts (task_id, number, worker, status, started_at) "
+    "SELECT id, attempt, %(b_worker)s, 'RUNNING', %(b_now)s FROM claimed RETURNING task_id")
+#: finish_attempts: _FINISH_PG, several at once
+_FINISH_MANY_PG = (
+    "WITH v AS (SELECT * FROM unnest(%(b_ids)s::varchar[], %(b_attempts)s::int[], "
+    "%(b_task_statuses)s::varchar[], %(b_results)s::text[], %(b_finished)s::float8[], "
+    "%(b_statuses)s::varchar[], %(b_retcodes)s::int[], %(b_errors)s::text[]) "
+    "AS v(id, attempt, task_status, result, finished_at, status, retcode, error)), "
+    "finished AS (UPDATE kser_tasks t SET status = v.task_status, result = v.result::json, "
+    "finished_at = v.finished_at, lease_expires_at = NULL FROM v WHERE t.id = v.id "
+    "AND t.attempt = v.attempt AND t.status = 'RUNNING' RETURNING t.id), "
+    "attempt AS (UPDATE kser_attempts a SET status = v.status, finished_at = %(b_now)s, "
+    "retcode = v.retcode, error = v.error FROM v WHERE a.task_id = v.id "
+    "AND a.number = v.attempt AND v.id IN (SELECT id FROM finished)) "
+    "SELECT id FROM finished")
+#: queue_many: _QUEUE_WITH_MESSAGE_PG, several at once (the outbox rows named by key: a
+#: task message's key is its task's id)
+_QUEUE_MANY_PG = (
+    "WITH v AS (SELECT * FROM unnest(%(b_ids)s::varchar[], %(b_operations)s::varchar[], "
+    "%(b_topics)s::varchar[], %(b_keys)s::bytea[], %(b_values)s::bytea[], "
+    "%(b_dues)s::float8[]) AS v(id, operation_id, topic, key, value, due_at)), "
+    "queued AS (UPDATE kser_tasks t SET queued_attempt = t.attempt + 1 FROM v "
+    "WHERE t.id = v.id AND t.status = 'PENDING' "
+    "AND (t.queued_attempt IS NULL OR t.queued_attempt <= t.attempt) RETURNING t.id) "
+    "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at) "
+    "SELECT v.operation_id, v.topic, v.key, v.value, %(b_now)s, v.due_at "
+    "FROM v JOIN queued ON queued.id = v.id RETURNING id, key")
+
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)
 _HOP = frozenset(map(id, (_GET_OPERATION, _GET_OPERATION_LOCKED, _GET_OPERATION_STATE,
@@ -246,6 +303,10 @@ class Tx:
         self.connection = connection
         #: the outbox rows added in this transaction
         self.queued: list[OutboxRow] = []
+        #: operation states read (and locked) by operation_states(), kept up to date
+        self._states: dict[str, OperationState] = {}
+        #: (inside deferred_queue()) the queue_with_message calls to make, by task id
+        self._deferred: dict[str, tuple[str, str, bytes | None, bytes, float | None]] | None = None
 
     # -- the one read path -------------------------------------------------------------
     # Each task hop runs about ten statements in two transactions; through
@@ -273,6 +334,31 @@ class Tx:
             rows.append(row)
         cursor.close()
         return rows
+
+    def _raw(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows of a batch statement (PostgreSQL), as :meth:`_read` gives them.
+
+        Never prepared: each run is planned for its own arrays (a prepared statement's
+        generic plan, made while the tables were small, may scan every dependency; one
+        plan per batch costs little beside what the batch saves)."""
+        cursor = self._dbapi().cursor()
+        cursor.execute(sql, params, prepare=False)
+        names = [column[0] for column in cursor.description]
+        json_names = [name for name in names if name in _JSON_COLUMNS]
+        rows = []
+        for values in cursor.fetchall():
+            row = dict(zip(names, values, strict=True))
+            for name in json_names:
+                value = row[name]
+                if value.__class__ is str or value.__class__ is bytes:
+                    row[name] = json.loads(value)
+            rows.append(row)
+        cursor.close()
+        return rows
+
+    @property
+    def _postgresql(self) -> bool:
+        return bool(self.connection.dialect.name == "postgresql")
 
     def _read_as(self, row_type: type[R], statement: Executable,
                  params: dict[str, Any] | None = None) -> list[R]:
@@ -347,13 +433,32 @@ class Tx:
         transaction ends: what a task's end reads first, so that the transitions of one
         operation happen one at a time. :class:`~kser.errors.OperationGoneError` if it is not
         in the store."""
-        state = self._first_as(OperationState, _GET_OPERATION_STATE, dict(b_id=operation_id))
+        state = self._states.get(operation_id) or self._first_as(
+            OperationState, _GET_OPERATION_STATE, dict(b_id=operation_id))
         if state is None:
             raise OperationGoneError(f"operation {operation_id} is not in the store any more "
                                 "(purged or deleted meanwhile)")
         return state
 
+    def operation_states(self, operation_ids: Iterable[str]) -> dict[str, OperationState]:
+        """:meth:`operation_state` of several operations (those in the store), locked in
+        id order; later calls of :meth:`operation_state` in this transaction use them."""
+        ids = sorted(set(operation_ids))
+        if self._postgresql:
+            states = [OperationState.from_row(row)
+                      for row in self._raw(_OPERATION_STATES_PG, dict(b_ids=ids))]
+        else:
+            states = [state for state in (self._first_as(
+                OperationState, _GET_OPERATION_STATE, dict(b_id=operation_id))
+                for operation_id in ids) if state is not None]
+        self._states.update((state.id, state) for state in states)
+        return {state.id: state for state in states}
+
     def update_operation(self, operation_id: str, **values: Any) -> None:
+        state = self._states.get(operation_id)
+        if state is not None and "status" in values:  # (what operation_state() says next)
+            self._states[operation_id] = OperationState(
+                state.id, Status(values["status"]), state.topic, state.initial_result)
         values.setdefault("updated_at", time.time())
         self.connection.execute(update(schema.operations)
                                 .where(schema.operations.c.id == operation_id).values(**values))
@@ -375,6 +480,30 @@ class Tx:
         """A task with its operation's status (``operation_status``), in one read."""
         return self._first_as(TaskRow, _GET_TASK_TO_RUN, dict(b_id=task_id))
 
+    def tasks_to_run(self, task_ids: list[str]) -> dict[str, TaskRow]:
+        """:meth:`get_task_to_run` of several tasks (those in the store), by id."""
+        if self._postgresql:
+            rows = [TaskRow.from_row(row)
+                    for row in self._raw(_TASKS_TO_RUN_PG, dict(b_ids=list(task_ids)))]
+        else:
+            rows = [row for row in map(self.get_task_to_run, task_ids) if row is not None]
+        return {row.id: row for row in rows}
+
+    def dependents_of(self, task_ids: list[str]) -> dict[str, list[TaskRow]]:
+        """:meth:`dependents` of several tasks, by the id of the task they depend on."""
+        found: dict[str, list[TaskRow]] = {}
+        if not self._postgresql:
+            for task_id in task_ids:
+                found[task_id] = self.dependents(task_id)
+            return found
+        by_upstream: dict[str, list[dict[str, Any]]] = {}
+        for row in self._raw(_DEPENDENTS_OF_PG, dict(b_ids=list(task_ids))):
+            by_upstream.setdefault(row.pop("ended_id"), []).append(row)
+        for task_id in task_ids:
+            found[task_id] = [row for row in _with_counts(by_upstream.get(task_id, []))
+                              if row.status == Status.PENDING]
+        return found
+
     def dependents(self, task_id: str) -> list[TaskRow]:
         """The PENDING tasks depending on ``task_id``, each with how many upstream tasks
         it has (``upstream_count``) and how many of them succeeded, failed or were
@@ -391,11 +520,54 @@ class Tx:
         ``result``), in their operation's order."""
         return self._read(_UPSTREAM, dict(b_id=task_id))
 
+    @contextmanager
+    def deferred_queue(self) -> Iterator[None]:
+        """Within the block, :meth:`queue_with_message` only notes what to queue (True for
+        a task not noted yet, as if it was queued); at its end, every noted task is queued
+        by one statement (on PostgreSQL) and its outbox row added to :attr:`queued`. Safe
+        where a False would only have meant "another transition queued it": the
+        compare-and-set still decides, and only a task it queued gets its message."""
+        self._deferred = {}
+        try:
+            yield
+            deferred, self._deferred = self._deferred, None
+            self._queue_many(deferred)
+        finally:
+            self._deferred = None
+
+    def _queue_many(self, deferred: dict[str, tuple[str, str, bytes | None, bytes,
+                                                     float | None]]) -> None:
+        if not deferred:
+            return
+        if not self._postgresql:
+            for task_id, (operation_id, topic, key, value, due_at) in deferred.items():
+                self.queue_with_message(task_id, operation_id, topic, key, value, due_at)
+            return
+        now = time.time()
+        items = list(deferred.items())
+        rows = self._raw(_QUEUE_MANY_PG, dict(
+            b_ids=[task_id for task_id, _ in items],
+            b_operations=[item[0] for _, item in items], b_topics=[item[1] for _, item in items],
+            b_keys=[item[2] for _, item in items], b_values=[item[3] for _, item in items],
+            b_dues=[item[4] for _, item in items], b_now=now))
+        by_key = {bytes(row["key"]): row["id"] for row in rows if row["key"] is not None}
+        for _, (operation_id, topic, key, value, due_at) in items:
+            row_id = by_key.get(key or b"")
+            if row_id is not None:
+                self.queued.append(OutboxRow(id=row_id, operation_id=operation_id,
+                                             topic=topic, key=key, value=value,
+                                             due_at=due_at, created_at=now))
+
     def queue_with_message(self, task_id: str, operation_id: str, topic: str,
                            key: bytes | None, value: bytes, due_at: float | None = None) -> bool:
         """:meth:`queue_task`, and when it queued the task, :meth:`add_outbox` its message:
         on PostgreSQL one statement (the compare-and-set and the insert in one round
-        trip), elsewhere two."""
+        trip), elsewhere two. (Inside :meth:`deferred_queue`: noted, done at its end.)"""
+        if self._deferred is not None and key == task_id.encode():
+            if task_id in self._deferred:
+                return False  # (noted already: the second of two transitions finding it ready)
+            self._deferred[task_id] = (operation_id, topic, key, value, due_at)
+            return True
         if self.connection.dialect.name != "postgresql":
             if not self.queue_task(task_id):
                 return False
@@ -499,6 +671,45 @@ class Tx:
             self._execute(_NEW_ATTEMPT, params)
         return claimed
 
+    def claim_pending(self, claims: list[tuple[str, int]], worker: str, lease_until: float,
+                      now: float) -> set[str]:
+        """:meth:`claim_task` of several PENDING tasks ``(task id, attempt)``, none taken
+        over; the ids of those claimed."""
+        if not claims:
+            return set()
+        if not self._postgresql:
+            return {task_id for task_id, attempt in claims
+                    if self.claim_task(task_id, attempt, worker, lease_until, now,
+                                       taking_over=False)}
+        rows = self._raw(_CLAIM_PENDING_PG, dict(
+            b_ids=[task_id for task_id, _ in claims], b_attempts=[a for _, a in claims],
+            b_worker=worker, b_lease=lease_until, b_now=now))
+        return {row["task_id"] for row in rows}
+
+    def finish_attempts(self, ends: list[tuple[str, int, str, dict[str, Any] | None,
+                                               str | None, str]], now: float) -> set[str]:
+        """:meth:`finish_attempt` of several attempts ``(task id, attempt, status, result,
+        error, task status)``; the ids of the tasks finished (the others were taken over
+        meanwhile: nothing is written for them)."""
+        if not ends:
+            return set()
+        if not self._postgresql:
+            return {task_id for task_id, attempt, status, result, error, task_status in ends
+                    if self.finish_attempt(task_id, attempt, status, result, now, error,
+                                           task_status=task_status)}
+        retry = [task_status == Status.PENDING for *_, task_status in ends]
+        rows = self._raw(_FINISH_MANY_PG, dict(
+            b_ids=[end[0] for end in ends], b_attempts=[end[1] for end in ends],
+            b_task_statuses=[end[5] for end in ends],
+            b_results=[None if again or end[3] is None else json.dumps(end[3])
+                       for end, again in zip(ends, retry, strict=True)],
+            b_finished=[None if again else now for again in retry],
+            b_statuses=[end[2] for end in ends],
+            b_retcodes=[None if end[3] is None else end[3].get("retcode") for end in ends],
+            b_errors=[None if end[4] is None else safe_text(end[4], None) for end in ends],
+            b_now=now))
+        return {row["id"] for row in rows}
+
     def finish_poke(self, task_id: str, attempt: int, since: float) -> bool:
         """End attempt ``attempt`` of a sensor whose condition is not met yet without using
         it up: the task is PENDING again at the attempt before, its attempt row removed,
@@ -556,14 +767,15 @@ class Tx:
     def add_logs(self, task_id: str, attempt: int, lines: Iterable[tuple[float, int, str]]) -> None:
         """Store an attempt's log lines: at most :data:`MAX_LOG_LINES`, each cut at
         :data:`MAX_LOG_LINE` characters, made safe for a text column."""
-        lines = list(lines)
-        rows = [dict(task_id=task_id, attempt=attempt, created_at=at, level=int(level),
-                     message=safe_text(msg, MAX_LOG_LINE))
-                for at, level, msg in lines[:MAX_LOG_LINES]]
-        if len(lines) > MAX_LOG_LINES:
-            rows.append(dict(task_id=task_id, attempt=attempt, created_at=time.time(),
-                             level=30, message=f"… {len(lines) - MAX_LOG_LINES} more log "
-                             f"line(s) of this attempt not stored (limit {MAX_LOG_LINES})"))
+        self.add_logs_many([(task_id, attempt, lines)])
+
+    def add_logs_many(self, logs: Iterable[tuple[str, int, Iterable[tuple[float, int, str]]]]
+                      ) -> None:
+        """:meth:`add_logs` of several attempts ``(task id, attempt, lines)``, in one
+        statement."""
+        rows: list[dict[str, Any]] = []
+        for task_id, attempt, lines in logs:
+            rows.extend(_log_rows(task_id, attempt, list(lines)))
         if rows:
             self.connection.execute(schema.task_logs.insert(), rows)
 
@@ -790,6 +1002,20 @@ class Tx:
         op = schema.operations.c
         return {row["status"]: row["n"] for row in self._read(
             select(op.status, func.count().label("n")).group_by(op.status))}
+
+
+def _log_rows(task_id: str, attempt: int,
+              lines: list[tuple[float, int, str]]) -> list[dict[str, Any]]:
+    """The rows of an attempt's log lines: at most :data:`MAX_LOG_LINES` (then a line
+    saying how many more), each cut at :data:`MAX_LOG_LINE` characters, made safe."""
+    rows = [dict(task_id=task_id, attempt=attempt, created_at=at, level=int(level),
+                 message=safe_text(msg, MAX_LOG_LINE))
+            for at, level, msg in lines[:MAX_LOG_LINES]]
+    if len(lines) > MAX_LOG_LINES:
+        rows.append(dict(task_id=task_id, attempt=attempt, created_at=time.time(),
+                         level=30, message=f"… {len(lines) - MAX_LOG_LINES} more log "
+                         f"line(s) of this attempt not stored (limit {MAX_LOG_LINES})"))
+    return rows
 
 
 def _with_counts(rows: list[dict[str, Any]]) -> list[TaskRow]:

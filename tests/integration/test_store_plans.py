@@ -27,6 +27,14 @@ def fill(store: Store) -> None:
         run("INSERT INTO kser_tasks (id, operation_id, position, name, entrypoint, status, "
             "params, metadata, attempt) SELECT 't' || n, 'op', n, 'task-' || n, 'a.T', "
             "'SUCCESS', '{}', '{}', 1 FROM generate_series(1, %(n)s) AS n", dict(n=TASKS))
+        # other operations, and the tasks in a chain: the planner knows both tables big
+        run("INSERT INTO kser_operations (id, entrypoint, status, params, metadata, topic, "
+            "created_at, updated_at) SELECT 'other' || n, 'a.Op', 'SUCCESS', '{}', '{}', 't', "
+            "1, 1 FROM generate_series(1, %(n)s) AS n", dict(n=TASKS))
+        run("INSERT INTO kser_task_dependencies (task_id, depends_on) SELECT 't' || n, "
+            "'t' || (n - 1) FROM generate_series(2, %(n)s) AS n", dict(n=TASKS))
+        run("ANALYZE kser_operations")
+        run("ANALYZE kser_task_dependencies")
         run("ANALYZE kser_tasks")
         run("ANALYZE kser_attempts")
         run("UPDATE kser_tasks SET status = CASE WHEN position %% 2 = 0 THEN 'PENDING' "
@@ -46,13 +54,18 @@ def scans(plan: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     """(node type, relation, index) of every scan of a table in a JSON plan."""
     found = []
     if "Relation Name" in plan and "Scan" in plan["Node Type"]:
-        found.append((plan["Node Type"], plan["Relation Name"], plan.get("Index Name")))
+        index = plan.get("Index Name")
+        if plan["Node Type"] == "Bitmap Heap Scan":  # (the index is its child's)
+            index = next((child.get("Index Name") for child in plan.get("Plans", [])
+                          if child["Node Type"] == "Bitmap Index Scan"), None)
+        found.append((plan["Node Type"], plan["Relation Name"], index))
     for child in plan.get("Plans", []):
         found.extend(scans(child))
     return found
 
 
-def explain(store: Store, sql: str, params: dict[str, Any], generic: bool) -> list:
+def explain(store: Store, sql: str, params: dict[str, Any], generic: bool,
+            types: dict[str, str] | None = None) -> list:
     """The scans of ``sql``'s plan for ``params`` once the store is filled; ``generic``:
     the plan a prepared statement settles on (psycopg prepares the hop's statements
     after a few runs) and keeps, made while the tables were still empty."""
@@ -64,7 +77,8 @@ def explain(store: Store, sql: str, params: dict[str, Any], generic: bool) -> li
             return scans(cursor.fetchone()[0][0]["Plan"])
         names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
         cursor.execute("SET plan_cache_mode = force_generic_plan")
-        cursor.execute(f"PREPARE hop({', '.join(TYPES[name] for name in names)}) AS " + re.sub(
+        types = types or TYPES
+        cursor.execute(f"PREPARE hop({', '.join(types[name] for name in names)}) AS " + re.sub(
             r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", sql))
         inline = psycopg.ClientCursor(cursor.connection)  # the values typed by hop's types
         execute = f"EXPLAIN (FORMAT JSON) EXECUTE hop({', '.join(['%s'] * len(names))})"
@@ -93,4 +107,34 @@ def test_each_hop_statement_reaches_its_rows_by_their_keys(store, statement, gen
     assert found, "no scan in the plan"
     keys = {"kser_tasks": "kser_tasks_pkey", "kser_attempts": "kser_attempts_pkey"}
     assert all(node != "Seq Scan" and index == keys[table]
+               for node, table, index in found if table in keys), found
+
+
+# the statements of a worker's batch: several tasks named by their keys from arrays
+BATCH_TYPES = dict(b_ids="varchar[]", b_attempts="int[]", b_worker="text", b_lease="float8",
+                   b_now="float8", b_task_statuses="varchar[]", b_results="text[]",
+                   b_finished="float8[]", b_statuses="varchar[]", b_retcodes="int[]",
+                   b_errors="text[]", b_operations="varchar[]", b_topics="varchar[]",
+                   b_keys="bytea[]", b_values="bytea[]", b_dues="float8[]")
+BATCH = dict(b_ids=["t2", "t4"], b_attempts=[0, 0], b_worker="w", b_lease=2.0, b_now=1.0,
+             b_task_statuses=["SUCCESS"] * 2, b_results=["{}"] * 2, b_finished=[1.0] * 2,
+             b_statuses=["SUCCESS"] * 2, b_retcodes=[0, 0], b_errors=[None, None],
+             b_operations=["op"] * 2, b_topics=["t"] * 2, b_keys=[b"t2", b"t4"],
+             b_values=[b"v"] * 2, b_dues=[None, None])
+
+
+@pytest.mark.parametrize("generic", [False], ids=["custom"])  # (never prepared: see Tx._raw)
+@pytest.mark.parametrize("statement", ["_TASKS_TO_RUN_PG", "_OPERATION_STATES_PG",
+                                       "_CLAIM_PENDING_PG", "_FINISH_MANY_PG",
+                                       "_QUEUE_MANY_PG", "_DEPENDENTS_OF_PG"])
+def test_each_batch_statement_reaches_its_rows_by_their_keys(store, statement, generic):
+    sql = getattr(store_module, statement)
+    params = {name: value for name, value in BATCH.items() if f"%({name})s" in sql}
+    found = explain(store, sql, params, generic, BATCH_TYPES)
+    assert found, "no scan in the plan"
+    keys = {"kser_tasks": {"kser_tasks_pkey"}, "kser_attempts": {"kser_attempts_pkey"},
+            "kser_operations": {"kser_operations_pkey"},
+            "kser_task_dependencies": {"kser_task_dependencies_pkey",
+                                       "ix_kser_task_dependencies_depends_on"}}
+    assert all(node != "Seq Scan" and index in keys[table]
                for node, table, index in found if table in keys), found

@@ -66,8 +66,8 @@ def test_operations_in_hand_run_in_batches_and_every_join_fires_once(h, batches)
 
 def test_each_message_of_a_batch_gets_its_own_outcome(h, monkeypatch):
     monkeypatch.setattr(h.registry.settings, "task_lease", 0.2)
-    _, items = first_messages(h, 4, name="n")
-    good, forged, done, elsewhere = items
+    _, items = first_messages(h, 5, name="n")
+    good, forged, done, elsewhere, abandoned = items
     # forged: a real task's message naming another entrypoint
     forged[1].entrypoint = "tests.unit.tasks.Echo"
     # done: its task ran already (this message is a duplicate)
@@ -76,7 +76,12 @@ def test_each_message_of_a_batch_gets_its_own_outcome(h, monkeypatch):
     with h.store.transaction() as tx:
         tx.claim_task(elsewhere[1].kser_metadata["task_id"], 0, "other:1",
                       time.time() + 3600, time.time())
-    outcomes = h.registry.sequencer.run_tasks([good, forged, done, elsewhere, good])
+    # abandoned: a worker claimed it and died (its lease is past): taken over in the batch
+    abandoned_id = abandoned[1].kser_metadata["task_id"]
+    with h.store.transaction() as tx:
+        tx.claim_task(abandoned_id, 0, "dead:1", time.time() - 1, time.time() - 31)
+    outcomes = h.registry.sequencer.run_tasks([good, forged, done, elsewhere, good,
+                                               abandoned])
     assert outcomes[0].retcode == 0 and "step 0" in outcomes[0].stdout
     assert isinstance(outcomes[1], UndeliverableError)
     assert "refused" in str(outcomes[1])
@@ -84,7 +89,11 @@ def test_each_message_of_a_batch_gets_its_own_outcome(h, monkeypatch):
     assert "is running on other:1: left to it" in outcomes[3].stdout
     # the same message twice in one batch: the second is a duplicate, run alone after
     assert "nothing to do" in outcomes[4].stdout
-    assert tasks.CALLS == ["step0", "step0"]  # good and done ran once each
+    assert outcomes[5].retcode == 0 and "step 0" in outcomes[5].stdout
+    first, second = h.attempts(abandoned_id)
+    assert (first["worker"], first["status"]) == ("dead:1", "FAILED")
+    assert first["error"].startswith("lease expired") and second["status"] == "SUCCESS"
+    assert tasks.CALLS == ["step0"] * 3  # good, done and abandoned ran once each
     good_task = h.operation(good[1].kser_metadata["operation_id"])[1][0]
     assert good_task["status"] == "SUCCESS" and good_task["attempt"] == 1
 
@@ -92,16 +101,16 @@ def test_each_message_of_a_batch_gets_its_own_outcome(h, monkeypatch):
 def test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time(h, monkeypatch,
                                                                       caplog):
     ops, items = first_messages(h, 3, name="n")
-    end_in = h.registry.sequencer._end_in
+    follow = h.registry.sequencer._follow
     calls = {"n": 0}
 
-    def fails_once(tx, end):
+    def fails_once(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # the second end of the shared transaction
             raise ValueError("a bug in one end")
-        return end_in(tx, end)
+        return follow(*args, **kwargs)
 
-    monkeypatch.setattr(h.registry.sequencer, "_end_in", fails_once)
+    monkeypatch.setattr(h.registry.sequencer, "_follow", fails_once)
     outcomes = h.registry.sequencer.run_tasks(items)
     assert [o.retcode for o in outcomes] == [0, 0, 0]
     assert "3 task ends could not be stored together (a bug in one end): one at a time" \
@@ -118,16 +127,16 @@ def test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time(h, monkeyp
 def test_a_store_failure_while_claiming_a_batch_leaves_each_message_to_itself(
         h, monkeypatch, caplog):
     _, items = first_messages(h, 3, name="n")
-    claim_in = h.registry.sequencer._claim_in
+    judge = h.registry.sequencer._judge
     calls = {"n": 0}
 
-    def unreachable_once(tx, kmsg, now):
+    def unreachable_once(*args):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OperationalError("SELECT", {}, Exception("database is locked"))
-        return claim_in(tx, kmsg, now)
+        return judge(*args)
 
-    monkeypatch.setattr(h.registry.sequencer, "_claim_in", unreachable_once)
+    monkeypatch.setattr(h.registry.sequencer, "_judge", unreachable_once)
     outcomes = h.registry.sequencer.run_tasks(items)
     assert [o.retcode for o in outcomes] == [0, 0, 0]
     assert "3 task messages could not be claimed together" in caplog.text
