@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from kser.status import Status
 from kser.store import Store
 
 logger = logging.getLogger(__name__)
@@ -56,20 +57,33 @@ class Leases:
     def _renew(self) -> None:
         while True:
             time.sleep(self._lease() / 3)
+            self.renew()
+
+    def renew(self) -> None:
+        """Extend every held lease now (the renewing thread does it every third of a
+        lease); drop those of tasks that ended meanwhile, and, with a warning, those
+        another worker took over."""
+        with self._lock:
+            held = dict(self._held)
+        if not held:
+            return
+        lost: dict[str, bool] = {}  # task id -> taken over (else: it ended meanwhile)
+        try:
+            with self._store().transaction() as tx:
+                until = time.time() + self._lease()
+                for task_id, attempt in held.items():
+                    if not tx.renew_lease(task_id, attempt, until):
+                        # its end stored (its lease not released yet), or taken over
+                        row = tx.get_task(task_id)
+                        lost[task_id] = (row is not None and row.status == Status.RUNNING
+                                         and row.attempt != attempt)
+        except Exception as exc:  # the store may come back before the leases end
+            logger.warning("%d lease(s) not renewed (%s)", len(held), exc)
+            return
+        for task_id, taken in lost.items():
+            if taken:
+                logger.warning("Task %s attempt %d: lease lost (another worker took it "
+                               "over; its result will be discarded)", task_id, held[task_id])
             with self._lock:
-                held = dict(self._held)
-            if not held:
-                continue
-            try:
-                with self._store().transaction() as tx:
-                    until = time.time() + self._lease()
-                    lost = [task_id for task_id, attempt in held.items()
-                            if not tx.renew_lease(task_id, attempt, until)]
-            except Exception as exc:  # the store may come back before the leases end
-                logger.warning("%d lease(s) not renewed (%s)", len(held), exc)
-                continue
-            for task_id in lost:
-                logger.warning("Task %s attempt %d: lease lost", task_id, held[task_id])
-                with self._lock:
-                    if self._held.get(task_id) == held[task_id]:
-                        del self._held[task_id]
+                if self._held.get(task_id) == held[task_id]:
+                    del self._held[task_id]

@@ -171,3 +171,23 @@ def test_batches_are_sized_by_the_pace_of_bodies(h, monkeypatch):
     monkeypatch.setattr(h.registry.settings, "batch_size", 1)
     monkeypatch.setattr(sequencer, "_body_seconds", 0.0001)
     assert sequencer.batch_limit() == 1
+
+
+def test_a_lease_renewed_after_its_task_ended_is_dropped_without_a_lost_warning(h, caplog):
+    """The renewing thread may run between a task's end (committed) and the release of
+    its lease: that lease is dropped quietly; only one another worker took over is lost."""
+    _, items = first_messages(h, 2, name="n")
+    ended_id, taken_id = (kmsg.kser_metadata["task_id"] for _, kmsg in items)
+    now = time.time()
+    with h.store.transaction() as tx:
+        tx.claim_task(ended_id, 0, "me:1", now + 60, now)
+        tx.finish_attempt(ended_id, 1, "SUCCESS", {"retcode": 0}, now, None)
+        tx.claim_task(taken_id, 0, "me:1", now - 1, now - 31)  # expired: taken over
+        tx.claim_task(taken_id, 1, "other:2", now + 60, now)
+    leases = h.registry.sequencer._leases
+    leases.hold(ended_id, 1)
+    leases.hold(taken_id, 1)
+    leases.renew()
+    assert ended_id not in leases._held and taken_id not in leases._held
+    assert f"Task {taken_id} attempt 1: lease lost" in caplog.text
+    assert ended_id not in caplog.text
