@@ -92,6 +92,31 @@ class Outcome:
     redo: bool = False
 
 
+class Pace:
+    """How long message bodies took lately, seconds (a moving average; None until one ran
+    here): what sizes the batches a worker's task threads take (:meth:`limit`)."""
+
+    #: longest a message of a batch should wait behind the others for its body (and a
+    #: task's end for being stored), seconds
+    WINDOW = 0.05
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def add(self, took: float) -> None:
+        """A body took ``took`` seconds (threads may race here: one float, no harm)."""
+        pace = self.seconds
+        self.seconds = took if pace is None else pace + (took - pace) * 0.2
+
+    def limit(self, size: int) -> int:
+        """How many messages one thread should take at once: as many as start within
+        :data:`WINDOW` at this pace, at most ``size``; 1 until a body ran here, and for
+        bodies that take their time."""
+        if size <= 1 or self.seconds is None:
+            return 1
+        return max(1, min(size, int(self.WINDOW / max(self.seconds, 1e-6))))
+
+
 class UndeliverableError(NotFound):
     """Raised while handling a message that cannot be routed (it is dead-lettered)."""
 
@@ -130,6 +155,8 @@ class Controller(BaseController):
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._settings: Callable[[], Settings] | None = None
         self._sealer: Sealer | None = None
+        #: how long bodies took lately (its sequencer's tasks included): sizes batches
+        self.pace = Pace()
 
     def use_settings(self, settings: Settings | Callable[[], Settings]) -> None:
         """Take these settings (or a callable returning them when first needed): its
@@ -202,16 +229,17 @@ class Controller(BaseController):
         kmsg, entrypoint = routed
         return self._conclude(kmsg, lambda: self.execute(entrypoint, kmsg, topic))
 
-    def batch_limit(self) -> int:
-        """How many records one task thread should take at once (see :meth:`handle_many`):
-        the sequencer's say (1 without one: nothing to share)."""
-        return self.sequencer.batch_limit() if self.sequencer is not None else 1
+    def batch_limit(self, size: int | None = None) -> int:
+        """How many records one task thread should take at once (see :meth:`handle_many`),
+        from the pace of bodies (:class:`Pace`), at most ``size`` (default
+        ``settings.batch_size``)."""
+        return self.pace.limit(self.settings.batch_size if size is None else size)
 
     def handle_many(self, records: Sequence[tuple[str | bytes | None, str | None]]
                     ) -> list[Outcome]:
-        """:meth:`handle` for several ``(value, topic)`` records in hand: the messages of
-        operations' tasks among them run together (see ``Sequencer.run_tasks``: shared
-        transactions), every other one alone, each with its own outcome."""
+        """:meth:`handle` for several ``(value, topic)`` records in hand, one after the
+        other in this thread, each with its own outcome: the messages of operations' tasks
+        among them together (see ``Sequencer.run_tasks``: shared transactions)."""
         outcomes: list[Outcome | None] = [None] * len(records)
         tasks: list[tuple[int, Message, type[Entrypoint]]] = []
         for index, (value, topic) in enumerate(records):
@@ -298,7 +326,11 @@ class Controller(BaseController):
         """
         if self.sequencer is not None and self.sequencer.handles(entrypoint, kmsg):
             return self.sequencer.execute(entrypoint, kmsg, topic)
-        return entrypoint.from_Message(kmsg).execute()
+        started = time.monotonic()
+        try:
+            return entrypoint.from_Message(kmsg).execute()
+        finally:
+            self.pace.add(time.monotonic() - started)
 
 
 class BaseProducer(BaseController):

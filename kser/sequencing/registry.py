@@ -43,7 +43,7 @@ class OperationRegistry:
         self._codec: Codec | None = None
         self.sequencer = Sequencer(self.controller.ENTRYPOINTS, self._get_producer,
                                    lambda: self.controller.worker_name, lambda: self.settings,
-                                   codec=self._get_codec)
+                                   codec=self._get_codec, pace=self.controller.pace)
         self.controller.sequencer = self.sequencer
         self.app = None
         if app is not None:

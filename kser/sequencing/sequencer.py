@@ -37,7 +37,7 @@ from cdumay_result import Result
 
 from kser.codec import Codec
 from kser.config import Settings
-from kser.controller import BaseProducer, RedoError, UndeliverableError
+from kser.controller import BaseProducer, Pace, RedoError, UndeliverableError
 from kser.entry import Entrypoint
 from kser.errors import OperationGoneError, WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result, is_success
@@ -87,9 +87,8 @@ Transition = tuple[str, dict[str, Any] | None]
 #: what storing a task's end did: the operation's transitions, the outbox rows it queued
 Ended = tuple[list[Transition], list[OutboxRow]]
 #: longest a task's end waits in a batch before it is stored (and the follow-up messages it
-#: queues are produced), seconds; also what sizes a batch: as many messages as bodies run in
-#: this time at their recent pace (see Sequencer.batch_limit)
-BATCH_WINDOW = 0.05
+#: queues are produced), seconds; also what sizes a batch (see kser.controller.Pace)
+BATCH_WINDOW = Pace.WINDOW
 
 #: an operation as sequencing its tasks reads it: its whole row, or its state alone
 OperationLike = OperationRow | OperationState
@@ -152,7 +151,8 @@ class Sequencer:
     def __init__(self, entrypoints: Mapping[str, type[Entrypoint]],
                  producer: Callable[[], BaseProducer], worker_name: Callable[[], str],
                  settings: Settings | Callable[[], Settings] | None = None, *,
-                 store: Store | None = None, codec: Callable[[], Codec] | None = None):
+                 store: Store | None = None, codec: Callable[[], Codec] | None = None,
+                 pace: Pace | None = None):
         self._entrypoints = entrypoints
         self._producer = producer
         self._codec = codec or (lambda: self._producer().codec)
@@ -171,9 +171,8 @@ class Sequencer:
         #: them (a duplicate, a sweep's re-send) never runs it again alongside
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
-        #: how long task bodies took lately, seconds (a moving average; None until one
-        #: ran here): sizes the batches
-        self._body_seconds: float | None = None
+        #: how long task bodies took lately (its controller's): sizes the batches
+        self.pace = pace or Pace()
 
     @property
     def settings(self) -> Settings:
@@ -483,10 +482,7 @@ class Sequencer:
         """How many task messages one thread should take at once (:meth:`run_tasks`): as
         many as start within :data:`BATCH_WINDOW` at the pace bodies ran lately, at most
         ``settings.batch_size``; 1 (one at a time) for tasks that take their time."""
-        size, pace = self.settings.batch_size, self._body_seconds
-        if size <= 1 or pace is None:  # (no task of an operation ran here yet)
-            return 1
-        return max(1, min(size, int(BATCH_WINDOW / max(pace, 1e-6))))
+        return self.pace.limit(self.settings.batch_size)
 
     def run_tasks(self, items: Sequence[tuple[type[Entrypoint], Message]]
                   ) -> list[Result | Exception]:
@@ -774,9 +770,7 @@ class Sequencer:
         started = time.monotonic()
         end = self._end_of_body(instance, result, entrypoint, task_row, forwarded, attempt,
                                 mode, claimed_at)
-        # the pace of bodies, which sizes the batches (one float: threads may race on it)
-        took, pace = time.monotonic() - started, self._body_seconds
-        self._body_seconds = took if pace is None else pace + (took - pace) * 0.2
+        self.pace.add(time.monotonic() - started)  # (the pace of bodies sizes the batches)
         return end
 
     def _run_and_finish(self, instance: Entrypoint | None, result: Result | None,

@@ -159,18 +159,19 @@ def test_a_failure_a_batch_cannot_get_past_is_redone_per_message(h, monkeypatch)
 
 
 def test_batches_are_sized_by_the_pace_of_bodies(h, monkeypatch):
-    sequencer = h.registry.sequencer
-    monkeypatch.setattr(sequencer, "_body_seconds", None)
-    assert sequencer.batch_limit() == 1  # nothing ran here yet: one at a time
-    monkeypatch.setattr(sequencer, "_body_seconds", 0.0001)
-    assert sequencer.batch_limit() == h.registry.settings.batch_size
-    monkeypatch.setattr(sequencer, "_body_seconds", sequencer_module.BATCH_WINDOW / 4)
-    assert sequencer.batch_limit() == 4
-    monkeypatch.setattr(sequencer, "_body_seconds", 60.0)  # slow tasks: never held back
-    assert sequencer.batch_limit() == 1
+    pace = h.registry.controller.pace
+    assert h.registry.sequencer.pace is pace  # one pace: lone messages' and tasks' bodies
+    monkeypatch.setattr(pace, "seconds", None)
+    assert h.registry.controller.batch_limit() == 1  # nothing ran here yet: one at a time
+    monkeypatch.setattr(pace, "seconds", 0.0001)
+    assert h.registry.controller.batch_limit() == h.registry.settings.batch_size
+    monkeypatch.setattr(pace, "seconds", sequencer_module.BATCH_WINDOW / 4)
+    assert h.registry.controller.batch_limit() == 4
+    monkeypatch.setattr(pace, "seconds", 60.0)  # slow tasks: never held back
+    assert h.registry.controller.batch_limit() == 1
     monkeypatch.setattr(h.registry.settings, "batch_size", 1)
-    monkeypatch.setattr(sequencer, "_body_seconds", 0.0001)
-    assert sequencer.batch_limit() == 1
+    monkeypatch.setattr(pace, "seconds", 0.0001)
+    assert h.registry.controller.batch_limit() == 1
 
 
 def test_a_lease_renewed_after_its_task_ended_is_dropped_without_a_lost_warning(h, caplog):

@@ -37,6 +37,7 @@ class Record(Task):
 @pytest.fixture(autouse=True)
 def _clear():
     RUNS.clear()
+    registry.controller.pace.seconds = None  # (batches form once a body ran)
 
 
 def send(broker, *params, topic="jobs"):
@@ -86,12 +87,26 @@ def test_dead_letter_topic_is_configurable(memory_broker_name):
 
 def test_consumer_that_dies_mid_message_leaves_it_to_the_next(memory_broker_name):
     send(memory_broker_name, {"n": 1}, {"n": 2, "die": True}, {"n": 3})
-    settings = Settings(commit_interval=0)  # commit after every record
+    settings = Settings(commit_interval=0, batch_size=1)  # commit after every record
     with pytest.raises(ConsumerDied):
         consumer(memory_broker_name, settings=settings).run()
     assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 2  # 2 and 3 not committed
     consumer(memory_broker_name, settings=settings).run()
     assert RUNS == [1, 2, 2, 3]  # message 2 processed again: at-least-once
+
+
+def test_consumer_that_dies_mid_batch_leaves_the_batch_to_the_next(memory_broker_name):
+    """Under load a thread takes several records at once; their offsets are committed
+    when the batch is done: a consumer dying in it leaves the whole batch (at least once)."""
+    send(memory_broker_name, {"n": 1}, {"n": 2}, {"n": 3, "die": True}, {"n": 4})
+    settings = Settings(commit_interval=0)
+    with pytest.raises(ConsumerDied):
+        consumer(memory_broker_name, settings=settings).run()
+    # 1 ran alone (no pace known yet), then 2, 3 and 4 together: 2 ran, 3 died
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 3
+    consumer(memory_broker_name, settings=settings).run()
+    assert RUNS == [1, 2, 3, 2, 3, 4]
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
 
 
 def test_offset_is_not_committed_before_the_message_is_processed(memory_broker_name):
@@ -196,13 +211,24 @@ def test_a_dead_letter_the_broker_refuses_for_good_goes_to_the_store(memory_brok
 def test_stop_finishes_the_current_message_and_leaves_the_rest(memory_broker_name):
     """What SIGTERM does: the record in hand is finished and committed, the rest is left."""
     send(memory_broker_name, {"n": 1}, {"n": 2, "stop": True}, {"n": 3})
-    STOPPABLE.append(consumer(memory_broker_name))
+    STOPPABLE.append(consumer(memory_broker_name, settings=Settings(batch_size=1)))
     STOPPABLE[0].run(until_idle=False)
     assert RUNS == [1, 2]
     broker = get_broker(memory_broker_name)
     assert broker.lag("g", ["jobs"]) == 1  # 3 is left, uncommitted, for the next consumer
     consumer(memory_broker_name).run()
     assert RUNS == [1, 2, 3]
+
+
+def test_stop_finishes_the_batch_in_hand(memory_broker_name):
+    """Under load the records in hand are a batch (about BATCH_WINDOW of work): a stop
+    finishes and commits it, and leaves what was not handed out."""
+    send(memory_broker_name, {"n": 1}, {"n": 2, "stop": True}, {"n": 3})
+    STOPPABLE.append(consumer(memory_broker_name))
+    registry.controller.pace.seconds = 0.001  # fast bodies: 1, 2 and 3 are one batch
+    STOPPABLE[0].run(until_idle=False)
+    assert RUNS == [1, 2, 3]
+    assert get_broker(memory_broker_name).lag("g", ["jobs"]) == 0
 
 
 def test_auto_commit_is_forced_off_with_a_warning(caplog):
