@@ -659,11 +659,10 @@ class Sequencer:
             by_operation.setdefault(row.operation_id or "", []).append(row)
         for (index, end), changes in zip(pending, transitions, strict=True):
             operation_id = end.task.operation_id
-            # (the rows of its operation: sent with its first end in the batch)
-            rows = by_operation.pop(operation_id, [])
+            # (the rows of its operation: sent with its first end stored in the batch)
+            ended = None if changes is None else (changes, by_operation.pop(operation_id, []))
             outcomes[index] = _settled(items[index][1], partial(
-                self._after_end, operation_id,
-                None if changes is None else (changes, rows), end.result))
+                self._after_end, operation_id, ended, end.result))
         for operation_id, rows in by_operation.items():  # (exit notifications: sent too)
             try:
                 self.publish(operation_id, rows, wait=False)
