@@ -14,7 +14,7 @@ Temporal's dev server (its CLI built once with Go into benchmarks/.temporal).
 
 - **kser**: ``--operations`` operations of ``--hops`` timed no-op tasks
   (benchmarks.tasks.TimedChain) are submitted at once (``Operation.send()``:
-  stored, and their first task sent, by this process) to a 4-partition topic
+  stored, and their first task sent, by 16 threads of this process) to a 4-partition topic
   read by 1, 2 or 4 `kser worker` processes (concurrency 1), on a SQLite or a
   PostgreSQL store.
 - **Celery**: the same number of ``chain``s of the same number of no-op tasks
@@ -53,6 +53,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -81,6 +82,8 @@ TEMPORAL_DIR = ROOT / "benchmarks" / ".temporal"
 TEMPORAL_VENV = ROOT / "benchmarks" / ".venv-temporal"
 TEMPORALIO_VERSION = "1.35.0"
 PARTITIONS = 4
+#: threads sending kser's operations in a bulk run
+SENDERS = 16
 #: seconds any one phase may take before the benchmark gives up
 PHASE_TIMEOUT = 900
 
@@ -330,8 +333,15 @@ class KserRun:
     def _send(self, ids: list[str], hops: int) -> None:
         params = dict(hops=hops, **({"sleep": self.sleep} if self.sleep else {}))
         if self.submit == "client":  # stored and started here, as Celery's apply_async does
-            for op_id in ids:
-                TimedChain(uuid=op_id, params=params).send(self.topic)
+            if len(ids) == 1:
+                TimedChain(uuid=ids[0], params=params).send(self.topic)
+                return
+            # by SENDERS threads: a send is a store transaction and a flush to Kafka, and
+            # one thread sending would bound the run (Celery's apply_async only pushes to
+            # Redis); the workers, not the sender, are what is measured
+            with ThreadPoolExecutor(SENDERS) as senders:
+                list(senders.map(lambda op_id: TimedChain(uuid=op_id, params=params)
+                                 .send(self.topic), ids))
             return
         kmsgs = [Message(op_id, "benchmarks.tasks.TimedChain", params=params) for op_id in ids]
         result = self.producer.bulk_send(self.topic, kmsgs, timeout=120)
