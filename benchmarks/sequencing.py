@@ -33,7 +33,8 @@ Figures: task runs/s (all task runs / first body start to last body end);
 hop latency (task n's body ended → task n+1's body started), p50/p99, loaded
 (that bulk run) and unloaded (``--unloaded`` operations one after the other);
 the worker processes' CPU time per task run in the bulk run (user + system, from
-/proc: how many cores a load needs; Temporal's server is counted apart).
+/proc: how many cores a load needs; Temporal's server is counted apart), and the
+whole machine's (every process: broker, store, sender included).
 Scaling: with 1 worker on SQLite, hops/s of 100 operations after the store was
 filled with 100, 1,000 and 10,000 finished operations.
 
@@ -243,9 +244,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def figures(chains: list[list[tuple[float, float]]], cpu: float | None = None) -> dict:
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine was busy so far, every core and process (/proc/stat):
+    the workers, and the broker, the store, the sender... they share the cores with."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def figures(chains: list[list[tuple[float, float]]], cpu: float | None = None,
+            machine: float | None = None) -> dict:
     """Task runs/s and hop latencies (ms) from each chain's (start, end) body times;
-    ``cpu``: the workers' CPU seconds meanwhile (per task run in the figures)."""
+    ``cpu``: the workers' CPU seconds meanwhile, ``machine`` the whole machine's (per task
+    run in the figures)."""
     runs = [span for chain in chains for span in chain]
     hops = [(chain[i][0] - chain[i - 1][1]) * 1000 for chain in chains
             for i in range(1, len(chain))]
@@ -254,6 +265,8 @@ def figures(chains: list[list[tuple[float, float]]], cpu: float | None = None) -
                 task_runs_per_second=round(len(runs) / elapsed, 1),
                 **({} if cpu is None else
                    dict(worker_cpu_ms_per_task_run=round(1000 * cpu / len(runs), 3))),
+                **({} if machine is None else
+                   dict(machine_cpu_ms_per_task_run=round(1000 * machine / len(runs), 3))),
                 hop_p50_ms=round(percentile(hops, 0.5), 2),
                 hop_p99_ms=round(percentile(hops, 0.99), 2),
                 # the distribution the plots draw, in 201 points (p0, p0.5 ... p100); the
@@ -361,12 +374,13 @@ class KserRun:
 
     def bulk(self, operations: int, hops: int) -> dict:
         ids = [str(uuid.uuid4()) for _ in range(operations)]
-        cpu = cpu_seconds([process.pid for process in self.processes])
+        cpu, machine = cpu_seconds([process.pid for process in self.processes]), \
+            machine_cpu_seconds()
         self._send(ids, hops)
         wait_for(lambda: self._finished(ids) == len(ids), "kser bulk run", every=0.2,
                  processes=self.processes)
         cpu = cpu_seconds([process.pid for process in self.processes]) - cpu
-        return figures(self._chains(ids), cpu)
+        return figures(self._chains(ids), cpu, machine_cpu_seconds() - machine)
 
     def unloaded(self, operations: int, hops: int) -> dict:
         ids = []
@@ -495,6 +509,7 @@ class CeleryRun:
 
     def _run(self, mode: str, operations: int, hops: int) -> dict:
         cpu = cpu_seconds([process.pid for process in self.processes])
+        machine = machine_cpu_seconds()
         sent = subprocess.run([self.python, str(ROOT / "benchmarks" / "celery_chain.py"),
                                "send", mode, str(operations), str(hops)], env=self.env,
                               check=True, timeout=PHASE_TIMEOUT, capture_output=True, text=True)
@@ -503,7 +518,7 @@ class CeleryRun:
         wait_for(lambda: sum(len(c) for c in self._chains(ids)) >= total, "Celery chains",
                  every=0.2, processes=self.processes)
         cpu = cpu_seconds([process.pid for process in self.processes]) - cpu
-        return figures(self._chains(ids), cpu)
+        return figures(self._chains(ids), cpu, machine_cpu_seconds() - machine)
 
     def bulk(self, operations: int, hops: int) -> dict:
         return self._run("BULK", operations, hops)
@@ -587,6 +602,7 @@ class TemporalRun:
     def _run(self, mode: str, operations: int, hops: int) -> dict:
         pids = [process.pid for process in self.processes]
         cpu, server_cpu = cpu_seconds(pids), cpu_seconds([self.server.pid])
+        machine = machine_cpu_seconds()
         sent = subprocess.run([self.python, str(ROOT / "benchmarks" / "temporal_chain.py"),
                                "send", mode, str(operations), str(hops)], env=self.env,
                               check=True, timeout=PHASE_TIMEOUT, capture_output=True, text=True)
@@ -595,7 +611,7 @@ class TemporalRun:
         wait_for(lambda: sum(len(c) for c in self._chains(ids)) >= total, "Temporal workflows",
                  every=0.2, processes=self.processes)
         cpu = cpu_seconds(pids) - cpu
-        data = figures(self._chains(ids), cpu)
+        data = figures(self._chains(ids), cpu, machine_cpu_seconds() - machine)
         data["server_cpu_ms_per_task_run"] = round(
             1000 * (cpu_seconds([self.server.pid]) - server_cpu) / data["task_runs"], 3)
         return data
@@ -653,9 +669,26 @@ def main() -> int:
             text += f", {concurrency} threads each, {seconds * 1000:g} ms tasks"
         return text
 
+    out = Path(args.out)
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Write what was measured so far (a later configuration failing keeps it)."""
+        raw = {name: {kind: runs[kind]["hops_ms"] for kind in runs
+                      if isinstance(runs[kind], dict) and "hops_ms" in runs[kind]}
+               for name, runs in results.items()}
+        (out / "raw" / "sequencing-hops.json").write_text(json.dumps(raw))
+        kept = {name: {kind: ({k: v for k, v in data.items() if k != "hops_ms"}
+                              if isinstance(data, dict) else data)
+                       for kind, data in runs.items()} for name, runs in results.items()}
+        (out / "sequencing.json").write_text(json.dumps(dict(
+            operations=args.operations, hops=args.hops, unloaded=args.unloaded,
+            partitions=PARTITIONS, results=kept, meta=meta), indent=1))
+
     def report(name: str, kind: str, data: dict, **about) -> None:
         results.setdefault(name, {})[kind] = data
         meta[name] = about
+        save()
         cpu = data.get("worker_cpu_ms_per_task_run")
         print(f"{name:<60} {kind:<9} {data['task_runs_per_second']:>8.1f} task runs/s  "
               f"hop p50 {data['hop_p50_ms']:.2f} ms  p99 {data['hop_p99_ms']:.2f} ms"
@@ -692,16 +725,21 @@ def main() -> int:
         binary = None if args.no_temporal else temporal_binary()
         if binary is not None:
             for tuned in (False, True):
-                with temporal_server(binary, tuned) as (address, server):
-                    for count in args.temporal_workers or [1, 2]:
-                        name = (f"Temporal {TEMPORAL_CLI_VERSION} dev server "
-                                f"({'tuned' if tuned else 'stock'}), {describe(count, 1, 0)}")
-                        about = dict(system="temporal", store="sqlite", workers=count,
-                                     concurrency=1, sleep=0.0, tuned=tuned)
-                        with TemporalRun(address, server, count) as run:
+                for count in args.temporal_workers or [1, 2]:
+                    name = (f"Temporal {TEMPORAL_CLI_VERSION} dev server "
+                            f"({'tuned' if tuned else 'stock'}), {describe(count, 1, 0)}")
+                    about = dict(system="temporal", store="sqlite", workers=count,
+                                 concurrency=1, sleep=0.0, tuned=tuned)
+                    try:  # (a fresh server each: nothing left from the run before)
+                        with temporal_server(binary, tuned) as (address, server), \
+                                TemporalRun(address, server, count) as run:
                             report(name, "unloaded", run.unloaded(args.unloaded, args.hops),
                                    **about)
                             report(name, "bulk", run.bulk(args.operations, args.hops), **about)
+                    except Exception as exc:  # a peer failing is reported, not the end
+                        print(f"{name}: failed: {exc}", file=sys.stderr, flush=True)
+                        meta[name] = dict(about, failed=str(exc)[-500:])
+                        save()
         if args.parallel:
             width, seconds = args.parallel.split("x")
             for store in stores:
@@ -728,15 +766,7 @@ def main() -> int:
             print(f"scaling: {stored:>6} stored operations: "
                   f"{data['task_runs_per_second']:.1f} hops/s", flush=True)
 
-    out = Path(args.out)
-    (out / "raw").mkdir(parents=True, exist_ok=True)
-    raw = {name: {kind: runs[kind].pop("hops_ms") for kind in runs
-                  if isinstance(runs[kind], dict) and "hops_ms" in runs[kind]}
-           for name, runs in results.items()}
-    (out / "raw" / "sequencing-hops.json").write_text(json.dumps(raw))
-    (out / "sequencing.json").write_text(json.dumps(dict(
-        operations=args.operations, hops=args.hops, unloaded=args.unloaded,
-        partitions=PARTITIONS, results=results, meta=meta), indent=1))
+    save()
     return 0
 
 

@@ -68,8 +68,9 @@ async def send(mode: str, count: int, hops: int) -> None:
         for _ in range(count):
             chain_id = uuid.uuid4().hex
             print(chain_id, flush=True)
-            await asyncio.wait_for(client.execute_workflow(
-                Chain.run, args=[chain_id, hops], id=chain_id, task_queue=TASK_QUEUE), 60)
+            await client.execute_workflow(Chain.run, args=[chain_id, hops], id=chain_id,
+                                          task_queue=TASK_QUEUE,
+                                          execution_timeout=timedelta(seconds=600))
         return
     ids = [uuid.uuid4().hex for _ in range(count)]
     for start in range(0, count, 100):  # started at once, 100 requests in flight

@@ -501,7 +501,8 @@ class BaseConsumer:
         what the controller takes at once: see ``Controller.batch_limit``)."""
         while loop.backlog and len(loop.running) < loop.concurrency and not self.paused:
             free = loop.concurrency - len(loop.running)
-            size = min(-(-len(loop.backlog) // free),
+            # (rounded down: a free thread is never left idle while another holds two)
+            size = min(len(loop.backlog) // free,
                        self.controller.batch_limit(self.settings.batch_size))
             records = [loop.backlog.popleft() for _ in range(max(1, size))]
             for record in records:

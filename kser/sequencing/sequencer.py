@@ -188,7 +188,10 @@ class Sequencer:
         """The store, opened (and migrated) on first use."""
         with self._store_lock:
             if self._store is None:
-                self._store = Store(self.settings.store_url)
+                # a connection kept for each task thread, the lease renewal and the
+                # main thread: one opened and closed per transaction costs a connect
+                self._store = Store(self.settings.store_url,
+                                    connections=max(5, self.settings.concurrency + 2))
             return self._store
 
     @store.setter

@@ -1067,13 +1067,16 @@ class Store:
     :raises StoreError: the store cannot be opened, with what to check
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, connections: int = 5):
+        """:param connections: connections kept open (as many as the threads that use
+            the store at once: a worker's task threads, its lease renewal, its main
+            thread); more are opened when needed, and closed after use"""
         self.url = url
         #: the schema versions before and after the migrations this store applied when
         #: it was opened (see :mod:`kser.store.migrations`)
         self.migrated: tuple[int, int] = (0, 0)
         try:
-            self.engine = _create_engine(_checked_url(url))
+            self.engine = _create_engine(_checked_url(url), max(1, connections))
             self.migrated = migrate(self.engine)
         except StoreError:
             raise
@@ -1211,13 +1214,13 @@ def _use_wal(cursor: Any) -> None:
 PING_AFTER_IDLE = 2.0
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, connections: int = 5) -> Engine:
     if url.startswith("sqlite"):
         # a pool of open connections: opening one costs its PRAGMAs, and closing the last
         # one checkpoints the WAL (an fsync) -- both per transaction with no pool
         # (no rollback on check-in: every checkout is a transaction() that ended with
         # COMMIT or ROLLBACK, and a rollback per transaction costs a call into SQLite)
-        engine = create_engine(url, poolclass=QueuePool, pool_size=5, max_overflow=5,
+        engine = create_engine(url, poolclass=QueuePool, pool_size=connections, max_overflow=5,
                                pool_reset_on_return=None,
                                connect_args={"timeout": 60, "isolation_level": None,
                                              "check_same_thread": False})
@@ -1238,7 +1241,7 @@ def _create_engine(url: str) -> Engine:
             sqlite.execute("BEGIN IMMEDIATE")
 
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_size=connections, max_overflow=5)
 
     # A connection is pinged before use only after it sat idle (the server may have
     # restarted meanwhile): a ping at every checkout was a round trip per transaction,

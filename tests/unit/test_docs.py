@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = sorted([*ROOT.glob("*.md"), *ROOT.glob("docs/**/*.md"), *ROOT.glob("examples/**/*.md"),
-               *ROOT.glob("benchmarks/**/*.md")])
+DOCS = sorted(path for path in [
+    *ROOT.glob("*.md"), *ROOT.glob("docs/**/*.md"), *ROOT.glob("examples/**/*.md"),
+    *ROOT.glob("benchmarks/**/*.md")]
+    # (not what lives in hidden folders: virtualenvs, the Temporal CLI's Go modules)
+    if not any(part.startswith(".") for part in path.relative_to(ROOT).parts))
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 #: a repository path in backticks: `docs/guide.md`, `scripts/kafka-local`
 CODE_PATH = re.compile(r"`((?:\.?[\w-]+/)+[\w.-]+\.(?:md|txt|py|yml|yaml|cfg|toml|json))`")
