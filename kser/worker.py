@@ -616,7 +616,10 @@ class BaseConsumer:
             todo, redo = list(records), 0
             while todo:
                 again = []
-                for record, outcome in zip(todo, self._outcomes(todo), strict=True):
+                # (a batch that must be redone is redone record by record: one record
+                # failing every time never holds the others)
+                for record, outcome in zip(todo, self._outcomes(todo, alone=redo > 0),
+                                           strict=True):
                     if outcome.undeliverable and not self.dead_letters.send(
                             record, outcome.result.stderr or "undeliverable"):
                         outcome.redo = True
@@ -646,11 +649,11 @@ class BaseConsumer:
             self._task_done.set()
         return [id(record) in done for record in records]
 
-    def _outcomes(self, records: list[Record]) -> list[Outcome]:
-        """How each record was handled: one alone, several together; a record the client
-        could not read is a placeholder dead letter saying where it is."""
+    def _outcomes(self, records: list[Record], alone: bool = False) -> list[Outcome]:
+        """How each record was handled: together (unless ``alone``), or one at a time; a
+        record the client could not read is a placeholder dead letter saying where it is."""
         readable = [record for record in records if record.unreadable is None]
-        handled = (self._handle_many(readable) if len(readable) > 1
+        handled = (self._handle_many(readable) if len(readable) > 1 and not alone
                    else [self._handle(record) for record in readable])
         outcomes = dict(zip(map(id, readable), handled, strict=True))
         return [outcomes.get(id(record)) or Outcome(None, exception_result(ValueError(

@@ -71,7 +71,7 @@ class Leases:
         try:
             with self._store().transaction() as tx:
                 until = time.time() + self._lease()
-                for task_id, attempt in held.items():
+                for task_id, attempt in sorted(held.items()):  # (the batches' lock order)
                     if not tx.renew_lease(task_id, attempt, until):
                         # its end stored (its lease not released yet), or taken over
                         row = tx.get_task(task_id)

@@ -395,11 +395,18 @@ class Sequencer:
         """
         meta = kmsg.kser_metadata
         task_id = meta["task_id"]
-        with self._running_lock:
-            if task_id in self._running:
+        # a thread of this process handles it: wait for it to be done (this may be the
+        # retry or poke its end just sent), then judge this message against the store
+        deadline = time.monotonic() + self.settings.task_lease * DUPLICATE_WAIT_LEASES
+        while True:
+            with self._running_lock:
+                if task_id not in self._running:
+                    self._running.add(task_id)
+                    break
+            if time.monotonic() >= deadline:
                 return Result(uuid=task_id, stdout=f"Task {task_id} is running in this worker: "
                               "a duplicate message, left to it")
-            self._running.add(task_id)
+            time.sleep(0.02)
         try:
             return self._claim_and_run(entrypoint, kmsg)
         finally:
@@ -605,6 +612,9 @@ class Sequencer:
             self._leases.hold(claim.task.id, claim.attempt)  # behind a slow one stays ours
         try:
             for index, claim, claimed_at in claimed:
+                if pending and time.monotonic() - since >= BATCH_WINDOW:
+                    self._store_ends(items, pending, outcomes)  # (before the next body)
+                    pending = []
                 entrypoint, kmsg = items[index]
                 try:
                     end = self._run_body(entrypoint, kmsg, claim.task, claim.attempt,
@@ -617,9 +627,6 @@ class Sequencer:
                 if not pending:
                     since = time.monotonic()
                 pending.append((index, end))
-                if time.monotonic() - since >= BATCH_WINDOW:
-                    self._store_ends(items, pending, outcomes)
-                    pending = []
             self._store_ends(items, pending, outcomes)
         finally:
             for _, claim, _ in claimed:  # (those stored are released already)
@@ -945,7 +952,12 @@ class Sequencer:
         advancing = [end.task.id for end in plain if end.task.id in finished
                      and end.mode != "one" and end.retry_in is None
                      and tx.operation_state(end.task.operation_id).status == RUNNING]
-        dependents = tx.dependents_of(advancing) if advancing else {}
+        # (a task whose own end is in this batch is not a candidate: one at a time, it
+        # would still be RUNNING when its upstream task's end is stored)
+        ours = {end.task.id for end in ends}
+        dependents = {task_id: [task for task in tasks if task.id not in ours]
+                      for task_id, tasks in (tx.dependents_of(advancing)
+                                             if advancing else {}).items()}
         transitions: list[list[Transition] | None] = []
         with tx.deferred_queue():
             for end in ends:
@@ -961,6 +973,15 @@ class Sequencer:
                     op = tx.operation_state(end.task.operation_id)
                     transitions.append(self._follow(tx, end, op, dumped[end.task.id],
                                                     dependents.get(end.task.id)))
+        # a transition that found a task to queue took the operation for unfinished; the
+        # compare-and-set, done now, may have queued nothing (another end of the batch
+        # skipped that task meanwhile): an operation left with nothing to run ends here
+        for index, end in enumerate(ends):
+            op = tx.operation_state(end.task.operation_id)
+            if (op.id in tx.not_queued and transitions[index] is not None
+                    and op.status == RUNNING and not tx.unfinished(op.id)):
+                transitions[index] = [*(transitions[index] or []), self._finish_operation(
+                    tx, op.id, *self._outcome(tx, op))]
         return transitions
 
     def _check_branch(self, task_row: TaskRow, followed: list[str],

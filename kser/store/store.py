@@ -307,6 +307,9 @@ class Tx:
         self._states: dict[str, OperationState] = {}
         #: (inside deferred_queue()) the queue_with_message calls to make, by task id
         self._deferred: dict[str, tuple[str, str, bytes | None, bytes, float | None]] | None = None
+        #: the operations of tasks deferred_queue() noted but did not queue (their
+        #: compare-and-set failed: another transition queued or ended them)
+        self.not_queued: set[str] = set()
 
     # -- the one read path -------------------------------------------------------------
     # Each task hop runs about ten statements in two transactions; through
@@ -541,7 +544,9 @@ class Tx:
             return
         if not self._postgresql:
             for task_id, (operation_id, topic, key, value, due_at) in deferred.items():
-                self.queue_with_message(task_id, operation_id, topic, key, value, due_at)
+                if not self.queue_with_message(task_id, operation_id, topic, key, value,
+                                               due_at):
+                    self.not_queued.add(operation_id)
             return
         now = time.time()
         items = list(deferred.items())
@@ -553,10 +558,12 @@ class Tx:
         by_key = {bytes(row["key"]): row["id"] for row in rows if row["key"] is not None}
         for _, (operation_id, topic, key, value, due_at) in items:
             row_id = by_key.get(key or b"")
-            if row_id is not None:
-                self.queued.append(OutboxRow(id=row_id, operation_id=operation_id,
-                                             topic=topic, key=key, value=value,
-                                             due_at=due_at, created_at=now))
+            if row_id is None:
+                self.not_queued.add(operation_id)
+                continue
+            self.queued.append(OutboxRow(id=row_id, operation_id=operation_id,
+                                         topic=topic, key=key, value=value,
+                                         due_at=due_at, created_at=now))
 
     def queue_with_message(self, task_id: str, operation_id: str, topic: str,
                            key: bytes | None, value: bytes, due_at: float | None = None) -> bool:
@@ -596,9 +603,14 @@ class Tx:
         """End a PENDING task that never runs (SKIPPED, or FAILED for an upstream
         failure); False if it is not PENDING any more (a compare-and-set)."""
         task = schema.tasks.c
-        return self.connection.execute(
+        ended: bool = self.connection.execute(
             update(schema.tasks).where(and_(task.id == task_id, task.status == Status.PENDING))
             .values(status=status, finished_at=now, result=result)).rowcount == 1
+        if ended and self._deferred is not None and task_id in self._deferred:
+            # noted to be queued: never, now (whoever noted it took the operation for
+            # unfinished: deferred_queue()'s caller checks it again)
+            self.not_queued.add(self._deferred.pop(task_id)[0])
+        return ended
 
     def downstream_names(self, task_id: str) -> set[str]:
         """The names of the tasks that depend directly on ``task_id``."""
@@ -681,6 +693,7 @@ class Tx:
             return {task_id for task_id, attempt in claims
                     if self.claim_task(task_id, attempt, worker, lease_until, now,
                                        taking_over=False)}
+        claims = sorted(claims)  # (rows locked in one order: batches never deadlock)
         rows = self._raw(_CLAIM_PENDING_PG, dict(
             b_ids=[task_id for task_id, _ in claims], b_attempts=[a for _, a in claims],
             b_worker=worker, b_lease=lease_until, b_now=now))
@@ -697,6 +710,7 @@ class Tx:
             return {task_id for task_id, attempt, status, result, error, task_status in ends
                     if self.finish_attempt(task_id, attempt, status, result, now, error,
                                            task_status=task_status)}
+        ends = sorted(ends, key=lambda end: end[0])  # (rows locked in one order)
         retry = [task_status == Status.PENDING for *_, task_status in ends]
         rows = self._raw(_FINISH_MANY_PG, dict(
             b_ids=[end[0] for end in ends], b_attempts=[end[1] for end in ends],

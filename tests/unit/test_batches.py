@@ -2,16 +2,19 @@
 claimed in one transaction, their ends stored in one, each message still with its own
 outcome; anything unusual, or a shared transaction that fails, goes one at a time."""
 
+import threading
 import time
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from kser.controller import UndeliverableError
+from kser.sequencing import Operation
 from kser.sequencing import sequencer as sequencer_module
 from tests.unit import tasks
+from tests.unit.tasks import registry
 from tests.unit.test_sequencing import Harness
-from tests.unit.test_shapes import Fanned
+from tests.unit.test_shapes import Fanned, Pick, Work
 
 
 @pytest.fixture
@@ -192,3 +195,45 @@ def test_a_lease_renewed_after_its_task_ended_is_dropped_without_a_lost_warning(
     assert ended_id not in leases._held and taken_id not in leases._held
     assert f"Task {taken_id} attempt 1: lease lost" in caplog.text
     assert ended_id not in caplog.text
+
+
+@registry.subscribe
+class CrossedBranches(Operation):
+    """Two branches feeding the same two joins, each choosing the join the other does not."""
+
+    def build_tasks(self, **kwargs):
+        a, b = Pick(name="a", params={"pick": "d"}), Pick(name="b", params={"pick": "c"})
+        c, d = Work(name="c"), Work(name="d")
+        [a, b] >> c
+        [a, b] >> d
+        return [a, b, c, d]
+
+
+def test_branches_ending_in_one_batch_skip_what_they_did_not_choose_and_end(h):
+    """Each join is skipped by one branch after the other noted it ready: nothing is
+    queued, and the operation, left with nothing to run, ends (it stayed RUNNING)."""
+    op = CrossedBranches().send()
+    _, items = [op], routed(h, h.broker.records("ops"))
+    assert len(items) == 2
+    outcomes = h.registry.sequencer.run_tasks(items)
+    assert [o.retcode for o in outcomes] == [0, 0]
+    row, task_rows = h.operation(op.uuid)
+    assert {t["name"]: t["status"] for t in task_rows} == {
+        "a": "SUCCESS", "b": "SUCCESS", "c": "SKIPPED", "d": "SKIPPED"}
+    assert row["status"] == "SUCCESS"
+
+
+def test_a_message_for_a_task_this_worker_holds_waits_for_it(h):
+    """A retry or poke can come back while the batch that sent it still holds its task:
+    it waits for the task to be let go, then is judged against the store (it was dropped
+    as a duplicate, and its task stayed PENDING for good)."""
+    _, items = first_messages(h, 1, name="n")
+    (entrypoint, kmsg), = items
+    sequencer = h.registry.sequencer
+    task_id = kmsg.kser_metadata["task_id"]
+    with sequencer._running_lock:
+        sequencer._running.add(task_id)
+    threading.Timer(0.2, lambda: sequencer._running.discard(task_id)).start()
+    result = sequencer.run_task(entrypoint, kmsg)
+    assert result.retcode == 0 and "step 0" in result.stdout
+    assert h.operation(kmsg.kser_metadata["operation_id"])[1][0]["status"] == "SUCCESS"
