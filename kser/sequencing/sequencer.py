@@ -661,8 +661,10 @@ class Sequencer:
         except Exception as exc:
             logger.warning("%d task ends could not be stored together (%s): one at a "
                            "time", len(pending), safe_text(exc, 300))
+            deadline = time.monotonic() + self.settings.task_lease  # (one lease for all)
             for index, end in pending:
-                outcomes[index] = _settled(items[index][1], partial(self._store_end, end))
+                outcomes[index] = _settled(items[index][1],
+                                           partial(self._store_end, end, deadline))
             return
         by_operation: dict[str, list[OutboxRow]] = {}
         for row in queued:
@@ -824,11 +826,14 @@ class Sequencer:
         return _End(task_row, forwarded, attempt, mode, result, Status(status), retry_in,
                     list(getattr(instance, "log_lines", [])), followed, poke)
 
-    def _store_end(self, end: _End) -> Result:
+    def _store_end(self, end: _End, deadline: float | None = None) -> Result:
         """Store an attempt's end (trying again while the store is unreachable, for up to a
-        lease), then call the status hooks and produce what it queued."""
+        lease, or until ``deadline``: the ends of a batch share one), then call the status
+        hooks and produce what it queued."""
         task_id, attempt, result = end.task.id, end.attempt, end.result
-        deadline, delay = time.monotonic() + self.settings.task_lease, FINISH_RETRY_MIN
+        delay = FINISH_RETRY_MIN
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.task_lease
         while True:
             try:
                 ended = self._record_end(end)
@@ -853,7 +858,7 @@ class Sequencer:
                 logger.warning("Task %s attempt %d finished, but the store is unreachable "
                                "(%s): storing its result again in %.1f s", task_id, attempt,
                                reason, delay)
-                time.sleep(delay)
+                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
                 delay = min(delay * 2, FINISH_RETRY_MAX)
         return self._after_end(end.task.operation_id, ended, result)
 

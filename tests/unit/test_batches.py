@@ -237,3 +237,21 @@ def test_a_message_for_a_task_this_worker_holds_waits_for_it(h):
     result = sequencer.run_task(entrypoint, kmsg)
     assert result.retcode == 0 and "step 0" in result.stdout
     assert h.operation(kmsg.kser_metadata["operation_id"])[1][0]["status"] == "SUCCESS"
+
+
+def test_ends_of_a_batch_the_store_will_not_take_share_one_lease_of_tries(h, monkeypatch):
+    """The store gone while a batch's ends are stored: each end is tried again, all within
+    one lease (not one lease each, one after the other), then redone."""
+    monkeypatch.setattr(h.registry.settings, "task_lease", 0.6)
+    _, items = first_messages(h, 4, name="n")
+    sequencer = h.registry.sequencer
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("COMMIT", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(sequencer, "_ends_in", unreachable)
+    monkeypatch.setattr(sequencer, "_record_end", unreachable)
+    started = time.monotonic()
+    outcomes = sequencer.run_tasks(items)
+    assert all("store unreachable" in str(o) for o in outcomes), outcomes
+    assert time.monotonic() - started < 2 * 0.6  # (one lease each: 4 x 0.6 s and more)
