@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Every benchmark in one command; the figures go to docs/benchmarks.md.
 
-    python benchmarks/run_all.py            # the sizes of issue 5 (about 20 minutes)
+    python benchmarks/run_all.py            # full sizes (about 45 minutes)
     python benchmarks/run_all.py --smoke    # tiny sizes: checks the harness works
     python benchmarks/run_all.py --tables-only   # docs and plots from the last results
 
 Runs dispatch.py, memory.py (both clients), sequencing.py and plots.py, each
-on its own local broker (and PostgreSQL and Redis for sequencing), then
-rewrites the part of docs/benchmarks.md between the ``results:begin`` and
-``results:end`` markers with the machine, the versions, the exact commands
-and the tables (``--smoke`` writes to --out instead and leaves the docs alone).
+on its own local broker (and PostgreSQL, Redis and Temporal's dev server for
+sequencing; its CLI is built with Go on the first run), then rewrites the part
+of docs/benchmarks.md between the ``results:begin`` and ``results:end``
+markers with the machine, the versions, the exact commands and the tables
+(``--smoke`` writes to --out instead and leaves the docs alone).
 """
 
 from __future__ import annotations

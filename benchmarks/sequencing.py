@@ -154,14 +154,18 @@ def redis_server():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def celery_python() -> str:
-    """The throwaway venv with Celery and redis-py from PyPI (created on first use)."""
-    python = CELERY_VENV / "bin" / "python"
+def venv_python(venv: Path, requirement: str) -> str:
+    """The python of a throwaway venv holding ``requirement`` from PyPI (made on first use)."""
+    python = venv / "bin" / "python"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(CELERY_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q",
-                        f"celery[redis]=={CELERY_VERSION}"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", requirement], check=True)
     return str(python)
+
+
+def celery_python() -> str:
+    """The venv with Celery and redis-py."""
+    return venv_python(CELERY_VENV, f"celery[redis]=={CELERY_VERSION}")
 
 
 def temporal_binary() -> Path | None:
@@ -189,13 +193,8 @@ def temporal_binary() -> Path | None:
 
 
 def temporal_python() -> str:
-    """The throwaway venv with the Temporal Python SDK from PyPI (created on first use)."""
-    python = TEMPORAL_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(TEMPORAL_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q",
-                        f"temporalio=={TEMPORALIO_VERSION}"], check=True)
-    return str(python)
+    """The venv with the Temporal Python SDK."""
+    return venv_python(TEMPORAL_VENV, f"temporalio=={TEMPORALIO_VERSION}")
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:

@@ -252,22 +252,15 @@ class Controller(BaseController):
                 kmsg, entrypoint = routed
                 outcomes[index] = self._conclude(kmsg, partial(self.execute, entrypoint, kmsg,
                                                                topic))
-        if tasks:
+        if len(tasks) == 1:
+            index, kmsg, entrypoint = tasks[0]
+            outcomes[index] = self._conclude(kmsg, partial(self.execute, entrypoint, kmsg))
+        elif tasks:
             assert self.sequencer is not None
-            results = (self.sequencer.run_tasks([(e, k) for _, k, e in tasks]) if len(tasks) > 1
-                       else [self._raised(partial(self.execute, tasks[0][2], tasks[0][1]))])
+            results = self.sequencer.run_tasks([(e, k) for _, k, e in tasks])
             for (index, kmsg, _), result in zip(tasks, results, strict=True):
                 outcomes[index] = self._conclude(kmsg, partial(_returned, result))
         return cast(list[Outcome], outcomes)
-
-    @staticmethod
-    def _raised(call: Callable[[], Result]) -> Result | Exception:
-        try:
-            return call()
-        except WorkerFatalError:
-            raise
-        except Exception as exc:
-            return exc
 
     def _route(self, raw_data: str | bytes | None
                ) -> Outcome | tuple[Message, type[Entrypoint]]:

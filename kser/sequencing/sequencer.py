@@ -488,12 +488,6 @@ class Sequencer:
 
     # -- several task messages at once -------------------------------------------------
 
-    def batch_limit(self) -> int:
-        """How many task messages one thread should take at once (:meth:`run_tasks`): as
-        many as start within :data:`BATCH_WINDOW` at the pace bodies ran lately, at most
-        ``settings.batch_size``; 1 (one at a time) for tasks that take their time."""
-        return self.pace.limit(self.settings.batch_size)
-
     def run_tasks(self, items: Sequence[tuple[type[Entrypoint], Message]]
                   ) -> list[Result | Exception]:
         """Run several task messages (a worker's records in hand) as :meth:`run_task` runs

@@ -324,19 +324,7 @@ class Tx:
         if id(statement) not in _HOP:
             return [dict(row) for row in
                     self.connection.execute(statement, params or {}).mappings()]
-        cursor = self._cursor(statement, params or {})
-        names = [column[0] for column in cursor.description]
-        json_names = [name for name in names if name in _JSON_COLUMNS]
-        rows = []
-        for values in cursor.fetchall():
-            row = dict(zip(names, values, strict=True))
-            for name in json_names:
-                value = row[name]
-                if value.__class__ is str or value.__class__ is bytes:  # SQLite: text
-                    row[name] = json.loads(value)  # (psycopg decodes JSONB itself)
-            rows.append(row)
-        cursor.close()
-        return rows
+        return _rows(self._cursor(statement, params or {}))
 
     def _raw(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """The rows of a batch statement (PostgreSQL), as :meth:`_read` gives them.
@@ -346,18 +334,7 @@ class Tx:
         plan per batch costs little beside what the batch saves)."""
         cursor = self._dbapi().cursor()
         cursor.execute(sql, params, prepare=False)
-        names = [column[0] for column in cursor.description]
-        json_names = [name for name in names if name in _JSON_COLUMNS]
-        rows = []
-        for values in cursor.fetchall():
-            row = dict(zip(names, values, strict=True))
-            for name in json_names:
-                value = row[name]
-                if value.__class__ is str or value.__class__ is bytes:
-                    row[name] = json.loads(value)
-            rows.append(row)
-        cursor.close()
-        return rows
+        return _rows(cursor)
 
     @property
     def _postgresql(self) -> bool:
@@ -1016,6 +993,23 @@ class Tx:
         op = schema.operations.c
         return {row["status"]: row["n"] for row in self._read(
             select(op.status, func.count().label("n")).group_by(op.status))}
+
+
+def _rows(cursor: Any) -> list[dict[str, Any]]:
+    """The rows of an executed DB-API cursor (then closed), as dicts of their columns, the
+    JSON columns decoded (SQLite gives their text; psycopg decodes JSON itself)."""
+    names = [column[0] for column in cursor.description]
+    json_names = [name for name in names if name in _JSON_COLUMNS]
+    rows = []
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        for name in json_names:
+            value = row[name]
+            if value.__class__ is str or value.__class__ is bytes:
+                row[name] = json.loads(value)
+        rows.append(row)
+    cursor.close()
+    return rows
 
 
 def _log_rows(task_id: str, attempt: int,
