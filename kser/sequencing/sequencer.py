@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +45,7 @@ from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY, MAX_INT32, MIN_INT32, Message, dump_result
 from kser.sequencing.controls import Controls, control
 from kser.sequencing.graph import forwarded, load_result, merged
+from kser.sequencing.group import GroupCommit
 from kser.sequencing.leases import Leases
 from kser.sequencing.outbox import Outbox
 from kser.sequencing.retries import backoff, should_retry
@@ -89,6 +91,12 @@ Ended = tuple[list[Transition], list[OutboxRow]]
 #: longest a task's end waits in a batch before it is stored (and the follow-up messages it
 #: queues are produced), seconds; also what sizes a batch (see kser.controller.Pace)
 BATCH_WINDOW = Pace.WINDOW
+
+#: an end stored by the group commit: what storing it did (see Ended; None if another
+#: worker took its task over), and the error producing what it queued raised, if any
+_Stored = tuple[Ended | None, Exception | None]
+#: most task ends stored in one transaction of the group commit
+GROUP_COMMIT_MOST = 256
 
 #: an operation as sequencing its tasks reads it: its whole row, or its state alone
 OperationLike = OperationRow | OperationState
@@ -167,6 +175,9 @@ class Sequencer:
         self.outbox = Outbox(lambda: self.store, self._producer,
                              lambda: self.settings.send_timeout)
         self._leases = Leases(lambda: self.store, lambda: self.settings.task_lease)
+        #: stores the ends of every task thread's batches, in shared transactions
+        self._group: GroupCommit[_End, _Stored] = GroupCommit(self._commit_ends,
+                                                               GROUP_COMMIT_MOST)
         #: tasks a thread of this process is handling now: a second message for one of
         #: them (a duplicate, a sweep's re-send) never runs it again alongside
         self._running: set[str] = set()
@@ -598,16 +609,18 @@ class Sequencer:
     def _run_batch(self, items: Sequence[tuple[type[Entrypoint], Message]],
                    claimed: list[tuple[int, _Claim, float]],
                    outcomes: list[Result | Exception | None]) -> None:
-        """Run the claimed tasks' bodies one after the other; store their ends together
-        every :data:`BATCH_WINDOW` and after the last one."""
+        """Run the claimed tasks' bodies one after the other; hand their ends to the group
+        commit every :data:`BATCH_WINDOW` and after the last one (the next body runs while
+        they are stored), then wait until every end is stored."""
         pending: list[tuple[int, _End]] = []
+        handed: list[tuple[list[tuple[int, _End]], Future[list[_Stored]]]] = []
         since = 0.0
         for _, claim, _ in claimed:  # renewed from now on: a task waiting for its turn
             self._leases.hold(claim.task.id, claim.attempt)  # behind a slow one stays ours
         try:
             for index, claim, claimed_at in claimed:
                 if pending and time.monotonic() - since >= BATCH_WINDOW:
-                    self._store_ends(items, pending, outcomes)  # (before the next body)
+                    handed.append((pending, self._group.submit([end for _, end in pending])))
                     pending = []
                 entrypoint, kmsg = items[index]
                 try:
@@ -621,59 +634,78 @@ class Sequencer:
                 if not pending:
                     since = time.monotonic()
                 pending.append((index, end))
-            self._store_ends(items, pending, outcomes)
+            if pending:
+                handed.append((pending, self._group.submit([end for _, end in pending])))
+            for ends, stored in handed:
+                self._settle_ends(items, ends, stored, outcomes)
         finally:
-            for _, claim, _ in claimed:  # (those stored are released already)
+            for _, claim, _ in claimed:  # (a lease renewed after its end is dropped quietly)
                 self._leases.release(claim.task.id)
 
-    def _store_ends(self, items: Sequence[tuple[type[Entrypoint], Message]],
-                    pending: list[tuple[int, _End]],
-                    outcomes: list[Result | Exception | None]) -> None:
-        """Store several ends in one transaction (each on its own if that fails), then
-        produce what they queued; their leases are released."""
-        if not pending:
-            return
+    def _settle_ends(self, items: Sequence[tuple[type[Entrypoint], Message]],
+                     pending: list[tuple[int, _End]], stored: Future[list[_Stored]],
+                     outcomes: list[Result | Exception | None]) -> None:
+        """The outcomes of ends handed to the group commit, once stored; if their shared
+        transaction failed, each end is stored on its own (within one lease for all)."""
         try:
-            self._store_ends_now(items, pending, outcomes)
-        finally:
-            for _, end in pending:
-                self._leases.release(end.task.id)
-
-    def _store_ends_now(self, items: Sequence[tuple[type[Entrypoint], Message]],
-                        pending: list[tuple[int, _End]],
-                        outcomes: list[Result | Exception | None]) -> None:
-        if len(pending) == 1:
-            index, end = pending[0]
-            outcomes[index] = _settled(items[index][1], partial(self._store_end, end))
-            return
-        try:
-            with self._transaction() as tx:
-                transitions = self._ends_in(tx, [end for _, end in pending])
-                queued = tx.queued
+            ends = stored.result()
         except WorkerFatalError:
             raise
-        except Exception as exc:
-            logger.warning("%d task ends could not be stored together (%s): one at a "
-                           "time", len(pending), safe_text(exc, 300))
+        except Exception:  # (the group commit logged why)
             deadline = time.monotonic() + self.settings.task_lease  # (one lease for all)
             for index, end in pending:
                 outcomes[index] = _settled(items[index][1],
                                            partial(self._store_end, end, deadline))
             return
+        for (index, end), (ended, error) in zip(pending, ends, strict=True):
+            outcomes[index] = _settled(items[index][1],
+                                       partial(self._after_stored, end, ended, error))
+
+    def _after_stored(self, end: _End, ended: Ended | None, error: Exception | None
+                      ) -> Result:
+        """An end stored by the group commit: the status hooks of what it caused called;
+        the outcome of producing what it queued (done by the group commit) raised."""
+        if ended is not None and ended[0]:
+            self._after_end(end.task.operation_id, (ended[0], []), end.result)
+        if error is not None:
+            raise error
+        return end.result
+
+    def _commit_ends(self, ends: list[_End]) -> list[_Stored]:
+        """The group commit's transaction (in its thread): ``ends``, of any task threads'
+        batches, stored together (see :meth:`_ends_in`), then what they queued produced.
+        For each end: what storing it did (None if taken over meanwhile), and the error
+        producing its operation's messages raised, if any."""
+        try:
+            with self._transaction() as tx:
+                transitions = self._ends_in(tx, ends)
+                queued = tx.queued
+        except Exception as exc:
+            logger.warning("%d task ends could not be stored together (%s): one at a "
+                           "time", len(ends), safe_text(exc, 300))
+            raise
         by_operation: dict[str, list[OutboxRow]] = {}
         for row in queued:
             by_operation.setdefault(row.operation_id or "", []).append(row)
-        for (index, end), changes in zip(pending, transitions, strict=True):
-            operation_id = end.task.operation_id
-            # (the rows of its operation: sent with its first end stored in the batch)
-            ended = None if changes is None else (changes, by_operation.pop(operation_id, []))
-            outcomes[index] = _settled(items[index][1], partial(
-                self._after_end, operation_id, ended, end.result))
+        stored: list[_Stored] = []
+        for end, changes in zip(ends, transitions, strict=True):
+            if changes is None:
+                stored.append((None, None))
+                continue
+            # (the rows of its operation: sent with its first end stored here)
+            rows = by_operation.pop(end.task.operation_id, [])
+            error: Exception | None = None
+            try:
+                self.publish(end.task.operation_id, rows, wait=False)
+            except (RedoError, UndeliverableError) as exc:
+                error = exc
+            stored.append(((changes, rows), error))
         for operation_id, rows in by_operation.items():  # (exit notifications: sent too)
             try:
                 self.publish(operation_id, rows, wait=False)
             except (RedoError, UndeliverableError) as exc:
                 logger.warning("%s", exc)
+        return stored
 
     # -- sub-operations -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from tests.unit.test_batches import (  # noqa: F401 (collected here, with this m
     test_a_failure_a_batch_cannot_get_past_is_redone_per_message,
     test_a_store_failure_while_claiming_a_batch_leaves_each_message_to_itself,
     test_each_message_of_a_batch_gets_its_own_outcome,
+    test_ends_of_several_threads_batches_share_a_transaction,
     test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time,
     test_operations_in_hand_run_in_batches_and_every_join_fires_once,
 )

@@ -255,3 +255,80 @@ def test_ends_of_a_batch_the_store_will_not_take_share_one_lease_of_tries(h, mon
     outcomes = sequencer.run_tasks(items)
     assert all("store unreachable" in str(o) for o in outcomes), outcomes
     assert time.monotonic() - started < 2 * 0.6  # (one lease each: 4 x 0.6 s and more)
+
+
+def test_bodies_run_while_the_ends_before_them_are_stored(h, monkeypatch):
+    """The group commit stores a batch's ends while its next bodies run: the first end's
+    transaction here waits until the third body ran (it would never end if bodies waited
+    for the store)."""
+    monkeypatch.setattr(sequencer_module, "BATCH_WINDOW", 0.0)  # hand over after each body
+    _, items = first_messages(h, 3, name="n")
+    group = h.registry.sequencer._group
+    commit, submit, stored = group._commit, group.submit, []
+    committing = threading.Event()
+
+    def after_the_third_body(ends):
+        committing.set()
+        deadline = time.monotonic() + 10
+        while len(tasks.CALLS) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        stored.append((len(ends), len(tasks.CALLS)))
+        return commit(ends)
+
+    def first_taken_alone(ends):  # (the first end's transaction starts before body 2)
+        future = submit(ends)
+        assert committing.wait(10)
+        return future
+
+    monkeypatch.setattr(group, "_commit", after_the_third_body)
+    monkeypatch.setattr(group, "submit", first_taken_alone)
+    outcomes = h.registry.sequencer.run_tasks(items)
+    assert [o.retcode for o in outcomes] == [0, 0, 0]
+    assert stored[0] == (1, 3)  # the first end alone, stored once the third body ran
+    assert sum(count for count, _ in stored) == 3
+
+
+def test_ends_of_several_threads_batches_share_a_transaction(h, monkeypatch):
+    monkeypatch.setattr(sequencer_module, "BATCH_WINDOW", 10.0)  # a batch's ends at once
+    ops, items = first_messages(h, 6, name="n")
+    group = h.registry.sequencer._group
+    commit, sizes = group._commit, []
+    first_started, others_handed = threading.Event(), threading.Event()
+
+    def slow_first(ends):
+        sizes.append(len(ends))
+        if len(sizes) == 1:  # while the first runs, the other threads hand theirs over
+            first_started.set()
+            assert others_handed.wait(10)
+        return commit(ends)
+
+    monkeypatch.setattr(group, "_commit", slow_first)
+    submit, handed = group.submit, []
+
+    def counted(ends):
+        future = submit(ends)
+        handed.append(len(ends))
+        if len(handed) == 3:
+            others_handed.set()
+        return future
+
+    monkeypatch.setattr(group, "submit", counted)
+    outcomes: dict[int, list] = {}
+
+    def run(number):
+        outcomes[number] = h.registry.sequencer.run_tasks(items[2 * number:2 * number + 2])
+
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    assert first_started.wait(10)
+    threads = [threading.Thread(target=run, args=(n,)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in [first, *threads]:
+        thread.join(10)
+        assert not thread.is_alive()
+    assert sizes == [2, 4]  # the second and third threads' ends: one transaction
+    assert all(o.retcode == 0 for n in range(3) for o in outcomes[n])
+    h.drain()
+    for op in ops:
+        assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
