@@ -85,6 +85,8 @@ TEMPORALIO_VERSION = "1.35.0"
 PARTITIONS = 4
 #: threads sending kser's operations in a bulk run
 SENDERS = 16
+#: operations run in each scaling run (100 took half a second: within the noise)
+SCALING_OPERATIONS = 500
 #: seconds any one phase may take before the benchmark gives up
 PHASE_TIMEOUT = 900
 
@@ -729,16 +731,21 @@ def main() -> int:
                             f"({'tuned' if tuned else 'stock'}), {describe(count, 1, 0)}")
                     about = dict(system="temporal", store="sqlite", workers=count,
                                  concurrency=1, sleep=0.0, tuned=tuned)
-                    try:  # (a fresh server each: nothing left from the run before)
-                        with temporal_server(binary, tuned) as (address, server), \
-                                TemporalRun(address, server, count) as run:
-                            report(name, "unloaded", run.unloaded(args.unloaded, args.hops),
-                                   **about)
-                            report(name, "bulk", run.bulk(args.operations, args.hops), **about)
-                    except Exception as exc:  # a peer failing is reported, not the end
-                        print(f"{name}: failed: {exc}", file=sys.stderr, flush=True)
-                        meta[name] = dict(about, failed=str(exc)[-500:])
-                        save()
+                    for attempt in (1, 2):  # (its client aborted once in a run: tried again)
+                        try:  # (a fresh server each: nothing left from the run before)
+                            with temporal_server(binary, tuned) as (address, server), \
+                                    TemporalRun(address, server, count) as run:
+                                report(name, "unloaded",
+                                       run.unloaded(args.unloaded, args.hops), **about)
+                                report(name, "bulk", run.bulk(args.operations, args.hops),
+                                       **about)
+                            break
+                        except Exception as exc:  # a peer failing is reported, not the end
+                            print(f"{name}: failed (try {attempt} of 2): {exc}",
+                                  file=sys.stderr, flush=True)
+                            results.pop(name, None)
+                            meta[name] = dict(about, failed=str(exc)[-500:], tries=attempt)
+                            save()
         if args.parallel:
             width, seconds = args.parallel.split("x")
             for store in stores:
@@ -759,7 +766,8 @@ def main() -> int:
             url = f"sqlite:///{scratch('kser-bench-')}/kser.db"
             fill_store(url, stored, args.hops)
             with KserRun(bootstrap, url, 1, args.transport, args.submit) as run:
-                data = run.bulk(min(100, args.operations), args.hops)
+                # (long enough that the sender's start and the stragglers do not decide)
+                data = run.bulk(min(SCALING_OPERATIONS, args.operations), args.hops)
             data.pop("hops_ms")
             results.setdefault("scaling (kser, sqlite, 1 worker)", {})[str(stored)] = data
             print(f"scaling: {stored:>6} stored operations: "

@@ -507,7 +507,11 @@ class BaseConsumer:
             records = [loop.backlog.popleft() for _ in range(max(1, size))]
             for record in records:
                 loop.tracker.started(record)
-            loop.running[loop.executor.submit(self._process_all, records)] = records
+            future = loop.executor.submit(self._process_all, records)
+            # (woken once the future is done: set at the end of the task thread's work,
+            # the loop could wake, find it not done yet and sleep a poll interval)
+            future.add_done_callback(self._wake)
+            loop.running[future] = records
 
     def _maybe_checkpoint(self, loop: _LoopState) -> None:
         """Commit when nothing more came (a checkpoint waits for the broker twice: it would
@@ -645,9 +649,11 @@ class BaseConsumer:
                 todo, redo = again, redo + 1
         except WorkerFatalError as exc:
             self._fatal(exc)
-        finally:
-            self._task_done.set()
         return [id(record) in done for record in records]
+
+    def _wake(self, _future: Future[list[bool]]) -> None:
+        """Wake the consume loop: a task thread's records are done (their future too)."""
+        self._task_done.set()
 
     def _outcomes(self, records: list[Record], alone: bool = False) -> list[Outcome]:
         """How each record was handled: together (unless ``alone``), or one at a time; a

@@ -44,12 +44,12 @@ class GroupCommit(Generic[Item, Outcome]):
     def submit(self, items: list[Item]) -> Future[list[Outcome]]:
         """Store ``items`` in the next transaction: a future of their outcomes."""
         future: Future[list[Outcome]] = Future()
-        self._waiting.put((list(items), future))
-        with self._lock:  # started on first use (and again after a fork)
+        with self._lock:  # started on first use, before anything waits for it
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=self._name)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, daemon=True, name=self._name)
+                thread.start()
+                self._thread = thread
+        self._waiting.put((list(items), future))
         return future
 
     def _run(self) -> None:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -97,11 +97,27 @@ BATCH_WINDOW = Pace.WINDOW
 _Stored = tuple[Ended | None, Exception | None]
 #: most task ends stored in one transaction of the group commit
 GROUP_COMMIT_MOST = 256
+#: longest the group commit's transaction waits for a row lock (PostgreSQL), seconds
+GROUP_LOCK_TIMEOUT = 2.0
 
 #: an operation as sequencing its tasks reads it: its whole row, or its state alone
 OperationLike = OperationRow | OperationState
 #: a log line a task kept: (time, level, message)
 LogLine = tuple[float, int, str]
+
+
+class _Deadline:
+    """One lease's deadline, counted from the first time it is asked for (the tries to
+    store a batch's ends one at a time, after a shared transaction failed, share it)."""
+
+    def __init__(self, seconds: float):
+        self._seconds: float = seconds
+        self._at: float | None = None
+
+    def at(self) -> float:
+        if self._at is None:
+            self._at = time.monotonic() + self._seconds
+        return self._at
 
 
 @dataclass
@@ -611,10 +627,11 @@ class Sequencer:
                    outcomes: list[Result | Exception | None]) -> None:
         """Run the claimed tasks' bodies one after the other; hand their ends to the group
         commit every :data:`BATCH_WINDOW` and after the last one (the next body runs while
-        they are stored), then wait until every end is stored."""
+        they are stored; the status hooks of those stored are called before it), then
+        wait until every end is stored."""
         pending: list[tuple[int, _End]] = []
         handed: list[tuple[list[tuple[int, _End]], Future[list[_Stored]]]] = []
-        since = 0.0
+        since, deadline = 0.0, _Deadline(self.settings.task_lease)
         for _, claim, _ in claimed:  # renewed from now on: a task waiting for its turn
             self._leases.hold(claim.task.id, claim.attempt)  # behind a slow one stays ours
         try:
@@ -622,6 +639,8 @@ class Sequencer:
                 if pending and time.monotonic() - since >= BATCH_WINDOW:
                     handed.append((pending, self._group.submit([end for _, end in pending])))
                     pending = []
+                while handed and handed[0][1].done():  # (their hooks, before the body)
+                    self._settle_ends(items, *handed.pop(0), outcomes, deadline)
                 entrypoint, kmsg = items[index]
                 try:
                     end = self._run_body(entrypoint, kmsg, claim.task, claim.attempt,
@@ -636,26 +655,29 @@ class Sequencer:
                 pending.append((index, end))
             if pending:
                 handed.append((pending, self._group.submit([end for _, end in pending])))
-            for ends, stored in handed:
-                self._settle_ends(items, ends, stored, outcomes)
+            while handed:
+                self._settle_ends(items, *handed.pop(0), outcomes, deadline)
         finally:
+            # (leaving early, a fatal error: what was handed over is stored first, while
+            # its tasks are still this thread's; their leases go once their ends are in)
+            wait([stored for _, stored in handed])
             for _, claim, _ in claimed:  # (a lease renewed after its end is dropped quietly)
                 self._leases.release(claim.task.id)
 
     def _settle_ends(self, items: Sequence[tuple[type[Entrypoint], Message]],
                      pending: list[tuple[int, _End]], stored: Future[list[_Stored]],
-                     outcomes: list[Result | Exception | None]) -> None:
+                     outcomes: list[Result | Exception | None], deadline: _Deadline) -> None:
         """The outcomes of ends handed to the group commit, once stored; if their shared
-        transaction failed, each end is stored on its own (within one lease for all)."""
+        transaction failed, each end is stored on its own (the batch's all within one
+        lease: ``deadline``)."""
         try:
             ends = stored.result()
         except WorkerFatalError:
             raise
         except Exception:  # (the group commit logged why)
-            deadline = time.monotonic() + self.settings.task_lease  # (one lease for all)
             for index, end in pending:
                 outcomes[index] = _settled(items[index][1],
-                                           partial(self._store_end, end, deadline))
+                                           partial(self._store_end, end, deadline.at()))
             return
         for (index, end), (ended, error) in zip(pending, ends, strict=True):
             outcomes[index] = _settled(items[index][1],
@@ -663,8 +685,9 @@ class Sequencer:
 
     def _after_stored(self, end: _End, ended: Ended | None, error: Exception | None
                       ) -> Result:
-        """An end stored by the group commit: the status hooks of what it caused called;
-        the outcome of producing what it queued (done by the group commit) raised."""
+        """An end stored by the group commit: the status hooks of what it caused called
+        (after what it queued was produced, by the group commit); the error producing it
+        raised, if any."""
         if ended is not None and ended[0]:
             self._after_end(end.task.operation_id, (ended[0], []), end.result)
         if error is not None:
@@ -678,8 +701,13 @@ class Sequencer:
         producing its operation's messages raised, if any."""
         try:
             with self._transaction() as tx:
+                # (a row lock held long, by an operator's session say, fails the group
+                # after a while: each thread then stores its own ends, waiting alone)
+                tx.lock_timeout(GROUP_LOCK_TIMEOUT)
                 transitions = self._ends_in(tx, ends)
                 queued = tx.queued
+        except WorkerFatalError:
+            raise
         except Exception as exc:
             logger.warning("%d task ends could not be stored together (%s): one at a "
                            "time", len(ends), safe_text(exc, 300))
@@ -695,16 +723,16 @@ class Sequencer:
             # (the rows of its operation: sent with its first end stored here)
             rows = by_operation.pop(end.task.operation_id, [])
             error: Exception | None = None
-            try:
+            try:  # (committed: from here on nothing raises, each end gets its error)
                 self.publish(end.task.operation_id, rows, wait=False)
-            except (RedoError, UndeliverableError) as exc:
+            except Exception as exc:
                 error = exc
             stored.append(((changes, rows), error))
         for operation_id, rows in by_operation.items():  # (exit notifications: sent too)
             try:
                 self.publish(operation_id, rows, wait=False)
-            except (RedoError, UndeliverableError) as exc:
-                logger.warning("%s", exc)
+            except Exception as exc:  # (unsent rows: the sweep sends them)
+                logger.warning("%s", safe_text(exc, 500))
         return stored
 
     # -- sub-operations -----------------------------------------------------------------
@@ -980,30 +1008,37 @@ class Sequencer:
              PENDING if end.retry_in is not None else end.status) for end in plain], now)
         tx.add_logs_many((end.task.id, end.attempt, end.logs) for end in plain
                          if end.task.id in finished)
-        advancing = [end.task.id for end in plain if end.task.id in finished
-                     and end.mode != "one" and end.retry_in is None
-                     and tx.operation_state(end.task.operation_id).status == RUNNING]
-        # (a task whose own end is in this batch is not a candidate: one at a time, it
-        # would still be RUNNING when its upstream task's end is stored)
-        ours = {end.task.id for end in ends}
-        dependents = {task_id: [task for task in tasks if task.id not in ours]
-                      for task_id, tasks in (tx.dependents_of(advancing)
-                                             if advancing else {}).items()}
-        transitions: list[list[Transition] | None] = []
+        transitions: list[list[Transition] | None] = [None] * len(ends)
         with tx.deferred_queue():
-            for end in ends:
+            # a sensor's unmet poke first: its task is given back (PENDING, next poke due)
+            held_back = {end.task.id for end in plain
+                         if end.task.id in finished and end.retry_in is not None}
+            for index, end in enumerate(ends):
                 if end.poke is not None:
                     ended = self._end_in(tx, end)
-                    transitions.append(None if ended is None else ended[0])
-                elif end.task.id not in finished:
+                    if ended is not None:
+                        transitions[index] = ended[0]
+                        held_back.add(end.task.id)
+            advancing = [end.task.id for end in plain if end.task.id in finished
+                         and end.mode != "one" and end.retry_in is None
+                         and tx.operation_state(end.task.operation_id).status == RUNNING]
+            # (a task this transaction gave back, a retry or a poke, is no candidate of
+            # its upstream's end: one at a time, it would still be RUNNING when that end
+            # is stored; a task whose stale end was refused is one, as it would be)
+            dependents = {task_id: [task for task in tasks if task.id not in held_back]
+                          for task_id, tasks in (tx.dependents_of(advancing)
+                                                 if advancing else {}).items()}
+            for index, end in enumerate(ends):
+                if end.poke is not None:
+                    continue
+                if end.task.id not in finished:
                     logger.warning("Task %s attempt %d finished after another worker took "
                                    "it over: its result is discarded", end.task.id,
                                    end.attempt)
-                    transitions.append(None)
                 else:
                     op = tx.operation_state(end.task.operation_id)
-                    transitions.append(self._follow(tx, end, op, dumped[end.task.id],
-                                                    dependents.get(end.task.id)))
+                    transitions[index] = self._follow(tx, end, op, dumped[end.task.id],
+                                                      dependents.get(end.task.id))
         # a transition that found a task to queue took the operation for unfinished; the
         # compare-and-set, done now, may have queued nothing (another end of the batch
         # skipped that task meanwhile): an operation left with nothing to run ends here

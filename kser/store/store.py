@@ -336,6 +336,13 @@ class Tx:
         cursor.execute(sql, params, prepare=False)
         return _rows(cursor)
 
+    def lock_timeout(self, seconds: float) -> None:
+        """For the rest of this transaction, a row lock waited for longer than ``seconds``
+        fails the statement (PostgreSQL; SQLite's single writer waits as it always does)."""
+        if self._postgresql:
+            self._dbapi().cursor().execute(
+                f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'", prepare=False)
+
     @property
     def _postgresql(self) -> bool:
         return bool(self.connection.dialect.name == "postgresql")

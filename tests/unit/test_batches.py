@@ -6,11 +6,14 @@ import threading
 import time
 
 import pytest
+from cdumay_result import Result
 from sqlalchemy.exc import OperationalError
 
 from kser.controller import UndeliverableError
 from kser.sequencing import Operation
 from kser.sequencing import sequencer as sequencer_module
+from kser.sequencing.sequencer import _End
+from kser.status import Status
 from tests.unit import tasks
 from tests.unit.tasks import registry
 from tests.unit.test_sequencing import Harness
@@ -332,3 +335,57 @@ def test_ends_of_several_threads_batches_share_a_transaction(h, monkeypatch):
     h.drain()
     for op in ops:
         assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_a_stale_end_in_a_shared_transaction_hides_no_task_from_its_upstream(h):
+    """A task's stale end (its operation re-run from an earlier task meanwhile) shares a
+    transaction with that earlier task's new end: refused, it must not keep the task
+    from being queued (the operation would stay RUNNING with nothing to run)."""
+    seq = h.registry.sequencer
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    t0, t1, _ = h.operation(op.uuid)[1]
+    now = time.time()
+    with h.store.transaction() as tx:  # t0 ran and ended here; t1 claimed, its body running
+        assert tx.claim_task(t0.id, 0, "me:1", now + 60, now, taking_over=False)
+    seq._commit_ends([_End(h.operation(op.uuid)[1][0], None, 1, None, Result(uuid=t0.id),
+                           Status.SUCCESS)])
+    with h.store.transaction() as tx:
+        assert tx.claim_task(t1.id, 0, "me:1", now + 60, now, taking_over=False)
+    stale_t1 = h.operation(op.uuid)[1][1]
+    with h.store.transaction() as tx:  # the operation ends (failed elsewhere), re-run
+        tx.update_operation(op.uuid, status="FAILED")
+    assert seq.controls.run_from(op.uuid, t0.id).retcode == 0
+    t0_again = h.operation(op.uuid)[1][0]
+    with h.store.transaction() as tx:
+        assert tx.claim_task(t0.id, t0_again.attempt, "me:1", now + 60, now,
+                             taking_over=False)
+    t0_again = h.operation(op.uuid)[1][0]
+    stored = seq._commit_ends([
+        _End(t0_again, None, t0_again.attempt, None, Result(uuid=t0.id), Status.SUCCESS),
+        _End(stale_t1, None, 1, None, Result(uuid=t1.id), Status.SUCCESS)])
+    assert stored[1] == (None, None)  # the stale end refused
+    assert h.operation(op.uuid)[1][1]["queued_attempt"] is not None  # t1 queued again
+    h.drain()
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_joins_fire_once_with_task_threads_sharing_transactions(h, monkeypatch):
+    monkeypatch.setattr(h.registry.settings, "concurrency", 6)
+    group = h.registry.sequencer._group
+    commit, shared = group._commit, []
+
+    def spy(ends):
+        # (two ends of one operation in one transaction: two branches of a fan-out)
+        shared.append(len({end.task.operation_id for end in ends}) < len(ends))
+        return commit(ends)
+
+    monkeypatch.setattr(group, "_commit", spy)
+    fanned = [Fanned().send() for _ in range(40)]
+    h.drain()
+    assert any(shared)
+    for op in fanned:
+        row, task_rows = h.operation(op.uuid)
+        assert row["status"] == "SUCCESS"
+        for task in task_rows:
+            assert task["status"] == "SUCCESS" and task["attempt"] == 1
+            assert [a["status"] for a in h.attempts(task["id"])] == ["SUCCESS"]
