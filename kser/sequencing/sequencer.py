@@ -215,10 +215,11 @@ class Sequencer:
         """The store, opened (and migrated) on first use."""
         with self._store_lock:
             if self._store is None:
-                # a connection kept for each task thread, the lease renewal and the
-                # main thread: one opened and closed per transaction costs a connect
+                # a connection kept for each task thread, the lease renewal, the group
+                # commit and the main thread: one opened and closed per transaction
+                # costs a connect
                 self._store = Store(self.settings.store_url,
-                                    connections=max(5, self.settings.concurrency + 2))
+                                    connections=max(5, self.settings.concurrency + 3))
             return self._store
 
     @store.setter
@@ -653,8 +654,9 @@ class Sequencer:
                 if not pending:
                     since = time.monotonic()
                 pending.append((index, end))
-            if pending:
-                handed.append((pending, self._group.submit([end for _, end in pending])))
+            if pending:  # (waited for now: stored here if no transaction runs)
+                handed.append((pending, self._group.submit([end for _, end in pending],
+                                                           here=True)))
             while handed:
                 self._settle_ends(items, *handed.pop(0), outcomes, deadline)
         finally:

@@ -1235,8 +1235,11 @@ def _create_engine(url: str, connections: int = 5) -> Engine:
         # one checkpoints the WAL (an fsync) -- both per transaction with no pool
         # (no rollback on check-in: every checkout is a transaction() that ended with
         # COMMIT or ROLLBACK, and a rollback per transaction costs a call into SQLite)
+        # (last in, first out: a thread's next transaction gets the connection it just
+        # returned, whose page cache is still valid; first in, first out rotated through
+        # them all, each reading again what another had written since its last use)
         engine = create_engine(url, poolclass=QueuePool, pool_size=connections, max_overflow=5,
-                               pool_reset_on_return=None,
+                               pool_reset_on_return=None, pool_use_lifo=True,
                                connect_args={"timeout": 60, "isolation_level": None,
                                              "check_same_thread": False})
 
@@ -1256,7 +1259,8 @@ def _create_engine(url: str, connections: int = 5) -> Engine:
             sqlite.execute("BEGIN IMMEDIATE")
 
         return engine
-    engine = create_engine(url, pool_size=connections, max_overflow=5)
+    # (last in, first out, as SQLite's: its statements prepared, its backend's caches warm)
+    engine = create_engine(url, pool_size=connections, max_overflow=5, pool_use_lifo=True)
 
     # A connection is pinged before use only after it sat idle (the server may have
     # restarted meanwhile): a ping at every checkout was a round trip per transaction,

@@ -278,8 +278,8 @@ def test_bodies_run_while_the_ends_before_them_are_stored(h, monkeypatch):
         stored.append((len(ends), len(tasks.CALLS)))
         return commit(ends)
 
-    def first_taken_alone(ends):  # (the first end's transaction starts before body 2)
-        future = submit(ends)
+    def first_taken_alone(ends, **kwargs):  # (the first end's transaction starts before
+        future = submit(ends, **kwargs)      # body 2)
         assert committing.wait(10)
         return future
 
@@ -308,10 +308,10 @@ def test_ends_of_several_threads_batches_share_a_transaction(h, monkeypatch):
     monkeypatch.setattr(group, "_commit", slow_first)
     submit, handed = group.submit, []
 
-    def counted(ends):
-        future = submit(ends)
+    def counted(ends, **kwargs):  # (the first thread's commits in its own thread)
+        future = submit(ends, **kwargs)
         handed.append(len(ends))
-        if len(handed) == 3:
+        if len(handed) == 2:  # the other two threads' ends wait for the first's commit
             others_handed.set()
         return future
 

@@ -76,3 +76,48 @@ def test_a_transaction_takes_at_most_so_many_items():
     release.set()
     assert [f.result(TIMEOUT) for f in futures] == [[1, 2], [3, 4], [5], [6, 7, 8, 9, 10]]
     assert calls == [[0], [1, 2, 3, 4], [5], [6, 7, 8, 9, 10]]
+
+
+def test_a_caller_about_to_wait_stores_its_items_itself_when_no_transaction_runs():
+    threads: list[str] = []
+
+    def commit(items):
+        threads.append(threading.current_thread().name)
+        return list(items)
+
+    group = GroupCommit(commit, name="committer")
+    assert group.submit([1], here=True).result(TIMEOUT) == [1]
+    assert threads == [threading.current_thread().name]  # no handoff
+    assert group.submit([2]).result(TIMEOUT) == [2]
+    assert threads[-1] == "committer"
+
+
+def test_a_caller_about_to_wait_hands_over_while_a_transaction_runs():
+    started, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def commit(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            started.set()
+            assert release.wait(TIMEOUT)
+        return list(items)
+
+    group = GroupCommit(commit)
+    first = group.submit([1])
+    assert started.wait(TIMEOUT)
+    # (one transaction at a time: these wait for the running one, then share the next)
+    later = [group.submit([2], here=True), group.submit([3], here=True)]
+    assert not any(future.done() for future in later)
+    release.set()
+    assert [f.result(TIMEOUT) for f in [first, *later]] == [[1], [2], [3]]
+    assert calls == [[1], [2, 3]]
+
+
+def test_a_failure_in_the_callers_own_transaction_is_its_futures():
+    def commit(items):
+        raise ValueError("a bug in one end")
+
+    future = GroupCommit(commit).submit(["a"], here=True)
+    with pytest.raises(ValueError, match="a bug in one end"):
+        future.result(TIMEOUT)
