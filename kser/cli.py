@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 from cdumay_error import Error as CdumayError
 
-from kser import __version__
+from kser import __version__, logs
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
 from kser.errors import StoreError, kafka_client_errors
@@ -43,8 +43,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: the store of ``kser demo``, in the state folder ``.kser`` of the working directory
 DEMO_STORE_URL = "sqlite:///.kser/demo.db"
-#: log line format of the ``kser`` command (the worker name in messages says which consumer)
-LOG_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
+#: how long `kser send --wait` waits for a SQLite store to appear (its workers create it), s
+STORE_APPEARS_WITHIN = 30.0
 
 
 class KserCliError(click.ClickException):
@@ -119,8 +119,11 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="kser")
 @click.option("--log-level", default=None, help="Logging level [env KSER_LOG_LEVEL, INFO].")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default=None,
+              help="text, or json: one JSON object a line, with the operation, task, "
+              "attempt, entrypoint and worker it is about [env KSER_LOG_FORMAT, text].")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """kser: sequence tasks over Apache Kafka."""
     try:
         settings = Settings()
@@ -128,7 +131,12 @@ def main(ctx: click.Context, log_level: str | None) -> None:
         raise KserCliError(exc.message) from None
     if log_level:
         settings.log_level = log_level
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if log_format:
+        settings.log_format = log_format
+    try:
+        logs.configure(settings.log_level, settings.log_format)
+    except ValueError as exc:  # (KSER_LOG_FORMAT)
+        raise KserCliError(f"KSER_LOG_FORMAT: {exc}") from None
     if settings.log_level.upper() != "DEBUG":
         # kafka-python logs every reconnection attempt; kser reports what matters itself
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -190,6 +198,7 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
     with _kafka_errors(settings):
         consumer = consumer_module.Consumer(config, list(topics), settings=settings)
         consumer.REGISTRY = controller
+        logs.set_process_fields(worker=consumer.name)
         try:
             consumer.run()
         except (WorkerStartError, StoreError) as exc:
@@ -288,10 +297,17 @@ def _wait_for_operations(settings: Settings, ids: list[str], timeout: float) -> 
 
     url = make_url(settings.store_url)
     if url.get_backend_name() == "sqlite" and url.database and \
-            not url.database.startswith("file:") and not os.path.exists(url.database):
-        raise KserCliError(f"--wait reads the store the workers use, and "
-                           f"{_store_name(settings.store_url)} does not exist: set "
-                           "KSER_STORE_URL to theirs")
+            not url.database.startswith("file:"):
+        # workers started just before (in the background) create it as they start
+        grace = min(timeout, STORE_APPEARS_WITHIN)
+        deadline = time.monotonic() + grace
+        while not os.path.exists(url.database):
+            if time.monotonic() >= deadline:
+                raise KserCliError(
+                    f"--wait reads the store the workers use, and "
+                    f"{_store_name(settings.store_url)} does not exist (waited {grace:.0f} s "
+                    "for a worker to create it): set KSER_STORE_URL to theirs")
+            time.sleep(0.1)
     try:
         return _poll_operations(Store(settings.store_url), ids, timeout)
     except (SQLAlchemyError, WorkerFatalError) as exc:

@@ -148,6 +148,8 @@ class Settings:
     api_auth: str = field(default_factory=lambda: _env("KSER_API_AUTH", "token"))
     #: logging level of the ``kser`` command
     log_level: str = field(default_factory=lambda: _env("KSER_LOG_LEVEL", "INFO"))
+    #: ``text`` or ``json`` (one JSON object a line, with the task it is about)
+    log_format: str = field(default_factory=lambda: _env("KSER_LOG_FORMAT", "text"))
 
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic of ``topic``."""

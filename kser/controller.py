@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
+from kser import logs
 from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from kser.codec import Codec
 from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
@@ -321,7 +322,8 @@ class Controller(BaseController):
             return self.sequencer.execute(entrypoint, kmsg, topic)
         started = time.monotonic()
         try:
-            return entrypoint.from_Message(kmsg).execute()
+            with logs.context(task_id=kmsg.uuid, entrypoint=kmsg.entrypoint):
+                return entrypoint.from_Message(kmsg).execute()
         finally:
             self.pace.add(time.monotonic() - started)
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
+from kser import logs
 from kser.codec import Codec
 from kser.config import Settings
 from kser.controller import BaseProducer, Pace, RedoError, UndeliverableError
@@ -835,8 +836,11 @@ class Sequencer:
                 if isinstance(instance, Sensor):
                     instance.pokes = task_row.pokes or 0
         started = time.monotonic()
-        end = self._end_of_body(instance, result, entrypoint, task_row, forwarded, attempt,
-                                mode, claimed_at)
+        with logs.context(operation_id=task_row.operation_id, task_id=task_id,
+                          task_name=task_row.name, attempt=attempt,
+                          entrypoint=kmsg.entrypoint):  # (each line its body logs)
+            end = self._end_of_body(instance, result, entrypoint, task_row, forwarded,
+                                    attempt, mode, claimed_at)
         self.pace.add(time.monotonic() - started)  # (the pace of bodies sizes the batches)
         return end
 

@@ -121,13 +121,31 @@ def test_send_wait_says_when_nothing_ran(runner, tmp_path, monkeypatch):
     assert missing.exit_code == 1
     assert missing.output.strip().endswith(
         f"--wait reads the store the workers use, and sqlite:///{tmp_path}/none.db does "
-        "not exist: set KSER_STORE_URL to theirs")
+        "not exist (waited 1 s for a worker to create it): set KSER_STORE_URL to theirs")
     Store(f"sqlite:///{tmp_path}/none.db").close()  # a store, where no worker writes
     result = runner.invoke(main, ["send", "a.Op", "--topic", "cli-nobody", "--transport",
                                   "memory", "--wait", "--timeout", "1"])
     assert result.exit_code == 1
     assert result.output.splitlines()[0].endswith(" NOT ENDED")
     assert "1 operation(s) did not end within 1 s (--timeout)" in result.output
+
+
+def test_send_wait_waits_for_the_store_its_workers_are_creating(runner, tmp_path,
+                                                                monkeypatch):
+    """A worker started in the background just before creates the store as it starts:
+    --wait waits for it to appear instead of refusing at once (the README's quickstart
+    raced it)."""
+    import threading
+
+    from kser.store import Store
+
+    url = f"sqlite:///{tmp_path}/later.db"
+    monkeypatch.setenv("KSER_STORE_URL", url)
+    threading.Timer(0.5, lambda: Store(url).close()).start()
+    result = runner.invoke(main, ["send", "a.Op", "--topic", "cli-nobody", "--transport",
+                                  "memory", "--wait", "--timeout", "2"])
+    assert "does not exist" not in result.output
+    assert "1 operation(s) did not end within 2 s (--timeout)" in result.output
     assert "are workers running on cli-nobody with this store" in result.output
 
 
