@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every benchmark in one command; the figures go to docs/benchmarks.md.
 
-    python benchmarks/run_all.py            # full sizes (about 45 minutes)
+    python benchmarks/run_all.py            # about 25 minutes (6 more the first time)
     python benchmarks/run_all.py --smoke    # tiny sizes: checks the harness works
     python benchmarks/run_all.py --tables-only   # docs and plots from the last results
 

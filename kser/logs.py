@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-#: the fields a line may carry, beside time, level, logger and message
-FIELDS = ("operation_id", "task_id", "task_name", "attempt", "entrypoint", "worker")
 #: the line of the text format
 TEXT_FORMAT = "%(asctime)s %(levelname)-8s %(message)s"
 FORMATS = ("text", "json")

@@ -93,9 +93,9 @@ Ended = tuple[list[Transition], list[OutboxRow]]
 #: queues are produced), seconds; also what sizes a batch (see kser.controller.Pace)
 BATCH_WINDOW = Pace.WINDOW
 
-#: an end stored by the group commit: what storing it did (see Ended; None if another
-#: worker took its task over), and the error producing what it queued raised, if any
-_Stored = tuple[Ended | None, Exception | None]
+#: an end stored by the group commit: its operation's transitions (None if another worker
+#: took its task over), and the error producing what it queued raised, if any
+_Stored = tuple[list[Transition] | None, Exception | None]
 #: most task ends stored in one transaction of the group commit
 GROUP_COMMIT_MOST = 256
 #: longest the group commit's transaction waits for a row lock (PostgreSQL), seconds
@@ -682,17 +682,16 @@ class Sequencer:
                 outcomes[index] = _settled(items[index][1],
                                            partial(self._store_end, end, deadline.at()))
             return
-        for (index, end), (ended, error) in zip(pending, ends, strict=True):
+        for (index, end), (transitions, error) in zip(pending, ends, strict=True):
             outcomes[index] = _settled(items[index][1],
-                                       partial(self._after_stored, end, ended, error))
+                                       partial(self._after_stored, end, transitions, error))
 
-    def _after_stored(self, end: _End, ended: Ended | None, error: Exception | None
-                      ) -> Result:
+    def _after_stored(self, end: _End, transitions: list[Transition] | None,
+                      error: Exception | None) -> Result:
         """An end stored by the group commit: the status hooks of what it caused called
         (after what it queued was produced, by the group commit); the error producing it
         raised, if any."""
-        if ended is not None and ended[0]:
-            self._after_end(end.task.operation_id, (ended[0], []), end.result)
+        self._call_hooks(end.task.operation_id, transitions or [])
         if error is not None:
             raise error
         return end.result
@@ -723,14 +722,14 @@ class Sequencer:
             if changes is None:
                 stored.append((None, None))
                 continue
-            # (the rows of its operation: sent with its first end stored here)
-            rows = by_operation.pop(end.task.operation_id, [])
             error: Exception | None = None
             try:  # (committed: from here on nothing raises, each end gets its error)
-                self.publish(end.task.operation_id, rows, wait=False)
+                # (the rows of its operation: sent with its first end stored here)
+                self.publish(end.task.operation_id,
+                             by_operation.pop(end.task.operation_id, []), wait=False)
             except Exception as exc:
                 error = exc
-            stored.append(((changes, rows), error))
+            stored.append((changes, error))
         for operation_id, rows in by_operation.items():  # (exit notifications: sent too)
             try:
                 self.publish(operation_id, rows, wait=False)
@@ -927,13 +926,18 @@ class Sequencer:
         if ended is None:
             return result
         transitions, queued = ended
+        self._call_hooks(operation_id, transitions)
+        self.publish(operation_id, queued, wait=False)
+        return result
+
+    def _call_hooks(self, operation_id: str, transitions: list[Transition]) -> None:
+        """The status hooks of committed transitions (one failing is logged, not raised:
+        the transition stays)."""
         try:
             self._notify_status(operation_id, transitions)
         except Exception as exc:  # the transition is committed; only the hooks are missed
             logger.error("Operation %s: status hooks not called: %s", operation_id,
                          safe_text(exc, 500))
-        self.publish(operation_id, queued, wait=False)
-        return result
 
     def _record_end(self, end: _End) -> Ended | None:
         """Store ``end`` in a transaction of its own (see :meth:`_end_in`)."""

@@ -48,8 +48,7 @@ def test_a_line_logged_in_a_context_carries_its_fields_and_none_outside(
         logger.info("inside")
         with logs.context(task_name="fetch"):
             logger.info("nested")
-        seen = []
-        thread = threading.Thread(target=lambda: seen.append(logger.info("other thread")))
+        thread = threading.Thread(target=logger.info, args=("other thread",))
         thread.start()
         thread.join(5)
     logger.info("outside", extra={"task_id": "given"})
