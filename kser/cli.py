@@ -22,10 +22,11 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 from cdumay_error import Error as CdumayError
 
-from kser import __version__, logs
+from kser import __version__, logs, metrics
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
 from kser.errors import StoreError, kafka_client_errors
+from kser.metrics import MetricsServer, MetricsUnavailableError
 from kser.ops_cli import ops
 from kser.schemas import Message
 from kser.sequencing.registry import OperationRegistry
@@ -172,11 +173,16 @@ def _apply(settings: Settings, **overrides: Any) -> Settings:
               help="Seconds a stop waits for the tasks in hand [env KSER_SHUTDOWN_TIMEOUT, 30].")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
               help="Seconds to wait for the broker at start [env KSER_CONNECT_TIMEOUT, 15].")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve Prometheus metrics on this port; the workers of a host given the "
+              "same port serve their sum (needs kser[prometheus]) [env KSER_METRICS_PORT; "
+              "0: none].")
 @_connection_options
 @click.pass_obj
 def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: str | None,
            dlq_topic: str | None, concurrency: int | None, shutdown_timeout: float | None,
-           timeout: float | None, transport: str | None, bootstrap_servers: str | None) -> None:
+           timeout: float | None, metrics_port: int | None, transport: str | None,
+           bootstrap_servers: str | None) -> None:
     """Consume TOPIC(s) and run each message through REGISTRY (MODULE:ATTRIBUTE).
 
     SIGTERM or SIGINT: tasks in hand finish and are committed, then exit 0; if they
@@ -190,7 +196,10 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
 
     settings = _apply(settings, group=group, dlq_topic=dlq_topic, transport=transport,
                       bootstrap_servers=bootstrap_servers, concurrency=concurrency,
-                      shutdown_timeout=shutdown_timeout, connect_timeout=timeout)
+                      shutdown_timeout=shutdown_timeout, connect_timeout=timeout,
+                      metrics_port=metrics_port)
+    # (before the registry's module is imported: it may import prometheus-client)
+    metrics_dir = _enable_metrics(settings)
     controller = _load_registry(registry)
     module = _transport(settings.transport)
     consumer_module = importlib.import_module(f"{module.__name__}.consumer")
@@ -199,11 +208,16 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
         consumer = consumer_module.Consumer(config, list(topics), settings=settings)
         consumer.REGISTRY = controller
         logs.set_process_fields(worker=consumer.name)
+        server = _serve_metrics(settings, controller, metrics_dir)
         try:
             consumer.run()
         except (WorkerStartError, StoreError) as exc:
             raise KserCliError(f"worker not started: {exc} (Kafka at {settings.bootstrap_servers}"
                                f", store {_store_name(settings.store_url)})") from None
+        finally:
+            if server is not None:
+                server.close()
+                metrics.process_ended()
     if consumer.fatal is not None:
         click.echo(f"kser: worker stopped: {consumer.fatal}", err=True)
     if consumer.abandoned:
@@ -212,6 +226,35 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
         sys.stderr.flush()
         os._exit(consumer.exit_code)
     sys.exit(consumer.exit_code)
+
+
+def _enable_metrics(settings: Settings) -> str | None:
+    """Count metrics in this worker if a metrics port is set; the directory its samples
+    share with the other workers of this host serving that port."""
+    if not settings.metrics_port:
+        return None
+    directory = settings.metrics_dir or metrics.default_directory(settings.metrics_port)
+    try:
+        metrics.enable(directory)
+    except (MetricsUnavailableError, OSError) as exc:
+        raise KserCliError(f"--metrics-port {settings.metrics_port}: {exc}") from None
+    return directory
+
+
+def _serve_metrics(settings: Settings, controller: Controller, directory: str | None
+                   ) -> MetricsServer | None:
+    """Serve the metrics (and the store's gauges, if the worker runs operations)."""
+    if directory is None:
+        return None
+    sequencer = controller.sequencer
+    store = (lambda: sequencer.store) if sequencer is not None else None
+    server = MetricsServer(settings.metrics_port, settings.metrics_host, store)
+    try:
+        server.start()
+    except OSError as exc:
+        raise KserCliError(f"--metrics-port {settings.metrics_port}: the port cannot be bound "
+                           f"on {settings.metrics_host} ({exc}): choose another one") from None
+    return server
 
 
 @main.command()

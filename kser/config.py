@@ -151,6 +151,14 @@ class Settings:
     #: ``text`` or ``json`` (one JSON object a line, with the task it is about)
     log_format: str = field(default_factory=lambda: _env("KSER_LOG_FORMAT", "text"))
 
+    #: port of ``kser worker``'s Prometheus metrics (``--metrics-port``; 0: none served)
+    metrics_port: int = field(default_factory=lambda: _int("KSER_METRICS_PORT", "0"))
+    #: address the metrics are served on
+    metrics_host: str = field(default_factory=lambda: _env("KSER_METRICS_HOST", "0.0.0.0"))
+    #: directory the workers of one host serving the same metrics port share (empty:
+    #: ``<tmp>/kser-metrics-<port>``)
+    metrics_dir: str = field(default_factory=lambda: _env("KSER_METRICS_DIR", ""))
+
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic of ``topic``."""
         return self.dlq_topic or f"{topic}{self.dlq_suffix}"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
-from kser import logs
+from kser import logs, metrics
 from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from kser.codec import Codec
 from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
@@ -29,6 +29,7 @@ from kser.entry import Entrypoint
 from kser.errors import WorkerFatalError, is_transient, safe_text
 from kser.results import error_result, exception_result, is_success
 from kser.schemas import Message
+from kser.status import Status
 
 if TYPE_CHECKING:
     from kser.sequencing.sequencer import Sequencer
@@ -321,11 +322,16 @@ class Controller(BaseController):
         if self.sequencer is not None and self.sequencer.handles(entrypoint, kmsg):
             return self.sequencer.execute(entrypoint, kmsg, topic)
         started = time.monotonic()
+        status = Status.FAILED
         try:
             with logs.context(task_id=kmsg.uuid, entrypoint=kmsg.entrypoint):
-                return entrypoint.from_Message(kmsg).execute()
+                result: Result = entrypoint.from_Message(kmsg).execute()
+            status = Status.SUCCESS if is_success(result) else Status.FAILED
+            return result
         finally:
-            self.pace.add(time.monotonic() - started)
+            took = time.monotonic() - started
+            self.pace.add(took)
+            metrics.task_ran(kmsg.entrypoint, status, took)
 
 
 class BaseProducer(BaseController):

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from kser import metrics
 from kser.errors import is_transient, safe_text
 
 if TYPE_CHECKING:
@@ -145,11 +146,13 @@ class DeadLetters:
         if failure is None:
             where = topic if stored is None else (
                 f"{topic} (value cut from {trimmed} bytes) and the store (#{stored})")
+            metrics.dead_lettered(record.topic, "topic")
         else:
             stored = stored if stored is not None else self._to_store(record, error)
             if stored is None:
                 return False
             where = f"the store (#{stored}; {topic} refused it: {failure})"
+            metrics.dead_lettered(record.topic, "store")
         logger.warning("%s dead-lettered %s[%d]@%d to %s: %s", self.worker_name,
                        safe_text(record.topic), record.partition, record.offset, where,
                        safe_text(error))

@@ -48,6 +48,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kser import metrics
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
@@ -113,6 +114,12 @@ class OffsetTracker:
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
 
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """The group's committed offset of each partition this consumer owns, as far as it
+        knows (what it committed, or found committed when given the partition)."""
+        return {tp: offset for tp, offset in self._committed.items()
+                if self._owned is None or tp in self._owned}
+
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """A commit of these partitions failed (a rebalance, a blip): it is tried again at
         the next checkpoint if they are still this consumer's. What was done stays done
@@ -157,6 +164,7 @@ class _LoopState:
     fetched_nothing: bool = True
     last_commit: float = field(default_factory=time.monotonic)
     last_poll: float = field(default_factory=time.monotonic)
+    last_lag: float = 0.0
     stop_deadline: float | None = None
 
     @property
@@ -254,6 +262,11 @@ class BaseConsumer:
         """A topic admin of this consumer's cluster (see :mod:`kser.topics`)."""
         raise NotImplementedError
 
+    def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after the last record of each partition, as the client last saw it
+        (no request to the broker; those it does not know are left out)."""
+        return {}
+
     def _group_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets of ``partitions`` (None: none committed). Called
         on the main thread outside the client's callbacks."""
@@ -281,6 +294,7 @@ class BaseConsumer:
         partition comes back, as the client keeps its position)."""
         if self._tracker is not None:
             self._tracker.revoked(partitions)
+        metrics.set_lag({}, gone=partitions)
 
     def _assigned(self, partitions: Collection[TopicPartition]) -> None:
         """Log the partitions the group gave this worker (called by the transport's
@@ -457,6 +471,7 @@ class BaseConsumer:
                 continue
             self._dispatch(loop)
             self._maybe_checkpoint(loop)
+            self._maybe_report_lag(loop)
             if self._fetch(loop):
                 break
             self._sweep()
@@ -521,6 +536,22 @@ class BaseConsumer:
                 or time.monotonic() - loop.last_commit >= self.settings.commit_interval):
             self._checkpoint(loop.tracker)
             loop.last_commit = time.monotonic()
+
+    def _maybe_report_lag(self, loop: _LoopState) -> None:
+        """Every :data:`~kser.metrics.LAG_INTERVAL` (metrics on): the consumer lag of each
+        partition, from what the client last saw of its end (no request)."""
+        now = time.monotonic()
+        if not metrics.enabled() or now - loop.last_lag < metrics.LAG_INTERVAL:
+            return
+        loop.last_lag = now
+        committed = loop.tracker.committed_offsets()
+        try:
+            ends = self._log_ends(list(committed))
+        except Exception as exc:  # (a gauge is not worth a failing loop)
+            logger.debug("%s: partition ends unknown: %s", self.name, safe_text(exc))
+            return
+        metrics.set_lag({tp: end - committed[tp] for tp, end in ends.items()
+                         if tp in committed})
 
     def _fetch(self, loop: _LoopState) -> bool:
         """Poll for records once everything fetched was handed out; else wait for a task,

@@ -89,6 +89,16 @@ class Consumer(BaseConsumer):
         return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
                 for tp in answer}
 
+    def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        ends = {}
+        for topic, partition in partitions:
+            # (cached: the high watermark of the last fetch of that partition)
+            marks = self.client.get_watermark_offsets(
+                confluent_kafka.TopicPartition(topic, partition), cached=True)
+            if marks is not None and marks[1] >= 0:
+                ends[(topic, partition)] = marks[1]
+        return ends
+
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.client.commit(offsets=[confluent_kafka.TopicPartition(t, p, o)
                                     for (t, p), o in offsets.items()], asynchronous=False)

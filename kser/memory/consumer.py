@@ -57,6 +57,10 @@ class Consumer(BaseConsumer):
         super().stop()
         self.broker.wake()  # (a poll waiting for records returns at once)
 
+    def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {(topic, partition): self.broker.partition_ends(topic)[partition]
+                for topic, partition in partitions}
+
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.broker.commit(self.group, offsets)
 

@@ -63,6 +63,14 @@ class Consumer(BaseConsumer):
                 KafkaTopicPartition(topic, partition))
         return offsets
 
+    def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        ends = {}
+        for topic, partition in partitions:
+            end = self.client.highwater(KafkaTopicPartition(topic, partition))
+            if end is not None:
+                ends[(topic, partition)] = end
+        return ends
+
     def _rejoining(self) -> bool:
         """True while the group rebalances and this member has not joined again (read from
         kafka-python's coordinator; False when that cannot be read)."""

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
-from kser import logs
+from kser import logs, metrics
 from kser.codec import Codec
 from kser.config import Settings
 from kser.controller import BaseProducer, Pace, RedoError, UndeliverableError
@@ -834,13 +834,17 @@ class Sequencer:
                     task_row.operation_id)
                 if isinstance(instance, Sensor):
                     instance.pokes = task_row.pokes or 0
+        metrics.task_started(kmsg.entrypoint, kmsg.kser_metadata.get("ready_at"), claimed_at)
         started = time.monotonic()
         with logs.context(operation_id=task_row.operation_id, task_id=task_id,
                           task_name=task_row.name, attempt=attempt,
                           entrypoint=kmsg.entrypoint):  # (each line its body logs)
             end = self._end_of_body(instance, result, entrypoint, task_row, forwarded,
                                     attempt, mode, claimed_at)
-        self.pace.add(time.monotonic() - started)  # (the pace of bodies sizes the batches)
+        took = time.monotonic() - started
+        self.pace.add(took)  # (the pace of bodies sizes the batches)
+        metrics.task_ran(kmsg.entrypoint, metrics.WAITING if end.poke else end.status, took,
+                         retried=end.retry_in is not None)
         return end
 
     def _run_and_finish(self, instance: Entrypoint | None, result: Result | None,
@@ -1204,6 +1208,8 @@ class Sequencer:
         metadata[KSER_METADATA_KEY] = dict(
             operation_id=op.id, task_id=task.id,
             queued=[queued, task.pokes or 0 if pokes is None else pokes],
+            # (when it may run: its hop latency counts from here)
+            ready_at=round(max(time.time(), due_at or 0.0), 6),
             **({"mode": mode} if mode else {}))
         kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)

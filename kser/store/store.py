@@ -875,6 +875,15 @@ class Tx:
             query = query.where(or_(box.due_at.is_(None), box.due_at <= now))
         return self._read_as(OutboxRow, query.order_by(box.id))
 
+    def count_unsent(self, now: float) -> tuple[int, int]:
+        """How many messages of the outbox are not produced yet: (due, due later)."""
+        box = schema.outbox.c
+        due = or_(box.due_at.is_(None), box.due_at <= now)
+        rows = self._read(select(func.count().filter(due).label("due"),
+                                 func.count().filter(~due).label("later"))
+                          .where(box.sent_at.is_(None)))
+        return int(rows[0]["due"] or 0), int(rows[0]["later"] or 0)
+
     def mark_sent(self, ids: list[int]) -> None:
         if ids:
             now = time.time()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cdumay_error.types import ValidationError
-from flask import current_app, request, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy.exc import DataError, SQLAlchemyError
@@ -51,6 +51,8 @@ entrypoints = Blueprint("entrypoints", __name__, description="What can be starte
 dead_letters = Blueprint("dead_letters", __name__,
                          description="Records workers could not handle, and their replay")
 health = Blueprint("health", __name__, description="Liveness and readiness (no token)")
+monitoring = Blueprint("monitoring", __name__,
+                       description="Prometheus metrics of the store (a read token)")
 
 #: arguments read from the query string, validated by their schema's own ``unknown``
 #: (RAISE: a misspelt argument is a 422 naming it; webargs would ignore it by default)
@@ -113,9 +115,9 @@ def refused_by_store(exc: Exception) -> tuple[dict[str, Any], int]:
 #: what makes a route answer 503 (the store or Kafka failing)
 UNAVAILABLE = (SQLAlchemyError, StoreError, *kafka_client_errors())
 
-for _blueprint in (operations, entrypoints, dead_letters):
+for _blueprint in (operations, entrypoints, dead_letters, monitoring):
     _blueprint.before_request(authorize)
-for _blueprint in (operations, entrypoints, dead_letters, health):
+for _blueprint in (operations, entrypoints, dead_letters, health, monitoring):
     for _error in UNAVAILABLE:
         _blueprint.register_error_handler(_error, unavailable)
     _blueprint.register_error_handler(DataError, refused_by_store)
@@ -531,4 +533,28 @@ class Ready(MethodView):
         return dict(ready=ready, checks=checks), 200 if ready else 503
 
 
-BLUEPRINTS = (operations, entrypoints, dead_letters, health)
+# -- metrics --------------------------------------------------------------------------
+
+@monitoring.route("/metrics")
+@monitoring.doc(responses={"200": {
+    "description": "The store's gauges in Prometheus' text format: kser_operations by "
+                   "status, kser_outbox_waiting, kser_outbox_scheduled",
+    "content": {"text/plain": {"schema": {"type": "string"}}}}})
+@monitoring.alt_response(501, description="prometheus-client is not installed on the "
+                         "API server")
+def prometheus_metrics() -> Any:
+    """The store's gauges, for Prometheus (the workers serve theirs: --metrics-port)"""
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    except ImportError:
+        abort(501, message="metrics need prometheus-client on the API server: pip install "
+              "'kser[prometheus]'")
+    from kser.metrics import StoreCollector
+
+    served = CollectorRegistry(auto_describe=False)
+    store = registry().store
+    served.register(StoreCollector(lambda: store))
+    return Response(generate_latest(served), mimetype=CONTENT_TYPE_LATEST)
+
+
+BLUEPRINTS = (operations, entrypoints, dead_letters, health, monitoring)

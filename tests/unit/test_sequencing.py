@@ -76,9 +76,11 @@ def test_launch_stores_everything_and_sends_only_the_first_task(h):
     assert len(sent) == 1
     assert sent[0]["uuid"] == task_rows[0]["id"]
     # which attempt the message is for (and a sensor's pokes): copies of an earlier one
-    # are recognised
+    # are recognised; and since when it may run (its hop latency counts from there)
+    ready_at = sent[0]["metadata"]["kser"].pop("ready_at")
     assert sent[0]["metadata"]["kser"] == {"operation_id": op.uuid, "task_id": task_rows[0]["id"],
                                            "queued": [1, 0]}
+    assert abs(ready_at - row["created_at"]) < 5
     assert ("ThreeSteps", "RUNNING") in h.statuses
     assert tasks.CALLS == []  # nothing runs in the producer
 
