@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 from cdumay_error import Error as CdumayError
 
-from kser import __version__, logs, metrics
+from kser import __version__, logs, metrics, tracing
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
 from kser.errors import StoreError, kafka_client_errors
@@ -123,8 +123,13 @@ class _Commands(click.Group):
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default=None,
               help="text, or json: one JSON object a line, with the operation, task, "
               "attempt, entrypoint and worker it is about [env KSER_LOG_FORMAT, text].")
+@click.option("--tracing", "tracing_to", type=click.Choice(tracing.EXPORTERS[1:]),
+              default=None,
+              help="Send kser's OpenTelemetry spans to the console (stdout) or over "
+              "OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT); needs kser[otel] [env KSER_TRACING].")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str | None,
+         tracing_to: str | None) -> None:
     """kser: sequence tasks over Apache Kafka."""
     try:
         settings = Settings()
@@ -134,6 +139,8 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
         settings.log_level = log_level
     if log_format:
         settings.log_format = log_format
+    if tracing_to:
+        settings.tracing = tracing_to
     try:
         logs.configure(settings.log_level, settings.log_format)
     except ValueError as exc:  # (KSER_LOG_FORMAT)
@@ -142,6 +149,9 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
         # kafka-python logs every reconnection attempt; kser reports what matters itself
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         logging.getLogger("confluent_kafka").setLevel(logging.CRITICAL)
+    provider = _configure_tracing(settings, f"kser-{ctx.invoked_subcommand or 'cli'}")
+    if provider is not None:
+        ctx.call_on_close(provider.shutdown)  # (the spans still buffered are exported)
     ctx.obj = settings
 
 
@@ -226,6 +236,15 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
         sys.stderr.flush()
         os._exit(consumer.exit_code)
     sys.exit(consumer.exit_code)
+
+
+def _configure_tracing(settings: Settings, service: str) -> Any:
+    """Set up the OpenTelemetry SDK as ``settings.tracing`` says; its provider, or None."""
+    try:
+        return tracing.configure(settings.tracing,
+                                 os.environ.get("OTEL_SERVICE_NAME") or service)
+    except ValueError as exc:
+        raise KserCliError(f"KSER_TRACING={settings.tracing}: {exc}") from None
 
 
 def _enable_metrics(settings: Settings) -> str | None:

@@ -159,6 +159,11 @@ class Settings:
     #: ``<tmp>/kser-metrics-<port>``)
     metrics_dir: str = field(default_factory=lambda: _env("KSER_METRICS_DIR", ""))
 
+    #: where ``kser worker`` and ``kser serve`` send their spans: ``console``, ``otlp``
+    #: (OTLP/HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``), or empty: nowhere unless the
+    #: process has a tracer provider already (``opentelemetry-instrument``)
+    tracing: str = field(default_factory=lambda: _env("KSER_TRACING", ""))
+
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic of ``topic``."""
         return self.dlq_topic or f"{topic}{self.dlq_suffix}"

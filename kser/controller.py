@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
-from kser import logs, metrics
+from kser import logs, metrics, tracing
 from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from kser.codec import Codec
 from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
@@ -219,13 +219,15 @@ class Controller(BaseController):
             return self.TRANSPORT
         return self.MESSAGE_CLASS
 
-    def handle(self, raw_data: str | bytes | None, topic: str | None = None) -> Outcome:
+    def handle(self, raw_data: str | bytes | None, topic: str | None = None,
+               trace: Any = None) -> Outcome:
         """Like :meth:`run`, and tell whether the record was undeliverable or must be redone.
 
         :param topic: the topic the record came from (where an operation's tasks go
             unless they name their own)
+        :param trace: the trace context of the record's span (the parent of what it runs)
         """
-        routed = self._route(raw_data)
+        routed = self._route(raw_data, trace)
         if isinstance(routed, Outcome):
             return routed
         kmsg, entrypoint = routed
@@ -237,15 +239,18 @@ class Controller(BaseController):
         ``settings.batch_size``)."""
         return self.pace.limit(self.settings.batch_size if size is None else size)
 
-    def handle_many(self, records: Sequence[tuple[str | bytes | None, str | None]]
-                    ) -> list[Outcome]:
+    def handle_many(self, records: Sequence[tuple[str | bytes | None, str | None]],
+                    traces: Sequence[Any] | None = None) -> list[Outcome]:
         """:meth:`handle` for several ``(value, topic)`` records in hand, one after the
         other in this thread, each with its own outcome: the messages of operations' tasks
-        among them together (see ``Sequencer.run_tasks``: shared transactions)."""
+        among them together (see ``Sequencer.run_tasks``: shared transactions).
+
+        :param traces: the trace context of each record's span
+        """
         outcomes: list[Outcome | None] = [None] * len(records)
         tasks: list[tuple[int, Message, type[Entrypoint]]] = []
         for index, (value, topic) in enumerate(records):
-            routed = self._route(value)
+            routed = self._route(value, traces[index] if traces else None)
             if isinstance(routed, Outcome):
                 outcomes[index] = routed
             elif self.sequencer is not None and "task_id" in routed[0].kser_metadata:
@@ -264,7 +269,7 @@ class Controller(BaseController):
                 outcomes[index] = self._conclude(kmsg, partial(_returned, result))
         return cast(list[Outcome], outcomes)
 
-    def _route(self, raw_data: str | bytes | None
+    def _route(self, raw_data: str | bytes | None, trace: Any = None
                ) -> Outcome | tuple[Message, type[Entrypoint]]:
         """The record's message and the entrypoint it names, or why it has none."""
         try:
@@ -275,6 +280,7 @@ class Controller(BaseController):
             error = ValidationError(f"{type(self).__name__}.onmessage returned "
                                     f"{type(kmsg).__name__}, not a Message")
             return Outcome(None, self._onerror(None, error_result(error)), undeliverable=True)
+        kmsg.trace_parent = trace
 
         entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
         if entrypoint is None and self.sequencer is not None and "task_id" in kmsg.kser_metadata:
@@ -324,9 +330,13 @@ class Controller(BaseController):
         started = time.monotonic()
         status = Status.FAILED
         try:
-            with logs.context(task_id=kmsg.uuid, entrypoint=kmsg.entrypoint):
+            with logs.context(task_id=kmsg.uuid, entrypoint=kmsg.entrypoint), tracing.span(
+                    f"run {kmsg.entrypoint}", kmsg.trace_parent,
+                    {"kser.entrypoint": kmsg.entrypoint, "kser.task_id": str(kmsg.uuid),
+                     "kser.worker": self.worker_name}) as span:
                 result: Result = entrypoint.from_Message(kmsg).execute()
-            status = Status.SUCCESS if is_success(result) else Status.FAILED
+                status = Status.SUCCESS if is_success(result) else Status.FAILED
+                tracing.ended(span, status, result.stderr)
             return result
         finally:
             took = time.monotonic() - started
@@ -473,7 +483,8 @@ class BaseProducer(BaseController):
             records = [self.encode(kmsg) for kmsg in kmsgs]
             self.ensure_topic(topic)
             for key, value in records:
-                self._produce(topic, value, key)
+                self._produce(topic, value, key, tracing.produce_headers(topic, current=True)
+                              or None)
             self._flush(timeout)
         except Exception as exc:
             result = exception_result(exc, uuid)

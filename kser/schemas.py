@@ -102,6 +102,9 @@ class Message(Base):
     """
 
     MARSHMALLOW_SCHEMA = MessageSchema()
+    #: (a consumed message) the trace context of its record's span (see kser.tracing);
+    #: never sent
+    trace_parent: Any = None
 
     def dump(self) -> dict[str, Any]:
         """This message as a JSON-compatible ``dict`` (what :class:`MessageSchema` dumps,

@@ -48,7 +48,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kser import metrics
+from kser import metrics, tracing
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
@@ -690,19 +690,22 @@ class BaseConsumer:
         """How each record was handled: together (unless ``alone``), or one at a time; a
         record the client could not read is a placeholder dead letter saying where it is."""
         readable = [record for record in records if record.unreadable is None]
-        handled = (self._handle_many(readable) if len(readable) > 1 and not alone
-                   else [self._handle(record) for record in readable])
+        group = self.config.get("group_id") or self.config.get("group.id")
+        with tracing.consuming(readable, group, self.name) as traces:
+            handled = (self._handle_many(readable, traces) if len(readable) > 1 and not alone
+                       else [self._handle(record, trace)
+                             for record, trace in zip(readable, traces, strict=True)])
         outcomes = dict(zip(map(id, readable), handled, strict=True))
         return [outcomes.get(id(record)) or Outcome(None, exception_result(ValueError(
             f"The Kafka client could not read this record ({record.unreadable}); this dead "
             "letter only says where it is: read it with another client before the topic's "
             "retention removes it")), undeliverable=True) for record in records]
 
-    def _handle(self, record: Record) -> Outcome:
+    def _handle(self, record: Record, trace: Any = None) -> Outcome:
         """The controller's outcome for ``record``; an error it did not foresee (a bug, a
         failing user hook) is redone later, like a failure of the infrastructure."""
         try:
-            return self.controller.handle(record.value, record.topic)
+            return self.controller.handle(record.value, record.topic, trace)
         except WorkerFatalError:
             raise
         except Exception as exc:
@@ -711,11 +714,11 @@ class BaseConsumer:
                          safe_text(exc, 1000))
             return Outcome(None, exception_result(exc), redo=True)
 
-    def _handle_many(self, records: list[Record]) -> list[Outcome]:
+    def _handle_many(self, records: list[Record], traces: list[Any]) -> list[Outcome]:
         """:meth:`_handle` for several records at once; if the controller fails on the
         batch unforeseen, each record is redone alone."""
         try:
-            return self.controller.handle_many([(r.value, r.topic) for r in records])
+            return self.controller.handle_many([(r.value, r.topic) for r in records], traces)
         except WorkerFatalError:
             raise
         except Exception as exc:

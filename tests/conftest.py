@@ -70,6 +70,28 @@ def memory_broker_name():
     drop_broker(name)
 
 
+@pytest.fixture
+def spans():
+    """The spans finished during the test (the OpenTelemetry SDK's in-memory exporter,
+    set as the process's tracer provider at first use: kser's spans are on from then)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    global _exporter
+    if _exporter is None:
+        _exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        trace.set_tracer_provider(provider)
+    _exporter.clear()
+    yield _exporter
+    _exporter.clear()
+
+
+_exporter = None
+
 from tests.infra import (  # noqa: E402
     kafka,
     kafka_sasl,

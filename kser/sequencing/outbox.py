@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from kser import tracing
 from kser.controller import BaseProducer, RedoError, UndeliverableError
 from kser.errors import is_transient, safe_text
 from kser.store import OutboxRow, Store, Tx
@@ -81,6 +82,7 @@ class Outbox:
             producer = self._producer()  # (made on first use: the broker may be away)
             for row in rows:
                 producer.send_raw(row.topic, row.value, row.key,
+                                  tracing.produce_headers(row.topic, row.trace_context),
                                   on_delivery=self._delivery_of(row.id))
             if wait:
                 producer.flush(timeout=self._send_timeout())

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
-from kser import logs, metrics
+from kser import logs, metrics, tracing
 from kser.codec import Codec
 from kser.config import Settings
 from kser.controller import BaseProducer, Pace, RedoError, UndeliverableError
@@ -159,6 +159,8 @@ class _End:
     followed: list[str] | None = None
     #: (a sensor whose condition is unmet) since when it waits, when to poke again
     poke: tuple[float, float] | None = None
+    #: the trace context of the attempt's span: what its end queues is its child
+    trace_context: str | None = None
 
 
 class Sequencer:
@@ -269,7 +271,7 @@ class Sequencer:
             if "task_id" in kmsg.kser_metadata:
                 return self.run_task(entrypoint, kmsg)
             operation = cast("Operation", entrypoint.from_Message(kmsg))  # (see handles)
-            return self.submit(operation, topic or self.settings.topic)
+            return self.submit(operation, topic or self.settings.topic, kmsg.trace_parent)
         except (RedoError, UndeliverableError, WorkerFatalError):
             raise
         except Exception as exc:
@@ -277,11 +279,19 @@ class Sequencer:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def submit(self, operation: Operation, topic: str) -> Result:
+    def submit(self, operation: Operation, topic: str, trace_parent: Any = None) -> Result:
         """Build (if needed), validate, store and start ``operation``; send its first tasks.
 
+        :param trace_parent: the trace context of its message's record (default: the
+            current one)
         :raises ValidationError: a required parameter is missing (nothing is stored)
         """
+        with tracing.span(f"start {type(operation).path}", trace_parent,
+                          {"kser.entrypoint": type(operation).path,
+                           "kser.operation_id": str(operation.uuid)}):
+            return self._submit(operation, topic)
+
+    def _submit(self, operation: Operation, topic: str) -> Result:
         if not operation._built:
             operation.build(**operation.params)
         operation.check_required_params()
@@ -838,9 +848,15 @@ class Sequencer:
         started = time.monotonic()
         with logs.context(operation_id=task_row.operation_id, task_id=task_id,
                           task_name=task_row.name, attempt=attempt,
-                          entrypoint=kmsg.entrypoint):  # (each line its body logs)
+                          entrypoint=kmsg.entrypoint), tracing.span(
+                f"run {kmsg.entrypoint}", kmsg.trace_parent,
+                {"kser.entrypoint": kmsg.entrypoint, "kser.operation_id": task_row.operation_id,
+                 "kser.task_id": task_id, "kser.task_name": task_row.name or "",
+                 "kser.attempt": attempt, "kser.worker": self._worker_name()}) as span:
             end = self._end_of_body(instance, result, entrypoint, task_row, forwarded,
                                     attempt, mode, claimed_at)
+            end.trace_context = tracing.ended(
+                span, metrics.WAITING if end.poke else end.status, end.result.stderr)
         took = time.monotonic() - started
         self.pace.add(took)  # (the pace of bodies sizes the batches)
         metrics.task_ran(kmsg.entrypoint, metrics.WAITING if end.poke else end.status, took,
@@ -945,7 +961,7 @@ class Sequencer:
 
     def _record_end(self, end: _End) -> Ended | None:
         """Store ``end`` in a transaction of its own (see :meth:`_end_in`)."""
-        with self._transaction() as tx:
+        with self._transaction() as tx, tracing.activated(end.trace_context):
             return self._end_in(tx, end)
 
     def _end_in(self, tx: Tx, end: _End) -> Ended | None:
@@ -1029,7 +1045,8 @@ class Sequencer:
                          if end.task.id in finished and end.retry_in is not None}
             for index, end in enumerate(ends):
                 if end.poke is not None:
-                    ended = self._end_in(tx, end)
+                    with tracing.activated(end.trace_context):  # (what it queues: its child)
+                        ended = self._end_in(tx, end)
                     if ended is not None:
                         transitions[index] = ended[0]
                         held_back.add(end.task.id)
@@ -1051,8 +1068,9 @@ class Sequencer:
                                    end.attempt)
                 else:
                     op = tx.operation_state(end.task.operation_id)
-                    transitions[index] = self._follow(tx, end, op, dumped[end.task.id],
-                                                      dependents.get(end.task.id))
+                    with tracing.activated(end.trace_context):
+                        transitions[index] = self._follow(tx, end, op, dumped[end.task.id],
+                                                          dependents.get(end.task.id))
         # a transition that found a task to queue took the operation for unfinished; the
         # compare-and-set, done now, may have queued nothing (another end of the batch
         # skipped that task meanwhile): an operation left with nothing to run ends here
@@ -1214,10 +1232,11 @@ class Sequencer:
         kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)
         key, value = self._codec().encode(kmsg)
+        trace = tracing.current_carrier()  # (what queues it: its record's span's parent)
         if cas:
             return tx.queue_with_message(task.id, op.id, task.topic or op.topic, key, value,
-                                         due_at)
-        tx.add_outbox(op.id, task.topic or op.topic, key, value, due_at)
+                                         due_at, trace)
+        tx.add_outbox(op.id, task.topic or op.topic, key, value, due_at, trace)
         return True
 
     def _finish_operation(self, tx: Tx, operation_id: str, status: str,

@@ -252,9 +252,15 @@ def _v9(connection: Connection) -> None:
         "WHERE status NOT IN ('SUCCESS', 'FAILED', 'CANCELED')"))
 
 
+def _v10(connection: Connection) -> None:
+    """Tracing: an outbox message keeps the trace context of what queued it (its
+    record's headers carry it, so a trace crosses workers)."""
+    _add_column(connection, "kser_outbox", "trace_context", "TEXT")
+
+
 #: migration n is MIGRATIONS[n - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8,
-                                                  _v9]
+                                                  _v9, _v10]
 
 
 def current_version(engine: Engine) -> int:

@@ -168,6 +168,8 @@ class OutboxRow(Row):
     due_at: float | None
     created_at: float | None = None
     sent_at: float | None = None
+    #: the trace context of what queued it (see kser.tracing), for its record's headers
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,7 +31,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -168,6 +168,8 @@ outbox = Table(
     #: not to be sent before this time (a retry's backoff); NULL: at once
     Column("due_at", Float, nullable=True),
     Column("sent_at", Float, nullable=True),
+    #: the trace context (W3C, as JSON) of what queued it: its record's headers carry it
+    Column("trace_context", Text, nullable=True),
     Index("ix_kser_outbox_unsent", "operation_id", "sent_at"),
     Index("ix_kser_outbox_due", "sent_at", "due_at"),
 )

@@ -161,7 +161,8 @@ _FINISH_ATTEMPT = (update(schema.attempts)
                            retcode=bindparam("b_retcode"), error=bindparam("b_error")))
 _ADD_OUTBOX = schema.outbox.insert().values(
     operation_id=bindparam("b_operation"), topic=bindparam("b_topic"), key=bindparam("b_key"),
-    value=bindparam("b_value"), created_at=bindparam("b_now"), due_at=bindparam("b_due")
+    value=bindparam("b_value"), created_at=bindparam("b_now"), due_at=bindparam("b_due"),
+    trace_context=bindparam("b_trace")
 ).returning(_box.id)
 _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
               .values(sent_at=bindparam("b_now")))
@@ -173,9 +174,9 @@ _QUEUE_WITH_MESSAGE_PG = (
     "WITH queued AS (UPDATE kser_tasks SET queued_attempt = attempt + 1 "
     "WHERE id = %(b_id)s AND status = 'PENDING' "
     "AND (queued_attempt IS NULL OR queued_attempt <= attempt) RETURNING id) "
-    "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at) "
-    "SELECT %(b_operation)s, %(b_topic)s, %(b_key)s, %(b_value)s, %(b_now)s, %(b_due)s "
-    "FROM queued RETURNING id")
+    "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
+    "trace_context) SELECT %(b_operation)s, %(b_topic)s, %(b_key)s, %(b_value)s, %(b_now)s, "
+    "%(b_due)s, %(b_trace)s FROM queued RETURNING id")
 
 #: claim_task on PostgreSQL: the compare-and-set of _CLAIM, and the new attempt's row
 #: only if it claimed the task, in one round trip; {taken_over} is _TAKEN_OVER's CTE
@@ -255,13 +256,14 @@ _FINISH_MANY_PG = (
 _QUEUE_MANY_PG = (
     "WITH v AS (SELECT * FROM unnest(%(b_ids)s::varchar[], %(b_operations)s::varchar[], "
     "%(b_topics)s::varchar[], %(b_keys)s::bytea[], %(b_values)s::bytea[], "
-    "%(b_dues)s::float8[]) AS v(id, operation_id, topic, key, value, due_at)), "
+    "%(b_dues)s::float8[], %(b_traces)s::text[]) "
+    "AS v(id, operation_id, topic, key, value, due_at, trace_context)), "
     "queued AS (UPDATE kser_tasks t SET queued_attempt = t.attempt + 1 FROM v "
     "WHERE t.id = v.id AND t.status = 'PENDING' "
     "AND (t.queued_attempt IS NULL OR t.queued_attempt <= t.attempt) RETURNING t.id) "
-    "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at) "
-    "SELECT v.operation_id, v.topic, v.key, v.value, %(b_now)s, v.due_at "
-    "FROM v JOIN queued ON queued.id = v.id RETURNING id, key")
+    "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
+    "trace_context) SELECT v.operation_id, v.topic, v.key, v.value, %(b_now)s, v.due_at, "
+    "v.trace_context FROM v JOIN queued ON queued.id = v.id RETURNING id, key")
 
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)
@@ -279,6 +281,9 @@ _Compiled = tuple[str, list[str] | None, dict[str, Any], frozenset[str]]
 _COMPILED: dict[tuple[int, str], _Compiled] = {}
 
 R = TypeVar("R", bound=Row)
+#: a task queued with its message, noted until a deferred queue's end: operation id,
+#: topic, key, value, due time, trace context
+_Queued = tuple[str, str, bytes | None, bytes, float | None, str | None]
 
 
 def _compiled(statement: Any, dialect: Dialect) -> _Compiled:
@@ -306,7 +311,7 @@ class Tx:
         #: operation states read (and locked) by operation_states(), kept up to date
         self._states: dict[str, OperationState] = {}
         #: (inside deferred_queue()) the queue_with_message calls to make, by task id
-        self._deferred: dict[str, tuple[str, str, bytes | None, bytes, float | None]] | None = None
+        self._deferred: dict[str, _Queued] | None = None
         #: the operations of tasks deferred_queue() noted but did not queue (their
         #: compare-and-set failed: another transition queued or ended them)
         self.not_queued: set[str] = set()
@@ -522,14 +527,13 @@ class Tx:
         finally:
             self._deferred = None
 
-    def _queue_many(self, deferred: dict[str, tuple[str, str, bytes | None, bytes,
-                                                     float | None]]) -> None:
+    def _queue_many(self, deferred: dict[str, _Queued]) -> None:
         if not deferred:
             return
         if not self._postgresql:
-            for task_id, (operation_id, topic, key, value, due_at) in deferred.items():
+            for task_id, (operation_id, topic, key, value, due_at, trace) in deferred.items():
                 if not self.queue_with_message(task_id, operation_id, topic, key, value,
-                                               due_at):
+                                               due_at, trace):
                     self.not_queued.add(operation_id)
             return
         now = time.time()
@@ -538,43 +542,47 @@ class Tx:
             b_ids=[task_id for task_id, _ in items],
             b_operations=[item[0] for _, item in items], b_topics=[item[1] for _, item in items],
             b_keys=[item[2] for _, item in items], b_values=[item[3] for _, item in items],
-            b_dues=[item[4] for _, item in items], b_now=now))
+            b_dues=[item[4] for _, item in items], b_traces=[item[5] for _, item in items],
+            b_now=now))
         by_key = {bytes(row["key"]): row["id"] for row in rows if row["key"] is not None}
-        for _, (operation_id, topic, key, value, due_at) in items:
+        for _, (operation_id, topic, key, value, due_at, trace) in items:
             row_id = by_key.get(key or b"")
             if row_id is None:
                 self.not_queued.add(operation_id)
                 continue
             self.queued.append(OutboxRow(id=row_id, operation_id=operation_id,
                                          topic=topic, key=key, value=value,
-                                         due_at=due_at, created_at=now))
+                                         due_at=due_at, created_at=now, trace_context=trace))
 
     def queue_with_message(self, task_id: str, operation_id: str, topic: str,
-                           key: bytes | None, value: bytes, due_at: float | None = None) -> bool:
+                           key: bytes | None, value: bytes, due_at: float | None = None,
+                           trace_context: str | None = None) -> bool:
         """:meth:`queue_task`, and when it queued the task, :meth:`add_outbox` its message:
         on PostgreSQL one statement (the compare-and-set and the insert in one round
         trip), elsewhere two. (Inside :meth:`deferred_queue`: noted, done at its end.)"""
         if self._deferred is not None and key == task_id.encode():
             if task_id in self._deferred:
                 return False  # (noted already: the second of two transitions finding it ready)
-            self._deferred[task_id] = (operation_id, topic, key, value, due_at)
+            self._deferred[task_id] = (operation_id, topic, key, value, due_at, trace_context)
             return True
         if self.connection.dialect.name != "postgresql":
             if not self.queue_task(task_id):
                 return False
-            self.add_outbox(operation_id, topic, key, value, due_at)
+            self.add_outbox(operation_id, topic, key, value, due_at, trace_context)
             return True
         now = time.time()
         cursor = self._dbapi().cursor()
         cursor.execute(_QUEUE_WITH_MESSAGE_PG, dict(b_id=task_id, b_operation=operation_id,
                                                      b_topic=topic, b_key=key, b_value=value,
-                                                     b_now=now, b_due=due_at))
+                                                     b_now=now, b_due=due_at,
+                                                     b_trace=trace_context))
         inserted = cursor.fetchone()
         cursor.close()
         if inserted is None:
             return False
         self.queued.append(OutboxRow(id=inserted[0], operation_id=operation_id, topic=topic,
-                                     key=key, value=value, due_at=due_at, created_at=now))
+                                     key=key, value=value, due_at=due_at, created_at=now,
+                                     trace_context=trace_context))
         return True
 
     def queue_task(self, task_id: str) -> bool:
@@ -857,14 +865,17 @@ class Tx:
                             and_(box.due_at.is_(None), box.created_at < before)))))}
 
     def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
-                   value: bytes, due_at: float | None = None) -> None:
-        """Queue a message (see :attr:`queued`); with ``due_at`` not sent before that time."""
+                   value: bytes, due_at: float | None = None,
+                   trace_context: str | None = None) -> None:
+        """Queue a message (see :attr:`queued`); with ``due_at`` not sent before that time;
+        ``trace_context``: what its record's headers will carry (see kser.tracing)."""
         now = time.time()
         (inserted,) = self._read(_ADD_OUTBOX, dict(
             b_operation=operation_id, b_topic=topic, b_key=key, b_value=value,
-            b_now=now, b_due=due_at))
+            b_now=now, b_due=due_at, b_trace=trace_context))
         self.queued.append(OutboxRow(id=inserted["id"], operation_id=operation_id, topic=topic,
-                                     key=key, value=value, due_at=due_at, created_at=now))
+                                     key=key, value=value, due_at=due_at, created_at=now,
+                                     trace_context=trace_context))
 
     def unsent(self, operation_id: str, now: float | None = None) -> list[OutboxRow]:
         """The operation's unsent messages that are due (all of them when ``now`` is None)."""
