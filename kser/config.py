@@ -50,6 +50,13 @@ def _int(name: str, default: str) -> int:
     return int(_number(name, default, int))
 
 
+def _port(name: str, default: str) -> int:
+    value = _int(name, default)
+    if not 0 <= value <= 65535:
+        raise ConfigurationError(f"{name}={value} is not a port number (0 to 65535)")
+    return value
+
+
 def _float(name: str, default: str) -> float:
     return float(_number(name, default, float))
 
@@ -152,9 +159,9 @@ class Settings:
     log_format: str = field(default_factory=lambda: _env("KSER_LOG_FORMAT", "text"))
 
     #: port of ``kser worker``'s Prometheus metrics (``--metrics-port``; 0: none served)
-    metrics_port: int = field(default_factory=lambda: _int("KSER_METRICS_PORT", "0"))
-    #: address the metrics are served on
-    metrics_host: str = field(default_factory=lambda: _env("KSER_METRICS_HOST", "0.0.0.0"))
+    metrics_port: int = field(default_factory=lambda: _port("KSER_METRICS_PORT", "0"))
+    #: address the metrics are served on (``0.0.0.0``: every interface)
+    metrics_host: str = field(default_factory=lambda: _env("KSER_METRICS_HOST", "127.0.0.1"))
     #: directory the workers of one host serving the same metrics port share (empty:
     #: ``<tmp>/kser-metrics-<port>``)
     metrics_dir: str = field(default_factory=lambda: _env("KSER_METRICS_DIR", ""))

@@ -29,6 +29,7 @@ from typing import Any
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
+from kser import metrics
 from kser.schemas import KSER_METADATA_KEY
 from kser.sequencing.task import Task
 
@@ -108,7 +109,8 @@ class ShellTask(_BuiltIn):
         params = self.params
         process = subprocess.Popen(
             params["command"], shell=bool(params.get("shell")), cwd=params.get("cwd"),
-            env={**os.environ, **(params.get("env") or {})}, stdout=subprocess.PIPE,
+            env={**metrics.child_environment(), **(params.get("env") or {})},
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
         timeout = params.get("timeout")
         try:

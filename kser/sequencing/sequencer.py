@@ -161,6 +161,8 @@ class _End:
     poke: tuple[float, float] | None = None
     #: the trace context of the attempt's span: what its end queues is its child
     trace_context: str | None = None
+    #: how long its body ran, seconds
+    took: float = 0.0
 
 
 class Sequencer:
@@ -701,6 +703,8 @@ class Sequencer:
         """An end stored by the group commit: the status hooks of what it caused called
         (after what it queued was produced, by the group commit); the error producing it
         raised, if any."""
+        if transitions is not None:  # (None: taken over meanwhile, its end refused)
+            _count(end)
         self._call_hooks(end.task.operation_id, transitions or [])
         if error is not None:
             raise error
@@ -857,10 +861,8 @@ class Sequencer:
                                     attempt, mode, claimed_at)
             end.trace_context = tracing.ended(
                 span, metrics.WAITING if end.poke else end.status, end.result.stderr)
-        took = time.monotonic() - started
-        self.pace.add(took)  # (the pace of bodies sizes the batches)
-        metrics.task_ran(kmsg.entrypoint, metrics.WAITING if end.poke else end.status, took,
-                         retried=end.retry_in is not None)
+        end.took = time.monotonic() - started
+        self.pace.add(end.took)  # (the pace of bodies sizes the batches)
         return end
 
     def _run_and_finish(self, instance: Entrypoint | None, result: Result | None,
@@ -931,7 +933,9 @@ class Sequencer:
                                  "forwarded (%s): the task FAILED", task_id, attempt, reason)
                     result = _unstorable_result(task_id, f"{type(exc).__name__}: {reason}")
                     ended = self._record_failure(end.task, attempt, result, end.logs)
-                    break
+                    if ended is not None:
+                        _count(end, FAILED)
+                    return self._after_end(end.task.operation_id, ended, result)
                 if time.monotonic() >= deadline:
                     raise RedoError(f"store unreachable: {reason}") from exc
                 logger.warning("Task %s attempt %d finished, but the store is unreachable "
@@ -939,6 +943,8 @@ class Sequencer:
                                reason, delay)
                 time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
                 delay = min(delay * 2, FINISH_RETRY_MAX)
+        if ended is not None:  # (None: taken over meanwhile, its end refused)
+            _count(end)
         return self._after_end(end.task.operation_id, ended, result)
 
     def _after_end(self, operation_id: str, ended: Ended | None, result: Result) -> Result:
@@ -1363,6 +1369,14 @@ class Sequencer:
 
     def purge(self) -> int:
         return self.controls.purge()
+
+def _count(end: _End, status: str | None = None) -> None:
+    """Count a stored attempt's end in the metrics (``status``: as stored, if not as
+    its body ended)."""
+    metrics.task_ran(end.task.entrypoint, status or (metrics.WAITING if end.poke
+                                                     else end.status),
+                     end.took, retried=status is None and end.retry_in is not None)
+
 
 def _settled(kmsg: Message, call: Callable[[], Result]) -> Result | Exception:
     """``call()``'s result, or what its failure means for ``kmsg`` (see :func:`_failure`)."""

@@ -1137,6 +1137,18 @@ class Store:
                 self.engine.dispose()
             raise
 
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """A transaction that only reads (on SQLite it takes no write lock: the workers'
+        transactions never wait for it); rolled back when the block ends."""
+        if self._watched is not None:
+            self.check_file()
+        with self.engine.connect() as connection:
+            connection.execution_options(kser_read_only=True)
+            with connection.begin() as transaction:
+                yield Tx(connection)
+                transaction.rollback()
+
     def check_file(self) -> None:
         """Raise :class:`~kser.errors.WorkerFatalError` if the SQLite file this store
         opened was removed or replaced (a no-op for other stores)."""
@@ -1276,7 +1288,8 @@ def _create_engine(url: str, connections: int = 5) -> Engine:
             # take the write lock at BEGIN: two writers never deadlock on a lock upgrade
             # (on the DB-API connection: SQLAlchemy's execution path cost more than it)
             sqlite: Any = connection.connection.dbapi_connection  # a sqlite3.Connection
-            sqlite.execute("BEGIN IMMEDIATE")
+            read_only = connection.get_execution_options().get("kser_read_only")
+            sqlite.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     # (last in, first out, as SQLite's: its statements prepared, its backend's caches warm)

@@ -551,9 +551,11 @@ def prometheus_metrics() -> Any:
               "'kser[prometheus]'")
     from kser.metrics import StoreCollector
 
-    served = CollectorRegistry(auto_describe=False)
-    store = registry().store
-    served.register(StoreCollector(lambda: store))
+    served = current_app.extensions.get("kser.metrics")
+    if served is None:  # (one per app: its store collector reads at most every 5 s)
+        served = current_app.extensions["kser.metrics"] = CollectorRegistry(auto_describe=False)
+        sequencer = registry().sequencer
+        served.register(StoreCollector(lambda: sequencer.store, raise_errors=True))
     return Response(generate_latest(served), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -4,6 +4,9 @@ tests/acceptance/test_metrics.py): task runs by entrypoint and status, retries,
 durations, hop latency, dead letters, consumer lag, and the store's gauges."""
 
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -113,9 +116,10 @@ def test_the_consumer_lag_is_what_follows_the_committed_offset(memory_broker_nam
     assert lag() == 0
 
 
-def test_the_store_gauges_count_operations_by_status_and_the_outbox(h):  # noqa: F811
+def test_the_store_gauges_count_operations_by_status_and_the_outbox(h, monkeypatch):  # noqa: F811
     from prometheus_client import CollectorRegistry
 
+    monkeypatch.setattr(metrics, "STORE_READ_INTERVAL", 0.0)
     tasks.FAILURES.clear()
     done = tasks.ThreeSteps(params={"name": "n"}).send()
     run_until_final(h, done.uuid)
@@ -134,6 +138,11 @@ def test_the_store_gauges_count_operations_by_status_and_the_outbox(h):  # noqa:
         tx.add_outbox(done.uuid, "ops", None, b"{}", time.time() + 3600)
         tx.add_outbox(done.uuid, "ops", None, b"{}", None)
     assert value("kser_outbox_waiting") == 1 and value("kser_outbox_scheduled") == 1
+    # scrapes closer together than STORE_READ_INTERVAL get the last figures
+    monkeypatch.setattr(metrics, "STORE_READ_INTERVAL", 60.0)
+    with h.store.transaction() as tx:
+        tx.add_outbox(done.uuid, "ops", None, b"{}", None)
+    assert value("kser_outbox_waiting") == 1
 
 
 def test_a_store_that_cannot_be_read_leaves_its_gauges_out_and_says_why(caplog):
@@ -160,3 +169,73 @@ def test_the_api_serves_the_store_gauges_to_a_read_token(h, monkeypatch):  # noq
     text = answer.get_data(as_text=True)
     assert 'kser_operations{status="RUNNING"} 1.0' in text
     assert "kser_outbox_waiting" in text
+
+
+def test_a_count_that_fails_never_fails_the_task_it_counts(h, monkeypatch, caplog):  # noqa: F811
+    class Broken:
+        def labels(self, *args):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics._metrics, "runs", Broken())
+    monkeypatch.setattr(metrics._metrics, "hop", Broken())
+    monkeypatch.setattr(metrics, "_failed", set())
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    assert run_until_final(h, op.uuid)["status"] == "SUCCESS"
+    warnings = [r for r in caplog.records if "the work goes on, uncounted" in r.message
+                and r.levelname == "WARNING"]
+    assert {r.message.split()[1] for r in warnings} == {"task_ran", "task_started"}
+
+
+def test_a_metrics_directory_others_can_write_to_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(metrics.MetricsUnavailableError, match="is not this user's alone"):
+        metrics._private(str(shared))
+    private = tmp_path / "private"
+    metrics._private(str(private))
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert metrics.default_directory(9400).endswith(f"kser-metrics-{os.getuid()}-9400")
+
+
+#: a process that finds a dead predecessor's gauges under its own pid (a restarted
+#: container's pid 1 with /tmp kept): they must not be served as its own
+PID_REUSE = """
+import os, sys
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+directory = sys.argv[1]
+stale = MmapedDict(os.path.join(directory, f"gauge_livesum_{os.getpid()}.db"))
+stale.write_value(mmap_key("kser_consumer_lag", "kser_consumer_lag", ["topic", "partition"],
+                           ["t", "3"], "lag"), 100.0, 0.0)
+stale.close()
+from kser import metrics
+metrics.enable(directory)
+metrics.set_lag({("t", 1): 5})
+from prometheus_client import generate_latest
+print(generate_latest(metrics.registry()).decode())
+"""
+
+
+def test_a_process_with_a_dead_ones_pid_does_not_serve_its_gauges(tmp_path):
+    directory = tmp_path / "metrics"
+    directory.mkdir(mode=0o700)
+    done = subprocess.run([sys.executable, "-c", PID_REUSE, str(directory)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 'kser_consumer_lag{partition="1",topic="t"} 5.0' in done.stdout
+    assert 'partition="3"' not in done.stdout
+
+
+def test_the_api_answers_503_when_the_store_cannot_be_read(h, monkeypatch):  # noqa: F811
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr(h.registry.settings, "api_tokens", "read:read-token")
+    monkeypatch.setattr(h.registry.settings, "api_auth", "token")
+
+    def down():
+        raise OperationalError("SELECT", {}, ConnectionError("the database is down"))
+
+    monkeypatch.setattr(h.store, "reading", down)
+    answer = create_app(h.registry).test_client().get("/api/v1/metrics", headers=READ)
+    assert answer.status_code == 503
+    assert "the store is unreachable" in answer.get_json()["message"]

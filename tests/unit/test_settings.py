@@ -52,3 +52,18 @@ def test_a_bad_key_in_given_settings_is_refused_when_the_producer_is_made():
 
     with pytest.raises(ConfigurationError, match="KSER_SECRET_KEYS key #1 has 3 bytes"):
         Producer({"settings": Settings(secret_keys="AAAA")})
+
+
+@pytest.mark.parametrize("value, error", [
+    ("70000", "KSER_METRICS_PORT=70000 is not a port number (0 to 65535)"),
+    ("-1", "KSER_METRICS_PORT=-1 is not a port number (0 to 65535)"),
+    ("http", "KSER_METRICS_PORT='http' is not an integer (default 0)"),
+])
+def test_a_metrics_port_that_is_no_port_is_refused_naming_the_variable(monkeypatch, value,
+                                                                       error):
+    from cdumay_error.types import ConfigurationError
+
+    monkeypatch.setenv("KSER_METRICS_PORT", value)
+    with pytest.raises(ConfigurationError) as raised:
+        Settings()
+    assert raised.value.message == error
