@@ -7,11 +7,12 @@ the application, by ``opentelemetry-instrument``, or by ``kser worker --tracing`
 
 ``send <topic>`` (PRODUCER)
     a record produced: a message sent (``BaseProducer.send``, ``bulk_send``) or an
-    outbox message (an operation's next task, a retry, a poke). Its context goes into
-    the record's headers (the global propagator's fields: ``traceparent``,
-    ``tracestate`` by default). An outbox message is produced under the context of what
-    queued it, which the outbox keeps with it (``kser_outbox.trace_context``), so a
-    retry sent later by a sweep is still in its operation's trace.
+    outbox message (an operation's next task, a retry, a poke, a sub-operation's end, an
+    exit notification). Its context goes into the record's headers as the W3C trace
+    context (``traceparent``, ``tracestate``; baggage is not carried). An outbox
+    message is produced under the context of what queued it, which the outbox keeps
+    with it (``kser_outbox.trace_context``), so a retry sent later by a sweep is still
+    in its operation's trace.
 ``process <topic>`` (CONSUMER)
     a record a worker handles, child of the context its headers carry.
 ``start <operation entrypoint>``
@@ -24,12 +25,15 @@ the application, by ``opentelemetry-instrument``, or by ``kser worker --tracing`
     ``kser.worker``, ``kser.status``; status ERROR when the attempt failed.
 
 So an operation's trace reads: send (producer) > process > start > send > process >
-run (task 1) > send > process > run (task 2) ... A task sent again by a sweep after its
-worker died (a takeover) starts a new trace: nothing of the dead worker's span is left.
+run (task 1) > send > process > run (task 2) ... A sub-operation is in its parent's
+trace. A task sent again by a sweep after its worker died (a takeover) starts a new
+trace: nothing of the dead worker's span is left.
 
 Header values are read as text (invalid UTF-8 replaced, at most :data:`MAX_HEADER`
-characters each) and given to the propagator, which ignores what is not a valid
-context: a forged header makes a span's parent wrong, never an error.
+characters each) and given to the W3C propagator, which ignores what is not a valid
+context: a forged header makes a span's parent wrong, never an error. Nothing here
+raises into the work it traces: a failure of tracing (a span processor's, say) is
+logged, and the work goes on untraced.
 
 Without the API, or with no tracer provider set, every function here does nothing
 beyond one check.
@@ -44,6 +48,7 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from kser import __version__
+from kser.errors import safe_text
 
 if TYPE_CHECKING:
     from kser.record import Record
@@ -59,12 +64,26 @@ EXPORTERS = ("", "console", "otlp")
 
 try:
     from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    #: the W3C trace context, whatever OTEL_PROPAGATORS says: what a record carries is
+    #: read by kser's code alone, and a baggage header is not worth its warnings
+    _PROPAGATOR = TraceContextTextMapPropagator()
 except ImportError:  # (the extra kser[otel] is not installed)
     trace = None  # type: ignore[assignment]
 
 _cached: tuple[Any, Any] | None = None  # (provider, its tracer)
+_failed: set[str] = set()
+
+
+def _untraced(what: str, exc: Exception) -> None:
+    """Log that tracing failed (a warning the first time, then at debug level)."""
+    level = logging.DEBUG if what in _failed else logging.WARNING
+    _failed.add(what)
+    logger.log(level, "tracing: %s failed (%s: %s); the work goes on untraced", what,
+               type(exc).__name__, exc)
 
 
 def enabled() -> bool:
@@ -122,47 +141,68 @@ def from_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> Any:
     """The context a record's headers carry (None: none, or tracing is off)."""
     if not headers or not enabled():
         return None
-    fields = propagate.get_global_textmap().fields
-    carrier = {name: value[:MAX_HEADER].decode("utf-8", "replace")
-               for name, value in headers
-               if isinstance(name, str) and name in fields and isinstance(value, bytes)}
-    return propagate.extract(carrier) if carrier else None
+    try:
+        fields = _PROPAGATOR.fields
+        carrier = {name: bytes(value[:MAX_HEADER]).decode("utf-8", "replace")
+                   for name, value in headers
+                   if isinstance(name, str) and name in fields
+                   and isinstance(value, bytes | bytearray)}
+        return _PROPAGATOR.extract(carrier) if carrier else None
+    except Exception as exc:
+        _untraced("reading a record's trace context", exc)
+        return None
 
 
 def current_carrier() -> str | None:
-    """The current context, as what the outbox keeps (JSON of the propagator's fields);
-    None when there is none (or tracing is off)."""
+    """The current context, as what the outbox keeps (JSON of the W3C fields); None when
+    there is none (or tracing is off)."""
     if not enabled():
         return None
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return json.dumps(carrier, separators=(",", ":")) if carrier else None
+    try:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        return json.dumps(carrier, separators=(",", ":")) if carrier else None
+    except Exception as exc:
+        _untraced("keeping the trace context", exc)
+        return None
 
 
 def _from_carrier(text: str | None) -> Any:
-    if not text:
+    """The context a :func:`current_carrier` text holds (None: none, or not readable)."""
+    if not text or len(text) > 4 * MAX_HEADER:
         return None
     try:
         carrier = json.loads(text)
-    except ValueError:
+        if not isinstance(carrier, dict):
+            return None
+        return _PROPAGATOR.extract({str(k): str(v)[:MAX_HEADER] for k, v in carrier.items()})
+    except Exception:  # (a stored text that is not one: no parent)
         return None
-    if not isinstance(carrier, dict):
-        return None
-    return propagate.extract({str(k): str(v)[:MAX_HEADER] for k, v in carrier.items()})
 
 
 @contextmanager
 def activated(text: str | None) -> Iterator[None]:
     """Within the block, the context ``text`` (a :func:`current_carrier`) is current
     (nothing changes without one)."""
-    if not text or not enabled():
+    with current(_from_carrier(text) if text and enabled() else None):
         yield
-        return
-    token = otel_context.attach(_from_carrier(text))
+
+
+@contextmanager
+def current(context: Any) -> Iterator[None]:
+    """Within the block, ``context`` (e.g. a record's span's) is current (nothing changes
+    when it is None)."""
+    token = None
+    if context is not None:
+        try:
+            token = otel_context.attach(context)
+        except Exception as exc:
+            _untraced("making a context current", exc)
     try:
         yield
     finally:
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
 
 
 # -- spans ---------------------------------------------------------------------------
@@ -176,13 +216,18 @@ def produce_headers(topic: str, parent: str | None = None, *, current: bool = Fa
     context = None if current else _from_carrier(parent)
     if context is None and not current:
         return []  # (a message queued outside any trace starts none)
-    span = _tracer().start_span(f"send {topic}", context=context, kind=SpanKind.PRODUCER,
-                                attributes={"messaging.system": "kafka",
-                                            "messaging.operation.type": "send",
-                                            "messaging.destination.name": topic})
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    span.end()
+    try:
+        span = _tracer().start_span(f"send {topic}", context=context,
+                                    kind=SpanKind.PRODUCER,
+                                    attributes={"messaging.system": "kafka",
+                                                "messaging.operation.type": "send",
+                                                "messaging.destination.name": topic})
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        span.end()
+    except Exception as exc:
+        _untraced("a send span", exc)
+        return []
     return [(name, value.encode()) for name, value in carrier.items()]
 
 
@@ -195,23 +240,27 @@ def consuming(records: Sequence[Record], group: str | None, worker: str
         yield [None] * len(records)
         return
     with ExitStack() as spans:
-        contexts = []
-        for record in records:
-            attributes: dict[str, Any] = {
-                "messaging.system": "kafka", "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset, "kser.worker": worker}
-            if group:
-                attributes["messaging.consumer.group.name"] = group
-            # (not made current: each record's span is the parent of its own work only;
-            # a record without a context starts a trace of its own)
-            made = _tracer().start_span(
-                f"process {record.topic}",
-                context=from_headers(record.headers) or otel_context.Context(),
-                kind=SpanKind.CONSUMER, attributes=attributes)
-            spans.callback(made.end)
-            contexts.append(trace.set_span_in_context(made))
+        contexts: list[Any] = []
+        try:
+            for record in records:
+                attributes: dict[str, Any] = {
+                    "messaging.system": "kafka", "messaging.operation.type": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset, "kser.worker": worker}
+                if group:
+                    attributes["messaging.consumer.group.name"] = group
+                # (not made current: each record's span is the parent of its own work
+                # only; a record without a context starts a trace of its own)
+                made = _tracer().start_span(
+                    f"process {record.topic}",
+                    context=from_headers(record.headers) or otel_context.Context(),
+                    kind=SpanKind.CONSUMER, attributes=attributes)
+                spans.callback(made.end)
+                contexts.append(trace.set_span_in_context(made))
+        except Exception as exc:
+            _untraced("a process span", exc)
+            contexts += [None] * (len(records) - len(contexts))
         yield contexts
 
 
@@ -224,8 +273,17 @@ def span(name: str, parent: Any = None, attributes: Mapping[str, Any] | None = N
     if not enabled():
         yield None
         return
-    with _tracer().start_as_current_span(name, context=parent,
-                                         attributes=dict(attributes or {})) as made:
+    try:
+        opened = _tracer().start_as_current_span(name, context=parent,
+                                                 attributes=dict(attributes or {}))
+        made = opened.__enter__()
+    except Exception as exc:
+        _untraced(f"a span {name!r}", exc)
+        yield None
+        return
+    # (an exception of the block is recorded on the span, and raised on)
+    with ExitStack() as closing:
+        closing.push(opened)
         yield made
 
 
@@ -234,9 +292,13 @@ def ended(made: Any, status: str, error: str | None = None) -> str | None:
     context as the outbox keeps it (what the attempt queues is its child)."""
     if made is None:
         return None
-    made.set_attribute("kser.status", status)
-    if status == "FAILED":
-        made.set_status(StatusCode.ERROR, error[:500] if error else None)
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(made))
+    try:
+        made.set_attribute("kser.status", str(status))
+        if status == "FAILED":
+            made.set_status(StatusCode.ERROR, safe_text(error, 500) if error else None)
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(made))
+    except Exception as exc:
+        _untraced("ending a span", exc)
+        return None
     return json.dumps(carrier, separators=(",", ":")) if carrier else None

@@ -271,7 +271,10 @@ class Sequencer:
         """
         try:
             if "task_id" in kmsg.kser_metadata:
-                return self.run_task(entrypoint, kmsg)
+                # (its record's context current: what it queues outside an attempt's span,
+                # a sub-operation's start or end, stays in the trace)
+                with tracing.current(kmsg.trace_parent):
+                    return self.run_task(entrypoint, kmsg)
             operation = cast("Operation", entrypoint.from_Message(kmsg))  # (see handles)
             return self.submit(operation, topic or self.settings.topic, kmsg.trace_parent)
         except (RedoError, UndeliverableError, WorkerFatalError):
@@ -932,7 +935,8 @@ class Sequencer:
                     logger.error("Task %s attempt %d: its result cannot be stored or "
                                  "forwarded (%s): the task FAILED", task_id, attempt, reason)
                     result = _unstorable_result(task_id, f"{type(exc).__name__}: {reason}")
-                    ended = self._record_failure(end.task, attempt, result, end.logs)
+                    with tracing.activated(end.trace_context):
+                        ended = self._record_failure(end.task, attempt, result, end.logs)
                     if ended is not None:
                         _count(end, FAILED)
                     return self._after_end(end.task.operation_id, ended, result)
@@ -1271,7 +1275,8 @@ class Sequencer:
                                        status=status, payload=notify.get("payload")),
                            result=result, metadata={KSER_METADATA_KEY: {"exit_of": operation_id}})
             key, value = self._codec().encode(kmsg)
-            tx.add_outbox(operation_id, notify["topic"], key, value)
+            tx.add_outbox(operation_id, notify["topic"], key, value,
+                          trace_context=tracing.current_carrier())
         return status, result
 
     def _queue_child_ended(self, tx: Tx, child: OperationRow,
@@ -1288,7 +1293,7 @@ class Sequencer:
         key, value = self._codec().encode(kmsg)
         topic = (parent_task.topic if parent_task is not None and parent_task.topic
                  else child.topic)
-        tx.add_outbox(child.id, topic, key, value)
+        tx.add_outbox(child.id, topic, key, value, trace_context=tracing.current_carrier())
 
     def _notify_status(self, operation_id: str, transitions: Sequence[Transition]) -> None:
         """Call the operation class's ``set_status`` for each transition, if registered here."""

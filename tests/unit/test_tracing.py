@@ -120,3 +120,71 @@ def test_kser_tracing_console_prints_one_trace_per_operation_and_refuses_the_unk
     assert refused.returncode != 0
     assert "KSER_TRACING=zipkin: unknown exporter 'zipkin': console, otlp or empty" in (
         refused.stderr)
+
+
+def test_a_sub_operation_is_in_its_parents_trace(h, spans):  # noqa: F811
+    from tests.unit.test_shapes import Outer
+
+    with trace.get_tracer("tests").start_as_current_span("client"):
+        op = Outer().send()
+    h.drain()
+    assert h.operation(op.uuid)[0].status == "SUCCESS"
+    finished = spans.get_finished_spans()
+    runs = [s for s in finished if s.name.startswith("run ")]
+    assert len(runs) == 4  # a, x, y (the child's), b
+    assert len({s.context.trace_id for s in finished}) == 1, sorted(
+        (s.name, s.context.trace_id) for s in finished)
+
+
+class OddFailureError(Exception):
+    pass
+
+
+def test_a_result_whose_error_is_no_text_still_ends_its_attempt(h, spans, monkeypatch):  # noqa: F811
+    from cdumay_result import Result
+
+    from kser.sequencing.task import Task
+
+    original = Task.execute
+
+    def failing(self, result=None):
+        if type(self) is tasks.Step:
+            return Result(uuid=self.uuid, retcode=500, stderr=OddFailureError("not text"))
+        return original(self, result)
+
+    monkeypatch.setattr(Task, "execute", failing)
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    assert run_until_final(h, op.uuid)["status"] == "FAILED"
+    [run] = [s for s in spans.get_finished_spans() if s.name == "run tests.unit.tasks.Step"]
+    assert run.status.status_code == StatusCode.ERROR and "not text" in run.status.description
+
+
+def test_a_failing_tracer_never_fails_the_work(h, spans, monkeypatch, caplog):  # noqa: F811
+    from kser import tracing
+
+    class Broken:
+        fields = {"traceparent"}
+
+        def extract(self, *args, **kwargs):
+            raise ValueError("a propagator of its own")
+
+        def inject(self, *args, **kwargs):
+            raise ValueError("a propagator of its own")
+
+    monkeypatch.setattr(tracing, "_PROPAGATOR", Broken())
+    monkeypatch.setattr(tracing, "_failed", set())
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    assert run_until_final(h, op.uuid)["status"] == "SUCCESS"
+    assert "the work goes on untraced" in caplog.text
+
+
+def test_a_baggage_header_is_not_read(memory_broker_name, spans, caplog):
+    producer = Producer({"broker": memory_broker_name})
+    key, value = producer.encode(Message(uuid="m-1", entrypoint="tests.unit.tasks.Echo",
+                                         params={"text": "hi"}))
+    producer.send_raw("lone", value, key, [("baggage", "ä=1,".encode() * 200)])
+    consumer = Consumer({"broker": memory_broker_name, "group_id": "g"}, ["lone"])
+    consumer.REGISTRY = tasks.registry.controller
+    consumer.run()
+    assert consumer.processed == 1
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
