@@ -46,6 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEMO_STORE_URL = "sqlite:///.kser/demo.db"
 #: how long `kser send --wait` waits for a SQLite store to appear (its workers create it), s
 STORE_APPEARS_WITHIN = 30.0
+#: what to do before leaving by os._exit (which skips every exit hook)
+_exiting: list[Callable[[], object]] = []
 
 
 class KserCliError(click.ClickException):
@@ -152,6 +154,7 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None,
     provider = _configure_tracing(settings, f"kser-{ctx.invoked_subcommand or 'cli'}")
     if provider is not None:
         ctx.call_on_close(provider.shutdown)  # (the spans still buffered are exported)
+        _exiting.append(lambda: provider.force_flush(5000))
     ctx.obj = settings
 
 
@@ -232,6 +235,8 @@ def worker(settings: Settings, registry: str, topics: tuple[str, ...], group: st
         click.echo(f"kser: worker stopped: {consumer.fatal}", err=True)
     if consumer.abandoned:
         # the abandoned task threads never end: leave without waiting for them
+        for flush in _exiting:  # (spans still buffered: no exit hook runs after os._exit)
+            flush()
         logging.shutdown()
         sys.stderr.flush()
         os._exit(consumer.exit_code)
@@ -245,6 +250,58 @@ def _configure_tracing(settings: Settings, service: str) -> Any:
                                  os.environ.get("OTEL_SERVICE_NAME") or service)
     except ValueError as exc:
         raise KserCliError(f"KSER_TRACING={settings.tracing}: {exc}") from None
+
+
+@main.command()
+@click.argument("registry")
+@click.option("--schedules", "schedules_file", default=None, metavar="FILE",
+              help="A TOML file of [[schedule]] tables, run with the registry's own.")
+@click.option("--once", is_flag=True, help="One pass (launch what is due), then exit.")
+@_connection_options
+@click.pass_obj
+def scheduler(settings: Settings, registry: str, schedules_file: str | None, once: bool,
+              transport: str | None, bootstrap_servers: str | None) -> None:
+    """Launch the operations of REGISTRY's schedules (MODULE:ATTRIBUTE, an
+    OperationRegistry: @registry.schedule) and of --schedules FILE at their cron times.
+
+    Run two for availability: each fire is launched once (its idempotency key is made
+    from the schedule and the fire's time). SIGTERM or SIGINT stops it.
+    """
+    import signal
+    import socket
+    import threading
+
+    from kser.sequencing.schedules import Scheduler, load_schedules
+
+    settings = _apply(settings, transport=transport, bootstrap_servers=bootstrap_servers)
+    target = _load_target(registry)
+    if not isinstance(target, OperationRegistry):
+        raise KserCliError(f"'{registry}' is a {type(target).__name__}, not an "
+                           "OperationRegistry (schedules belong to a registry)")
+    target.settings = settings
+    try:
+        schedules = list(target.schedules)
+        if schedules_file:
+            schedules += load_schedules(schedules_file)
+        runner = Scheduler(target, schedules, name=f"{socket.gethostname()}:{os.getpid()}")
+    except ValueError as exc:
+        raise KserCliError(str(exc)) from None
+    if not schedules:
+        raise KserCliError(f"no schedule: declare some with @registry.schedule(...) in "
+                           f"{registry}, or give --schedules FILE")
+    logs.set_process_fields(worker=runner.name)
+    with _kafka_errors(settings):
+        if once:
+            try:
+                runner.tick()
+            except StoreError as exc:
+                raise KserCliError(f"scheduler: {exc}") from None
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        runner.run(stop)
+    logging.getLogger("kser.sequencing.schedules").info("%s: stopped", runner.name)
 
 
 def _enable_metrics(settings: Settings) -> str | None:

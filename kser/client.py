@@ -267,6 +267,11 @@ class Client:
         found: JsonList = self._call("GET", "/entrypoints")
         return found
 
+    def schedules(self) -> JsonList:
+        """The cron schedules the schedulers run: cron, time zone, last launch, next runs."""
+        found: JsonList = self._call("GET", "/schedules")
+        return found
+
     def health(self) -> dict[str, Any]:
         """``GET /health``: the API process answers."""
         found: dict[str, Any] = self._call("GET", "/health")

@@ -173,6 +173,40 @@ def ls(url: str, token: str | None, as_json: bool, limit: int, **filters: Any) -
                       _when(op["created_at"]), _took(op["created_at"], op["finished_at"]))
     console = _console()
     console.print(table if found else "no operation")
+    with _api_errors(), _client(url, token) as kser:
+        try:
+            scheduled = kser.schedules()
+        except ClientError as exc:
+            if exc.status != 404:  # (an API older than schedules has none to show)
+                raise
+            scheduled = []
+    if scheduled:
+        console.print()
+        console.print(_schedule_table(scheduled))
+
+
+def _schedule_table(scheduled: list[dict[str, Any]]) -> Table:
+    table = Table("SCHEDULE", "ENTRYPOINT", "CRON", "NEXT RUNS", "LAST RUN", "OPERATION",
+                  box=None)
+    for schedule in scheduled:
+        table.add_row(_plain(schedule["name"]), _plain(schedule["entrypoint"]),
+                      _plain(f"{schedule['cron']} ({schedule['timezone']})"),
+                      ", ".join(_when(run) for run in schedule["next_runs"]) or "-",
+                      _when(schedule["last_run"]),
+                      _plain(schedule["last_operation_id"] or "-"))
+    return table
+
+
+@ops.command("schedules")
+@_options
+def schedules_command(url: str, token: str | None, as_json: bool) -> None:
+    """The cron schedules `kser scheduler` runs, with their next runs."""
+    with _api_errors(), _client(url, token) as kser:
+        scheduled = kser.schedules()
+    if as_json:
+        _print_json(scheduled)
+        return
+    _console().print(_schedule_table(scheduled) if scheduled else "no schedule")
 
 
 def _task_table(op: dict[str, Any]) -> Table:

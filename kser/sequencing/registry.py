@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cdumay_error.types import ValidationError
@@ -13,6 +14,7 @@ from kser.codec import Codec
 from kser.config import TRANSPORTS, Settings
 from kser.controller import BaseProducer, Controller
 from kser.entry import Entrypoint
+from kser.sequencing.schedules import Schedule
 from kser.sequencing.sequencer import Sequencer
 from kser.store import Store
 
@@ -45,6 +47,8 @@ class OperationRegistry:
                                    lambda: self.controller.worker_name, lambda: self.settings,
                                    codec=self._get_codec, pace=self.controller.pace)
         self.controller.sequencer = self.sequencer
+        #: the cron schedules declared with :meth:`schedule` (``kser scheduler`` runs them)
+        self.schedules: list[Schedule] = []
         self.app = None
         if app is not None:
             self.init_app(app)
@@ -98,6 +102,35 @@ class OperationRegistry:
         if topic is not None:
             self.settings.topic = topic
         return self
+
+    def schedule(self, cron: str, params: dict[str, Any] | None = None, *,
+                 name: str | None = None, timezone: str = "UTC", catchup: str = "skip",
+                 topic: str | None = None) -> Callable[[E], E]:
+        """Subscribe an Operation class and launch it on a cron schedule (run by ``kser
+        scheduler``); usable several times on one class, each with its own ``name``::
+
+            @registry.schedule("30 2 * * *", params={"day": "yesterday"},
+                               timezone="Europe/Paris", catchup="run_once")
+            class Nightly(Operation): ...
+
+        :param cron: 5 fields (minute hour day month weekday), or 6 with seconds first
+        :param name: unique among the schedules (default: the class's path)
+        :param timezone: the IANA zone ``cron`` is read in
+        :param catchup: after fires were missed (no scheduler ran): ``skip`` them, or
+            ``run_once`` for the latest
+        :raises ValueError: the cron, time zone, catch-up or name is not valid, or the
+            name is taken
+        """
+        def decorate(operation: E) -> E:
+            schedule = Schedule(name or operation.path, cron, operation.path,
+                                dict(params or {}), timezone, catchup, topic)
+            if any(s.name == schedule.name for s in self.schedules):
+                raise ValueError(f"a schedule is named {schedule.name!r} already: give this "
+                                 "one a name of its own (name=...)")
+            self.subscribe(operation)
+            self.schedules.append(schedule)
+            return operation
+        return decorate
 
     def _get_codec(self) -> Codec:
         """The codec of the messages the store keeps: the producer's when one is bound or

@@ -15,9 +15,10 @@ from kser.store.rows import (
     OperationState,
     OutboxRow,
     Row,
+    ScheduleRow,
     TaskRow,
 )
 from kser.store.store import Store, Tx
 
 __all__ = ["AttemptRow", "DeadLetterRow", "LogRow", "OperationRow", "OperationState",
-           "OutboxRow", "Row", "Store", "StoreError", "TaskRow", "Tx"]
+           "OutboxRow", "Row", "ScheduleRow", "Store", "StoreError", "TaskRow", "Tx"]

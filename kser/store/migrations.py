@@ -134,6 +134,23 @@ Table("kser_dead_letters", _V4,
       Index("ux_kser_dead_letters_source", "topic", "partition", "offset", unique=True))
 
 
+# -- version 11's new table, as released --------------------------------------------------
+
+_V11 = MetaData()
+Table("kser_schedules", _V11,
+    Column("name", String(255), primary_key=True),
+    Column("entrypoint", String(255), nullable=False),
+    Column("cron", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("catchup", String(16), nullable=False),
+    Column("handled_until", Float, nullable=True),
+    Column("next_fire_at", Float, nullable=True),
+    Column("last_fire_at", Float, nullable=True),
+    Column("last_operation_id", String(64), nullable=True),
+    Column("scheduler", String(255), nullable=True),
+    Column("updated_at", Float, nullable=False))
+
+
 def _columns(connection: Connection, table: str) -> set[str]:
     return {c["name"] for c in inspect(connection).get_columns(table)}
 
@@ -258,9 +275,14 @@ def _v10(connection: Connection) -> None:
     _add_column(connection, "kser_outbox", "trace_context", "TEXT")
 
 
+def _v11(connection: Connection) -> None:
+    """Cron schedules: what the schedulers handled and launched, and their next fires."""
+    _V11.create_all(connection)
+
+
 #: migration n is MIGRATIONS[n - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8,
-                                                  _v9, _v10]
+                                                  _v9, _v10, _v11]
 
 
 def current_version(engine: Engine) -> int:

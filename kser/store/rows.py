@@ -173,6 +173,24 @@ class OutboxRow(Row):
 
 
 @dataclass(frozen=True, eq=False)
+class ScheduleRow(Row):
+    """A cron schedule as the schedulers left it (``kser_schedules``)."""
+
+    name: str
+    entrypoint: str
+    cron: str
+    timezone: str
+    catchup: str
+    #: every fire at or before it was launched or skipped
+    handled_until: float | None
+    next_fire_at: float | None
+    last_fire_at: float | None
+    last_operation_id: str | None
+    scheduler: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, eq=False)
 class DeadLetterRow(Row):
     """A record a worker could not handle (``kser_dead_letters``)."""
 

@@ -31,7 +31,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -194,4 +194,24 @@ dead_letters = Table(
     #: when ``kser dlq replay`` sent it back to its topic (NULL: not yet)
     Column("replayed_at", Float, nullable=True),
     Index("ux_kser_dead_letters_source", "topic", "partition", "offset", unique=True),
+)
+
+#: cron schedules (kser.sequencing.schedules): what the schedulers handled and launched
+schedules = Table(
+    "kser_schedules", metadata,
+    #: the schedule's name (its launches' keys are schedule:<name>:<fire time>)
+    Column("name", String(255), primary_key=True),
+    Column("entrypoint", String(255), nullable=False),
+    Column("cron", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("catchup", String(16), nullable=False),
+    #: every fire at or before it was launched or skipped
+    Column("handled_until", Float, nullable=True),
+    Column("next_fire_at", Float, nullable=True),
+    #: the last fire launched, and its operation
+    Column("last_fire_at", Float, nullable=True),
+    Column("last_operation_id", String(64), nullable=True),
+    #: which scheduler wrote last
+    Column("scheduler", String(255), nullable=True),
+    Column("updated_at", Float, nullable=False),
 )

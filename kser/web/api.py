@@ -40,6 +40,7 @@ from kser.web.views import (
     dead_letter_view,
     log_view,
     operation_view,
+    schedule_view,
     task_view,
 )
 
@@ -51,6 +52,8 @@ entrypoints = Blueprint("entrypoints", __name__, description="What can be starte
 dead_letters = Blueprint("dead_letters", __name__,
                          description="Records workers could not handle, and their replay")
 health = Blueprint("health", __name__, description="Liveness and readiness (no token)")
+schedules = Blueprint("schedules", __name__,
+                      description="Cron schedules (kser scheduler) and their next runs")
 monitoring = Blueprint("monitoring", __name__,
                        description="Prometheus metrics of the store (a read token)")
 
@@ -115,9 +118,9 @@ def refused_by_store(exc: Exception) -> tuple[dict[str, Any], int]:
 #: what makes a route answer 503 (the store or Kafka failing)
 UNAVAILABLE = (SQLAlchemyError, StoreError, *kafka_client_errors())
 
-for _blueprint in (operations, entrypoints, dead_letters, monitoring):
+for _blueprint in (operations, entrypoints, dead_letters, schedules, monitoring):
     _blueprint.before_request(authorize)
-for _blueprint in (operations, entrypoints, dead_letters, health, monitoring):
+for _blueprint in (operations, entrypoints, dead_letters, health, schedules, monitoring):
     for _error in UNAVAILABLE:
         _blueprint.register_error_handler(_error, unavailable)
     _blueprint.register_error_handler(DataError, refused_by_store)
@@ -533,6 +536,34 @@ class Ready(MethodView):
         return dict(ready=ready, checks=checks), 200 if ready else 503
 
 
+# -- schedules ------------------------------------------------------------------------
+
+#: next fire times listed per schedule
+NEXT_RUNS = 3
+
+
+@schedules.route("/schedules")
+@schedules.response(200, schemas.ScheduleSchema(many=True))
+def list_schedules() -> list[dict[str, Any]]:
+    """Cron schedules and their next runs
+
+    What the schedulers (``kser scheduler``) wrote: each schedule's cron, time zone and
+    catch-up policy, its last launch and its next fire times."""
+    from kser.sequencing.schedules import Schedule
+
+    rows = transaction(lambda tx: tx.list_schedules())
+    now, found = time.time(), []
+    for row in rows:
+        try:
+            schedule = Schedule(row.name, row.cron, row.entrypoint, timezone=row.timezone,
+                                catchup=row.catchup)
+            runs = schedule.fires(now, now + 400 * 86400, most=NEXT_RUNS)
+        except ValueError:  # (a row this kser cannot read: shown without its next runs)
+            runs = []
+        found.append(schedule_view(row, runs))
+    return found
+
+
 # -- metrics --------------------------------------------------------------------------
 
 @monitoring.route("/metrics")
@@ -559,4 +590,4 @@ def prometheus_metrics() -> Any:
     return Response(generate_latest(served), mimetype=CONTENT_TYPE_LATEST)
 
 
-BLUEPRINTS = (operations, entrypoints, dead_letters, health, monitoring)
+BLUEPRINTS = (operations, entrypoints, dead_letters, schedules, health, monitoring)

@@ -138,6 +138,22 @@ class EntrypointSchema(Schema):
     required_fields = fields.List(fields.String(), required=True)
 
 
+class ScheduleSchema(Schema):
+    name = fields.String(required=True)
+    entrypoint = fields.String(required=True)
+    cron = fields.String(required=True)
+    timezone = fields.String(required=True)
+    catchup = fields.String(required=True, validate=validate.OneOf(["skip", "run_once"]))
+    next_runs = fields.List(fields.DateTime(), required=True, metadata={
+        "description": "the next fire times, from now"})
+    last_run = fields.DateTime(allow_none=True, metadata={"description": "the last launch"})
+    last_operation_id = fields.String(allow_none=True)
+    handled_until = fields.DateTime(allow_none=True, metadata={
+        "description": "every fire until then was launched or skipped"})
+    scheduler = fields.String(allow_none=True, metadata={"description": "who wrote last"})
+    updated_at = fields.DateTime(required=True)
+
+
 class _DeadLetterFields(Schema):
     topic = fields.String(validate=validate.Length(min=1, max=249),
                           metadata={"description": "the source topic (default KSER_TOPIC)"})

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kser.dlq import DeadLetter
-from kser.store import AttemptRow, LogRow, OperationRow, TaskRow
+from kser.store import AttemptRow, LogRow, OperationRow, ScheduleRow, TaskRow
 
 
 def timestamp(value: float | None) -> datetime | None:
@@ -51,6 +51,15 @@ def attempt_view(attempt: AttemptRow) -> dict[str, Any]:
                 started_at=timestamp(attempt.started_at),
                 finished_at=timestamp(attempt.finished_at), seconds=seconds,
                 retcode=attempt.retcode, error=attempt.error)
+
+
+def schedule_view(row: ScheduleRow, next_runs: list[float]) -> dict[str, Any]:
+    return dict(name=row.name, entrypoint=row.entrypoint, cron=row.cron,
+                timezone=row.timezone, catchup=row.catchup,
+                next_runs=[timestamp(run) for run in next_runs],
+                last_run=timestamp(row.last_fire_at), last_operation_id=row.last_operation_id,
+                handled_until=timestamp(row.handled_until), scheduler=row.scheduler,
+                updated_at=timestamp(row.updated_at))
 
 
 def dead_letter_view(letter: DeadLetter) -> dict[str, Any]:

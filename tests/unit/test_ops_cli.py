@@ -103,3 +103,23 @@ def test_values_are_shown_as_they_are_never_as_markup(h, ops):  # noqa: F811
     shown = ops("show", op_id)
     assert shown.exit_code == 0, shown.output
     assert "[/tmp/x] [bold]daily" in shown.output
+
+
+def test_ls_and_the_api_show_the_schedules_next_runs(h, ops):  # noqa: F811
+    from datetime import datetime
+
+    from kser.sequencing.schedules import Schedule, Scheduler
+
+    assert "SCHEDULE" not in ops("ls").output  # (none yet: no table)
+    nightly = Schedule("nightly", "30 2 * * *", tasks.ThreeSteps.path, {"name": "n"},
+                       timezone="Europe/Paris")
+    Scheduler(h.registry, [nightly], name="sched-1").tick()
+    listed = ops("ls")
+    assert listed.exit_code == 0, listed.output
+    assert "nightly" in listed.output and "30 2 * * * (Europe/Paris)" in listed.output
+    [shown] = json.loads(ops("schedules", "--json").output)
+    runs = [datetime.fromisoformat(run) for run in shown["next_runs"]]
+    assert len(runs) == 3 and runs == sorted(runs) and runs[0] > datetime.now(runs[0].tzinfo)
+    assert {run.astimezone(nightly.zone).strftime("%H:%M") for run in runs} == {"02:30"}
+    assert (shown["scheduler"], shown["catchup"], shown["last_run"]) == ("sched-1", "skip",
+                                                                         None)
