@@ -1,8 +1,17 @@
-# Image of a kser worker running the dice example (used by docker-compose.yml).
+# The kser image: the `kser` command with every extra (PostgreSQL, confluent-kafka,
+# Prometheus, OpenTelemetry, encryption) and the examples; docker-compose.yml runs its
+# workers, API server and scheduler from it.
+#   docker build -t kser .
+#   docker run --rm kser worker examples.stack.app:registry --topic dice
 FROM python:3.11-slim
 WORKDIR /app
 COPY setup.cfg pyproject.toml README.md ./
 COPY kser ./kser
-RUN pip install --no-cache-dir ".[confluent,postgres]"
+RUN pip install --no-cache-dir ".[confluent,postgres,prometheus,otel,crypto]"
 COPY examples ./examples
-CMD ["python", "examples/dice/consumer.py"]
+# (the examples are imported by module path: examples.stack.app:registry)
+ENV PYTHONPATH=/app
+# not root: the workers need no privilege (their metrics directory is under /tmp)
+USER nobody
+ENTRYPOINT ["kser"]
+CMD ["--help"]

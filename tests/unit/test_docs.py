@@ -73,3 +73,24 @@ def test_each_example_has_a_topic_of_its_own():
     for i, topics in enumerate(groups):
         for other in groups[i + 1:]:
             assert not topics & other, (topics, other)
+
+
+def settings_table() -> str:
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    return guide.split("## Settings", 1)[1].split("\n## ", 1)[0]
+
+
+def test_every_environment_variable_kser_reads_is_in_the_settings_table():
+    read = {name for path in (ROOT / "kser").rglob("*.py")
+            for name in re.findall(r"[\"'](KSER_[A-Z0-9_]+)[\"']", path.read_text())}
+    read -= {"KSER_METADATA_KEY"}  # (a constant's name, not a variable)
+    assert len(read) > 40
+    table = settings_table()
+    assert sorted(name for name in read if f"`{name}`" not in table) == []
+
+
+def test_every_variable_docker_compose_sets_for_kser_is_documented():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    table = settings_table()
+    names = set(re.findall(r"^\s+(KSER_[A-Z_]+):", compose, re.MULTILINE))
+    assert names and sorted(name for name in names if f"`{name}`" not in table) == []
