@@ -273,12 +273,12 @@ def scheduler(settings: Settings, registry: str, schedules_file: str | None, onc
 
     from kser.sequencing.schedules import Scheduler, load_schedules
 
-    settings = _apply(settings, transport=transport, bootstrap_servers=bootstrap_servers)
     target = _load_target(registry)
     if not isinstance(target, OperationRegistry):
         raise KserCliError(f"'{registry}' is a {type(target).__name__}, not an "
                            "OperationRegistry (schedules belong to a registry)")
-    target.settings = settings
+    # (the registry's own settings, as its workers', with what the command line says)
+    settings = _apply(target.settings, transport=transport, bootstrap_servers=bootstrap_servers)
     try:
         schedules = list(target.schedules)
         if schedules_file:
@@ -296,6 +296,9 @@ def scheduler(settings: Settings, registry: str, schedules_file: str | None, onc
                 runner.tick()
             except StoreError as exc:
                 raise KserCliError(f"scheduler: {exc}") from None
+            if runner.failures:
+                raise KserCliError(f"scheduler: {', '.join(runner.failures)}: a fire could "
+                                   "not be launched (the log says why)")
             return
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

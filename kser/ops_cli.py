@@ -191,7 +191,8 @@ def _schedule_table(scheduled: list[dict[str, Any]]) -> Table:
     for schedule in scheduled:
         table.add_row(_plain(schedule["name"]), _plain(schedule["entrypoint"]),
                       _plain(f"{schedule['cron']} ({schedule['timezone']})"),
-                      ", ".join(_when(run) for run in schedule["next_runs"]) or "-",
+                      (", ".join(_when(run) for run in schedule["next_runs"]) or "-")
+                      if schedule.get("active", True) else "(no scheduler runs it)",
                       _when(schedule["last_run"]),
                       _plain(schedule["last_operation_id"] or "-"))
     return table

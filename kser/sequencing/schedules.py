@@ -36,6 +36,7 @@ from kser.errors import safe_text
 
 if TYPE_CHECKING:
     from kser.sequencing.registry import OperationRegistry
+    from kser.store import ScheduleRow
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ RETRY_MIN, RETRY_MAX = 1.0, 30.0
 MOST_FIRES = 100
 #: longest schedule name (its key must fit the store's 255 characters)
 MAX_NAME = 150
+#: the span searched forward for the latest fire before a time, seconds (cronsim's
+#: reverse search takes the first of a time repeated at a DST change: searching forward
+#: over a span longer than the repeated hour finds the second)
+LATEST_WINDOW = 3 * 3600.0
+#: a schedule handled further ahead than this (a scheduler whose clock was ahead) is
+#: handled from now, seconds
+MAX_AHEAD = 300.0
 #: the keys a schedule of a schedules file may have
 FILE_KEYS = frozenset({"name", "cron", "entrypoint", "params", "timezone", "catchup", "topic"})
 
@@ -113,24 +121,34 @@ class Schedule:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    def fires(self, after: float, until: float, most: int = MOST_FIRES) -> list[float]:
+    def fires(self, after: float, until: float, most: int | None = MOST_FIRES) -> list[float]:
         """The fire times in (``after``, ``until``], at most ``most`` of them (the first)."""
         found: list[float] = []
         for fire in CronSim(self.cron, datetime.fromtimestamp(after, self.zone)):
             at = fire.timestamp()
-            if at > until or len(found) >= most:
+            if at > until or (most is not None and len(found) >= most):
                 break
             if at > after:
                 found.append(at)
         return found
 
-    def latest(self, at_or_before: float) -> float | None:
-        """The last fire time at or before ``at_or_before`` (None: none in 50 years)."""
-        moment = datetime.fromtimestamp(at_or_before, self.zone)
+    def latest(self, at_or_before: float, after: float | None = None) -> float | None:
+        """The last fire time at or before ``at_or_before`` (and after ``after``); None:
+        none (in 50 years)."""
+        start = at_or_before - LATEST_WINDOW
+        if after is not None and after >= start:  # (forward from it: a short span)
+            found = self.fires(after, at_or_before, most=None)
+            return found[-1] if found else None
+        found = self.fires(start, at_or_before, most=None)
+        if found:
+            return found[-1]
+        # (before the window: no DST repeat in reach matters, cronsim's reverse will do)
+        moment = datetime.fromtimestamp(start, self.zone)
         if moment.microsecond == 0:  # (cronsim's reverse counts a time with microseconds)
             moment += timedelta(microseconds=1)
         for fire in CronSim(self.cron, moment, reverse=True):
-            return fire.timestamp()
+            at = fire.timestamp()
+            return at if after is None or at > after else None
         return None
 
     def next_fire(self, after: float) -> float | None:
@@ -243,40 +261,62 @@ class Scheduler:
             stop.wait(wait)
 
     def tick(self) -> float:
-        """One pass over every schedule; the seconds until the next fire (at most
-        :data:`MAX_SLEEP`)."""
+        """One pass over every schedule (one failing is logged: the others go on; see
+        :attr:`failures`); the seconds until the next fire (at most :data:`MAX_SLEEP`).
+
+        :raises Exception: the store could not be read at all
+        """
         now = self.clock()
         store = self.registry.store
         with store.transaction() as tx:
             states = tx.schedule_states([s.name for s in self.schedules])
         soonest = now + MAX_SLEEP
+        #: the schedules whose pass failed or left a fire unlaunched, this pass
+        self.failures: list[str] = []
         for schedule in self.schedules:
-            state = states.get(schedule.name)
-            handled = state.handled_until if state is not None else None
-            if handled is None or handled > now + 86400:  # (new, or a clock far ahead)
-                handled = now
-            done, until = self._pass(schedule, handled, now)
-            upcoming = schedule.next_fire(max(now, until))
-            with store.transaction() as tx:
-                tx.save_schedule(dict(
-                    name=schedule.name, entrypoint=schedule.entrypoint, cron=schedule.cron,
-                    timezone=schedule.timezone, catchup=schedule.catchup,
-                    next_fire_at=upcoming, scheduler=self.name, updated_at=now),
-                    handled_until=until, launched=done.launched[-1] if done.launched else None)
+            try:
+                upcoming = self._tick_one(schedule, states.get(schedule.name), now)
+            except Exception as exc:
+                self.failures.append(schedule.name)
+                logger.error("%s: schedule %s failed (%s: %s); its fires are tried again at "
+                             "the next pass", self.name, schedule.name, type(exc).__name__,
+                             safe_text(exc, 500))
+                continue
             if upcoming is not None:
                 soonest = min(soonest, upcoming)
         return max(0.0, min(soonest - self.clock(), MAX_SLEEP))
+
+    def _tick_one(self, schedule: Schedule, state: ScheduleRow | None,
+                  now: float) -> float | None:
+        """One schedule's pass, written to the store; its next fire."""
+        handled = state.handled_until if state is not None else None
+        reset = handled is not None and handled > now + MAX_AHEAD
+        if reset:
+            logger.warning("%s: schedule %s was handled until %s, ahead of this clock (%s): "
+                           "handled from now (is a scheduler's clock wrong?)", self.name,
+                           schedule.name, _iso(handled or now), _iso(now))
+        if handled is None or reset:  # (new: nothing before now is due)
+            handled = now
+        done, until = self._pass(schedule, handled, now)
+        if until < now:
+            self.failures.append(schedule.name)
+        upcoming = schedule.next_fire(until)
+        with self.registry.store.transaction() as tx:
+            tx.save_schedule(dict(
+                name=schedule.name, entrypoint=schedule.entrypoint, cron=schedule.cron,
+                timezone=schedule.timezone, catchup=schedule.catchup,
+                next_fire_at=upcoming, scheduler=self.name, updated_at=now),
+                handled_until=until, launched=done.launched[-1] if done.launched else None,
+                reset=reset)
+        return upcoming
 
     def _pass(self, schedule: Schedule, handled: float, now: float) -> tuple[_Pass, float]:
         """Launch what of ``schedule`` is due in (``handled``, ``now``]; what was done, and
         the time up to which everything is handled."""
         done = _Pass()
-        latest = schedule.latest(now)
-        if latest is None or latest <= handled:
-            return done, now
         cutoff = now - self.grace  # (fires at or before it were missed)
-        missed = schedule.latest(cutoff) if cutoff > handled else None
-        if missed is not None and missed > handled:
+        missed = schedule.latest(cutoff, after=handled) if cutoff > handled else None
+        if missed is not None:
             if schedule.catchup == "run_once":
                 launched = self._launch(schedule, missed, late=True)
                 if launched is None:
@@ -285,11 +325,13 @@ class Scheduler:
             else:
                 done.skipped = len(schedule.fires(handled, cutoff, most=10_000))
                 logger.warning("%s: schedule %s missed %s fire(s) from %s to %s (no scheduler "
-                               "ran): skipped (catchup skip)", self.name, schedule.name,
+                               "ran, or their launch kept failing): skipped (catchup skip)",
+                               self.name, schedule.name,
                                done.skipped if done.skipped < 10_000 else "10000+",
                                _iso(schedule.fires(handled, cutoff, most=1)[0]), _iso(missed))
-            handled = max(handled, cutoff)
-        for fire in schedule.fires(handled, now):
+        if cutoff > handled:
+            handled = cutoff
+        for fire in schedule.fires(handled, now, most=None):
             launched = self._launch(schedule, fire)
             if launched is None:  # (handled up to just before it: it is due again)
                 return done, max(handled, fire - 1e-3)
@@ -308,10 +350,12 @@ class Scheduler:
         if result.retcode >= 300:
             with self.registry.store.transaction() as tx:
                 stored = tx.operation_by_key(key)
-            if stored is None:
+            if stored is None or stored.entrypoint != schedule.entrypoint:
+                why = (safe_text(result.stderr, 500) if stored is None else
+                       f"its key {key} names operation {stored.id}, a {stored.entrypoint}")
                 logger.error("%s: schedule %s could not launch its fire of %s: %s (tried "
-                             "again)", self.name, schedule.name, _iso(fire),
-                             safe_text(result.stderr, 500))
+                             "again while it is on time)", self.name, schedule.name,
+                             _iso(fire), why)
                 return None
             logger.warning("%s: schedule %s launched %s for %s; its first messages wait in "
                            "the outbox: %s", self.name, schedule.name, stored.id, _iso(fire),

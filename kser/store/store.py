@@ -1034,14 +1034,15 @@ class Tx:
                              .order_by(schema.schedules.c.name))
 
     def save_schedule(self, row: dict[str, Any], handled_until: float,
-                      launched: tuple[float, str] | None = None) -> None:
+                      launched: tuple[float, str] | None = None, reset: bool = False) -> None:
         """Write a schedule's definition and next fire, what it handled (never moved
-        back: two schedulers write in turn), and its last launch (fire, operation id)."""
+        back, two schedulers writing in turn, unless ``reset``: it was ahead of the
+        clock), and its last launch (fire, operation id)."""
         c = schema.schedules.c
         values = dict(row)
         if launched is not None:
             values.update(last_fire_at=launched[0], last_operation_id=launched[1])
-        moved = dict(values, handled_until=case(
+        moved = dict(values, handled_until=handled_until if reset else case(
             (c.handled_until > handled_until, c.handled_until), else_=handled_until))
         if launched is not None:  # (nor the last launch)
             moved.update(

@@ -540,6 +540,9 @@ class Ready(MethodView):
 
 #: next fire times listed per schedule
 NEXT_RUNS = 3
+#: a schedule no scheduler wrote for this long is not active, seconds (a scheduler
+#: writes each of its schedules every 30 s at least)
+ACTIVE_WITHIN = 120.0
 
 
 @schedules.route("/schedules")
@@ -560,7 +563,7 @@ def list_schedules() -> list[dict[str, Any]]:
             runs = schedule.fires(now, now + 400 * 86400, most=NEXT_RUNS)
         except ValueError:  # (a row this kser cannot read: shown without its next runs)
             runs = []
-        found.append(schedule_view(row, runs))
+        found.append(schedule_view(row, runs, now - row.updated_at <= ACTIVE_WITHIN))
     return found
 
 

@@ -146,6 +146,9 @@ class ScheduleSchema(Schema):
     catchup = fields.String(required=True, validate=validate.OneOf(["skip", "run_once"]))
     next_runs = fields.List(fields.DateTime(), required=True, metadata={
         "description": "the next fire times, from now"})
+    active = fields.Boolean(required=True, metadata={
+        "description": "a scheduler ran it within the last 2 minutes (else: a schedule "
+                       "removed, or no scheduler running)"})
     last_run = fields.DateTime(allow_none=True, metadata={"description": "the last launch"})
     last_operation_id = fields.String(allow_none=True)
     handled_until = fields.DateTime(allow_none=True, metadata={

@@ -53,9 +53,9 @@ def attempt_view(attempt: AttemptRow) -> dict[str, Any]:
                 retcode=attempt.retcode, error=attempt.error)
 
 
-def schedule_view(row: ScheduleRow, next_runs: list[float]) -> dict[str, Any]:
+def schedule_view(row: ScheduleRow, next_runs: list[float], active: bool) -> dict[str, Any]:
     return dict(name=row.name, entrypoint=row.entrypoint, cron=row.cron,
-                timezone=row.timezone, catchup=row.catchup,
+                timezone=row.timezone, catchup=row.catchup, active=active,
                 next_runs=[timestamp(run) for run in next_runs],
                 last_run=timestamp(row.last_fire_at), last_operation_id=row.last_operation_id,
                 handled_until=timestamp(row.handled_until), scheduler=row.scheduler,

@@ -121,5 +121,6 @@ def test_ls_and_the_api_show_the_schedules_next_runs(h, ops):  # noqa: F811
     runs = [datetime.fromisoformat(run) for run in shown["next_runs"]]
     assert len(runs) == 3 and runs == sorted(runs) and runs[0] > datetime.now(runs[0].tzinfo)
     assert {run.astimezone(nightly.zone).strftime("%H:%M") for run in runs} == {"02:30"}
+    assert shown["active"] is True
     assert (shown["scheduler"], shown["catchup"], shown["last_run"]) == ("sched-1", "skip",
                                                                          None)

@@ -127,7 +127,8 @@ def test_fires_missed_while_no_scheduler_ran_follow_the_catchup_policy(
     assert sorted(launched(h)) == expected
     if catchup == "skip":
         assert ("schedule s missed 5 fire(s) from 2026-11-23T10:00:00+00:00 to "
-                "2026-11-23T14:00:00+00:00 (no scheduler ran): skipped") in caplog.text
+                "2026-11-23T14:00:00+00:00 (no scheduler ran, or their launch kept failing): "
+                "skipped") in caplog.text
 
 
 def test_a_fire_whose_launch_failed_is_tried_again(h, monkeypatch):  # noqa: F811
@@ -224,3 +225,60 @@ def test_kser_scheduler_once_writes_the_next_runs_and_refuses_what_cannot_run(tm
     assert "schedule 'x': 'no.Such' is not registered in this registry" in refused.stderr
     empty = scheduler()
     assert empty.returncode == 1 and "no schedule: declare some" in empty.stderr
+
+
+@pytest.mark.parametrize("cron, repeated", [
+    ("30 * * * *", ["2026-10-25T00:30:00+00:00", "2026-10-25T01:30:00+00:00"]),
+    ("*/20 * * * *", ["2026-10-25T00:00:00+00:00", "2026-10-25T00:20:00+00:00",
+                      "2026-10-25T00:40:00+00:00", "2026-10-25T01:00:00+00:00",
+                      "2026-10-25T01:20:00+00:00", "2026-10-25T01:40:00+00:00"]),
+])
+def test_a_wildcard_hour_runs_in_both_of_the_repeated_hours(h, cron, repeated):  # noqa: F811
+    """Europe/Paris repeats 02:00-03:00 on 2026-10-25 (00:00-02:00 UTC); a scheduler
+    passing every 20 s launches each fire of both, once."""
+    schedule = Schedule("s", cron, THREE, {"name": "n"}, timezone="Europe/Paris")
+    clock = Clock(at("2026-10-24 23:50:00"))
+    scheduler = Scheduler(h.registry, [schedule], clock=clock)
+    while clock.now < at("2026-10-25 02:05:00"):
+        scheduler.tick()
+        clock.now += 20
+    fired = sorted(key.split(":", 2)[2] for key in launched(h))
+    assert [f for f in fired if f < "2026-10-25T02:00"] == repeated
+    if cron == "30 * * * *":  # (the latest fire before 01:45 UTC: the second 02:30)
+        assert schedule.latest(at("2026-10-25 01:45:00")) == at("2026-10-25 01:30:00")
+
+
+def test_a_clock_ahead_does_not_block_a_schedule_and_one_failing_schedule_no_other(
+        h, monkeypatch, caplog):  # noqa: F811
+    every_minute = Schedule("m", "* * * * *", THREE, {"name": "n"})
+    broken = Schedule("broken", "* * * * *", "tests.unit.tasks.WithFlaky")
+    real = at("2026-11-23 10:00:30")
+    Scheduler(h.registry, [every_minute], name="ahead", clock=Clock(real + 2 * 86400)).tick()
+    clock = Clock(real)
+    scheduler = Scheduler(h.registry, [broken, every_minute], clock=clock)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this operation cannot be built")
+
+    monkeypatch.setattr(tasks.WithFlaky, "__init__", refuse)
+    scheduler.tick()
+    assert "handled from now (is a scheduler's clock wrong?)" in caplog.text
+    clock.now = at("2026-11-23 10:01:10")
+    scheduler.tick()
+    assert list(launched(h)) == ["schedule:m:2026-11-23T10:01:00+00:00"]
+    assert scheduler.failures == ["broken"]
+    assert "schedule broken failed (RuntimeError: this operation cannot be built)" in (
+        caplog.text)
+
+
+def test_a_key_held_by_another_entrypoint_is_no_launch(h, caplog):  # noqa: F811
+    every_minute = Schedule("m", "* * * * *", THREE, {"name": "n"})
+    tasks.Routed(params={}).send(key="schedule:m:2026-11-23T10:01:00+00:00")
+    clock = Clock(at("2026-11-23 10:00:30"))
+    scheduler = Scheduler(h.registry, [every_minute], clock=clock)
+    scheduler.tick()
+    clock.now = at("2026-11-23 10:01:10")
+    scheduler.tick()
+    assert scheduler.failures == ["m"]
+    assert "its key schedule:m:2026-11-23T10:01:00+00:00 names operation" in caplog.text
+    assert state(h, "m").last_operation_id is None
