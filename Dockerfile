@@ -2,7 +2,7 @@
 # Prometheus, OpenTelemetry, encryption) and the examples; docker-compose.yml runs its
 # workers, API server and scheduler from it.
 #   docker build -t kser .
-#   docker run --rm kser worker examples.stack.app:registry --topic dice
+#   docker run --rm kser worker examples.stack.app:registry --topic stack
 FROM python:3.11-slim
 WORKDIR /app
 COPY setup.cfg pyproject.toml README.md ./

@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test install system-deps kafka-jars lint dist
+.PHONY: demo test install system-deps kafka-jars lint docs dist
 
 demo: $(VENV)/.installed
 	$(BIN)/kser --log-level WARNING demo
@@ -13,6 +13,7 @@ demo: $(VENV)/.installed
 test: install system-deps kafka-jars
 	$(BIN)/ruff check kser tests scripts examples benchmarks
 	$(BIN)/mypy
+	$(MAKE) docs
 	$(BIN)/python -m pytest tests
 
 install: $(VENV)/.installed
@@ -28,6 +29,10 @@ system-deps:
 
 kafka-jars:
 	$(PYTHON) scripts/kafka_local.py fetch
+
+# the documentation site in site/ (mkdocs.yml); a warning fails it
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: install
 	$(BIN)/ruff check kser tests scripts examples benchmarks

@@ -39,7 +39,7 @@ from pg_local import PostgresServer  # noqa: E402
 TOKENS = {"admin": "admin-token", "read": "metrics-read-token"}
 #: the registry every kser process of the stack runs
 REGISTRY = "examples.stack.app:registry"
-TOPIC = "dice"
+TOPIC = "stack"
 #: seconds each part may take to answer once started
 READY_TIMEOUT = 120
 

@@ -1,5 +1,6 @@
-"""What a new user meets in the first hour, on a real broker: the README's quickstart as
-written, the commands' answers when the broker is away, topics, the local scripts."""
+"""What a new user meets in the first hour, on a real broker: the quickstart
+(docs/quickstart.md) as written, the commands' answers when the broker is away, topics,
+the local scripts."""
 
 import fcntl
 import os
@@ -29,17 +30,29 @@ def clean_env(**extra) -> dict:
     return {**env, **extra}
 
 
-def readme_block(after: str, language: str) -> str:
-    """The first ``language`` code block of README.md after the line containing ``after``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(after)
-    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, start)
-    return match.group(1)
+def quickstart_blocks() -> list[tuple[str, str]]:
+    """The code blocks of docs/quickstart.md, in order: (language, text)."""
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    return re.findall(r"```(\w+)\n(.*?)```", text, re.S)
 
 
-def test_readme_quickstart_runs_as_written_with_two_workers_that_both_run_tasks(tmp_path):
-    (tmp_path / "tasks.py").write_text(readme_block("write `tasks.py`", "python"))
-    script = readme_block("and run:", "sh")
+def test_the_quickstart_runs_as_written_with_two_workers_that_both_run_tasks(tmp_path):
+    """Every code block of docs/quickstart.md, in order: `make demo` in the clone, the
+    file it writes, then one shell session of the rest (its Python blocks run by the
+    session's python), in a folder that is a clone after `make demo`."""
+    blocks = quickstart_blocks()
+    assert [language for language, _ in blocks] == ["sh", "python", "sh", "sh", "python",
+                                                    "sh"]
+    (_, make), (_, tasks_py), *session = blocks
+    assert make.strip() == "make demo"
+    demo = subprocess.run(["make", "demo"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=clean_env())
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "SUCCESS" in demo.stdout
+    assert tasks_py.startswith("# tasks.py\n")
+    (tmp_path / "tasks.py").write_text(tasks_py)
+    script = "".join(text if language == "sh" else f"python - <<'PY'\n{text}PY\n"
+                     for language, text in session)
     # the clone's files the quickstart uses, as in a clone after `make demo`
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     (tmp_path / "scripts").symlink_to(ROOT / "scripts")
@@ -63,11 +76,12 @@ def test_readme_quickstart_runs_as_written_with_two_workers_that_both_run_tasks(
     assert len(re.findall(r"^[0-9a-f-]{36} SUCCESS$", output, re.M)) == 20, output
     assert "dice: 12 partition(s), replication factor 1; group kser: 2 member(s), lag 0" \
         in output, output
+    assert re.search(r"^You made a [1-6]$", output, re.M), output  # (the script's operation)
     with sqlite3.connect(tmp_path / ".kser" / "kser.db") as db:
         statuses = db.execute("SELECT status, count(*) FROM kser_operations GROUP BY status")
-        assert dict(statuses) == {"SUCCESS": 20}
+        assert dict(statuses) == {"SUCCESS": 21}
         assert db.execute("SELECT count(*) FROM kser_tasks WHERE status = 'SUCCESS' "
-                          "AND attempt = 1").fetchone() == (60,)
+                          "AND attempt = 1").fetchone() == (63,)
         workers = {w for (w,) in db.execute("SELECT DISTINCT worker FROM kser_attempts")}
     assert len(workers) == 2, f"one worker did all the work: {workers}"
     ran = set(re.findall(r"(\S+:\d+) processed tasks\.DiceRoll\[", output))

@@ -61,15 +61,16 @@ def test_the_link_check_sees_the_docs():
 
 def test_each_example_has_a_topic_of_its_own():
     """An example run after another never replays (and dead-letters) the other's messages."""
-    readme = (ROOT / "README.md").read_text()
-    quickstart = set(re.findall(r"--topic (\S+)", readme))
+    quickstart = set(re.findall(r"--topic (\S+)", (ROOT / "docs/quickstart.md").read_text()))
     dice = (ROOT / "examples" / "dice" / "consumer.py").read_text()
     dice_topics = set(re.findall(r'"KSER_TOPIC", "([^"]+)"', dice))
     controls = (ROOT / "examples" / "operations" / "controls.py").read_text()
     controls_topics = set(re.findall(r'topic="([^"]+)"', controls))
+    stack = set(re.findall(r"--topic\", \"([^\"]+)\"", (ROOT / "docker-compose.yml").read_text()))
     assert quickstart == {"dice"} and dice_topics == {"dice-example"} and controls_topics
+    assert stack == {"stack"}
     # (kser demo runs on a broker inside its own process: it meets no other example)
-    groups = [quickstart, dice_topics, controls_topics]
+    groups = [quickstart, dice_topics, controls_topics, stack]
     for i, topics in enumerate(groups):
         for other in groups[i + 1:]:
             assert not topics & other, (topics, other)
