@@ -814,6 +814,10 @@ def serve(registry: str, host: str, port: int, workers: int, threads: int,
             self.cfg.set("keepalive", 30)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("proc_name", f"kser-serve {registry}")
+            if "control_socket_disable" in self.cfg.settings:
+                # (gunicorn >= 25 opens $HOME/.gunicorn/gunicorn.ctl: a HOME that is not
+                # writable logs an error, and two servers of one user share one path)
+                self.cfg.set("control_socket_disable", True)
             if access_log:
                 self.cfg.set("accesslog", "-")
                 self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss')

@@ -76,10 +76,13 @@ def up(folder: Path) -> dict:
                            "(Debian's prometheus package)")
     state: dict = {"folder": str(folder), "processes": {}}
     try:
+        # (noted before each start: a start cut short is stopped by down too)
+        state["kafka"] = {"dir": str(folder / "kafka")}
         broker = KafkaBroker(folder / "kafka").start()
-        state["kafka"] = {"dir": str(folder / "kafka"), "bootstrap": broker.bootstrap_servers}
+        state["kafka"]["bootstrap"] = broker.bootstrap_servers
+        state["postgres"] = {"dir": str(folder / "postgres")}
         postgres = PostgresServer(folder / "postgres").start()
-        state["postgres"] = {"dir": str(folder / "postgres"), "url": postgres.url}
+        state["postgres"]["url"] = postgres.url
         api_port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -118,11 +121,22 @@ def up(folder: Path) -> dict:
     return state
 
 
-def _start(command: list[str], log: Path, env: dict[str, str]) -> int:
+def _start(command: list[str], log: Path, env: dict[str, str]) -> list[int]:
+    """Start ``command`` in a session of its own; its pid and start time (a pid reused
+    later by another process is never signalled)."""
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=ROOT, start_new_session=True)
-    return process.pid
+    return [process.pid, _started_at(process.pid)]
+
+
+def _started_at(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, /proc), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # (field 22: starttime)
 
 
 def _prometheus_config(metrics_port: int, api_port: int) -> str:
@@ -142,7 +156,9 @@ def down(folder: Path, state: dict | None = None) -> None:
             print(f"stack: nothing runs in {folder}", file=sys.stderr)
             return
         state = json.loads(path.read_text())
-    pids = list(state.get("processes", {}).values())
+    # (only the processes it started: a pid since reused by another is left alone)
+    pids = [pid for pid, started in state.get("processes", {}).values()
+            if _started_at(pid) == started]
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
@@ -150,10 +166,14 @@ def down(folder: Path, state: dict | None = None) -> None:
         time.sleep(0.2)
     for pid in pids:
         _signal(pid, signal.SIGKILL)
-    if "postgres" in state:
-        PostgresServer(state["postgres"]["dir"]).stop()
-    if "kafka" in state:
-        KafkaBroker(state["kafka"]["dir"]).stop()
+    for stop in (lambda: PostgresServer(state["postgres"]["dir"]).stop()
+                 if "postgres" in state else None,
+                 lambda: KafkaBroker(state["kafka"]["dir"]).stop()
+                 if "kafka" in state else None):
+        try:
+            stop()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            print(f"stack: {exc}", file=sys.stderr)
     path.unlink(missing_ok=True)
 
 
@@ -174,6 +194,8 @@ def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's now: not ours any more)
         return False
     return True
 

@@ -71,6 +71,9 @@ class Task(Entrypoint):
     TIME_LIMIT: float | None = None
     #: when the task runs, from its upstream tasks' states (see kser.sequencing.rules)
     TRIGGER_RULE: str = TriggerRule.ALL_SUCCESS
+    #: the topic its messages go to, for a pool of workers of its own (None: its
+    #: operation's topic)
+    TOPIC: str | None = None
 
     def __init__(self, uuid: str | None = None, params: dict[str, Any] | None = None,
                  status: str = PENDING, result: Result | None = None,

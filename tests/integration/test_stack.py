@@ -66,7 +66,7 @@ def stack():
         down = subprocess.run([*STACK, "down", "--dir", str(folder)], capture_output=True,
                               text=True, timeout=120, cwd=ROOT)
         assert down.returncode == 0, down.stderr
-        for pid in state["processes"].values():
+        for pid, _ in state["processes"].values():
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
         shutil.rmtree(folder, ignore_errors=True)

@@ -65,8 +65,8 @@ def chain(span, spans_by_id):
 def test_an_operation_run_by_two_real_workers_is_one_trace(kafka, pg_url, spans,
                                                            monkeypatch):
     a, b = (f"trace-{name}-{uuid.uuid4().hex[:8]}" for name in "ab")
-    monkeypatch.setattr(First, "TOPIC", a, raising=False)
-    monkeypatch.setattr(Second, "TOPIC", b, raising=False)
+    monkeypatch.setattr(First, "TOPIC", a)
+    monkeypatch.setattr(Second, "TOPIC", b)
     store = Store(pg_url)
     consumers = [worker(kafka, store, a, f"g-{a}"), worker(kafka, store, b, f"g-{b}")]
     threads = [threading.Thread(target=c.run, daemon=True) for c in consumers]
