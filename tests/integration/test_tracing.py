@@ -23,6 +23,7 @@ from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task
 from kser.store import Store
 from tests.infra import WAIT
+from tests.unit.test_tracing import chain
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +53,6 @@ def worker(kafka, store, topic, group):
     consumer = Consumer(settings.client_config(group), [topic], settings=settings)
     consumer.REGISTRY = registry.controller
     return consumer
-
-
-def chain(span, spans_by_id):
-    names = []
-    while span is not None:
-        names.append(span.name)
-        span = spans_by_id.get(span.parent.span_id) if span.parent else None
-    return names
 
 
 def test_an_operation_run_by_two_real_workers_is_one_trace(kafka, pg_url, spans,
