@@ -109,6 +109,10 @@ class WaitReady(Sensor):
 
     def poke(self):
         RUNS.append(f"poke{self.pokes}")
+        if self.pokes == 0 and "delay" in READY:
+            # counted from the first poke, not from the send: a slow machine does not
+            # get past the delay before the sensor has even started
+            READY["after"] = time.time() + READY.pop("delay")
         return time.time() >= READY["after"]
 
 
@@ -123,6 +127,7 @@ def h(memory_broker_name, tmp_path, monkeypatch):
     RUNS.clear()
     FAILING.clear()
     SEEN.clear()
+    READY.pop("delay", None)
     harness = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
     yield harness
     harness.store.close()
@@ -375,7 +380,7 @@ def test_the_join_is_queued_once_whoever_finds_it_ready(h):
 # -- sensors ------------------------------------------------------------------------------
 
 def test_a_sensor_pokes_until_its_condition_holds_without_using_attempts(h):
-    READY["after"] = time.time() + 0.3
+    READY["after"], READY["delay"] = float("inf"), 0.3
     op = Waiting().send()
     row = run_until_final(h, op.uuid)
     assert row.status == "SUCCESS"
@@ -406,7 +411,7 @@ def test_a_sensor_fails_once_its_timeout_passed_and_is_not_retried(h, monkeypatc
 
 def test_between_pokes_a_sensor_holds_no_consumer_thread(h):
     """One consumer, one task thread: while the sensor waits, other operations run."""
-    READY["after"] = time.time() + 0.5
+    READY["after"], READY["delay"] = float("inf"), 0.5
     waiting = Waiting().send()
     others = [Diamond().send() for _ in range(5)]
     run_until_final(h, waiting.uuid)
@@ -582,7 +587,7 @@ def test_cancel_stops_a_running_task_at_its_next_checkpoint(h):
 # -- what a review found --------------------------------------------------------------------
 
 def test_copies_of_a_sensors_poke_message_never_start_a_second_chain_of_pokes(h):
-    READY["after"] = time.time() + 0.4
+    READY["after"], READY["delay"] = float("inf"), 0.4
     op = Waiting().send()
     h.drain()  # the first poke: unmet; the next one waits in the outbox
     with h.store.transaction() as tx:
