@@ -33,6 +33,11 @@ def side_effects(path):
     return Counter(path.read_text().split()) if path.exists() else Counter()
 
 
+#: for the tests that count every body once and kill no worker: a lease no stalled (but
+#: living) worker of a loaded machine misses, so no attempt is ever taken over
+NO_TAKEOVER = {"KSER_TASK_LEASE": "30"}
+
+
 def hostile_run(kafka, pg_url, processes, tmp_path, transport, **kwargs):
     effects = tmp_path / "side-effects"
     env = {"KSER_TRANSPORT": transport, "KSER_TEST_SIDE_EFFECTS": str(effects),
@@ -227,7 +232,7 @@ def test_a_task_that_never_returns_does_not_hold_a_stopping_worker(kafka, pg_url
 def test_concurrency_4_with_every_record_duplicated_runs_each_step_once(kafka, pg_url,
                                                                         processes, tmp_path):
     run, effects = hostile_run(kafka, pg_url, processes, tmp_path, "kafka", workers=0,
-                               env={"KSER_LOG_LEVEL": "WARNING"})
+                               env={"KSER_LOG_LEVEL": "WARNING", **NO_TAKEOVER})
     run.workers = [processes.start([*run.worker_args(), "--concurrency", "4"], env=run.env)]
     with every_record_twice(run) as copied:
         run.submit(50, 5, lambda i: {"sleep": 0.05})
@@ -240,7 +245,8 @@ def test_concurrency_4_with_every_record_duplicated_runs_each_step_once(kafka, p
 
 
 def test_the_broker_stopped_for_15_s_during_a_rebalance(kafka, pg_url, processes, tmp_path):
-    run, effects = hostile_run(kafka, pg_url, processes, tmp_path, "kafka", workers=2)
+    run, effects = hostile_run(kafka, pg_url, processes, tmp_path, "kafka", workers=2,
+                               env=NO_TAKEOVER)
     run.submit(100, 5, lambda i: {"sleep": 0.05})
     wait_for(lambda: run.succeeded_tasks() >= 50, "the run under way")
     run.workers.append(run.start_worker("joiner"))  # the group rebalances...
@@ -283,7 +289,9 @@ def test_dead_letters_replay_from_the_topic_and_the_store(kafka, pg_url, process
     producer.send(run.topic, b"not json").get(30)
     producer.close()
     wait_for(lambda: len(dead_letters(run)) == 2, "both dead-lettered", timeout=60)
-    args = [run.topic, "--bootstrap-servers", kafka.bootstrap_servers, "--wait", "3",
+    # (--wait left at its default: the end is 10 s without a record, time enough for a
+    # loaded machine's group join and first fetch)
+    args = [run.topic, "--bootstrap-servers", kafka.bootstrap_servers,
             "--store-url", run.store_url]
     listed = CliRunner().invoke(main, ["dlq", "list", *args])
     assert listed.exit_code == 0, listed.output
@@ -293,8 +301,15 @@ def test_dead_letters_replay_from_the_topic_and_the_store(kafka, pg_url, process
     assert "replayed 2 dead letter(s)" in replayed.output, replayed.output
     consumer = KafkaConsumer(run.topic, bootstrap_servers=kafka.bootstrap_servers,
                              auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
-    values = sorted(len(record.value) for record in consumer)
+                             max_partition_fetch_bytes=4 << 20)
+    lengths, deadline = [], time.monotonic() + 60
+    while len(lengths) < 4 and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=1000).values():
+            lengths += [len(record.value) for record in records]
+    time.sleep(2)  # and nothing more: a replay sent twice would show here
+    for records in consumer.poll(timeout_ms=1000).values():
+        lengths += [len(record.value) for record in records]
     consumer.close()
+    values = sorted(lengths)
     assert values == [8, 8, 1_048_000, 1_048_000]  # each sent back once, whole
     run.close()

@@ -8,7 +8,6 @@ unconsumed.
 """
 
 import socket
-import time
 
 import pytest
 
@@ -27,13 +26,14 @@ SLOW_HOP = 1.5
 def test_operations_survive_a_worker_killed_mid_task(kafka, pg_url, processes, tmp_path):
     run = Run(kafka, pg_url, processes)
     fixed = tmp_path / "fixed"
+    release = tmp_path / "release"  # the slow hops wait for it: the kill lands mid-task
 
     def params(i):
         extra = {}
         if i % FAILING_EVERY == 7:
             extra.update(fail_at=2, fixed=str(fixed))
         if i % SLOW_EVERY == 0:
-            extra.update(sleep=SLOW_HOP)
+            extra.update(sleep=SLOW_HOP, release=str(release))
         return extra
 
     ids = run.submit(OPERATIONS, HOPS, params)
@@ -48,14 +48,14 @@ def test_operations_survive_a_worker_killed_mid_task(kafka, pg_url, processes, t
         with run.store.transaction() as tx:
             return tx.connection.execute(
                 schema.tasks.select().where(task.status == "RUNNING",
-                                            task.worker.in_(list(workers)),
-                                            task.started_at > time.time() - SLOW_HOP / 2)
+                                            task.worker.in_(list(workers)))
                 .where(task.params["sleep"].as_float() == SLOW_HOP)).mappings().first()
 
     killed_task = wait_for(worker_mid_task, "a worker in the middle of a slow task", timeout=120)
     victim = killed_task["worker"]
     workers[victim].popen.kill()
     workers[victim].popen.wait(30)
+    release.touch()
     run.workers.append(run.start_worker("killed-worker-restarted"))
 
     done = OPERATIONS - len(failing)

@@ -22,6 +22,16 @@ def ran(task_id):
             log.write(f"{task_id}\n")
 
 
+def held(params, most=120.0):
+    """With ``params["release"]``, wait until that file exists (at most ``most`` s): a
+    test kills a worker mid-task without racing the task's end, however slow the machine,
+    and then releases every held task by creating the file."""
+    release = params.get("release")
+    deadline = time.monotonic() + most
+    while release and not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @registry.subscribe
 class Hop(Task):
     """Checks it saw every hop before it in ``retval["hops"]``, then adds its own index.
@@ -42,6 +52,7 @@ class Hop(Task):
             time.sleep(0.1)
         if self.params.get("fail_at") == index and not os.path.exists(self.params["fixed"]):
             return Result(uuid=self.uuid, retcode=500, stderr=f"hop {index} fails on purpose")
+        held(self.params)
         time.sleep(float(self.params.get("sleep", 0.02)))
         self.log(f"hop {index} after {seen}")
         return Result(uuid=self.uuid, stdout=f"hop {index}", retval={"hops": [*seen, index]},
@@ -76,6 +87,7 @@ class Fan(Task):
 
     def run(self):
         ran(self.uuid)
+        held(self.params)
         time.sleep(float(self.params.get("sleep", 0.02)))
         expects = sorted(self.params.get("expects", []))
         upstream = self.upstream_results
@@ -92,18 +104,23 @@ class Fan(Task):
 @registry.subscribe
 class Fanned(Operation):
     """``a >> Parallel(b1, b2, b3) >> c >> Parallel(d1, d2) >> e``; with ``params["slow"]``
-    the tasks of the parallel groups take that many seconds."""
+    the tasks of the parallel groups take that many seconds, with ``params["hold"]`` they
+    first wait for that file (tasks inherit their operation's params, so the operation's
+    param has another name than the ``release`` of the tasks it holds)."""
 
-    def build_tasks(self, slow=0.0, **kwargs):
-        def fan(name, expects, received, sleep=0.02):
-            return Fan(name=name, params={"expects": expects, "received": received,
-                                          "sleep": sleep})
+    def build_tasks(self, slow=0.0, hold=None, **kwargs):
+        def fan(name, expects, received, sleep=0.02, slow=False):
+            params = {"expects": expects, "received": received, "sleep": sleep}
+            if slow and hold:
+                params["release"] = hold
+            return Fan(name=name, params=params)
 
         bs, ds = ["b1", "b2", "b3"], ["d1", "d2"]
         return [fan("a", [], []),
-                Parallel(*(fan(b, ["a"], ["a"], slow or 0.02) for b in bs)),
+                Parallel(*(fan(b, ["a"], ["a"], slow or 0.02, bool(slow)) for b in bs)),
                 fan("c", bs, ["a", *bs]),
-                Parallel(*(fan(d, ["c"], ["a", *bs, "c"], slow or 0.02) for d in ds)),
+                Parallel(*(fan(d, ["c"], ["a", *bs, "c"], slow or 0.02, bool(slow))
+                           for d in ds)),
                 fan("e", ds, ["a", *bs, "c", *ds])]
 
 
@@ -115,6 +132,7 @@ class Step(Task):
     def run(self):
         ran(self.uuid)
         started = time.time()
+        held(self.params)
         time.sleep(float(self.params.get("sleep", 0.02)))
         if self.params.get("fail"):
             return Result(uuid=self.uuid, retcode=500, stderr=f"{self.name} fails on purpose")
@@ -160,29 +178,33 @@ class CleanUpAfterFailure(Operation):
 
 @registry.subscribe
 class ReadyAt(Sensor):
-    """True once ``params["ready_at"]`` (a UNIX time) passed."""
+    """True once the file ``params["ready_file"]`` exists."""
 
     POKE_INTERVAL = 0.5
     TIMEOUT = 60
 
     def poke(self):
         ran(self.uuid)
-        return time.time() >= float(self.params["ready_at"])
+        return os.path.exists(self.params["ready_file"])
 
 
 @registry.subscribe
 class WaitThenStep(Operation):
-    def build_tasks(self, ready_at, **kwargs):
-        return [ReadyAt(name="wait", params={"ready_at": ready_at}), Step(name="then")]
+    def build_tasks(self, ready_file, **kwargs):
+        return [ReadyAt(name="wait", params={"ready_file": ready_file}), Step(name="then")]
 
 
 @registry.subscribe
 class SlowChild(Operation):
-    def build_tasks(self, slow=2.0, **kwargs):
-        return [Step(name="x", params={"sleep": slow}), Step(name="y")]
+    """``x >> y``; x takes ``slow`` seconds, and first waits for the file ``hold``."""
+
+    def build_tasks(self, slow=2.0, hold=None, **kwargs):
+        x = {"sleep": slow, **({"release": hold} if hold else {})}
+        return [Step(name="x", params=x), Step(name="y")]
 
 
 @registry.subscribe
 class WithChild(Operation):
-    def build_tasks(self, slow=2.0, **kwargs):
-        return [Step(name="a"), SlowChild(name="child", params={"slow": slow}), Step(name="b")]
+    def build_tasks(self, slow=2.0, hold=None, **kwargs):
+        child = {"slow": slow, **({"hold": hold} if hold else {})}
+        return [Step(name="a"), SlowChild(name="child", params=child), Step(name="b")]

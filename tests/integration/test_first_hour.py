@@ -114,7 +114,7 @@ def test_send_and_worker_say_in_one_line_within_their_timeout_that_the_broker_is
     assert len(lines) == 1 and lines[0].startswith("kser: "), done.stderr
     assert "is the broker running" in lines[0]
     # 16-17 s before --timeout was honoured; now the timeout plus the interpreter's start
-    assert elapsed < 10, f"{elapsed:.1f} s"
+    assert elapsed < 13, f"{elapsed:.1f} s"  # room for a loaded machine's imports
 
 
 @pytest.mark.parametrize("transport", ["kafka", "confluent"])

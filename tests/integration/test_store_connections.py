@@ -32,7 +32,9 @@ def test_an_idle_connection_is_pinged_and_replaced_after_a_restart(postgres, mon
         store.close()
 
 
-def test_a_busy_connection_is_not_pinged(postgres):
+def test_a_busy_connection_is_not_pinged(postgres, monkeypatch):
+    # "a moment ago" however slow the machine: never idle long enough for a ping
+    monkeypatch.setattr(store_module, "PING_AFTER_IDLE", 3600.0)
     store = Store(new_database(postgres))
     try:
         pid = backend_pids(store).pop()

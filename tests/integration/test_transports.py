@@ -128,12 +128,14 @@ def worker_args(kafka, topic, group, name):
             "--bootstrap-servers", kafka.bootstrap_servers]
 
 
-def send_slow(kafka, topic, markers_dir, name, seconds):
+def send_slow(kafka, topic, markers_dir, name, seconds, release=None):
     from kser.python_kafka.producer import Producer
 
     producer = Producer({"bootstrap_servers": kafka.bootstrap_servers})
-    kmsg = Message(str(uuid.uuid4()), Slow.path,
-                   params={"markers": str(markers_dir), "name": name, "seconds": seconds})
+    params = {"markers": str(markers_dir), "name": name, "seconds": seconds}
+    if release:
+        params["release"] = str(release)
+    kmsg = Message(str(uuid.uuid4()), Slow.path, params=params)
     assert producer.send(topic, kmsg).retcode == 0
     producer.close()
 
@@ -151,12 +153,14 @@ def wait_until(condition, what, timeout=WAIT):
 def test_sigkill_mid_message_means_the_next_consumer_runs_it_again(kafka, topic, name,
                                                                     processes, tmp_path):
     group = f"g-{uuid.uuid4().hex[:6]}"
-    send_slow(kafka, topic, tmp_path, "job", seconds=3)
+    release = tmp_path / "release"  # the task runs until this file exists (at most 60 s)
+    send_slow(kafka, topic, tmp_path, "job", seconds=60, release=release)
     first = processes.start(worker_args(kafka, topic, group, name), name="first")
     wait_until(lambda: markers(tmp_path, "job", "started"), "first worker started the task")
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(WAIT)
     assert not markers(tmp_path, "job", "done")
+    release.touch()
 
     second = processes.start(worker_args(kafka, topic, group, name), name="second")
     wait_until(lambda: markers(tmp_path, "job", "done"), "second worker finished the task")

@@ -18,14 +18,19 @@ registry = OperationRegistry()
 
 @registry.subscribe
 class Slow(Task):
-    """Sleeps ``seconds``, between markers ``<name>.started.<pid>`` and ``<name>.done.<pid>``."""
+    """Sleeps ``seconds``, between markers ``<name>.started.<pid>`` and ``<name>.done.<pid>``;
+    with ``release``, only until that file exists (a test's kill then lands mid-run however
+    slow the machine)."""
 
     REQUIRED_FIELDS = ("markers", "name", "seconds")
 
     def run(self):
         markers = Path(self.params["markers"])
         (markers / f"{self.params['name']}.started.{os.getpid()}").touch()
-        time.sleep(float(self.params["seconds"]))
+        until = time.monotonic() + float(self.params["seconds"])
+        release = self.params.get("release")
+        while time.monotonic() < until and not (release and Path(release).exists()):
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
         (markers / f"{self.params['name']}.done.{os.getpid()}").touch()
         return Result(uuid=self.uuid, stdout=f"slept {self.params['seconds']} s")
 

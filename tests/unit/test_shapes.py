@@ -99,20 +99,20 @@ class Skipping(Operation):
                 Work(name="anyway", trigger_rule="all_done")]
 
 
-READY = {"after": float("inf")}
+# met from a time on ("after"), or from a number of unmet pokes on ("at_poke"): the
+# tests that count pokes use the count, which no slow machine can get past
+READY: dict = {"after": float("inf"), "at_poke": None}
 
 
 @registry.subscribe
 class WaitReady(Sensor):
     POKE_INTERVAL = 0.05
-    TIMEOUT = 1.0
+    TIMEOUT = 60.0  # the timeout test lowers it; the others must never reach it
 
     def poke(self):
         RUNS.append(f"poke{self.pokes}")
-        if self.pokes == 0 and "delay" in READY:
-            # counted from the first poke, not from the send: a slow machine does not
-            # get past the delay before the sensor has even started
-            READY["after"] = time.time() + READY.pop("delay")
+        if READY["at_poke"] is not None:
+            return self.pokes >= READY["at_poke"]
         return time.time() >= READY["after"]
 
 
@@ -127,8 +127,11 @@ def h(memory_broker_name, tmp_path, monkeypatch):
     RUNS.clear()
     FAILING.clear()
     SEEN.clear()
-    READY.pop("delay", None)
+    READY["at_poke"] = None
     harness = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
+    # the next poke or retry is sent by the tests' own forced sweeps, never by one a
+    # slow drain happens to make on its way
+    monkeypatch.setattr(harness.registry.settings, "sweep_interval", 3600.0)
     yield harness
     harness.store.close()
 
@@ -380,12 +383,12 @@ def test_the_join_is_queued_once_whoever_finds_it_ready(h):
 # -- sensors ------------------------------------------------------------------------------
 
 def test_a_sensor_pokes_until_its_condition_holds_without_using_attempts(h):
-    READY["after"], READY["delay"] = float("inf"), 0.3
+    READY["at_poke"] = 3
     op = Waiting().send()
     row = run_until_final(h, op.uuid)
     assert row.status == "SUCCESS"
     pokes = [r for r in RUNS if r.startswith("poke")]
-    assert 3 <= len(pokes) <= 10 and pokes == [f"poke{i}" for i in range(len(pokes))]
+    assert pokes == ["poke0", "poke1", "poke2", "poke3"]
     assert RUNS[-1] == "then"
     _, task_rows = h.operation(op.uuid)
     sensor = task_rows[0]
@@ -411,7 +414,7 @@ def test_a_sensor_fails_once_its_timeout_passed_and_is_not_retried(h, monkeypatc
 
 def test_between_pokes_a_sensor_holds_no_consumer_thread(h):
     """One consumer, one task thread: while the sensor waits, other operations run."""
-    READY["after"], READY["delay"] = float("inf"), 0.5
+    READY["at_poke"] = 2
     waiting = Waiting().send()
     others = [Diamond().send() for _ in range(5)]
     run_until_final(h, waiting.uuid)
@@ -419,7 +422,7 @@ def test_between_pokes_a_sensor_holds_no_consumer_thread(h):
     first_poke, met = RUNS.index("poke0"), max(i for i, r in enumerate(RUNS)
                                                 if r.startswith("poke"))
     # the other operations' 20 tasks all ran before the poke that found the condition
-    # met (half a second after the first), most of them between two pokes
+    # met (the third), most of them between two pokes
     assert sum(1 for r in RUNS[:met] if not r.startswith("poke")) == 20
     assert sum(1 for r in RUNS[first_poke:met] if not r.startswith("poke")) >= 10
 
@@ -587,7 +590,7 @@ def test_cancel_stops_a_running_task_at_its_next_checkpoint(h):
 # -- what a review found --------------------------------------------------------------------
 
 def test_copies_of_a_sensors_poke_message_never_start_a_second_chain_of_pokes(h):
-    READY["after"], READY["delay"] = float("inf"), 0.4
+    READY["at_poke"] = 3
     op = Waiting().send()
     h.drain()  # the first poke: unmet; the next one waits in the outbox
     with h.store.transaction() as tx:

@@ -306,7 +306,7 @@ def max_overlap(runs):
 
 
 def test_concurrency_runs_tasks_at_once_in_task_threads(memory_broker_name):
-    send_sleeps(memory_broker_name, 6, 0.2)
+    send_sleeps(memory_broker_name, 6, 1.0)  # long enough for three threads to start
     consumer(memory_broker_name, settings=Settings(concurrency=3)).run()
     assert max_overlap(RUNS) == 3
     assert len({event[2] for event in RUNS if event[0] == "start"}) == 3
