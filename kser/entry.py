@@ -143,11 +143,8 @@ class Entrypoint(metaclass=EntrypointMeta):
     # -- internals: logging around the hooks ---------------------------------------------
 
     def _log(self, level: int, event: str, result: Result | None = None) -> None:
-        """``{Name}.{event}: {path}[{uuid}]`` with the message (and result) as ``extra``.
-
-        The extras are dumped only when the line is logged: the hot path pays
-        nothing for a filtered level.
-        """
+        """``{Name}.{event}: {path}[{uuid}]`` with the message's (and result's) ids as
+        ``extra``."""
         if logger.isEnabledFor(level):
             if result is None:
                 logger.log(level, "%s.%s: %s[%s]", type(self).__name__, event, type(self).path,
@@ -157,12 +154,12 @@ class Entrypoint(metaclass=EntrypointMeta):
                            type(self).path, self.uuid, result, extra=self._log_extra(result))
 
     def _log_extra(self, result: Result | None = None) -> dict[str, Any]:
-        extra: dict[str, Any] = dict(kmsg=Message(self.uuid, entrypoint=self.__class__.path,
-                                                  params=self.params,
-                                                  metadata=self.metadata).dump())
+        """``kmsg`` (uuid and entrypoint) and ``kresult`` (retcode) for a log
+        record: ids only. Params, metadata and results stay out of the logs (a JSON
+        formatter prints every extra: they may hold secrets, and be a megabyte)."""
+        extra: dict[str, Any] = dict(kmsg={"uuid": self.uuid, "entrypoint": type(self).path})
         if result is not None:
-            result_field: Any = Message.MARSHMALLOW_SCHEMA.fields["result"]  # a Nested field
-            extra["kresult"] = result_field.schema.dump(result)
+            extra["kresult"] = {"retcode": result.retcode}
         return extra
 
     def _post_init(self) -> None:

@@ -56,13 +56,19 @@ RETRY_MIN, RETRY_MAX = 1.0, 30.0
 MOST_FIRES = 100
 #: longest schedule name (its key must fit the store's 255 characters)
 MAX_NAME = 150
-#: the span searched forward for the latest fire before a time, seconds (cronsim's
-#: reverse search takes the first of a time repeated at a DST change: searching forward
-#: over a span longer than the repeated hour finds the second)
+#: the span searched forward for the latest fire before a time, seconds. Fire times are
+#: only ever taken from cronsim's forward search: its reverse one disagrees with it at
+#: DST changes (the first of a repeated time, or a time forward never gives), so it only
+#: says where to search forward next
 LATEST_WINDOW = 3 * 3600.0
+#: most spans :meth:`Schedule.latest` searches before giving up (each goes back further)
+LATEST_SPANS = 1000
 #: a schedule handled further ahead than this (a scheduler whose clock was ahead) is
 #: handled from now, seconds
 MAX_AHEAD = 300.0
+#: longest topic name Kafka accepts, and the characters it allows
+MAX_TOPIC = 249
+TOPIC_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: the keys a schedule of a schedules file may have
 FILE_KEYS = frozenset({"name", "cron", "entrypoint", "params", "timezone", "catchup", "topic"})
 
@@ -95,6 +101,18 @@ class Schedule:
                 not c.isprintable() for c in self.name):
             raise ValueError(f"schedule name {safe_text(self.name, 200)!r}: 1 to {MAX_NAME} "
                              "printable characters")
+        for name in ("cron", "entrypoint", "timezone", "catchup"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{where}: {name} must be a non-empty string, not "
+                                 f"{safe_text(value, 100)!r}")
+        if self.topic is not None and not isinstance(self.topic, str):
+            raise ValueError(f"{where}: topic must be a string, not "
+                             f"{type(self.topic).__name__}")
+        if self.topic is not None and (not 0 < len(self.topic) <= MAX_TOPIC
+                or not set(self.topic) <= TOPIC_CHARACTERS or self.topic in (".", "..")):
+            raise ValueError(f"{where}: topic {safe_text(self.topic, 100)!r} is not a Kafka "
+                             f"topic name (1 to {MAX_TOPIC} of a-z A-Z 0-9 . _ -)")
         if self.catchup not in CATCHUPS:
             raise ValueError(f"{where}: catchup {self.catchup!r} is not one of "
                              f"{', '.join(CATCHUPS)}")
@@ -109,12 +127,20 @@ class Schedule:
             raise ValueError(f"{where}: {self.cron!r} is not a cron expression ({exc}): 5 "
                              "fields (minute hour day month weekday), or 6 with seconds "
                              "first") from None
+        fields = self.cron.split()
+        if (len(fields) == 6 and not fields[1].startswith("*")
+                and not fields[2].startswith("*") and _has_dst(zone)):
+            # (cronsim reads such a 6-field expression without Debian's DST rules: a
+            # fire in the repeated hour would run twice, one in the skipped hour never)
+            raise ValueError(f"{where}: a 6-field expression at set hours and minutes is "
+                             f"not DST-safe in {self.timezone}, which changes its clocks: "
+                             "use 5 fields (no seconds), or a zone without DST such as UTC")
         if not isinstance(self.params, dict):
             raise ValueError(f"{where}: params must be a table (a dict), not "
                              f"{type(self.params).__name__}")
         try:
-            json.dumps(self.params)
-        except (TypeError, ValueError) as exc:
+            json.dumps(self.params, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"{where}: params cannot be sent as JSON: {exc}") from None
 
     @property
@@ -134,31 +160,59 @@ class Schedule:
 
     def latest(self, at_or_before: float, after: float | None = None) -> float | None:
         """The last fire time at or before ``at_or_before`` (and after ``after``); None:
-        none (in 50 years)."""
-        start = at_or_before - LATEST_WINDOW
-        if after is not None and after >= start:  # (forward from it: a short span)
-            found = self.fires(after, at_or_before, most=None)
-            return found[-1] if found else None
-        found = self.fires(start, at_or_before, most=None)
-        if found:
-            return found[-1]
-        # (before the window: no DST repeat in reach matters, cronsim's reverse will do)
-        moment = datetime.fromtimestamp(start, self.zone)
+        none.
+
+        Only forward searches give fire times (the same as :meth:`fires` gives): over
+        the last :data:`LATEST_WINDOW`, then over spans further back, each starting
+        where cronsim's reverse search puts the fire before the span.
+        """
+        lower = float("-inf") if after is None else after
+        end, start = at_or_before, max(at_or_before - LATEST_WINDOW, lower)
+        for _ in range(LATEST_SPANS):
+            found = self.fires(start, end, most=None)
+            if found:
+                return found[-1]
+            if start <= lower:
+                return None
+            # (a hint at or before ``lower`` ends the search, but only once the span down
+            # to ``lower`` was searched forward: the hint may have skipped a fire)
+            hint = self._reverse(start)
+            if hint is None:
+                if lower == float("-inf"):
+                    return None
+                hint = lower
+            end, start = start, max(min(hint, start) - LATEST_WINDOW, lower)
+        return None
+
+    def _reverse(self, before: float) -> float | None:
+        """cronsim's reverse search: about where the last fire before ``before`` is."""
+        moment = datetime.fromtimestamp(before, self.zone)
         if moment.microsecond == 0:  # (cronsim's reverse counts a time with microseconds)
             moment += timedelta(microseconds=1)
         for fire in CronSim(self.cron, moment, reverse=True):
-            at = fire.timestamp()
-            return at if after is None or at > after else None
+            return fire.timestamp()
         return None
 
     def next_fire(self, after: float) -> float | None:
+        """The first fire time after ``after`` (strictly: started inside an hour a DST
+        change repeats, cronsim gives the earlier occurrence first)."""
         for fire in CronSim(self.cron, datetime.fromtimestamp(after, self.zone)):
-            return fire.timestamp()
+            at = fire.timestamp()
+            if at > after:
+                return at
         return None
 
     def key(self, fire: float) -> str:
         """The idempotency key of the launch for ``fire``."""
         return f"schedule:{self.name}:{_iso(fire)}"
+
+
+def _has_dst(zone: ZoneInfo) -> bool:
+    """Whether ``zone`` changes its UTC offset within a year before and three after now."""
+    now = time.time()
+    offsets = {datetime.fromtimestamp(now + day * 86400.0, zone).utcoffset()
+               for day in range(-366, 3 * 366, 7)}
+    return len(offsets) > 1
 
 
 def _iso(moment: float) -> str:
@@ -184,6 +238,9 @@ def load_schedules(path: str | Path) -> list[Schedule]:
                          f"{', '.join(sorted(unknown)) or 'schedule = ' + type(tables).__name__})")
     schedules = []
     for number, table in enumerate(tables, 1):
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: schedule {number} is a {type(table).__name__}, not a "
+                             "[[schedule]] table")
         extra = set(table) - FILE_KEYS
         if extra:
             raise ValueError(f"{path}: schedule {number} has unknown keys "
@@ -220,7 +277,8 @@ class Scheduler:
     :param name: who launches (logged and kept in ``kser_schedules``)
     :param clock: the time, seconds since the epoch (tests drive it)
     :raises ValueError: two schedules share a name, or one names an entrypoint the
-        registry does not have or that is not an Operation
+        registry does not have or that is not an Operation, or lacks a param its
+        operation requires
     """
 
     def __init__(self, registry: OperationRegistry, schedules: Sequence[Schedule], *,
@@ -240,6 +298,12 @@ class Scheduler:
                        registry.controller.ENTRYPOINTS else "not registered in this registry")
                 raise ValueError(f"schedule {schedule.name!r}: {schedule.entrypoint!r} is "
                                  f"{why} (its operations: {', '.join(operations) or 'none'})")
+            required = registry.controller.ENTRYPOINTS[schedule.entrypoint].REQUIRED_FIELDS
+            missing = [name for name in required if name not in schedule.params]
+            if missing:
+                raise ValueError(f"schedule {schedule.name!r}: its params lack "
+                                 f"{', '.join(missing)}, which {schedule.entrypoint} requires: "
+                                 "every launch would be refused")
         self.registry, self.schedules = registry, list(schedules)
         self.name, self.grace, self.clock = name, grace, clock
 
@@ -323,12 +387,13 @@ class Scheduler:
                     return done, handled
                 done.launched.append((missed, launched))
             else:
-                done.skipped = len(schedule.fires(handled, cutoff, most=10_000))
+                skipped = schedule.fires(handled, cutoff, most=10_000)
+                done.skipped = len(skipped)
                 logger.warning("%s: schedule %s missed %s fire(s) from %s to %s (no scheduler "
                                "ran, or their launch kept failing): skipped (catchup skip)",
                                self.name, schedule.name,
                                done.skipped if done.skipped < 10_000 else "10000+",
-                               _iso(schedule.fires(handled, cutoff, most=1)[0]), _iso(missed))
+                               _iso(skipped[0] if skipped else missed), _iso(missed))
         if cutoff > handled:
             handled = cutoff
         for fire in schedule.fires(handled, now, most=None):

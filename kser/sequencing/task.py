@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from cdumay_error.types import ValidationError
@@ -194,7 +194,7 @@ class Task(Entrypoint):
             logger.log(level, prefix + str(message), *args, extra=extra, **kwargs)
         # what is kept for the store is bounded, however much a task logs
         if len(self.log_lines) < MAX_LOG_LINES - 1:
-            text = str(message) % args if args else str(message)
+            text = _formatted(str(message), args)
             self.log_lines.append((time.time(), level, prefix + text[:MAX_LOG_LINE]))
         else:
             self._log_lines_dropped += 1
@@ -250,3 +250,16 @@ def _tasks(items: Iterable[Any]) -> list[Task]:
             raise ValidationError(f"{item!r} is not a Task: >> and set_upstream take tasks "
                                   "or lists of tasks")
     return tasks
+
+
+def _formatted(message: str, args: tuple[Any, ...]) -> str:
+    """``message % args`` as :mod:`logging` makes it (one mapping is the mapping); a
+    message its args do not fit is kept with them after it, never an error of the task."""
+    if not args:
+        return message
+    values: Any = args[0] if (len(args) == 1 and isinstance(args[0], Mapping)
+                              and args[0]) else args
+    try:
+        return str(message % values)
+    except (TypeError, ValueError, KeyError):
+        return f"{message} {args!r}"

@@ -14,6 +14,8 @@ from kser import logs
 from tests.unit import tasks
 from tests.unit.test_sequencing import Harness
 
+SECRET = "sk_live_not_to_be_logged"
+
 
 class Lines(logging.Handler):
     """Formatted lines, as the CLI's handler writes them."""
@@ -67,7 +69,7 @@ def test_the_lines_a_task_body_logs_name_its_operation_task_and_attempt(
     tasks.CALLS.clear()
     h = Harness(memory_broker_name, f"sqlite:///{tmp_path}/store.db", monkeypatch)
     try:
-        op = tasks.ThreeSteps(params={"name": "n"}).send()
+        op = tasks.ThreeSteps(params={"name": "n", "api_key": SECRET}).send()
         h.drain()
         task_rows = h.operation(op.uuid)[1]
     finally:
@@ -78,6 +80,20 @@ def test_the_lines_a_task_body_logs_name_its_operation_task_and_attempt(
     assert [(line["task_id"], line["task_name"], line["attempt"], line["entrypoint"])
             for line in successes] == [
         (row["id"], row["name"], 1, "tests.unit.tasks.Step") for row in task_rows]
+    # params, metadata and results are not logged (a JSON line prints every extra: the
+    # message and result were in each, a secret param and a megabyte of result included)
+    assert all(SECRET not in line for line in json_lines)
+    assert [(line["kmsg"], line["kresult"]) for line in successes] == [
+        ({"uuid": row["id"], "entrypoint": "tests.unit.tasks.Step"}, {"retcode": 0})
+        for row in task_rows]
+
+
+def test_a_task_log_line_takes_logging_s_arguments_and_never_fails_the_task():
+    task = tasks.Echo(uuid="t-1", params={"text": "x"})
+    task.log("a=%(a)s", logging.INFO, {"a": 1})  # (one mapping: logging's named form)
+    task.log("%s and %s", logging.INFO, "one")  # (too few: kept as given, not raised)
+    assert [line[2].rsplit("]: ", 1)[1] for line in task.log_lines] == [
+        "a=1", "%s and %s ('one',)"]
 
 
 def test_the_text_format_is_unchanged():

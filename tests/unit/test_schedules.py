@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kser.sequencing.schedules import Schedule, Scheduler, load_schedules
+from kser.sequencing.schedules import Schedule, Scheduler, _iso, load_schedules
 from kser.store import Store
 from tests.unit import tasks
 from tests.unit.test_sequencing import h  # noqa: F401 (the fixture)
@@ -72,10 +72,98 @@ def test_fire_times_follow_the_time_zone_across_both_dst_changes():
     (dict(name="a\nb"), "1 to 150 printable characters"),
     (dict(params=[1]), "params must be a table"),
     (dict(params={"when": datetime.now()}), "params cannot be sent as JSON"),
+    (dict(params={"x": float("nan")}), "params cannot be sent as JSON"),
+    (dict(cron=["* * * * *"]), "cron must be a non-empty string"),
+    (dict(entrypoint=["x"]), "entrypoint must be a non-empty string"),
+    (dict(timezone=5), "timezone must be a non-empty string"),
+    (dict(topic=5), "topic must be a string, not int"),
+    (dict(topic=""), "is not a Kafka topic name"),
+    (dict(topic="t" * 250), "is not a Kafka topic name"),
+    (dict(topic="a/b"), "is not a Kafka topic name"),
+    # cronsim reads a 6-field expression without Debian's DST rules: at set hours in a
+    # zone with DST, a fire would run twice in autumn and never in spring
+    (dict(cron="0 30 2 * * *", timezone="Europe/Paris"), "not DST-safe in Europe/Paris"),
 ])
 def test_a_schedule_that_cannot_work_is_refused_saying_why(fields, error):
     with pytest.raises(ValueError, match=error):
         Schedule(**{"name": "s", "cron": "* * * * *", "entrypoint": THREE, **fields})
+
+
+def test_6_fields_are_taken_where_dst_cannot_touch_them():
+    for cron, zone in [("0 30 2 * * *", "UTC"), ("0 30 2 * * *", "Asia/Kolkata"),
+                       ("*/10 * * * * *", "Europe/Paris"), ("0 0 * * * *", "Europe/Paris")]:
+        Schedule("s", cron, THREE, timezone=zone)
+
+
+@pytest.mark.parametrize("zone, cron, asked, expected", [
+    # from a time inside the repeated hour (the second 02:00-03:00 of Paris, 25 October
+    # 2026), cronsim's first answer is the fire an hour before: the next is a day on
+    ("Europe/Paris", "30 2 * * *", "2026-10-25 01:10", "2026-10-26 01:30"),
+    ("Europe/Paris", "15 1-3 * * *", "2026-10-25 01:20", "2026-10-25 02:15"),
+    ("America/New_York", "30 1 * * *", "2026-11-01 06:10", "2026-11-02 06:30"),
+])
+def test_the_next_fire_is_after_the_time_asked_even_in_a_repeated_hour(
+        zone, cron, asked, expected):
+    schedule = Schedule("s", cron, THREE, timezone=zone)
+    assert schedule.next_fire(at(asked)) == at(expected)
+    assert schedule.fires(at(asked), at(expected)) == [at(expected)]
+
+
+@pytest.mark.parametrize("zone, cron, until", [
+    ("Europe/Paris", "30 2 * * *", "2026-10-25 04:11"),
+    ("Europe/Paris", "30 2 * * *", "2026-03-29 06:00"),
+    ("Pacific/Chatham", "*/7 2 * * *", "2026-04-05 15:00"),
+    ("Pacific/Chatham", "*/7 2 * * *", "2026-09-27 15:00"),
+    ("Australia/Lord_Howe", "0 2 * * *", "2026-10-04 18:00"),
+    ("America/New_York", "0 2 * * *", "2026-03-08 12:00"),
+])
+def test_the_latest_fire_is_the_last_one_a_forward_search_gives(zone, cron, until):
+    # (cronsim's reverse search gives the first of a repeated time, or a time its forward
+    # search never gives: a run_once catch-up launched a stale fire, and a skip one
+    # failed for hours)
+    schedule = Schedule("s", cron, THREE, timezone=zone)
+    for hours in (1, 2, 3, 5, 24, 49, 24 * 9):
+        start = at(until) - hours * 3600
+        forward = schedule.fires(start - 40 * 86400, at(until), most=None)
+        assert schedule.latest(at(until)) == forward[-1], hours
+        within = [f for f in forward if f > start]
+        assert schedule.latest(at(until), after=start) == (within[-1] if within else None)
+        until_before = forward[-1] - 1
+        assert schedule.latest(until_before) == forward[-2]
+
+
+def test_catching_up_across_a_dst_change_takes_the_latest_fire_and_fails_nothing(
+        h, caplog):  # noqa: F811
+    nightly = Schedule("nightly", "30 2 * * *", THREE, {"name": "n"},
+                       timezone="Europe/Paris", catchup="run_once")
+    chatham = Schedule("chatham", "*/7 2 * * *", THREE, {"name": "n"},
+                       timezone="Pacific/Chatham")  # (its DST change is at 02:45/03:45)
+    clock = Clock(at("2026-04-04 13:26"))
+    scheduler = Scheduler(h.registry, [chatham], clock=clock)
+    scheduler.tick()
+    clock.now = at("2026-04-04 17:20")  # down ~4 h, back after the DST night
+    while clock.now < at("2026-04-05 16:00"):
+        scheduler.tick()
+        assert scheduler.failures == []
+        clock.now += 30
+    assert sorted(launched(h)) == [f"schedule:chatham:{_iso(f)}" for f in chatham.fires(
+        at("2026-04-05 00:00"), at("2026-04-05 16:00"), most=None)]
+    assert len(launched(h)) == 9 and "failed" not in caplog.text
+    clock.now = at("2026-10-23 12:00")
+    scheduler = Scheduler(h.registry, [nightly], clock=clock)
+    scheduler.tick()
+    clock.now = at("2026-10-25 04:12")  # down 40 h: missed the 24th's and the 25th's
+    scheduler.tick()
+    assert "schedule:nightly:2026-10-25T00:30:00+00:00" in launched(h)  # (the latest)
+    assert "schedule:nightly:2026-10-24T00:30:00+00:00" not in launched(h)
+    assert state(h, "nightly").next_fire_at == at("2026-10-26 01:30")
+
+
+def test_a_schedule_lacking_a_param_its_operation_requires_is_refused_at_start(
+        h):  # noqa: F811
+    with pytest.raises(ValueError, match="schedule 'x': its params lack name, which "
+                       f"{THREE} requires: every launch would be refused"):
+        Scheduler(h.registry, [Schedule("x", "* * * * *", THREE, {"other": 1})])
 
 
 def test_each_fire_is_launched_once_whatever_the_schedulers(h):  # noqa: F811
@@ -189,6 +277,10 @@ def test_a_schedules_file_is_read_and_its_mistakes_named(tmp_path):
             ('[[schedule]]\nname = "x"\ncron = "* * *"\nentrypoint = "e"\n',
              "is not a cron expression"),
             ("[job]\n", "only \\[\\[schedule\\]\\] tables are expected"),
+            ("schedule = [1, 2]\n", "schedule 1 is a int, not a \\[\\[schedule\\]\\] table"),
+            ("schedule = [[1]]\n", "schedule 1 is a list"),
+            ('[[schedule]]\nname = "x"\ncron = "* * * * *"\nentrypoint = ["e"]\n',
+             "entrypoint must be a non-empty string"),
             ("not toml = = 1", "schedules.toml: "),
     ]:
         good.write_text(text)
