@@ -27,7 +27,7 @@ from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS, Settings
 from kser.crypto import Sealer
 from kser.entry import Entrypoint
 from kser.errors import WorkerFatalError, is_transient, safe_text
-from kser.results import error_result, exception_result, is_success
+from kser.results import error_result, exception_result, is_success, loggable
 from kser.schemas import Message
 from kser.status import Status
 
@@ -50,7 +50,7 @@ class BaseController:
 
     def _onsuccess(self, kmsg: Message, result: Result) -> Result:
         logger.info("%s.Success: %s[%s]: %s", type(self).__name__, kmsg.entrypoint, kmsg.uuid,
-                    result)
+                    loggable(result))
         return self.onsuccess(kmsg, result)
 
     def onsuccess(self, kmsg: Message, result: Result) -> Result:
@@ -62,7 +62,7 @@ class BaseController:
             logger.error("%s.Failed: undecodable record: %s", type(self).__name__, result.stderr)
         else:
             logger.error("%s.Failed: %s[%s]: %s", type(self).__name__, kmsg.entrypoint,
-                         kmsg.uuid, result)
+                         kmsg.uuid, loggable(result))
         return self.onerror(kmsg, result)
 
     def onerror(self, kmsg: Message | None, result: Result) -> Result:

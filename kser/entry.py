@@ -19,7 +19,7 @@ from uuid import uuid4
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
-from kser.results import exception_result, is_success
+from kser.results import exception_result, is_success, loggable
 from kser.schemas import Message
 
 logger = logging.getLogger(__name__)
@@ -144,14 +144,15 @@ class Entrypoint(metaclass=EntrypointMeta):
 
     def _log(self, level: int, event: str, result: Result | None = None) -> None:
         """``{Name}.{event}: {path}[{uuid}]`` with the message's (and result's) ids as
-        ``extra``."""
+        ``extra``; an end adds :func:`~kser.results.loggable` of its result."""
         if logger.isEnabledFor(level):
             if result is None:
                 logger.log(level, "%s.%s: %s[%s]", type(self).__name__, event, type(self).path,
                            self.uuid, extra=self._log_extra())
             else:
                 logger.log(level, "%s.%s: %s[%s]: %s", type(self).__name__, event,
-                           type(self).path, self.uuid, result, extra=self._log_extra(result))
+                           type(self).path, self.uuid, loggable(result),
+                           extra=self._log_extra(result))
 
     def _log_extra(self, result: Result | None = None) -> dict[str, Any]:
         """``kmsg`` (uuid and entrypoint) and ``kresult`` (retcode) for a log

@@ -9,6 +9,8 @@ from __future__ import annotations
 from cdumay_error import Error, from_exc
 from cdumay_result import Result
 
+from kser.errors import safe_text
+
 #: retcodes below this value mean success, as in kser 0.8.x
 SUCCESS_LIMIT = 300
 
@@ -16,6 +18,19 @@ SUCCESS_LIMIT = 300
 def is_success(result: Result | None) -> bool:
     """True when ``result`` exists and its retcode is below 300."""
     return result is not None and result.retcode < SUCCESS_LIMIT
+
+
+#: most characters of a failed result's error in kser's log line about it
+LOGGED_ERROR = 500
+
+
+def loggable(result: Result) -> str:
+    """What kser logs of a result: ``retcode N``, and a failure's error (``stderr``, cut
+    at :data:`LOGGED_ERROR` characters). Output and retval are a task's data, which may
+    be secret or large: never logged."""
+    if is_success(result) or not result.stderr:
+        return f"retcode {result.retcode}"
+    return f"retcode {result.retcode}: {safe_text(result.stderr, LOGGED_ERROR)}"
 
 
 def error_result(error: Error, uuid: str | None = None) -> Result:

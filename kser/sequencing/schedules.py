@@ -298,8 +298,10 @@ class Scheduler:
                        registry.controller.ENTRYPOINTS else "not registered in this registry")
                 raise ValueError(f"schedule {schedule.name!r}: {schedule.entrypoint!r} is "
                                  f"{why} (its operations: {', '.join(operations) or 'none'})")
-            required = registry.controller.ENTRYPOINTS[schedule.entrypoint].REQUIRED_FIELDS
-            missing = [name for name in required if name not in schedule.params]
+            entrypoint = registry.controller.ENTRYPOINTS[schedule.entrypoint]
+            # (made as a launch makes it: its postinit may give a param a default)
+            params = entrypoint(params=copy.deepcopy(schedule.params)).params
+            missing = [name for name in entrypoint.REQUIRED_FIELDS if name not in params]
             if missing:
                 raise ValueError(f"schedule {schedule.name!r}: its params lack "
                                  f"{', '.join(missing)}, which {schedule.entrypoint} requires: "

@@ -261,5 +261,8 @@ def _formatted(message: str, args: tuple[Any, ...]) -> str:
                               and args[0]) else args
     try:
         return str(message % values)
-    except (TypeError, ValueError, KeyError):
-        return f"{message} {args!r}"
+    except Exception:  # (%c of 10**9, %d of inf, an arg whose __str__ raises...)
+        try:
+            return f"{message} {args!r}"
+        except Exception:
+            return f"{message} (args that cannot be shown)"

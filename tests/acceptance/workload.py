@@ -181,7 +181,7 @@ class ReadyAt(Sensor):
     """True once the file ``params["ready_file"]`` exists."""
 
     POKE_INTERVAL = 0.5
-    TIMEOUT = 60
+    TIMEOUT = 300  # (the test makes the file: only a hang should time it out)
 
     def poke(self):
         ran(self.uuid)

@@ -50,22 +50,24 @@ def test_a_row_lock_held_long_fails_the_group_and_each_thread_stores_its_own(
     holder = threading.Thread(target=hold_lock)
     holder.start()
     assert locked.wait(10)
-    sequencer = h.registry.sequencer
-    commit_ends = sequencer._commit_ends
+    group = h.registry.sequencer._group
+    commit_ends, failed = group._commit, []
 
     def then_release(ends):  # the lock goes once the group failed, not after a set time
         try:
             return commit_ends(ends)
-        except Exception:
+        except Exception as exc:
+            failed.append(exc)
             release.set()
             raise
 
-    monkeypatch.setattr(sequencer, "_commit_ends", then_release)
+    monkeypatch.setattr(group, "_commit", then_release)  # (what the group commit calls)
     try:
         outcomes = h.registry.sequencer.run_tasks(items)
     finally:
         release.set()
         holder.join(10)
+    assert len(failed) == 1  # the shared transaction failed on the lock, and only it
     assert [o.retcode for o in outcomes] == [0, 0, 0]
     assert "3 task ends could not be stored together" in caplog.text
     assert "lock timeout" in caplog.text

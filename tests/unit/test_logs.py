@@ -88,12 +88,45 @@ def test_the_lines_a_task_body_logs_name_its_operation_task_and_attempt(
         for row in task_rows]
 
 
+def test_an_end_line_says_the_retcode_and_a_failure_s_error_never_the_output(
+        memory_broker_name, json_lines):
+    from kser.memory.consumer import Consumer
+    from kser.memory.producer import Producer
+    from kser.schemas import Message
+
+    producer = Producer({"broker": memory_broker_name})
+    for uuid, entrypoint in [("t-1", tasks.Echo.path), ("t-2", tasks.Refuse.path)]:
+        key, value = producer.encode(Message(uuid=uuid, entrypoint=entrypoint,
+                                             params={"text": SECRET}))
+        producer.send_raw("lone", value, key, [])
+    consumer = Consumer({"broker": memory_broker_name, "group_id": "g"}, ["lone"])
+    consumer.REGISTRY = tasks.registry.controller
+    consumer.run()
+    assert all(SECRET not in line for line in json_lines)  # (the task's output)
+    ends = [line["message"] for line in map(json.loads, json_lines)
+            if ".Success" in line["message"] or ".Failed" in line["message"]]
+    assert sorted(ends) == [
+        "Controller.Failed: tests.unit.tasks.Refuse[t-2]: retcode 409: refused on purpose",
+        "Controller.Success: tests.unit.tasks.Echo[t-1]: retcode 0",
+        "Echo.Success: tests.unit.tasks.Echo[t-1]: retcode 0",
+        "Refuse.Failed: tests.unit.tasks.Refuse[t-2]: retcode 409: refused on purpose"]
+
+
 def test_a_task_log_line_takes_logging_s_arguments_and_never_fails_the_task():
     task = tasks.Echo(uuid="t-1", params={"text": "x"})
     task.log("a=%(a)s", logging.INFO, {"a": 1})  # (one mapping: logging's named form)
     task.log("%s and %s", logging.INFO, "one")  # (too few: kept as given, not raised)
+    task.log("%c", logging.INFO, 10**9)  # (OverflowError)
+
+    class Unshowable:
+        def __str__(self):
+            raise RuntimeError("no")
+
+        __repr__ = __str__
+
+    task.log("%s", logging.INFO, Unshowable())
     assert [line[2].rsplit("]: ", 1)[1] for line in task.log_lines] == [
-        "a=1", "%s and %s ('one',)"]
+        "a=1", "%s and %s ('one',)", "%c (1000000000,)", "%s (args that cannot be shown)"]
 
 
 def test_the_text_format_is_unchanged():

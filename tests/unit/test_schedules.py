@@ -160,10 +160,17 @@ def test_catching_up_across_a_dst_change_takes_the_latest_fire_and_fails_nothing
 
 
 def test_a_schedule_lacking_a_param_its_operation_requires_is_refused_at_start(
-        h):  # noqa: F811
+        h, monkeypatch):  # noqa: F811
     with pytest.raises(ValueError, match="schedule 'x': its params lack name, which "
                        f"{THREE} requires: every launch would be refused"):
         Scheduler(h.registry, [Schedule("x", "* * * * *", THREE, {"other": 1})])
+
+    class Defaults(tasks.ThreeSteps):  # (its postinit gives the param a default: taken)
+        def postinit(self):
+            self.params.setdefault("name", "default")
+
+    monkeypatch.setitem(h.registry.controller.ENTRYPOINTS, Defaults.path, Defaults)
+    Scheduler(h.registry, [Schedule("y", "* * * * *", Defaults.path, {"other": 1})])
 
 
 def test_each_fire_is_launched_once_whatever_the_schedulers(h):  # noqa: F811
