@@ -20,17 +20,17 @@ def is_success(result: Result | None) -> bool:
     return result is not None and result.retcode < SUCCESS_LIMIT
 
 
-#: most characters of a failed result's error in kser's log line about it
-LOGGED_ERROR = 500
+#: most characters of a result's text in kser's log line about it
+LOGGED_TEXT = 500
 
 
 def loggable(result: Result) -> str:
-    """What kser logs of a result: ``retcode N``, and a failure's error (``stderr``, cut
-    at :data:`LOGGED_ERROR` characters). Output and retval are a task's data, which may
-    be secret or large: never logged."""
-    if is_success(result) or not result.stderr:
-        return f"retcode {result.retcode}"
-    return f"retcode {result.retcode}: {safe_text(result.stderr, LOGGED_ERROR)}"
+    """What kser's end lines log of a result, as kser 0.8 did: its ``stdout`` (success)
+    or ``stderr`` (failure), the task's own words, cut at :data:`LOGGED_TEXT`
+    characters. Params, metadata and retval are a task's data, which may be secret or
+    large: never logged."""
+    text = result.stdout if is_success(result) else result.stderr
+    return safe_text(text, LOGGED_TEXT) if text else ""
 
 
 def error_result(error: Error, uuid: str | None = None) -> Result:

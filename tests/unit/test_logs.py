@@ -88,28 +88,33 @@ def test_the_lines_a_task_body_logs_name_its_operation_task_and_attempt(
         for row in task_rows]
 
 
-def test_an_end_line_says_the_retcode_and_a_failure_s_error_never_the_output(
+def test_an_end_line_shows_the_task_s_output_cut_never_its_params(
         memory_broker_name, json_lines):
     from kser.memory.consumer import Consumer
     from kser.memory.producer import Producer
     from kser.schemas import Message
 
     producer = Producer({"broker": memory_broker_name})
-    for uuid, entrypoint in [("t-1", tasks.Echo.path), ("t-2", tasks.Refuse.path)]:
+    for uuid, entrypoint, text in [("t-1", tasks.Echo.path, "hi"),
+                                   ("t-2", tasks.Refuse.path, "hi"),
+                                   ("t-3", tasks.Echo.path, "x" * 100_000)]:
         key, value = producer.encode(Message(uuid=uuid, entrypoint=entrypoint,
-                                             params={"text": SECRET}))
+                                             params={"text": text, "api_key": SECRET}))
         producer.send_raw("lone", value, key, [])
     consumer = Consumer({"broker": memory_broker_name, "group_id": "g"}, ["lone"])
     consumer.REGISTRY = tasks.registry.controller
     consumer.run()
-    assert all(SECRET not in line for line in json_lines)  # (the task's output)
+    assert all(SECRET not in line for line in json_lines)  # (a param: never logged)
     ends = [line["message"] for line in map(json.loads, json_lines)
             if ".Success" in line["message"] or ".Failed" in line["message"]]
+    long = "x" * 500 + "… (99500 more characters)"  # (its output, cut)
     assert sorted(ends) == [
-        "Controller.Failed: tests.unit.tasks.Refuse[t-2]: retcode 409: refused on purpose",
-        "Controller.Success: tests.unit.tasks.Echo[t-1]: retcode 0",
-        "Echo.Success: tests.unit.tasks.Echo[t-1]: retcode 0",
-        "Refuse.Failed: tests.unit.tasks.Refuse[t-2]: retcode 409: refused on purpose"]
+        "Controller.Failed: tests.unit.tasks.Refuse[t-2]: refused on purpose",
+        "Controller.Success: tests.unit.tasks.Echo[t-1]: hi",
+        f"Controller.Success: tests.unit.tasks.Echo[t-3]: {long}",
+        "Echo.Success: tests.unit.tasks.Echo[t-1]: hi",
+        f"Echo.Success: tests.unit.tasks.Echo[t-3]: {long}",
+        "Refuse.Failed: tests.unit.tasks.Refuse[t-2]: refused on purpose"]
 
 
 def test_a_task_log_line_takes_logging_s_arguments_and_never_fails_the_task():
