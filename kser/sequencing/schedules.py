@@ -27,14 +27,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cdumay_error.types import ValidationError
 from cronsim import CronSim, CronSimError
 
 from kser.errors import safe_text
 
 if TYPE_CHECKING:
+    from kser.sequencing.operation import Operation
     from kser.sequencing.registry import OperationRegistry
     from kser.store import ScheduleRow
 
@@ -298,16 +300,20 @@ class Scheduler:
                        registry.controller.ENTRYPOINTS else "not registered in this registry")
                 raise ValueError(f"schedule {schedule.name!r}: {schedule.entrypoint!r} is "
                                  f"{why} (its operations: {', '.join(operations) or 'none'})")
-            entrypoint = registry.controller.ENTRYPOINTS[schedule.entrypoint]
-            # (made as a launch makes it: its postinit may give a param a default)
-            params = entrypoint(params=copy.deepcopy(schedule.params)).params
-            missing = [name for name in entrypoint.REQUIRED_FIELDS if name not in params]
-            if missing:
-                raise ValueError(f"schedule {schedule.name!r}: its params lack "
-                                 f"{', '.join(missing)}, which {schedule.entrypoint} requires: "
-                                 "every launch would be refused")
         self.registry, self.schedules = registry, list(schedules)
         self.name, self.grace, self.clock = name, grace, clock
+        for schedule in schedules:
+            try:  # (made as a launch makes it: its postinit may give a param a default)
+                self._operation(schedule).check_required_params()
+            except ValidationError as exc:
+                raise ValueError(f"schedule {schedule.name!r}: {exc.message}: every launch "
+                                 "would be refused") from None
+
+    def _operation(self, schedule: Schedule) -> Operation:
+        """A new operation of ``schedule``'s entrypoint (an Operation: checked at start)
+        with its params."""
+        entrypoint = self.registry.controller.ENTRYPOINTS[schedule.entrypoint]
+        return cast("Operation", entrypoint(params=copy.deepcopy(schedule.params)))
 
     def run(self, stop: threading.Event) -> None:
         """Pass after pass until ``stop`` is set; a failing pass is logged and tried again
@@ -409,11 +415,10 @@ class Scheduler:
         """Launch ``schedule``'s operation for ``fire`` (once, whoever else tries: its
         key); its operation's id, or None when it could not be (tried again at the next
         pass)."""
-        entrypoint = self.registry.controller.ENTRYPOINTS[schedule.entrypoint]
-        operation = entrypoint(params=copy.deepcopy(schedule.params))
+        operation = self._operation(schedule)
         operation.metadata["schedule"] = {"name": schedule.name, "fire": _iso(fire)}
         key = schedule.key(fire)
-        result = operation.launch(schedule.topic, key=key)  # type: ignore[attr-defined]
+        result = operation.launch(schedule.topic, key=key)
         if result.retcode >= 300:
             with self.registry.store.transaction() as tx:
                 stored = tx.operation_by_key(key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from cdumay_error.types import ValidationError
@@ -253,14 +253,13 @@ def _tasks(items: Iterable[Any]) -> list[Task]:
 
 
 def _formatted(message: str, args: tuple[Any, ...]) -> str:
-    """``message % args`` as :mod:`logging` makes it (one mapping is the mapping); a
-    message its args do not fit is kept with them after it, never an error of the task."""
+    """``message % args`` as :mod:`logging` makes it (its own record does: one mapping is
+    the mapping); a message its args do not fit is kept with them after it, never an
+    error of the task."""
     if not args:
         return message
-    values: Any = args[0] if (len(args) == 1 and isinstance(args[0], Mapping)
-                              and args[0]) else args
     try:
-        return str(message % values)
+        return logging.LogRecord("", logging.INFO, "", 0, message, args, None).getMessage()
     except Exception:  # (%c of 10**9, %d of inf, an arg whose __str__ raises...)
         try:
             return f"{message} {args!r}"

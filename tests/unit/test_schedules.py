@@ -4,6 +4,7 @@ twice), what kser_schedules keeps, the file format and every refusal. (Two real
 `kser scheduler` processes on Kafka and PostgreSQL: tests/acceptance/test_schedules.py.)"""
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -161,8 +162,9 @@ def test_catching_up_across_a_dst_change_takes_the_latest_fire_and_fails_nothing
 
 def test_a_schedule_lacking_a_param_its_operation_requires_is_refused_at_start(
         h, monkeypatch):  # noqa: F811
-    with pytest.raises(ValueError, match="schedule 'x': its params lack name, which "
-                       f"{THREE} requires: every launch would be refused"):
+    with pytest.raises(ValueError, match=re.escape(
+            f"schedule 'x': Missing parameter: name (required by {THREE}): every launch "
+            "would be refused")):
         Scheduler(h.registry, [Schedule("x", "* * * * *", THREE, {"other": 1})])
 
     class Defaults(tasks.ThreeSteps):  # (its postinit gives the param a default: taken)
