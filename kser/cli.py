@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import json
 import logging
 import os
 import subprocess
@@ -21,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 from cdumay_error import Error as CdumayError
+from cdumay_error.types import ValidationError
 
 from kser import __version__, logs, metrics, tracing
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
@@ -28,7 +28,7 @@ from kser.controller import Controller
 from kser.errors import StoreError, kafka_client_errors
 from kser.metrics import MetricsServer, MetricsUnavailableError
 from kser.ops_cli import ops
-from kser.schemas import Message
+from kser.schemas import Message, load_json
 from kser.sequencing.registry import OperationRegistry
 from kser.status import FINAL_STATUSES, Status
 
@@ -363,9 +363,9 @@ def send(settings: Settings, entrypoint: str, topic: str, params: str, count: in
     settings = _apply(settings, transport=transport, bootstrap_servers=bootstrap_servers)
     settings.connect_timeout = min(settings.connect_timeout, timeout)
     try:
-        decoded = json.loads(params)
-    except ValueError as exc:
-        raise KserCliError(f"--params is not valid JSON: {exc}") from None
+        decoded = load_json(params, "--params")
+    except ValidationError as exc:
+        raise KserCliError(exc.message) from None
     if not isinstance(decoded, dict):
         raise KserCliError("--params must be a JSON object, e.g. '{\"name\": \"x\"}'")
     if registry_spec is not None:
@@ -496,7 +496,7 @@ def dlq() -> None:
     """Inspect dead-lettered messages and send them back once fixed."""
 
 
-def _dlq_tools(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer],
+def _dlq_tools(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer | None],
                                            Callable[[], BaseProducer]]:
     from kser.dlq import clients
 

@@ -25,9 +25,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+from cdumay_error.types import ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from kser.schemas import check_depth
 from kser.status import FINAL_STATUSES
 
 #: an operation, task, log line... as the API's JSON gives it
@@ -182,6 +184,10 @@ class Client:
         :param wait: seconds to block until it ends (the answer is then the final
             operation, or the running one when the time ran out)
         """
+        try:  # (what the API would refuse, refused before anything is sent)
+            check_depth(params, "params")
+        except ValidationError as exc:
+            raise InvalidParams(exc.message, field="params") from None
         body: dict[str, Any] = {"entrypoint": entrypoint, "params": params or {}}
         if key is not None:
             body["key"] = key

@@ -504,7 +504,11 @@ class BaseProducer(BaseController):
         """Queue a raw record (dead letters, replays, follow-ups); :meth:`flush` waits for it.
 
         :param on_delivery: called with None once the broker acknowledged the record,
-            or with the error that lost it (in the client's thread, or during a flush)
+            or with the error that lost it (in the client's thread, or during a flush). A
+            refusal for good (:func:`kser.errors.is_transient` is False) is then the
+            callback's to keep (the outbox's, the dead letters'): :meth:`flush` does not
+            raise it, so the record that caused it is not redone for a send that would
+            be refused again
         """
         self.ensure_topic(topic)
         self._produce(topic, value, key, headers, on_delivery)

@@ -98,15 +98,22 @@ class DeadLetter:
         return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def clients(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer],
+def clients(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer | None],
                                          Callable[[], BaseProducer]]:
     """Makers of the consumers (``(group, topic)``) and producers of the settings'
-    transport that reading and replaying dead letters use."""
+    transport that reading and replaying dead letters use. A consumer is made only for
+    a topic the cluster has (None otherwise): reading dead letters never creates a topic
+    (a broker's ``auto.create.topics.enable`` would, for any name a request gave)."""
     module = TRANSPORTS[settings.transport]
     consumer_module = importlib.import_module(f"{module}.consumer")
     producer_module = importlib.import_module(f"{module}.producer")
+    admin_module = importlib.import_module(f"{module}.admin")
 
-    def make_consumer(group: str, topic: str) -> BaseConsumer:
+    def make_consumer(group: str, topic: str) -> BaseConsumer | None:
+        with admin_module.Admin(settings.client_config(),
+                                timeout=settings.connect_timeout) as admin:
+            if not admin.existing([topic]):
+                return None
         consumer: BaseConsumer = consumer_module.Consumer(settings.client_config(group),
                                                           [topic], settings=settings)
         return consumer
@@ -150,23 +157,25 @@ def _once(letters: list[DeadLetter]) -> list[DeadLetter]:
     return unique
 
 
-def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer], dlq_topic: str,
+def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer | None], dlq_topic: str,
                       wait: float = 10, store: Store | None = None,
                       source_topic: str | None = None) -> list[DeadLetter]:
     """All dead letters of ``dlq_topic``, then those of ``source_topic`` in ``store``
     (nothing is committed or marked)."""
     consumer = make_consumer(f"kser-dlq-list-{uuid.uuid4().hex[:8]}", dlq_topic)
-    try:
-        letters = [DeadLetter(record) for record in read(consumer, wait)]
-    finally:
-        consumer.close()
+    letters = []
+    if consumer is not None:  # (None: no such topic)
+        try:
+            letters = [DeadLetter(record) for record in read(consumer, wait)]
+        finally:
+            consumer.close()
     if store is not None and source_topic is not None:
         with store.transaction() as tx:
             letters += [DeadLetter.from_row(row) for row in tx.dead_letters([source_topic])]
     return _once(letters)
 
 
-def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProducer,
+def replay(make_consumer: Callable[[str, str], BaseConsumer | None], producer: BaseProducer,
            dlq_topic: str, default_topic: str, wait: float = 10,
            store: Store | None = None) -> list[DeadLetter]:
     """Send the dead letters not replayed yet back to their source topic; return them.
@@ -178,7 +187,8 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
     replayed, seen = [], set()
     run = uuid.uuid4().hex.encode()
     try:
-        for record in read(consumer, wait):
+        for record in read(consumer, wait) if consumer is not None else ():
+            assert consumer is not None  # (records come from it)
             letter = DeadLetter(record)
             if (REPLAY_HEADER, run) in record.headers:
                 # dead-lettered again after this very run sent it back (its cause is not
@@ -192,7 +202,8 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer], producer: BaseProd
                 seen.add(letter.source)
             consumer.commit({(record.topic, record.partition): record.offset + 1})
     finally:
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
     if store is not None:
         with store.transaction() as tx:
             rows = tx.dead_letters([default_topic], replayed=False)

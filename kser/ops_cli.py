@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
+from cdumay_error.types import ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -38,6 +39,7 @@ from kser.client import (
     ServiceUnavailable,
     Unauthorized,
 )
+from kser.schemas import load_json
 from kser.status import FINAL_STATUSES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -253,9 +255,9 @@ def show(url: str, token: str | None, as_json: bool, operation_id: str) -> None:
 
 def _params(params: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
     try:
-        found = json.loads(params) if params else {}
-    except json.JSONDecodeError as exc:
-        raise OpsUsageError(f"--params is not JSON ({exc}): give an object, e.g. "
+        found = load_json(params, "--params") if params else {}
+    except ValidationError as exc:
+        raise OpsUsageError(f"{exc.message}: give an object, e.g. "
                             "--params '{\"day\": \"2026-11-23\"}'") from None
     if not isinstance(found, dict):
         raise OpsUsageError("--params must be a JSON object")
@@ -265,8 +267,8 @@ def _params(params: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
             raise OpsUsageError(f"-p {pair!r}: give NAME=VALUE (VALUE read as JSON, else "
                                 "text)")
         try:
-            found[name] = json.loads(value)
-        except json.JSONDecodeError:
+            found[name] = load_json(value, f"-p {name}")
+        except ValidationError:
             found[name] = value
     return found
 

@@ -28,6 +28,10 @@ MAX_ID_LENGTH = 64
 MAX_ENTRYPOINT_LENGTH = 255
 #: the range of a result's retcode and an attempt number (the store's 32-bit integers)
 MIN_INT32, MAX_INT32 = -(2 ** 31), 2 ** 31 - 1
+#: deepest nesting of objects and arrays a message's params, result or metadata may have
+#: (Python's own recursion stops near 1,000 levels: the encoders of the store, of the
+#: API's answers and of the next message would fail on a value the decoder took)
+MAX_JSON_DEPTH = 100
 
 
 def dump_result(result: Result | None) -> dict[str, Any] | None:
@@ -247,8 +251,10 @@ def check_limits(kmsg: Message) -> None:
     Ids (``uuid``, kser's ``operation_id``, ``task_id``, ``exit_of``) are printable
     strings of at most :data:`MAX_ID_LENGTH` characters, the entrypoint of at most
     :data:`MAX_ENTRYPOINT_LENGTH`; ``result.retcode`` and kser's ``attempt`` fit 32
-    bits; kser's ``mode`` is absent or ``"one"``. (Non-finite numbers and lone
-    surrogates were refused while decoding.)
+    bits; params, result and metadata are nested at most :data:`MAX_JSON_DEPTH` levels;
+    ``metadata.kser`` holds only what kser writes, or what a producer may request (see
+    :func:`check_kser_metadata`). (Non-finite numbers and lone surrogates were refused
+    while decoding.)
 
     :raises cdumay_error.types.ValidationError: (400) saying which limit and where
     """
@@ -257,25 +263,152 @@ def check_limits(kmsg: Message) -> None:
     retcode = kmsg.result.retcode if kmsg.result is not None else 0
     if not isinstance(retcode, int) or not MIN_INT32 <= retcode <= MAX_INT32:
         raise _limit_error(f"result.retcode {retcode} is not a 32-bit integer", "limits")
+    check_depth(kmsg.params, "params")
+    check_depth(kmsg.metadata, "metadata")
+    if kmsg.result is not None:
+        check_depth(kmsg.result.retval, "result.retval")
     own = kmsg.metadata.get(KSER_METADATA_KEY)
     if own is None:
         return
     if not isinstance(own, dict):
         raise _limit_error(f"metadata.{KSER_METADATA_KEY} is kser's own and must be an object,"
                            f" got {_json_type(own)}", "limits")
+    check_kser_metadata(own)
+
+
+#: what kser writes in the message of a task it queued: each is checked against the store
+#: when the message comes back (kser/sequencing/sequencer.py, ``_judge``)
+TASK_KEYS = frozenset({"operation_id", "task_id", "queued", "ready_at", "mode", "attempt"})
+#: what kser writes in the message announcing an operation's end
+EXIT_KEYS = frozenset({"exit_of"})
+#: what a producer may *request* in an operation (or lone task) message: nothing else of
+#: ``metadata.kser`` is taken from a message
+REQUEST_KEYS = frozenset({"idempotency_key", "ttl_strategy"})
+#: prefixes of the idempotency keys kser makes itself (a schedule's fires; a key a message
+#: requested, stored under ``message:``): no producer may ask for one
+RESERVED_KEY_PREFIXES = ("schedule:", "message:", "kser:")
+#: longest idempotency key a producer may ask for, characters (the store's column holds
+#: 255: room for kser's prefixes)
+MAX_KEY_LENGTH = 200
+#: the retention a producer may request: seconds after an operation's end, per outcome
+TTL_KEYS = frozenset({"seconds_after_success", "seconds_after_failure",
+                      "seconds_after_completion"})
+#: longest retention a producer may request, seconds (100 years)
+MAX_TTL = 100 * 365 * 86400.0
+
+
+def check_kser_metadata(own: dict[str, Any]) -> None:
+    """Refuse a ``metadata.kser`` that names what kser decides for itself.
+
+    A message's ``metadata.kser`` is one of three shapes, by its keys: a task message
+    kser queued (:data:`TASK_KEYS`, each checked against the store when it comes
+    back), an exit notification (:data:`EXIT_KEYS`), or what a producer may request
+    (:data:`REQUEST_KEYS`: an idempotency key outside kser's prefixes, a retention).
+    Anything else (an exit notification's topic or entrypoint, a key of kser's own)
+    is refused here, once, with what to change.
+
+    :raises cdumay_error.types.ValidationError: (400) naming the key and why
+    """
+    where = f"metadata.{KSER_METADATA_KEY}"
+    if "task_id" in own:
+        allowed, shape = TASK_KEYS, "a task message kser queued"
+    elif "exit_of" in own:
+        allowed, shape = EXIT_KEYS, "an exit notification"
+    else:
+        allowed, shape = REQUEST_KEYS, "a producer's request"
+    unknown = sorted(set(own) - allowed)
+    if unknown:
+        name = safe_key(unknown[0])
+        raise _limit_error(
+            f"{where}.{name} is kser's own: a message cannot set it (in {shape}, "
+            f"{where} may hold only {', '.join(sorted(allowed))}; an operation's exit "
+            "notification is its class's ON_EXIT_NOTIFY)", "kser-metadata")
     for name in ("operation_id", "task_id", "exit_of"):
         if name in own:
-            _check_id(own[name], f"metadata.{KSER_METADATA_KEY}.{name}")
+            _check_id(own[name], f"{where}.{name}")
     attempt = own.get("attempt", 1)
     if type(attempt) is not int or not 0 <= attempt <= MAX_INT32:
-        raise _limit_error(f"metadata.{KSER_METADATA_KEY}.attempt must be a 32-bit "
-                           "non-negative integer", "limits")
+        raise _limit_error(f"{where}.attempt must be a 32-bit non-negative integer", "limits")
     if own.get("mode") not in (None, "one", "child_ended"):
-        raise _limit_error(f"metadata.{KSER_METADATA_KEY}.mode must be absent, \"one\" or "
-                           "\"child_ended\"", "limits")
+        raise _limit_error(f"{where}.mode must be absent, \"one\" or \"child_ended\"",
+                           "limits")
     if "task_id" in own and "operation_id" not in own:
-        raise _limit_error(f"metadata.{KSER_METADATA_KEY} names a task_id without its "
-                           "operation_id", "limits")
+        raise _limit_error(f"{where} names a task_id without its operation_id", "limits")
+    queued = own.get("queued")
+    if queued is not None and not (type(queued) is list and len(queued) == 2 and all(
+            type(n) is int and 0 <= n <= MAX_INT32 for n in queued)):
+        raise _limit_error(f"{where}.queued must be two 32-bit non-negative integers",
+                           "limits")
+    if "ready_at" in own and type(own["ready_at"]) not in (int, float):
+        raise _limit_error(f"{where}.ready_at must be a number", "limits")
+    if "idempotency_key" in own:
+        check_idempotency_key(own["idempotency_key"], f"{where}.idempotency_key")
+    if "ttl_strategy" in own:
+        check_ttl_strategy(own["ttl_strategy"], f"{where}.ttl_strategy")
+
+
+class KserKey(str):
+    """An idempotency key kser's own code made (a schedule's fire, the namespaced key a
+    message requested): the only kind that may start with a reserved prefix. No value
+    decoded from a message or a request is one."""
+
+    __slots__ = ()
+
+
+def check_idempotency_key(key: Any, what: str = "the idempotency key") -> str:
+    """``key`` if a producer may ask for it: 1 to :data:`MAX_KEY_LENGTH` printable
+    characters, not starting with one of kser's :data:`RESERVED_KEY_PREFIXES` (unless
+    kser made it: a :class:`KserKey`).
+
+    :raises cdumay_error.types.ValidationError: (400) saying what to change
+    """
+    _check_id(key, what, MAX_KEY_LENGTH)
+    if key.startswith(RESERVED_KEY_PREFIXES) and type(key) is not KserKey:
+        raise _limit_error(f"{what} {safe_key(key)!r} starts with {key.split(':')[0]}:, "
+                           f"which kser keeps for its own keys "
+                           f"({', '.join(RESERVED_KEY_PREFIXES)}): choose another", "key")
+    return str(key)
+
+
+def check_ttl_strategy(ttl: Any, what: str = "ttl_strategy") -> dict[str, float] | None:
+    """``ttl`` if it is a retention kser can apply: None, or an object of
+    :data:`TTL_KEYS` whose values are numbers of seconds from 0 to :data:`MAX_TTL`.
+
+    :raises cdumay_error.types.ValidationError: (400) saying what to change
+    """
+    if ttl is None:
+        return None
+    if type(ttl) is not dict:
+        raise _limit_error(f"{what} must be an object of {', '.join(sorted(TTL_KEYS))}, "
+                           f"got {_json_type(ttl)}", "ttl")
+    for name, seconds in ttl.items():
+        if name not in TTL_KEYS:
+            raise _limit_error(f"{what}.{safe_key(name)} is not a retention (known: "
+                               f"{', '.join(sorted(TTL_KEYS))})", "ttl")
+        if type(seconds) not in (int, float) or not 0 <= seconds <= MAX_TTL:
+            raise _limit_error(f"{what}.{name} must be a number of seconds from 0 to "
+                               f"{MAX_TTL:.0f}, got {safe_key(repr(seconds))}", "ttl")
+    return dict(ttl)
+
+
+def check_depth(value: Any, what: str = "the value", limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse objects and arrays nested deeper than ``limit`` levels.
+
+    :raises cdumay_error.types.ValidationError: (400) naming ``what`` and the limit
+    """
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [child for item in level if type(item) in (dict, list)
+                 for child in (item.values() if type(item) is dict else item)
+                 if type(child) in (dict, list)]
+        if not level:
+            return
+    raise _too_deep(what)
+
+
+def safe_key(value: Any) -> str:
+    """A name taken from a message, fit for an error (escaped, cut at 80 characters)."""
+    return str(value).encode("unicode_escape").decode()[:80]
 
 
 def _decode_json(raw: str | bytes | bytearray | None) -> Any:
@@ -296,7 +429,9 @@ def _decode_json(raw: str | bytes | bytearray | None) -> Any:
         raise ValidationError(f"Record holds the number {exc}, which is not finite: JSON "
                               "numbers in a kser message must be finite",
                               extra=dict(reason="number")) from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise _too_deep("the record") from None
+    except ValueError as exc:
         raise ValidationError(f"Record is not valid JSON: {exc}",
                               extra=dict(reason="json")) from None
     if "\\ud" in raw or "\\uD" in raw:  # an escaped surrogate: is it a lone one?
@@ -310,6 +445,38 @@ def _decode_json(raw: str | bytes | bytearray | None) -> Any:
         except (ValueError, RecursionError):
             pass  # nothing more to check here; the schema says what is wrong
     return data
+
+
+def load_json(text: str | bytes, what: str = "the JSON") -> Any:
+    """Decode JSON a person or a program gave kser (an API body, a form's params, a
+    command's ``--params``), refusing what kser could not carry on: numbers that are not
+    finite, and objects and arrays nested deeper than :data:`MAX_JSON_DEPTH` levels (the
+    decoders and encoders after this one would fail on them).
+
+    :raises cdumay_error.types.ValidationError: (400) saying what is wrong with ``what``
+        and what to change
+    """
+    try:
+        data = _DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{what} is not UTF-8 (byte {exc.start})",
+                              extra=dict(reason="encoding")) from None
+    except _NotFiniteError as exc:
+        raise ValidationError(f"{what} holds the number {exc}, which is not finite: give "
+                              "finite numbers", extra=dict(reason="number")) from None
+    except RecursionError:
+        raise _too_deep(what) from None
+    except ValueError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}",
+                              extra=dict(reason="json")) from None
+    check_depth(data, what)
+    return data
+
+
+def _too_deep(what: str) -> ValidationError:
+    return ValidationError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels of objects "
+                           "and arrays: flatten it (or send a reference to the data instead)",
+                           extra=dict(reason="depth"))
 
 
 class _NotFiniteError(ValueError):

@@ -23,6 +23,22 @@ from dataclasses import dataclass, field
 from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS
 from kser.errors import is_transient
 
+#: longest topic name Kafka accepts, and the characters it allows
+MAX_TOPIC = 249
+TOPIC_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def topic_problem(name: object) -> str | None:
+    """What makes ``name`` no Kafka topic name (None: it is one): 1 to :data:`MAX_TOPIC`
+    of a-z A-Z 0-9 . _ -, and not ``.`` or ``..``."""
+    if not isinstance(name, str):
+        return f"must be a string, not {type(name).__name__}"
+    if not 0 < len(name) <= MAX_TOPIC or not set(name) <= TOPIC_CHARACTERS or name in (
+            ".", ".."):
+        shown = name.encode("unicode_escape").decode()[:100]
+        return f"{shown!r} is not a Kafka topic name (1 to {MAX_TOPIC} of a-z A-Z 0-9 . _ -)"
+    return None
+
 
 @dataclass
 class PartitionInfo:

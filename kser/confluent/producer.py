@@ -10,6 +10,7 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
 from kser.controller import BaseProducer
+from kser.errors import is_transient
 from kser.topics import TopicAdmin
 
 #: bytes a record's framing adds to its value, allowed above KSER_MAX_MESSAGE_BYTES
@@ -70,8 +71,10 @@ class Producer(BaseProducer):
         report = self._on_delivery
         if on_delivery is not None:
             def report(error: KafkaError | None, message: confluent_kafka.Message) -> None:
-                self._on_delivery(error, message)
-                on_delivery(None if error is None else KafkaException(error))
+                failure = None if error is None else KafkaException(error)
+                if failure is None or is_transient(failure):  # (one for good is the
+                    self._on_delivery(error, message)  # callback's: see send_raw)
+                on_delivery(failure)
         while True:
             try:
                 self.client.produce(topic, value=value, key=key, headers=cast(Any, headers) or None,

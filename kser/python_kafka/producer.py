@@ -9,6 +9,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from kser.controller import BaseProducer
+from kser.errors import is_transient
 from kser.python_kafka import explained_bootstrap
 from kser.python_kafka.admin import Admin
 
@@ -22,7 +23,8 @@ class Producer(BaseProducer):
     """Sends through a ``kafka.KafkaProducer``.
 
     :param config: ``KafkaProducer`` keyword arguments (``bootstrap_servers``,
-        security settings...); ``acks`` defaults to ``"all"``. kser's own options
+        security settings...); ``acks`` defaults to ``"all"``, ``enable_idempotence``
+        to False (see the note in ``__init__``). kser's own options
         (``max_message_bytes``, ``connect_timeout``, ``partitions``,
         ``replication_factor``: ``Settings.producer_options()``) may be given too.
     """
@@ -36,9 +38,17 @@ class Producer(BaseProducer):
         # still has the last word: its refusal is a permanent error)
         config.setdefault("max_request_size", self.max_message_bytes + REQUEST_OVERHEAD)
         config.setdefault("bootstrap_timeout_ms", int(self.connect_timeout * 1000))
+        # kafka-python 3.0's idempotent producer turns any record the broker refuses for
+        # good (one over a topic's max.message.bytes) into a fatal state: every later
+        # record of the process fails with that error, for ever. kser's messages are
+        # idempotent in the store (a duplicate changes nothing), so a retry that
+        # duplicates a record is harmless; a producer that stops for good is not
+        # (tests/acceptance/test_untrusted_wire.py, the refused exit notifications)
+        config.setdefault("enable_idempotence", False)
         with explained_bootstrap():
             self.client = KafkaProducer(**config)
-        self._futures: list[Any] = []  # kafka-python's FutureRecordMetadata
+        #: (kafka-python's FutureRecordMetadata, whether a delivery callback keeps its failure)
+        self._futures: list[tuple[Any, bool]] = []
         self._futures_lock = threading.Lock()
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None,
@@ -49,7 +59,7 @@ class Producer(BaseProducer):
             future.add_callback(lambda _metadata: on_delivery(None))
             future.add_errback(on_delivery)
         with self._futures_lock:
-            self._futures.append(future)
+            self._futures.append((future, on_delivery is not None))
 
     def _drain(self, timeout: float) -> None:
         self.client.flush(timeout=timeout)  # the futures stay for the next _flush
@@ -58,10 +68,11 @@ class Producer(BaseProducer):
         with self._futures_lock:
             futures, self._futures = self._futures, []
         self.client.flush(timeout=timeout)
-        for future in futures:
+        for future, kept in futures:
             if not future.is_done:
                 raise TimeoutError(f"Kafka did not acknowledge a message within {timeout} s")
-            if future.failed():
+            # (a refusal for good of a record whose callback keeps it: see send_raw)
+            if future.failed() and not (kept and not is_transient(future.exception)):
                 raise future.exception
 
     def _new_admin(self) -> Admin:

@@ -16,8 +16,12 @@ from kser.store.rows import OperationRow, TaskRow
 def load_result(data: Mapping[str, Any] | None, uuid_: str | None = None) -> Result:
     if not data:
         return Result(uuid=uuid_)
-    return Result(**{k: v for k, v in data.items() if k in
-                     ("uuid", "retcode", "stdout", "stderr", "retval")})
+    loaded = Result(**{k: v for k, v in data.items() if k in
+                       ("uuid", "retcode", "stdout", "stderr", "retval")})
+    # (a copy: Result's + updates its left side's retval in place, which would change
+    # ``data``, a stored or forwarded result, under its other readers)
+    loaded.retval = dict(loaded.retval)
+    return loaded
 
 
 def forwarded(op: OperationRow, tasks: Mapping[str, TaskRow],

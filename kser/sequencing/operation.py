@@ -20,9 +20,16 @@ from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
 from kser.results import exception_result, is_success
-from kser.schemas import KSER_METADATA_KEY
+from kser.schemas import (
+    KSER_METADATA_KEY,
+    MAX_ENTRYPOINT_LENGTH,
+    check_depth,
+    check_ttl_strategy,
+    safe_key,
+)
 from kser.sequencing.shapes import wire
 from kser.sequencing.task import PENDING, SUCCESS, Task
+from kser.topics import topic_problem
 
 if TYPE_CHECKING:
     from kser.sequencing.sequencer import Sequencer
@@ -154,20 +161,28 @@ class Operation(Task):
     def exit_notify_settings(self) -> dict[str, Any] | None:
         """Where to announce this operation's end: ``{"topic", "payload", "entrypoint"}``.
 
-        From ``metadata["kser"]["on_exit_notify"]``, else :attr:`ON_EXIT_NOTIFY`.
+        From ``metadata["kser"]["on_exit_notify"]`` given in code (a message cannot set
+        it: :func:`kser.schemas.check_kser_metadata`), else :attr:`ON_EXIT_NOTIFY`.
+
+        :raises ValidationError: it is not one kser can send (see :func:`check_exit_notify`)
         """
-        notify: dict[str, Any] | None = self.metadata.get(KSER_METADATA_KEY, {}).get(
-            "on_exit_notify", self.ON_EXIT_NOTIFY)
-        return notify
+        return check_exit_notify(self._own().get("on_exit_notify", self.ON_EXIT_NOTIFY),
+                                 f"{type(self).path}'s exit notification")
 
     def ttl_settings(self) -> dict[str, float] | None:
         """When to purge this operation once finished (seconds; None keeps it).
 
         From ``metadata["kser"]["ttl_strategy"]``, else :attr:`TTL_STRATEGY`.
+
+        :raises ValidationError: it is not a retention (see
+            :func:`kser.schemas.check_ttl_strategy`)
         """
-        ttl: dict[str, float] | None = self.metadata.get(KSER_METADATA_KEY, {}).get(
-            "ttl_strategy", self.TTL_STRATEGY)
-        return ttl
+        return check_ttl_strategy(self._own().get("ttl_strategy", self.TTL_STRATEGY),
+                                  f"{type(self).path}'s ttl_strategy")
+
+    def _own(self) -> dict[str, Any]:
+        own = self.metadata.get(KSER_METADATA_KEY)
+        return own if isinstance(own, dict) else {}
 
     def next(self, task: Task) -> Task | None:
         """The first task after ``task`` that has not succeeded yet, or None."""
@@ -205,7 +220,7 @@ class Operation(Task):
     def _submit(self, topic: str | None, key: str | None = None) -> Result:
         sequencer = self._sequencer()
         if key is not None:
-            self.metadata.setdefault(KSER_METADATA_KEY, {})["idempotency_key"] = str(key)
+            self.metadata.setdefault(KSER_METADATA_KEY, {})["idempotency_key"] = key
         return sequencer.submit(self, topic or sequencer.settings.topic)
 
     def launch_next(self, task: Task | None = None, result: Result | None = None) -> Result:
@@ -259,6 +274,39 @@ class Operation(Task):
         if self._init_error is not None:
             return self._onerror(self._init_error)
         return self.launch()
+
+
+#: the keys of an exit notification
+EXIT_NOTIFY_KEYS = frozenset({"topic", "payload", "entrypoint"})
+
+
+def check_exit_notify(notify: Any, what: str = "the exit notification"
+                      ) -> dict[str, Any] | None:
+    """``notify`` if kser can send it when an operation ends: None, or an object with a
+    ``topic`` Kafka takes, an optional ``entrypoint`` name and an optional ``payload``
+    (JSON nested at most :data:`kser.schemas.MAX_JSON_DEPTH` levels).
+
+    :raises ValidationError: (400) saying what to change
+    """
+    if notify is None:
+        return None
+    if type(notify) is not dict:
+        raise ValidationError(f"{what} must be an object of {', '.join(sorted(EXIT_NOTIFY_KEYS))}"
+                              f", not {type(notify).__name__}")
+    unknown = sorted(set(notify) - EXIT_NOTIFY_KEYS)
+    if unknown:
+        raise ValidationError(f"{what} has unknown keys {', '.join(map(safe_key, unknown))} "
+                              f"(known: {', '.join(sorted(EXIT_NOTIFY_KEYS))})")
+    problem = topic_problem(notify.get("topic"))
+    if problem is not None:
+        raise ValidationError(f"{what}'s topic: {problem}")
+    entrypoint = notify.get("entrypoint")
+    if entrypoint is not None and (type(entrypoint) is not str
+                                   or not 0 < len(entrypoint) <= MAX_ENTRYPOINT_LENGTH):
+        raise ValidationError(f"{what}'s entrypoint must be a name of 1 to "
+                              f"{MAX_ENTRYPOINT_LENGTH} characters")
+    check_depth(notify.get("payload"), f"{what}'s payload")
+    return dict(notify)
 
 
 def _ends(tasks: list[Task]) -> list[Task]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from kser import tracing
-from kser.controller import BaseProducer, RedoError, UndeliverableError
+from kser.controller import BaseProducer, RedoError
 from kser.errors import is_transient, safe_text
 from kser.store import OutboxRow, Store, Tx
 
@@ -19,37 +19,83 @@ logger = logging.getLogger(__name__)
 
 
 class Outbox:
-    """Publishes outbox rows and keeps the marks of the acknowledged ones.
+    """Publishes outbox rows and keeps the marks of the acknowledged and refused ones.
+
+    A row the broker refuses for good (a topic it will not take, a record over its
+    limit, a refused authorization) is sent once: it is kept as a dead letter and never
+    sent again, and ``on_refused`` is called in the transaction that marks it (the
+    sequencer fails the task it was for: the operation says why). A row the broker did
+    not take for a while (it is away, a leader moves) waits before its next send,
+    doubling each time (see :meth:`kser.store.Tx.send_failed`).
 
     :param store: returns the store (opened on first use)
     :param producer: returns the producer (made on first use: the broker may be away)
     :param send_timeout: returns the seconds a publish waits for its acknowledgements
+    :param worker: returns the name of this process (kept with a dead letter)
+    :param on_refused: called with the transaction, the row and why, for each row
+        refused for good, as it is marked
     """
 
     def __init__(self, store: Callable[[], Store], producer: Callable[[], BaseProducer],
-                 send_timeout: Callable[[], float]) -> None:
+                 send_timeout: Callable[[], float], worker: Callable[[], str] = lambda: "",
+                 on_refused: Callable[[Tx, OutboxRow, str], None] | None = None) -> None:
         self._store, self._producer, self._send_timeout = store, producer, send_timeout
+        self._worker, self._on_refused = worker, on_refused
         #: outbox rows Kafka acknowledged, marked sent by the next transaction
         self._sent: list[int] = []
+        #: rows whose send failed (for good, or for now), marked by the next transaction
+        self._refused: list[tuple[OutboxRow, str]] = []
+        self._retry: list[tuple[OutboxRow, str]] = []
         self._sent_lock = threading.Lock()
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """A store transaction that also marks sent the rows acknowledged since the last one."""
+        """A store transaction that also marks the rows acknowledged (sent), refused or
+        failed since the last one."""
         with self._sent_lock:
             sent, self._sent = self._sent, []
+            refused, self._refused = self._refused, []
+            retry, self._retry = self._retry, []
         try:
+            if refused or retry:  # (in a transaction of their own: see _mark_failed)
+                self._mark_failed(refused, retry)
+                refused, retry = [], []
             with self._store().transaction() as tx:
                 tx.mark_sent(sent)
                 yield tx
         except BaseException:
             with self._sent_lock:
                 self._sent.extend(sent)
+                self._refused.extend(refused)
+                self._retry.extend(retry)
             raise
 
+    def _mark_failed(self, refused: list[tuple[OutboxRow, str]],
+                     retry: list[tuple[OutboxRow, str]]) -> None:
+        """Mark the rows whose send failed, calling ``on_refused`` for those refused for
+        good; should ``on_refused`` fail, they are marked without it (a failing callback
+        must not fail every transaction that follows)."""
+        for call in (self._on_refused, None):
+            try:
+                with self._store().transaction() as tx:
+                    for row, error in tx.send_failed(refused, retry, self._worker(),
+                                                     time.time()):
+                        logger.error("Outbox message %d of operation %s refused for good by "
+                                     "the broker (%s): kept as a dead letter, never sent "
+                                     "again", row.id, row.operation_id, error)
+                        if call is not None:
+                            call(tx, row, error)
+                return
+            except Exception as exc:
+                if call is None or is_transient(exc):
+                    raise
+                logger.error("Outbox messages refused for good: what follows them could not "
+                             "be decided (%s); they are marked refused alone",
+                             safe_text(exc, 500))
+
     def flush_sent(self) -> None:
-        """Mark sent, now, the outbox rows acknowledged since the last transaction."""
-        if self._sent:
+        """Mark, now, the outbox rows acknowledged or refused since the last transaction."""
+        if self._sent or self._refused or self._retry:
             with self.transaction():
                 pass
 
@@ -65,10 +111,10 @@ class Outbox:
 
         Acknowledged rows are marked sent by this process's next transaction (or
         sweep, within ``sweep_interval``, or the worker's stop). A row never marked
-        (a crash, a refused send) is sent again by a sweep after ``UNSENT_GRACE``;
-        its duplicate message changes nothing.
+        (a crash, a send that failed) is sent again by a sweep once due; its duplicate
+        message changes nothing. A row refused for good is marked so, never sent again.
 
-        :raises RedoError: the broker did not take them (they stay unsent)
+        :raises RedoError: the broker did not take them (those left stay unsent)
         """
         if rows is None:
             with self.transaction() as tx:
@@ -78,30 +124,38 @@ class Outbox:
             rows = [row for row in rows if row.due_at is None or row.due_at <= now]
         if not rows:
             return 0
+        sent = 0
         try:
             producer = self._producer()  # (made on first use: the broker may be away)
             for row in rows:
-                producer.send_raw(row.topic, row.value, row.key,
-                                  tracing.produce_headers(row.topic, row.trace_context),
-                                  on_delivery=self._delivery_of(row.id))
-            if wait:
+                try:
+                    producer.send_raw(row.topic, row.value, row.key,
+                                      tracing.produce_headers(row.topic, row.trace_context),
+                                      on_delivery=self._delivery_of(row))
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # (the broker is away: the other rows wait too)
+                    self._failed(row, exc)  # (sending it again would be refused again)
+                    continue
+                sent += 1
+            if wait and sent:
                 producer.flush(timeout=self._send_timeout())
         except Exception as exc:
-            if not is_transient(exc):  # sending it again would be refused again
-                raise UndeliverableError(
-                    f"follow-up messages of operation {operation_id} are refused by the "
-                    f"broker ({safe_text(exc, 500)}); they stay unsent in the outbox",
-                    extra=dict(uuid=operation_id)) from exc
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
                             f"acknowledged: {safe_text(exc, 500)}") from exc
-        return len(rows)
+        return sent
 
-    def _delivery_of(self, row_id: int) -> Callable[[Exception | None], None]:
+    def _failed(self, row: OutboxRow, error: Exception) -> None:
+        """Note a send that failed, to be marked by the next transaction."""
+        why = safe_text(f"{type(error).__name__}: {error}", 500)
+        with self._sent_lock:
+            (self._retry if is_transient(error) else self._refused).append((row, why))
+
+    def _delivery_of(self, row: OutboxRow) -> Callable[[Exception | None], None]:
         def delivered(error: Exception | None) -> None:
             if error is None:
                 with self._sent_lock:
-                    self._sent.append(row_id)
+                    self._sent.append(row.id)
             else:
-                logger.warning("Outbox message %d not acknowledged (%s): a sweep sends it "
-                               "again", row_id, error)
+                self._failed(row, error)
         return delivered

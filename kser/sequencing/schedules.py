@@ -34,6 +34,8 @@ from cdumay_error.types import ValidationError
 from cronsim import CronSim, CronSimError
 
 from kser.errors import safe_text
+from kser.schemas import KserKey
+from kser.topics import topic_problem
 
 if TYPE_CHECKING:
     from kser.sequencing.operation import Operation
@@ -68,9 +70,6 @@ LATEST_SPANS = 1000
 #: a schedule handled further ahead than this (a scheduler whose clock was ahead) is
 #: handled from now, seconds
 MAX_AHEAD = 300.0
-#: longest topic name Kafka accepts, and the characters it allows
-MAX_TOPIC = 249
-TOPIC_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: the keys a schedule of a schedules file may have
 FILE_KEYS = frozenset({"name", "cron", "entrypoint", "params", "timezone", "catchup", "topic"})
 
@@ -108,13 +107,9 @@ class Schedule:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{where}: {name} must be a non-empty string, not "
                                  f"{safe_text(value, 100)!r}")
-        if self.topic is not None and not isinstance(self.topic, str):
-            raise ValueError(f"{where}: topic must be a string, not "
-                             f"{type(self.topic).__name__}")
-        if self.topic is not None and (not 0 < len(self.topic) <= MAX_TOPIC
-                or not set(self.topic) <= TOPIC_CHARACTERS or self.topic in (".", "..")):
-            raise ValueError(f"{where}: topic {safe_text(self.topic, 100)!r} is not a Kafka "
-                             f"topic name (1 to {MAX_TOPIC} of a-z A-Z 0-9 . _ -)")
+        problem = None if self.topic is None else topic_problem(self.topic)
+        if problem is not None:
+            raise ValueError(f"{where}: topic {problem}")
         if self.catchup not in CATCHUPS:
             raise ValueError(f"{where}: catchup {self.catchup!r} is not one of "
                              f"{', '.join(CATCHUPS)}")
@@ -206,7 +201,7 @@ class Schedule:
 
     def key(self, fire: float) -> str:
         """The idempotency key of the launch for ``fire``."""
-        return f"schedule:{self.name}:{_iso(fire)}"
+        return KserKey(f"schedule:{self.name}:{_iso(fire)}")
 
 
 def _has_dst(zone: ZoneInfo) -> bool:

@@ -43,7 +43,15 @@ from kser.controller import BaseProducer, Pace, RedoError, UndeliverableError
 from kser.entry import Entrypoint
 from kser.errors import OperationGoneError, WorkerFatalError, is_transient, safe_text
 from kser.results import exception_result, is_success
-from kser.schemas import KSER_METADATA_KEY, MAX_INT32, MIN_INT32, Message, dump_result
+from kser.schemas import (
+    KSER_METADATA_KEY,
+    MAX_INT32,
+    MIN_INT32,
+    KserKey,
+    Message,
+    check_idempotency_key,
+    dump_result,
+)
 from kser.sequencing.controls import Controls, control
 from kser.sequencing.graph import forwarded, load_result, merged
 from kser.sequencing.group import GroupCommit
@@ -74,8 +82,8 @@ logger = logging.getLogger(__name__)
 EXIT_ENTRYPOINT = "kser.operation.exit"
 #: seconds after which an undelayed outbox row still unsent was left by a dead worker
 UNSENT_GRACE = 10.0
-#: how long a duplicate message waits for a task another worker runs, in leases
-DUPLICATE_WAIT_LEASES = 1.5
+#: most operations whose unsent outbox rows one sweep sends (those waiting longest first)
+SWEEP_MOST = 200
 #: first and largest wait between two tries to store a finished task's result while the
 #: store is unreachable, seconds (it is tried for one lease, then the record is redone)
 FINISH_RETRY_MIN, FINISH_RETRY_MAX = 0.5, 5.0
@@ -194,7 +202,8 @@ class Sequencer:
         #: the operator controls (cancel, recover, run_from, run_one, purge)
         self.controls = Controls(self)
         self.outbox = Outbox(lambda: self.store, self._producer,
-                             lambda: self.settings.send_timeout)
+                             lambda: self.settings.send_timeout, worker_name,
+                             self._message_refused)
         self._leases = Leases(lambda: self.store, lambda: self.settings.task_lease)
         #: stores the ends of every task thread's batches, in shared transactions
         self._group: GroupCommit[_End, _Stored] = GroupCommit(self._commit_ends,
@@ -276,6 +285,12 @@ class Sequencer:
                 with tracing.current(kmsg.trace_parent):
                     return self.run_task(entrypoint, kmsg)
             operation = cast("Operation", entrypoint.from_Message(kmsg))  # (see handles)
+            requested = kmsg.kser_metadata.get("idempotency_key")
+            if requested is not None:  # (checked on decode) a message's keys are a
+                # namespace of their own: a topic writer cannot take a key of the API's,
+                # a producer's or a schedule's
+                operation.metadata = {**operation.metadata, KSER_METADATA_KEY: {
+                    **kmsg.kser_metadata, "idempotency_key": KserKey(f"message:{requested}")}}
             return self.submit(operation, topic or self.settings.topic, kmsg.trace_parent)
         except (RedoError, UndeliverableError, WorkerFatalError):
             raise
@@ -300,7 +315,10 @@ class Sequencer:
         if not operation._built:
             operation.build(**operation.params)
         operation.check_required_params()
-        key = operation.metadata.get(KSER_METADATA_KEY, {}).get("idempotency_key")
+        key = operation._own().get("idempotency_key")
+        if key is not None:
+            check_idempotency_key(key)
+        operation.exit_notify_settings(), operation.ttl_settings()  # (refused before a write)
         existing = operation.uuid
         with self._transaction() as tx:
             op_row, created = self._insert(tx, operation, topic, key)
@@ -313,7 +331,8 @@ class Sequencer:
                         raise ValidationError(
                             f"The key {key!r} was given to operation {found.id}, a "
                             f"{found.entrypoint}: a key names one operation; give this "
-                            f"{op_row['entrypoint']} another", extra=dict(uuid=operation.uuid))
+                            f"{op_row['entrypoint']} another",
+                            extra=dict(uuid=operation.uuid, reason="key"))
                 if found is None:
                     raise OperationGoneError(f"operation {operation.uuid} is not in the store "
                                         "any more (purged or deleted meanwhile)")
@@ -437,20 +456,29 @@ class Sequencer:
         forged and is dead-lettered; one for a task that is finished, or running
         here or on a live worker, is a harmless duplicate.
         """
-        meta = kmsg.kser_metadata
-        task_id = meta["task_id"]
-        # a thread of this process handles it: wait for it to be done (this may be the
-        # retry or poke its end just sent), then judge this message against the store
-        deadline = time.monotonic() + self.settings.task_lease * DUPLICATE_WAIT_LEASES
+        task_id = kmsg.kser_metadata["task_id"]
+        deadline = time.monotonic() + self.settings.task_lease
+        in_hand_checked = False
         while True:
             with self._running_lock:
                 if task_id not in self._running:
                     self._running.add(task_id)
                     break
+            # a thread of this process handles it: a copy of the message it runs is a
+            # duplicate, committed at once (it never holds a thread); the message its end
+            # just queued (a retry, a poke) waits for that thread to leave
+            if not in_hand_checked:
+                with self._transaction() as tx:
+                    stored = tx.get_task(task_id)
+                if (stored is not None and stored.status == RUNNING
+                        and stored.worker == self._worker_name()):
+                    return Result(uuid=task_id, stdout=f"Task {task_id} is running in this "
+                                  "worker: a duplicate message, left to it")
+                in_hand_checked = True
             if time.monotonic() >= deadline:
-                return Result(uuid=task_id, stdout=f"Task {task_id} is running in this worker: "
-                              "a duplicate message, left to it")
-            time.sleep(0.02)
+                raise RedoError(f"task {task_id} is still ending in this worker: its next "
+                                "message is handled again in a moment")
+            time.sleep(0.005)
         try:
             return self._claim_and_run(entrypoint, kmsg)
         finally:
@@ -458,22 +486,16 @@ class Sequencer:
                 self._running.discard(task_id)
 
     def _claim_and_run(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
-        meta = kmsg.kser_metadata
-        lease = self.settings.task_lease
-        wait_until = time.monotonic() + lease * DUPLICATE_WAIT_LEASES
         while True:
             now = time.time()
             with self._transaction() as tx:
                 claim = self._claim_in(tx, kmsg, now)
             if claim.verdict == "done":
                 return self._republished(claim)
-            if claim.verdict == "child":
+            if claim.verdict in ("child", "wait"):
+                # (wait: it runs on a live worker; should that worker die, the sweep sends
+                # the task again once its lease expired: this copy holds nothing meanwhile)
                 return claim.nothing_to_do()
-            if claim.verdict == "wait":
-                if time.monotonic() >= wait_until:
-                    return claim.nothing_to_do()
-                time.sleep(min(1.0, lease / 10))
-                continue
             if claim.verdict != "lost":  # (lost: another worker claimed it first: read again)
                 break
         from kser.sequencing.operation import Operation
@@ -483,7 +505,7 @@ class Sequencer:
         if issubclass(entrypoint, Operation):
             return self._start_child(entrypoint, kmsg, claim.task, claim.attempt)
         return self._run_claimed(entrypoint, kmsg, claim.task, claim.attempt,
-                                 meta.get("mode"), now)
+                                 kmsg.kser_metadata.get("mode"), now)
 
     def _republished(self, claim: _Claim) -> Result:
         """A message for a task that is done: what its end queued and is unsent is sent
@@ -837,9 +859,13 @@ class Sequencer:
         metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
         # a copy: Result's + changes its left side, and a retry must forward the original
         forwarded = dump_result(kmsg.result)
+        # what it inherits: its upstream's retval and retcode; its stdout and stderr are
+        # its own (a failure's stderr never carries an upstream's stdout)
+        inherited = load_result(forwarded)
+        inherited.stdout, inherited.stderr = "", ""
         try:
             instance = entrypoint(uuid=task_id, params=task_row.params,
-                                  result=load_result(forwarded), metadata=metadata)
+                                  result=inherited, metadata=metadata)
         except Exception as exc:  # a broken __init__ fails the attempt like a broken run
             instance, result = None, exception_result(exc, task_id)
         else:
@@ -1267,8 +1293,8 @@ class Sequencer:
         assert op is not None  # updated a moment ago in this transaction
         if op.parent_task_id and op.parent_operation_id:  # a child: its parent's task ends
             self._queue_child_ended(tx, op, result)
-        notify = op.exit_notify
-        if notify and notify.get("topic"):
+        notify = _exit_notify(op)
+        if notify is not None:
             kmsg = Message(uuid=str(uuid.uuid4()),
                            entrypoint=notify.get("entrypoint") or EXIT_ENTRYPOINT,
                            params=dict(operation_id=operation_id, operation=op.entrypoint,
@@ -1317,6 +1343,25 @@ class Sequencer:
             except Exception:  # a user hook must not undo a committed transition
                 logger.exception("%s hook on %s raised", op.entrypoint, status)
 
+    def _message_refused(self, tx: Tx, row: OutboxRow, error: str) -> None:
+        """(the outbox's, in the transaction marking ``row`` refused for good) A task's
+        message the broker will never take: the task FAILED saying why, and what follows
+        it decided, so the operation ends instead of waiting for it forever. (An exit
+        notification or a child's end is only kept as a dead letter.)"""
+        if row.operation_id is None or row.key is None:
+            return
+        task_id, now = row.key.decode("utf-8", "replace"), time.time()
+        result = Result(uuid=task_id, retcode=500, stderr=(
+            f"kser could not send this task's message to topic {row.topic}: the broker "
+            f"refused it for good ({error}). It is kept as a dead letter (kser dlq list); "
+            "fix the cause, then recover the operation"))
+        if not tx.end_pending(task_id, FAILED, now, dump_result(result)):
+            return  # (not a task's message, or its task moved on)
+        op = tx.operation(row.operation_id)
+        if (op.status == RUNNING and not self._advance(tx, op, tx.dependents(task_id))
+                and not tx.unfinished(op.id)):
+            self._finish_operation(tx, op.id, *self._outcome(tx, op))
+
     # -- sweeping ------------------------------------------------------------------------
 
     def sweep(self, force: bool = False) -> int:
@@ -1343,7 +1388,7 @@ class Sequencer:
             for child in children:  # their parents' tasks were not told: tell them again
                 self._queue_child_ended(tx, child, child.result)
             operations.update(child.id for child in children)
-            operations.update(tx.operations_with_unsent(now - grace, now))
+            operations.update(tx.operations_with_unsent(now - grace, now, SWEEP_MOST))
         if expired:
             logger.warning("Sweep: %d task(s) whose worker stopped renewing its lease "
                            "re-sent", len(expired))
@@ -1351,11 +1396,14 @@ class Sequencer:
             logger.warning("Sweep: %d task(s) whose worker stopped after their operation "
                            "ended marked CANCELED", orphans)
         sent = 0
-        for op_id in operations:  # one operation's refused rows never hold up the others
+        for op_id in operations:  # (rows refused for good are marked, not raised)
             try:
                 sent += self.publish(op_id)
-            except (RedoError, UndeliverableError) as exc:
-                logger.warning("Sweep: %s", exc)
+            except RedoError as exc:  # the broker is away: the others wait for the next pass
+                logger.warning("Sweep: %s (the other operations' messages wait for the next "
+                               "sweep)", exc)
+                break
+        self.flush_sent()  # (what the sends refused is marked now, not at the next pass)
         return sent
 
     # -- controls (kser/sequencing/controls.py; on the registry too) ------------------
@@ -1429,6 +1477,10 @@ def _verdict(task: TaskRow, entrypoint: str, mode: str | None, now: float,
         if operation_status == RUNNING:
             return "refuse", ("a run-one message for a task of a RUNNING operation: run_one "
                               "is for ended operations, so it is stale or forged")
+        if queued is None:  # (run_one's messages say which queueing they are: checked above)
+            return "refuse", ("a run-one message that does not say which of the task's "
+                              "messages it is (metadata.kser.queued): run_one did not send "
+                              "it (forged)")
     elif operation_status != RUNNING:
         return "refuse", (f"its operation is {operation_status}: the message is stale, and "
                           "an ended operation's tasks never start")
@@ -1489,6 +1541,19 @@ def _unstorable_result(task_id: str, why: str) -> Result:
         f"Task {task_id} returned a result kser cannot store or forward ({why}); return a "
         "Result whose retcode fits 32 bits and whose retval holds only JSON values (str, "
         "int, float, bool, None, list, dict), small enough to be sent"))
+
+
+def _exit_notify(op: OperationRow) -> dict[str, Any] | None:
+    """The operation's stored exit notification, if kser can send it (a row an older kser
+    stored from a message may hold anything: it is logged and not sent, and the
+    operation ends all the same)."""
+    from kser.sequencing.operation import check_exit_notify
+
+    try:
+        return check_exit_notify(op.exit_notify, f"operation {op.id}'s exit notification")
+    except ValidationError as exc:
+        logger.error("%s: no exit notification sent", safe_text(exc.message, 500))
+        return None
 
 
 def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

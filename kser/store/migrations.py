@@ -280,9 +280,17 @@ def _v11(connection: Connection) -> None:
     _V11.create_all(connection)
 
 
+def _v12(connection: Connection) -> None:
+    """Outbox rows the broker refuses: transient refusals back off per row (``tries``,
+    ``due_at``), a refusal for good is never sent again (``failed_at``, ``error``)."""
+    _add_column(connection, "kser_outbox", "tries", "INTEGER")
+    _add_column(connection, "kser_outbox", "failed_at", "FLOAT")
+    _add_column(connection, "kser_outbox", "error", "TEXT")
+
+
 #: migration n is MIGRATIONS[n - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8,
-                                                  _v9, _v10, _v11]
+                                                  _v9, _v10, _v11, _v12]
 
 
 def current_version(engine: Engine) -> int:

@@ -170,6 +170,12 @@ class OutboxRow(Row):
     sent_at: float | None = None
     #: the trace context of what queued it (see kser.tracing), for its record's headers
     trace_context: str | None = None
+    #: sends the broker did not take for a while
+    tries: int | None = None
+    #: when the broker refused it for good (never sent again)
+    failed_at: float | None = None
+    #: why its last send failed
+    error: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,7 +31,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 #: the schema version this code expects (see kser/store/migrations.py)
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 schema_version = Table(
     "kser_schema_version", metadata,
@@ -170,6 +170,12 @@ outbox = Table(
     Column("sent_at", Float, nullable=True),
     #: the trace context (W3C, as JSON) of what queued it: its record's headers carry it
     Column("trace_context", Text, nullable=True),
+    #: sends the broker did not take for a while (each pushes ``due_at`` back, doubling)
+    Column("tries", Integer, nullable=True),
+    #: when the broker refused it for good (never sent again: kept as a dead letter)
+    Column("failed_at", Float, nullable=True),
+    #: why its last send failed
+    Column("error", Text, nullable=True),
     Index("ix_kser_outbox_unsent", "operation_id", "sent_at"),
     Index("ix_kser_outbox_due", "sent_at", "due_at"),
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -10,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from cdumay_error.types import ValidationError
 from sqlalchemy import (
     JSON,
     Connection,
@@ -38,6 +41,7 @@ from kser.errors import (
     is_transient,
     safe_text,
 )
+from kser.schemas import check_ttl_strategy
 from kser.status import FINAL_STATUSES, Status
 from kser.store import schema
 from kser.store.migrations import migrate
@@ -52,6 +56,12 @@ from kser.store.rows import (
     ScheduleRow,
     TaskRow,
 )
+
+logger = logging.getLogger(__name__)
+
+#: first and longest wait before an outbox row whose send failed (the broker away) is
+#: sent again, seconds (doubling with each failure)
+OUTBOX_MIN_BACKOFF, OUTBOX_MAX_BACKOFF = 1.0, 30.0
 
 #: most log lines stored per task attempt (a note says how many more there were)
 MAX_LOG_LINES = 1000
@@ -637,8 +647,17 @@ class Tx:
         again): not queued, no sensor waiting, no result unless ``keep_result``."""
         if not task_ids:
             return
+        # an attempt still running (a canceled operation's task, its body not done) ends
+        # here: its worker's end, if it comes, is refused (the task's attempt moves on)
+        self.connection.execute(
+            update(schema.attempts)
+            .where(and_(_attempt.task_id.in_(task_ids), _attempt.status == Status.RUNNING))
+            .values(status=Status.CANCELED, finished_at=time.time(),
+                    error="ended by a control (recover, run_from, run_one) while it ran: "
+                          "the task was reset to run anew, and this attempt's end is not kept"))
         values: dict[str, Any] = dict(status=Status.PENDING, finished_at=None,
-                                      queued_attempt=None, waiting_since=None, pokes=None)
+                                      queued_attempt=None, waiting_since=None, pokes=None,
+                                      lease_expires_at=None)
         if not keep_result:
             values["result"] = None
         self.connection.execute(update(schema.tasks)
@@ -857,14 +876,19 @@ class Tx:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def operations_with_unsent(self, before: float, now: float) -> set[str]:
-        """Operations with unsent rows: due ones, and undelayed ones created before ``before``."""
+    def operations_with_unsent(self, before: float, now: float,
+                               most: int | None = None) -> set[str]:
+        """Operations with unsent rows: due ones, and undelayed ones created before
+        ``before`` (the ``most`` whose rows waited longest); never rows refused for good."""
         box = schema.outbox.c
-        return {row["operation_id"] for row in self._read(
-            select(box.operation_id).distinct()
-            .where(and_(box.sent_at.is_(None),
-                        or_(box.due_at <= now,
-                            and_(box.due_at.is_(None), box.created_at < before)))))}
+        query = (select(box.operation_id)
+                 .where(and_(box.sent_at.is_(None), box.failed_at.is_(None),
+                             or_(box.due_at <= now,
+                                 and_(box.due_at.is_(None), box.created_at < before))))
+                 .group_by(box.operation_id))
+        if most is not None:
+            query = query.order_by(func.min(box.id)).limit(most)
+        return {row["operation_id"] for row in self._read(query)}
 
     def add_outbox(self, operation_id: str | None, topic: str, key: bytes | None,
                    value: bytes, due_at: float | None = None,
@@ -883,7 +907,8 @@ class Tx:
         """The operation's unsent messages that are due (all of them when ``now`` is None)."""
         box = schema.outbox.c
         query = select(schema.outbox).where(and_(box.operation_id == operation_id,
-                                                 box.sent_at.is_(None)))
+                                                 box.sent_at.is_(None),
+                                                 box.failed_at.is_(None)))
         if now is not None:
             query = query.where(or_(box.due_at.is_(None), box.due_at <= now))
         return self._read_as(OutboxRow, query.order_by(box.id))
@@ -894,7 +919,7 @@ class Tx:
         due = or_(box.due_at.is_(None), box.due_at <= now)
         rows = self._read(select(func.count().filter(due).label("due"),
                                  func.count().filter(~due).label("later"))
-                          .where(box.sent_at.is_(None)))
+                          .where(and_(box.sent_at.is_(None), box.failed_at.is_(None))))
         return int(rows[0]["due"] or 0), int(rows[0]["later"] or 0)
 
     def mark_sent(self, ids: list[int]) -> None:
@@ -906,6 +931,39 @@ class Tx:
             cursor.executemany(sql, [[row[name] for name in order] for row in rows]
                                if order is not None else rows)
             cursor.close()
+
+    def send_failed(self, refused: Iterable[tuple[OutboxRow, str]],
+                    retry: Iterable[tuple[OutboxRow, str]], worker: str, now: float) -> list[
+                        tuple[OutboxRow, str]]:
+        """Outbox rows whose send failed: those ``refused`` for good are never sent again
+        and each is kept once as a dead letter (topic: the row's, partition -1, offset:
+        the row's id); those to ``retry`` wait a while longer, doubling with each failure
+        (:data:`OUTBOX_MIN_BACKOFF` up to :data:`OUTBOX_MAX_BACKOFF`). Returns the rows
+        marked refused here (not sent or refused meanwhile)."""
+        box = schema.outbox.c
+        marked = []
+        for row, error in refused:
+            if self.connection.execute(
+                    update(schema.outbox)
+                    .where(and_(box.id == row.id, box.sent_at.is_(None), box.failed_at.is_(None)))
+                    .values(failed_at=now, error=error)).rowcount != 1:
+                continue
+            marked.append((row, error))
+            self.add_dead_letter(dict(
+                topic=row.topic, partition=-1, offset=row.id, key=row.key, value=row.value,
+                headers=[["kser-operation", base64.b64encode(
+                    (row.operation_id or "").encode()).decode()]],
+                error=f"kser could not send this message of operation {row.operation_id}: "
+                      f"the broker refused it for good ({error})",
+                worker=worker, created_at=now))
+        for row, error in retry:
+            tries = (row.tries or 0) + 1
+            delay = min(OUTBOX_MAX_BACKOFF, OUTBOX_MIN_BACKOFF * 2 ** (tries - 1))
+            self.connection.execute(
+                update(schema.outbox).where(and_(box.id == row.id, box.sent_at.is_(None)))
+                .values(tries=tries, error=error,
+                        due_at=max(now + delay, row.due_at or 0.0)))
+        return marked
 
     # -- dead letters ------------------------------------------------------------------
 
@@ -1121,7 +1179,13 @@ def _with_counts(rows: list[dict[str, Any]]) -> list[TaskRow]:
     return [TaskRow.from_row(task) for task in tasks.values()]
 
 
-def _expired(status: str, finished_at: float, ttl: dict[str, Any] | None, now: float) -> bool:
+def _expired(status: str, finished_at: float, ttl: Any, now: float) -> bool:
+    try:  # (a row an older kser stored from a message may hold anything: it is kept)
+        ttl = check_ttl_strategy(ttl)
+    except ValidationError as exc:
+        logger.warning("An operation's stored %s: it is kept (fix or delete it)",
+                       safe_text(exc.message, 300))
+        return False
     if not ttl:
         return False
     limits = [ttl.get("seconds_after_completion")]

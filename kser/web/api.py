@@ -27,6 +27,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from kser.controller import RedoError
 from kser.errors import StoreError, kafka_client_errors, safe_text
+from kser.schemas import load_json
 from kser.sequencing.controls import ControlRefusedError, Controls
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
@@ -118,8 +119,20 @@ def refused_by_store(exc: Exception) -> tuple[dict[str, Any], int]:
 #: what makes a route answer 503 (the store or Kafka failing)
 UNAVAILABLE = (SQLAlchemyError, StoreError, *kafka_client_errors())
 
+def bounded_body() -> None:
+    """Refuse, with a 422 saying what to change, a JSON body kser's decoders could not
+    carry (nested deeper than kser.schemas.MAX_JSON_DEPTH, numbers not finite): Flask's
+    own decoder would fail on it with a 500 (a RecursionError), or take it."""
+    if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+        try:
+            load_json(request.get_data(cache=True), "the request's body")
+        except ValidationError as exc:
+            abort(422, message=safe_text(exc.message, 1000))
+
+
 for _blueprint in (operations, entrypoints, dead_letters, schedules, monitoring):
     _blueprint.before_request(authorize)
+    _blueprint.before_request(bounded_body)
 for _blueprint in (operations, entrypoints, dead_letters, health, schedules, monitoring):
     for _error in UNAVAILABLE:
         _blueprint.register_error_handler(_error, unavailable)
@@ -237,8 +250,9 @@ def start_operation(entrypoint: str, params: dict[str, Any], key: str | None = N
     sequencer = registry().sequencer
     try:
         result = sequencer.submit(operation, sequencer.settings.topic)
-    except ValidationError as exc:  # (a key given to another entrypoint)
-        raise StartRefusedError(safe_text(exc.message, 1000), "key") from None
+    except ValidationError as exc:  # a key refused, or params too large to be sent
+        field = "key" if (getattr(exc, "extra", None) or {}).get("reason") == "key" else "params"
+        raise StartRefusedError(safe_text(exc.message, 1000), field) from None
     except RedoError as exc:
         # stored, with its first messages in the outbox: a worker's sweep sends them once
         # Kafka answers (a 503 would have the client start it a second time)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
+from kser.schemas import MAX_KEY_LENGTH
 from kser.status import Status
 
 STATUSES = [str(status) for status in Status]
@@ -79,9 +80,10 @@ class StartSchema(_Strict):
     entrypoint = fields.String(required=True, validate=validate.Length(min=1, max=255),
                                metadata={"description": "see GET /entrypoints"})
     params = fields.Dict(keys=fields.String(), load_default=dict)
-    key = fields.String(allow_none=True, validate=validate.Length(min=1, max=255),
+    key = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_KEY_LENGTH),
                         metadata={"description": "idempotency key: a second start with it "
-                                  "returns the first operation"})
+                                  "returns the first operation (not starting with schedule:, "
+                                  "message: or kser:, which kser keeps for its own keys)"})
 
 
 class WaitArgsSchema(_Args):

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+from cdumay_error.types import ValidationError
 from flask import (
     Blueprint,
     Flask,
@@ -41,6 +42,7 @@ from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from kser.schemas import MAX_KEY_LENGTH, load_json
 from kser.status import FINAL_STATUSES, Status
 from kser.web import api
 from kser.web.auth import ADMIN, READ
@@ -280,10 +282,15 @@ def operation(operation_id: str) -> Any:
 
 
 def _json(text: str) -> Any:
-    """``text`` as JSON, refusing NaN and infinities (the store's JSON has none)."""
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not a JSON number")
-    return json.loads(text, parse_constant=refuse)
+    """``text`` as JSON, refusing NaN and infinities (the store's JSON has none) and
+    nesting kser cannot carry (see :func:`kser.schemas.load_json`).
+
+    :raises ValueError: saying what to change
+    """
+    try:
+        return load_json(text, "the params")
+    except ValidationError as exc:
+        raise ValueError(exc.message) from None
 
 
 CONTROLS = {"cancel": "cancel", "recover": "recover", "run-from": "run_from",
@@ -329,15 +336,15 @@ def start() -> Any:
             if not isinstance(loaded, dict):
                 raise ValueError("not an object")
             params.update(loaded)
-        except (ValueError, RecursionError) as exc:
+        except ValueError as exc:
             error = f"more params: not a JSON object ({exc})"
     for name, value in values.items():  # a field's text, as JSON when it is JSON
         try:
             params[name] = _json(value)
-        except (ValueError, RecursionError):
+        except ValueError:
             params[name] = value
-    if key is not None and len(key) > 255:
-        error = "key: 255 characters at most"
+    if key is not None and len(key) > MAX_KEY_LENGTH:
+        error = f"key: {MAX_KEY_LENGTH} characters at most"
     if error is None:
         try:
             operation_id = api.start_operation(entrypoint, params, key)

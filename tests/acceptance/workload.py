@@ -1,5 +1,6 @@
 """The operations the acceptance tests run in real `kser worker` processes."""
 
+import json
 import os
 import time
 
@@ -208,3 +209,68 @@ class WithChild(Operation):
     def build_tasks(self, slow=2.0, hold=None, **kwargs):
         child = {"slow": slow, **({"hold": hold} if hold else {})}
         return [Step(name="a"), SlowChild(name="child", params=child), Step(name="b")]
+
+
+# -- issue 26: the wire is untrusted --
+
+@registry.subscribe
+class Announced(Operation):
+    """One Hop; its end is announced to KSER_TEST_NOTIFY_TOPIC with a 3,000-character
+    payload (a test gives that topic a smaller ``max.message.bytes``: the broker refuses
+    the announcement for good)."""
+
+    ON_EXIT_NOTIFY = {"topic": os.environ.get("KSER_TEST_NOTIFY_TOPIC", "kser-test-announced"),
+                      "payload": "x" * 3000}
+
+    def build_tasks(self, **kwargs):
+        return [Hop(params={"index": 0})]
+
+
+# -- issue 26: untrusted runs --
+
+@registry.subscribe
+class FailsOnce(Task):
+    """Raises on its first attempt; its second returns a fresh result of its own: stdout
+    "ok", retval ``{its name: its attempt}`` (retried at once: a 0.1 s backoff)."""
+
+    MAX_RETRIES = 1
+    RETRY_MIN_BACKOFF = 0.1
+    RETRY_MAX_BACKOFF = 0.1
+
+    def run(self):
+        ran(self.uuid)
+        if self.attempt == 1:
+            raise RuntimeError(f"{self.name} fails on its first attempt")
+        return Result(uuid=self.uuid, stdout="ok", retval={self.name: self.attempt})
+
+
+@registry.subscribe
+class Receives(Task):
+    """Returns what it received (the forwarded result: retcode, stdout, stderr and a copy
+    of retval) as ``retval {"received": ...}``."""
+
+    def run(self):
+        ran(self.uuid)
+        got = self.result
+        return Result(uuid=self.uuid, stdout=self.name, retval={"received": json.loads(
+            json.dumps(dict(retcode=got.retcode, stdout=got.stdout, stderr=got.stderr,
+                            retval=got.retval)))})
+
+
+@registry.subscribe
+class RetriedInParallel(Operation):
+    """``first >> Parallel(flaky, ok1, ok2) >> join``: flaky fails once, then succeeds."""
+
+    def build_tasks(self, **kwargs):
+        return [Step(name="first"),
+                Parallel(FailsOnce(name="flaky"), Step(name="ok1"), Step(name="ok2")),
+                Receives(name="join")]
+
+
+@registry.subscribe
+class FailsAfterFirst(Operation):
+    """``first >> second``: first prints "first", second fails (a result of its own,
+    stderr only)."""
+
+    def build_tasks(self, **kwargs):
+        return [Step(name="first"), Step(name="second", params={"fail": True})]

@@ -288,7 +288,8 @@ def test_a_canceled_operations_running_task_is_not_taken_over(env):
     with env.store.transaction() as tx:  # a worker claimed task 1 and died
         assert tx.claim_task(ids[0], 0, "dead:1", time.time() - 1, time.time() - 40)
     assert registry.sequencer.cancel(op.uuid).retcode == 0
-    env.drain()  # task 1's message is redelivered
+    registry.sequencer._last_sweep = time.monotonic()  # (no sweep while it drains: the
+    env.drain()  # message is judged first) task 1's message is redelivered
     assert RUNS == []
     assert "its operation is CANCELED" in env.error(env.dead()[0])
     registry.sequencer.sweep(force=True)  # the orphan is closed, not re-sent
@@ -551,12 +552,15 @@ def test_a_partition_given_to_another_worker_is_not_committed_from_here():
     assert tracker.committable() == {}  # its commit would be refused: not tried
 
 
-def test_a_follow_up_the_broker_refuses_for_good_is_dead_lettered_not_redone(env):
+def test_a_follow_up_the_broker_refuses_for_good_is_dead_lettered_once_and_fails_its_task(env):
     from kafka.errors import MessageSizeTooLargeError
+
+    sends = []
 
     class RefusesFollowUps(Producer):
         def _produce(self, topic, value, key, headers=None, on_delivery=None):
             if topic == "ops":
+                sends.append(key)
                 raise MessageSizeTooLargeError("too large for the broker")
             super()._produce(topic, value, key, headers, on_delivery)
 
@@ -566,11 +570,18 @@ def test_a_follow_up_the_broker_refuses_for_good_is_dead_lettered_not_redone(env
                         settings=Settings(redo_backoff=0.01))
     consumer.REGISTRY = registry.controller
     consumer.run()  # returns: the record is not redone forever
+    registry.sequencer.sweep(force=True)  # a sweep never sends it again
     assert RUNS == ids[:1] and env.broker.lag("g", ["ops"]) == 0
-    [letter] = env.dead()
-    assert "refused by the broker" in env.error(letter)
-    with env.store.transaction() as tx:  # the follow-up waits in the outbox
-        assert [row["operation_id"] for row in tx.unsent(op.uuid)] == [op.uuid]
+    assert env.dead() == [] and sends == [ids[1].encode()]  # the record ran; its follow-up
+    operation, tasks = env.tasks(op.uuid)  # is the dead letter, and the operation says why
+    assert [t["status"] for t in tasks] == ["SUCCESS", "FAILED"]
+    assert "refused it for good" in tasks[1]["result"]["stderr"]
+    assert operation["status"] == "FAILED"
+    with env.store.transaction() as tx:
+        assert tx.unsent(op.uuid) == []
+        [letter] = tx.dead_letters(["ops"])
+    assert (letter.partition, letter.key) == (-1, ids[1].encode())
+    assert "refused it for good" in letter.error and op.uuid in letter.error
 
 
 def test_a_partition_back_from_another_worker_never_moves_the_group_offset_back():

@@ -12,7 +12,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from cdumay_error.types import ValidationError
 
+from kser.schemas import KserKey
 from kser.sequencing.schedules import Schedule, Scheduler, _iso, load_schedules
 from kser.store import Store
 from tests.unit import tasks
@@ -374,7 +376,8 @@ def test_a_clock_ahead_does_not_block_a_schedule_and_one_failing_schedule_no_oth
 
 def test_a_key_held_by_another_entrypoint_is_no_launch(h, caplog):  # noqa: F811
     every_minute = Schedule("m", "* * * * *", THREE, {"name": "n"})
-    tasks.Routed(params={}).send(key="schedule:m:2026-11-23T10:01:00+00:00")
+    # (a store where an older kser let a producer take a schedule's key)
+    tasks.Routed(params={}).send(key=KserKey("schedule:m:2026-11-23T10:01:00+00:00"))
     clock = Clock(at("2026-11-23 10:00:30"))
     scheduler = Scheduler(h.registry, [every_minute], clock=clock)
     scheduler.tick()
@@ -383,3 +386,10 @@ def test_a_key_held_by_another_entrypoint_is_no_launch(h, caplog):  # noqa: F811
     assert scheduler.failures == ["m"]
     assert "its key schedule:m:2026-11-23T10:01:00+00:00 names operation" in caplog.text
     assert state(h, "m").last_operation_id is None
+
+
+def test_no_producer_may_take_a_schedule_s_key(h):  # noqa: F811
+    with pytest.raises(ValidationError, match="kser keeps for its own keys"):
+        tasks.Routed(params={}).send(key="schedule:m:2026-11-23T10:01:00+00:00")
+    result = tasks.Routed(params={}).launch(key="message:x")
+    assert result.retcode == 400 and "kser keeps for its own keys" in result.stderr

@@ -12,12 +12,12 @@ from kser.store.store import StoreError, _expired
 
 def test_a_new_store_is_migrated_to_the_current_version(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/a.db")
-    assert current_version(store.engine) == schema.SCHEMA_VERSION == 11
+    assert current_version(store.engine) == schema.SCHEMA_VERSION == 12
     tables = set(inspect(store.engine).get_table_names())
     assert {"kser_operations", "kser_tasks", "kser_task_dependencies", "kser_attempts",
             "kser_task_logs", "kser_outbox", "kser_dead_letters",
             "kser_schema_version"} <= tables
-    assert migrate(store.engine) == (11, 11)  # idempotent
+    assert migrate(store.engine) == (12, 12)  # idempotent
     store.close()
 
 
