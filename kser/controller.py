@@ -327,6 +327,13 @@ class Controller(BaseController):
         """
         if self.sequencer is not None and self.sequencer.handles(entrypoint, kmsg):
             return self.sequencer.execute(entrypoint, kmsg, topic)
+        requested = sorted(set(kmsg.kser_metadata) & {"idempotency_key", "ttl_strategy"})
+        if requested:  # (what only a stored operation has: it would be silently ignored)
+            raise UndeliverableError(
+                f"metadata.kser.{requested[0]} is for operations: the lone task "
+                f"{kmsg.entrypoint}[{kmsg.uuid}] runs each time it is sent, and nothing of "
+                "it is stored; send it as an operation (POST /api/v1/operations and kser ops "
+                "start wrap a task in one)", extra=dict(uuid=kmsg.uuid))
         started = time.monotonic()
         status = Status.FAILED
         try:

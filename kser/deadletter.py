@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer", "kser-value-trimmed",
                "kser-headers-dropped", "kser-dead-letter-id")
+#: every header name kser writes on a dead letter or a replayed record: a record's own
+#: headers of these names are dropped from its dead letter
+KSER_HEADERS = frozenset((*DLQ_HEADERS, "kser-replayed-by"))
 #: tries to produce a dead letter to Kafka before it goes to the store
 KAFKA_TRIES = 3
 #: seconds between two of those tries
@@ -128,8 +131,11 @@ class DeadLetters:
             ("kser-source-partition", record.partition, None),
             ("kser-source-offset", record.offset, None),
             ("kser-consumer", self.worker_name, 300))]
-        return fit(record.value, record.key, own, safe_headers(record.headers),
-                   self.settings.max_message_bytes)
+        # (the record's own headers bearing the names of kser's are a writer's forgery:
+        # a kser-source-topic of its choosing would have a replay send it there)
+        theirs = [(name, value) for name, value in safe_headers(record.headers)
+                  if name not in KSER_HEADERS]
+        return fit(record.value, record.key, own, theirs, self.settings.max_message_bytes)
 
     def send(self, record: Record, error: str) -> bool:
         """Dead-letter ``record``; False when neither the broker nor the store took it

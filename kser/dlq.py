@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,11 +31,14 @@ from typing import TYPE_CHECKING
 from kser.config import TRANSPORTS, Settings
 from kser.controller import BaseProducer
 from kser.deadletter import DLQ_HEADERS
+from kser.errors import safe_text
 from kser.record import Record, TopicPartition
 from kser.worker import BaseConsumer
 
 if TYPE_CHECKING:
     from kser.store import DeadLetterRow, Store
+
+logger = logging.getLogger(__name__)
 
 #: consumer group whose offsets say how far ``replay`` went on a dead-letter topic
 REPLAY_GROUP = "kser-dlq-replay"
@@ -178,12 +182,18 @@ def list_dead_letters(make_consumer: Callable[[str, str], BaseConsumer | None], 
 def replay(make_consumer: Callable[[str, str], BaseConsumer | None], producer: BaseProducer,
            dlq_topic: str, default_topic: str, wait: float = 10,
            store: Store | None = None) -> list[DeadLetter]:
-    """Send the dead letters not replayed yet back to their source topic; return them.
+    """Send the dead letters of ``default_topic`` not replayed yet back to it; return them.
 
     A record's offset is committed (a stored one marked replayed) only after the
-    broker acknowledged its copy.
+    broker acknowledged its copy. Letters go back only to the topic the operator named
+    (``default_topic``): one whose headers name another source (another topic's, in a
+    dead-letter topic shared by several; or a forgery written to the dead-letter topic)
+    is left for a replay of that topic, and never sent anywhere else. A shared dead-letter
+    topic keeps one replay position per source topic.
     """
-    consumer = make_consumer(REPLAY_GROUP, dlq_topic)
+    shared = dlq_topic != f"{default_topic}.dlq"
+    consumer = make_consumer(f"{REPLAY_GROUP}-{default_topic}" if shared else REPLAY_GROUP,
+                             dlq_topic)
     replayed, seen = [], set()
     run = uuid.uuid4().hex.encode()
     try:
@@ -194,7 +204,11 @@ def replay(make_consumer: Callable[[str, str], BaseConsumer | None], producer: B
                 # dead-lettered again after this very run sent it back (its cause is not
                 # fixed, and a worker is consuming): stop here, or the two would loop
                 break
-            if letter.trimmed:
+            if letter.source_topic not in (None, default_topic):
+                logger.warning("Dead letter %s names the source topic %s, not %s: not "
+                               "replayed here", letter.where,
+                               safe_text(letter.source_topic, 200), default_topic)
+            elif letter.trimmed:
                 pass  # a cut copy: the whole record is replayed from the store below
             elif None in letter.source or letter.source not in seen:
                 _send_back(producer, letter, default_topic, run)
@@ -222,5 +236,5 @@ def _send_back(producer: BaseProducer, letter: DeadLetter, default_topic: str,
     record = letter.record
     headers = [(n, v) for n, v in record.headers if n not in DLQ_HEADERS and n != REPLAY_HEADER]
     headers.append((REPLAY_HEADER, run))
-    producer.send_raw(letter.source_topic or default_topic, record.value, record.key, headers)
+    producer.send_raw(default_topic, record.value, record.key, headers)
     producer.flush(timeout=60)

@@ -12,6 +12,7 @@ old producer still runs and an old consumer ignores what it does not know.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -47,6 +48,16 @@ def dump_result(result: Result | None) -> dict[str, Any] | None:
                 retcode=None if result.retcode is None else int(result.retcode),
                 stdout=text(result.stdout), stderr=text(result.stderr),
                 retval=None if result.retval is None else dict(result.retval))
+
+
+def result_digest(result: Result | None) -> str:
+    """A digest of ``result`` as a message carries it (the same before it is sent and
+    once it is decoded): what the store keeps of the result a queued task message
+    forwards, to know a copy that carries another one."""
+    canonical = json.dumps(dump_result(result), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, allow_nan=False)
+    return hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"),
+                           digest_size=16).hexdigest()
 
 
 def _string_keys(value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -51,6 +51,7 @@ from kser.schemas import (
     Message,
     check_idempotency_key,
     dump_result,
+    result_digest,
 )
 from kser.sequencing.controls import Controls, control
 from kser.sequencing.graph import forwarded, load_result, merged
@@ -280,6 +281,11 @@ class Sequencer:
         """
         try:
             if "task_id" in kmsg.kser_metadata:
+                if not self.runs_operations:  # (no store here: a message opens none)
+                    raise UndeliverableError(
+                        f"A task message of operation {kmsg.kser_metadata['operation_id']}, "
+                        "and no operation is registered on this worker (it has no store): "
+                        "send it to the workers of its operation", extra=dict(uuid=kmsg.uuid))
                 # (its record's context current: what it queues outside an attempt's span,
                 # a sub-operation's start or end, stays in the trace)
                 with tracing.current(kmsg.trace_parent):
@@ -322,6 +328,11 @@ class Sequencer:
         existing = operation.uuid
         with self._transaction() as tx:
             op_row, created = self._insert(tx, operation, topic, key)
+            if created and tx.get_task(operation.uuid) is not None:  # (rolled back)
+                raise UndeliverableError(
+                    f"Operation {operation.uuid} has the id of a stored task: forged (a "
+                    "task's id names its sub-operation), it starts nothing",
+                    extra=dict(uuid=operation.uuid))
             queued = tx.queued
             if not created:
                 found = tx.get_operation(operation.uuid)
@@ -547,6 +558,10 @@ class Sequencer:
             return _Claim("child ended", task)
         verdict, why = _verdict(task, kmsg.entrypoint, mode, now, self._worker_name(),
                                 meta.get("queued"))
+        if (verdict == "run" and task.forwarded_digest is not None
+                and result_digest(kmsg.result) != task.forwarded_digest):
+            verdict, why = "refuse", ("the result it forwards is not the one kser queued it "
+                                      "with: forged or corrupt")
         if verdict == "refuse":
             raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                      extra=dict(uuid=kmsg.uuid))
@@ -804,13 +819,12 @@ class Sequencer:
                               f"{parent.status}, or another worker took it over: nothing "
                               "started")
             existing = tx.get_operation(task_id, lock=True)
-            if existing is not None and (existing.parent_task_id, existing.parent_operation_id
-                                         ) != (task_id, task_row.operation_id):
-                raise UndeliverableError(
-                    f"An operation {task_id} that is not the child of this task is in the "
-                    "store (forged, or sent with a task's id): nothing started",
-                    extra=dict(uuid=task_id))
-            if existing is None:
+            squatted = existing is not None and (
+                existing.parent_task_id, existing.parent_operation_id) != (
+                task_id, task_row.operation_id)
+            if squatted:
+                pass  # (ended below, outside this transaction)
+            elif existing is None:
                 self._insert(tx, child, parent.topic, parent=task_row)
             elif existing.status != RUNNING:
                 tasks = tx.get_tasks(task_id)
@@ -819,7 +833,14 @@ class Sequencer:
                 tx.reset_tasks(again)
                 tx.update_operation(task_id, status=RUNNING, finished_at=None)
                 self._emit_ready(tx, task_id)
-            tx.update_task(task_id, lease_expires_at=None)
+            if not squatted:
+                tx.update_task(task_id, lease_expires_at=None)
+        if squatted:  # (an older kser let a message take the id): the task fails, saying why
+            return self._run_and_finish(None, Result(uuid=task_id, retcode=409, stderr=(
+                f"An operation {task_id} that is not this task's sub-operation holds its id "
+                "in the store (a message sent with a task's id): nothing started; delete "
+                "that operation, then recover this one")), entrypoint, task_row, None,
+                attempt, None, time.time())
         self.publish(task_id)
         self.publish(task_row.operation_id)  # (a child without tasks ended at once)
         return Result(uuid=task_id, stdout=f"Sub-operation {entrypoint.path}[{task_id}] "
@@ -1269,9 +1290,11 @@ class Sequencer:
                        result=forwarded, metadata=metadata)
         key, value = self._codec().encode(kmsg)
         trace = tracing.current_carrier()  # (what queues it: its record's span's parent)
+        digest = result_digest(kmsg.result)  # (the store knows what it forwards: _judge)
         if cas:
             return tx.queue_with_message(task.id, op.id, task.topic or op.topic, key, value,
-                                         due_at, trace)
+                                         due_at, trace, digest)
+        tx.update_task(task.id, forwarded_digest=digest)
         tx.add_outbox(op.id, task.topic or op.topic, key, value, due_at, trace)
         return True
 

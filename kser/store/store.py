@@ -131,7 +131,7 @@ _QUEUE = (update(schema.tasks)
           .where(and_(_task.id == bindparam("b_id"), _task.status == Status.PENDING,
                       or_(_task.queued_attempt.is_(None),
                           _task.queued_attempt <= _task.attempt)))
-          .values(queued_attempt=_task.attempt + 1))
+          .values(queued_attempt=_task.attempt + 1, forwarded_digest=bindparam("b_digest")))
 _GET_TASKS = (select(schema.tasks).where(_task.operation_id == bindparam("b_id"))
               .order_by(_task.position))
 _DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
@@ -183,8 +183,8 @@ _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
 #: queue_with_message on PostgreSQL (psycopg's parameters): the compare-and-set of
 #: _QUEUE, and the outbox row of its message only if it queued the task
 _QUEUE_WITH_MESSAGE_PG = (
-    "WITH queued AS (UPDATE kser_tasks SET queued_attempt = attempt + 1 "
-    "WHERE id = %(b_id)s AND status = 'PENDING' "
+    "WITH queued AS (UPDATE kser_tasks SET queued_attempt = attempt + 1, "
+    "forwarded_digest = %(b_digest)s WHERE id = %(b_id)s AND status = 'PENDING' "
     "AND (queued_attempt IS NULL OR queued_attempt <= attempt) RETURNING id) "
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
     "trace_context) SELECT %(b_operation)s, %(b_topic)s, %(b_key)s, %(b_value)s, %(b_now)s, "
@@ -268,9 +268,10 @@ _FINISH_MANY_PG = (
 _QUEUE_MANY_PG = (
     "WITH v AS (SELECT * FROM unnest(%(b_ids)s::varchar[], %(b_operations)s::varchar[], "
     "%(b_topics)s::varchar[], %(b_keys)s::bytea[], %(b_values)s::bytea[], "
-    "%(b_dues)s::float8[], %(b_traces)s::text[]) "
-    "AS v(id, operation_id, topic, key, value, due_at, trace_context)), "
-    "queued AS (UPDATE kser_tasks t SET queued_attempt = t.attempt + 1 FROM v "
+    "%(b_dues)s::float8[], %(b_traces)s::text[], %(b_digests)s::varchar[]) "
+    "AS v(id, operation_id, topic, key, value, due_at, trace_context, digest)), "
+    "queued AS (UPDATE kser_tasks t SET queued_attempt = t.attempt + 1, "
+    "forwarded_digest = v.digest FROM v "
     "WHERE t.id = v.id AND t.status = 'PENDING' "
     "AND (t.queued_attempt IS NULL OR t.queued_attempt <= t.attempt) RETURNING t.id) "
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
@@ -294,8 +295,8 @@ _COMPILED: dict[tuple[int, str], _Compiled] = {}
 
 R = TypeVar("R", bound=Row)
 #: a task queued with its message, noted until a deferred queue's end: operation id,
-#: topic, key, value, due time, trace context
-_Queued = tuple[str, str, bytes | None, bytes, float | None, str | None]
+#: topic, key, value, due time, trace context, forwarded result's digest
+_Queued = tuple[str, str, bytes | None, bytes, float | None, str | None, str | None]
 
 
 def _compiled(statement: Any, dialect: Dialect) -> _Compiled:
@@ -543,9 +544,10 @@ class Tx:
         if not deferred:
             return
         if not self._postgresql:
-            for task_id, (operation_id, topic, key, value, due_at, trace) in deferred.items():
+            for task_id, (operation_id, topic, key, value, due_at, trace,
+                          digest) in deferred.items():
                 if not self.queue_with_message(task_id, operation_id, topic, key, value,
-                                               due_at, trace):
+                                               due_at, trace, digest):
                     self.not_queued.add(operation_id)
             return
         now = time.time()
@@ -555,9 +557,9 @@ class Tx:
             b_operations=[item[0] for _, item in items], b_topics=[item[1] for _, item in items],
             b_keys=[item[2] for _, item in items], b_values=[item[3] for _, item in items],
             b_dues=[item[4] for _, item in items], b_traces=[item[5] for _, item in items],
-            b_now=now))
+            b_digests=[item[6] for _, item in items], b_now=now))
         by_key = {bytes(row["key"]): row["id"] for row in rows if row["key"] is not None}
-        for _, (operation_id, topic, key, value, due_at, trace) in items:
+        for _, (operation_id, topic, key, value, due_at, trace, _digest) in items:
             row_id = by_key.get(key or b"")
             if row_id is None:
                 self.not_queued.add(operation_id)
@@ -568,17 +570,19 @@ class Tx:
 
     def queue_with_message(self, task_id: str, operation_id: str, topic: str,
                            key: bytes | None, value: bytes, due_at: float | None = None,
-                           trace_context: str | None = None) -> bool:
+                           trace_context: str | None = None,
+                           digest: str | None = None) -> bool:
         """:meth:`queue_task`, and when it queued the task, :meth:`add_outbox` its message:
         on PostgreSQL one statement (the compare-and-set and the insert in one round
         trip), elsewhere two. (Inside :meth:`deferred_queue`: noted, done at its end.)"""
         if self._deferred is not None and key == task_id.encode():
             if task_id in self._deferred:
                 return False  # (noted already: the second of two transitions finding it ready)
-            self._deferred[task_id] = (operation_id, topic, key, value, due_at, trace_context)
+            self._deferred[task_id] = (operation_id, topic, key, value, due_at, trace_context,
+                                       digest)
             return True
         if self.connection.dialect.name != "postgresql":
-            if not self.queue_task(task_id):
+            if not self.queue_task(task_id, digest):
                 return False
             self.add_outbox(operation_id, topic, key, value, due_at, trace_context)
             return True
@@ -587,7 +591,7 @@ class Tx:
         cursor.execute(_QUEUE_WITH_MESSAGE_PG, dict(b_id=task_id, b_operation=operation_id,
                                                      b_topic=topic, b_key=key, b_value=value,
                                                      b_now=now, b_due=due_at,
-                                                     b_trace=trace_context))
+                                                     b_trace=trace_context, b_digest=digest))
         inserted = cursor.fetchone()
         cursor.close()
         if inserted is None:
@@ -597,10 +601,11 @@ class Tx:
                                      trace_context=trace_context))
         return True
 
-    def queue_task(self, task_id: str) -> bool:
-        """Mark a PENDING task's next attempt queued; False if it was already (another
-        transition found it ready first): the compare-and-set of a join."""
-        return self._execute(_QUEUE, dict(b_id=task_id)) == 1
+    def queue_task(self, task_id: str, digest: str | None = None) -> bool:
+        """Mark a PENDING task's next attempt queued, with the digest of the result its
+        message forwards; False if it was already (another transition found it ready
+        first): the compare-and-set of a join."""
+        return self._execute(_QUEUE, dict(b_id=task_id, b_digest=digest)) == 1
 
     def end_pending(self, task_id: str, status: str, now: float,
                     result: dict[str, Any] | None) -> bool:

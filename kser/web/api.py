@@ -458,6 +458,11 @@ def _dead_letter_tools(topic: str | None) -> tuple[Any, Any, str]:
     from kser.dlq import clients
 
     settings = registry().settings
+    known = {settings.topic, *(getattr(cls, "TOPIC", None)
+                               for cls in registry().controller.ENTRYPOINTS.values())} - {None}
+    if topic is not None and topic not in known:  # (another application's dead letters)
+        abort(404, message=f"{safe_text(topic, 200)!r} is not a topic of this registry "
+                           f"(its topics: {', '.join(sorted(map(str, known)))})")
     make_consumer, make_producer = clients(settings)
     return make_consumer, make_producer, topic or settings.topic
 

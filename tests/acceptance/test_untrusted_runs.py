@@ -158,8 +158,9 @@ def test_copies_of_a_running_tasks_message_are_committed_at_once(kafka, pg_url, 
 
 def test_read_routes_create_no_topic(kafka, pg_url, processes, tmp_path):
     """GET routes, with hostile query arguments, create nothing on the broker (Kafka
-    auto-creates a topic a client asks about) nor in the store; the dead letters of a
-    topic without a dead-letter topic are an empty list."""
+    auto-creates a topic a client asks about) nor in the store; the dead letters of the
+    registry's topic, which has no dead-letter topic yet, are an empty list; another
+    topic's are not the API's to read (a 404)."""
     run = Run(kafka, pg_url, processes, workers=0)
     url = start_api(run, processes)
     read = {"Authorization": "Bearer read-secret"}
@@ -167,15 +168,16 @@ def test_read_routes_create_no_topic(kafka, pg_url, processes, tmp_path):
     new = [f"new-{marker}-{i}" for i in range(3)]
     before = broker_topics(kafka)
 
-    for topic in new:
+    for topic in new:  # (another application's topic: not this registry's to read)
         answer = requests.get(f"{url}/api/v1/dead-letters", headers=read,
                               params={"topic": topic, "wait": 0.5}, timeout=60)
-        assert answer.status_code == 200, (answer.status_code, answer.text[:500])
-        assert answer.json()["dead_letters"] == []
+        assert answer.status_code == 404, (answer.status_code, answer.text[:500])
+        assert "not a topic of this registry" in answer.json()["message"]
     # (the API's own topic has no dead-letter topic either: nothing to list, nothing made)
     answer = requests.get(f"{url}/api/v1/dead-letters", headers=read,
                           params={"wait": 0.5}, timeout=60)
     assert answer.status_code == 200, (answer.status_code, answer.text[:500])
+    assert answer.json()["dead_letters"] == []
     for path, args in [("/operations", {"entrypoint": f"{new[0]}.dlq"}),
                        ("/operations", {"search": new[1]}),
                        (f"/operations/{new[2]}", {}),

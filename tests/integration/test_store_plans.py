@@ -92,11 +92,12 @@ def explain(store: Store, sql: str, params: dict[str, Any], generic: bool,
 TYPES = dict(b_id="text", b_attempt="int", b_next="int", b_worker="text", b_lease="float8",
              b_now="float8", b_error="text", b_task_status="text", b_status="text",
              b_result="json", b_finished="float8", b_retcode="int", b_operation="text",
-             b_topic="text", b_key="bytea", b_value="bytea", b_due="float8", b_trace="text")
+             b_topic="text", b_key="bytea", b_value="bytea", b_due="float8", b_trace="text",
+             b_digest="text")
 HOP = dict(b_id="t2", b_attempt=0, b_next=1, b_worker="w", b_lease=2.0, b_now=1.0,
            b_error="taken over", b_task_status="SUCCESS", b_status="SUCCESS",
            b_result="{}", b_finished=1.0, b_retcode=0, b_operation="op", b_topic="t",
-           b_key=None, b_value=b"v", b_due=None, b_trace=None)
+           b_key=None, b_value=b"v", b_due=None, b_trace=None, b_digest=None)
 
 
 @pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
@@ -116,12 +117,13 @@ BATCH_TYPES = dict(b_ids="varchar[]", b_attempts="int[]", b_worker="text", b_lea
                    b_finished="float8[]", b_statuses="varchar[]", b_retcodes="int[]",
                    b_errors="text[]", b_operations="varchar[]", b_topics="varchar[]",
                    b_keys="bytea[]", b_values="bytea[]", b_dues="float8[]",
-                   b_traces="text[]")
+                   b_traces="text[]", b_digests="varchar[]")
 BATCH = dict(b_ids=["t2", "t4"], b_attempts=[0, 0], b_worker="w", b_lease=2.0, b_now=1.0,
              b_task_statuses=["SUCCESS"] * 2, b_results=["{}"] * 2, b_finished=[1.0] * 2,
              b_statuses=["SUCCESS"] * 2, b_retcodes=[0, 0], b_errors=[None, None],
              b_operations=["op"] * 2, b_topics=["t"] * 2, b_keys=[b"t2", b"t4"],
-             b_values=[b"v"] * 2, b_dues=[None, None], b_traces=[None, None])
+             b_values=[b"v"] * 2, b_dues=[None, None], b_traces=[None, None],
+             b_digests=[None, None])
 
 
 @pytest.mark.parametrize("generic", [False], ids=["custom"])  # (never prepared: see Tx._raw)

@@ -8,6 +8,7 @@ import pytest
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
+from kser.controller import UndeliverableError
 from kser.sequencing import Branch, Operation, Parallel, Sensor, SkipTask, Task, TriggerRule
 from kser.sequencing.rules import Decision, decide
 from kser.status import Status
@@ -665,15 +666,25 @@ def test_a_forged_child_ended_message_or_a_planted_child_changes_nothing(h):
     _, by_name = statuses(h, op.uuid)
     assert by_name["child"] == "RUNNING" and by_name["b"] == "PENDING"
 
-    # an operation sent with the id of a task before it runs is not taken for its child
+    # an operation sent with the id of a task is refused: it would take its child's place
     planted = OuterWaiting().send()
     _, planted_tasks = h.operation(planted.uuid)
-    Inner(uuid=planted_tasks[1].id).send()
+    with pytest.raises(UndeliverableError, match="has the id of a stored task"):
+        Inner(uuid=planted_tasks[1].id).send()
+    # one an older kser stored so: the task fails saying why, and is not claimed for ever
+    squatted = OuterWaiting().send()
+    _, squatted_tasks = h.operation(squatted.uuid)
+    with h.store.transaction() as tx:
+        now = time.time()
+        tx.insert_operation(dict(id=squatted_tasks[1].id, entrypoint=Inner.path,
+                                 status="RUNNING", params={}, metadata={}, topic="ops",
+                                 created_at=now, updated_at=now))
     h.drain()
-    _, by_name = statuses(h, planted.uuid)
-    assert by_name["child"] == "RUNNING" and "b" not in RUNS  # nothing followed it
-    errors = [dict(r.headers)["kser-error"] for r in h.broker.records("ops.dlq")]
-    assert any(b"is not the child of this task" in error for error in errors), errors
+    assert h.operation(planted_tasks[1].id)[0].entrypoint == WaitingChild.path
+    _, by_name = statuses(h, squatted.uuid)
+    assert by_name["child"] == "FAILED" and "b" not in RUNS  # nothing followed it
+    _, tasks_after = h.operation(squatted.uuid)
+    assert "not this task's sub-operation holds its id" in tasks_after[1].result["stderr"]
 
 
 def test_a_lost_child_ended_message_is_sent_again_by_a_sweep(h, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
+from kser.controller import UndeliverableError
 from kser.memory.producer import Producer
 from kser.schemas import (
     MAX_JSON_DEPTH,
@@ -215,3 +216,88 @@ def test_a_producer_kept_by_its_callback_does_not_raise_a_refusal_for_good():
     producer.send_raw("t", b"v", on_delivery=seen.append)
     producer.flush(1)
     assert len(seen) == 1
+
+
+# -- what an attacker review found next ---------------------------------------------------
+
+def test_a_dead_letter_keeps_kser_s_headers_never_the_record_s_own(env):
+    env.produce({"uuid": "u", "entrypoint": "not.Registered"}, key=b"k",
+                headers=[("kser-source-topic", b"payments"), ("kser-error", b"replay me"),
+                         ("kser-value-trimmed", b"1"), ("trace", b"abc")])
+    env.drain()
+    [letter] = env.dead()
+    headers = dict(letter.headers)
+    assert headers["kser-source-topic"] == b"ops" and b"not registered" in headers["kser-error"]
+    assert "kser-value-trimmed" not in headers and headers["trace"] == b"abc"
+    assert [name for name, _ in letter.headers].count("kser-source-topic") == 1
+
+
+def test_a_replay_sends_letters_only_to_the_topic_it_was_asked_for(runner_env):
+    from click.testing import CliRunner
+
+    from kser.cli import main
+    from kser.memory.broker import get_broker
+
+    broker = get_broker("default")
+    # a writer of the dead-letter topic names another topic as the source
+    broker.produce("shop.dlq", b'{"uuid": "u", "entrypoint": "app.Pay"}', key=b"k",
+                   headers=[("kser-error", b"fixed, replay it"),
+                            ("kser-source-topic", b"payments")])
+    before = len(broker.records("payments"))
+    replayed = CliRunner().invoke(main, ["dlq", "replay", "shop", "--transport", "memory",
+                                         "--wait", "0.5"])
+    assert replayed.exit_code == 0 and "replayed 0 dead letter(s)" in replayed.output
+    assert len(broker.records("payments")) == before and broker.records("shop") == []
+
+
+@pytest.fixture
+def runner_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("KSER_STORE_URL", f"sqlite:///{tmp_path}/dlq.db")
+
+
+def test_an_idempotency_key_on_a_lone_task_is_refused_not_ignored(env):
+    env.produce({"uuid": "lone", "entrypoint": Note.path,
+                 "metadata": {"kser": {"idempotency_key": "once"}}})
+    env.drain()
+    assert RUNS == []
+    assert "is for operations" in env.error(env.dead()[0])
+
+
+def test_a_copy_of_a_task_message_forwarding_another_result_runs_nothing(env):
+    op, ids = launch(env, steps=2)
+    [first] = [r for r in env.broker.records("ops") if r.key == ids[0].encode()]
+    forged = json.loads(first.value)
+    forged["result"] = {"retcode": 0, "stdout": "", "retval": {"owned": True}}
+    with pytest.raises(UndeliverableError, match="not the one kser queued it with"):
+        registry.sequencer.execute(Note, Message.loads(json.dumps(forged)), "ops")
+    assert RUNS == []
+    env.drain()  # (the real one then runs)
+    operation, tasks = env.tasks(op.uuid)
+    assert operation["status"] == "SUCCESS"
+    assert all("owned" not in (task["result"]["retval"] or {}) for task in tasks)
+
+
+def test_a_worker_without_operations_opens_no_store_for_a_task_message(memory_broker_name,
+                                                                       tmp_path, monkeypatch):
+    from kser.memory.consumer import Consumer
+    from kser.sequencing.registry import OperationRegistry
+    from kser.sequencing.task import Task
+
+    lone = OperationRegistry()
+
+    @lone.subscribe
+    class Echo(Task):
+        def run(self):
+            return Result(uuid=self.uuid, stdout="echo")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lone.settings, "store_url", f"sqlite:///{tmp_path}/never.db")
+    producer = Producer({"broker": memory_broker_name})
+    producer.send("solo", Message("t1", Echo.path, metadata={"kser": {
+        "operation_id": "o1", "task_id": "t1", "queued": [1, 0]}}))
+    consumer = Consumer({"broker": memory_broker_name, "group_id": "g"}, ["solo"])
+    consumer.REGISTRY = lone.controller
+    consumer.run()
+    [letter] = producer.broker.records("solo.dlq")
+    assert b"no operation is registered on this worker" in dict(letter.headers)["kser-error"]
+    assert not (tmp_path / "never.db").exists()
