@@ -45,9 +45,6 @@ logger = logging.getLogger(__name__)
 DLQ_HEADERS = ("kser-error", "kser-source-topic", "kser-source-partition",
                "kser-source-offset", "kser-consumer", "kser-value-trimmed",
                "kser-headers-dropped", "kser-dead-letter-id")
-#: every header name kser writes on a dead letter or a replayed record: a record's own
-#: headers of these names are dropped from its dead letter
-KSER_HEADERS = frozenset((*DLQ_HEADERS, "kser-replayed-by"))
 #: tries to produce a dead letter to Kafka before it goes to the store
 KAFKA_TRIES = 3
 #: seconds between two of those tries
@@ -132,9 +129,10 @@ class DeadLetters:
             ("kser-source-offset", record.offset, None),
             ("kser-consumer", self.worker_name, 300))]
         # (the record's own headers bearing the names of kser's are a writer's forgery:
-        # a kser-source-topic of its choosing would have a replay send it there)
+        # a kser-source-topic of its choosing would have a replay send it there; its
+        # kser-replayed-by stays: a replay stops when what it sent comes back)
         theirs = [(name, value) for name, value in safe_headers(record.headers)
-                  if name not in KSER_HEADERS]
+                  if name not in DLQ_HEADERS]
         return fit(record.value, record.key, own, theirs, self.settings.max_message_bytes)
 
     def send(self, record: Record, error: str) -> bool:
