@@ -10,7 +10,7 @@ from cdumay_error.types import ValidationError
 
 from kser.config import Settings
 from kser.crypto import Sealer
-from kser.schemas import Message
+from kser.schemas import Message, wire_digest
 
 #: default largest serialised message (bytes); Kafka's own default ``max.message.bytes``
 #: is 1 MiB
@@ -39,7 +39,15 @@ class Codec:
         return cls(settings.max_message_bytes, Sealer.from_settings(settings))
 
     def encode(self, kmsg: Message) -> tuple[bytes, bytes]:
-        """Serialise ``kmsg`` into (key, value) bytes, refusing what cannot be sent.
+        """Serialise ``kmsg`` into (key, value) bytes, refusing what cannot be sent (see
+        :meth:`encode_with_digest`)."""
+        key, value, _ = self.encode_with_digest(kmsg)
+        return key, value
+
+    def encode_with_digest(self, kmsg: Message) -> tuple[bytes, bytes, str]:
+        """Serialise ``kmsg`` into (key, value) bytes, refusing what cannot be sent, and
+        the :func:`~kser.schemas.wire_digest` of its text (before it is sealed: what the
+        consumer decodes).
 
         The key is the message's uuid (a task's id for a task message): the tasks of
         one operation spread over the partitions, so a parallel group runs on several
@@ -56,6 +64,7 @@ class Codec:
                 f"Message {kmsg.entrypoint}[{kmsg.uuid}] cannot be sent: its params, result or "
                 f"metadata are not JSON-serialisable ({exc}); pass only str, int, float, bool, "
                 "None, list and dict values", extra=dict(uuid=kmsg.uuid)) from None
+        digest = wire_digest(value)
         value = self.sealer.seal(value)
         if len(value) > self.max_message_bytes:
             raise MessageTooLargeError(
@@ -63,7 +72,7 @@ class Codec:
                 f"{self.max_message_bytes}-byte limit; store large data elsewhere and send a "
                 "reference, or raise max_message_bytes (and the topic's max.message.bytes)",
                 extra=dict(uuid=kmsg.uuid, size=len(value)))
-        return str(kmsg.uuid).encode("utf-8"), value
+        return str(kmsg.uuid).encode("utf-8"), value, digest
 
     def decode(self, raw: bytes | str | None, message_class: type[Message] = Message) -> Message:
         """The message of a record's value (opened if sealed).

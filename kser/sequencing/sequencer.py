@@ -51,7 +51,7 @@ from kser.schemas import (
     Message,
     check_idempotency_key,
     dump_result,
-    result_digest,
+    wire_digest,
 )
 from kser.sequencing.controls import Controls, control
 from kser.sequencing.graph import forwarded, load_result, merged
@@ -558,10 +558,13 @@ class Sequencer:
             return _Claim("child ended", task)
         verdict, why = _verdict(task, kmsg.entrypoint, mode, now, self._worker_name(),
                                 meta.get("queued"))
-        if (verdict == "run" and task.forwarded_digest is not None
-                and result_digest(kmsg.result) != task.forwarded_digest):
-            verdict, why = "refuse", ("the result it forwards is not the one kser queued it "
-                                      "with: forged or corrupt")
+        if (verdict == "run" and task.message_digest is not None and kmsg.wire is not None
+                and wire_digest(kmsg.wire) != task.message_digest):
+            if task.status == RUNNING:  # (taken over: the sweep sent it anew, and this is
+                return _Claim("done", task)  # its dead worker's message, or a copy of it)
+            verdict, why = "refuse", ("it is not the message kser queued for this task (its "
+                                      "result, params or bookkeeping were changed): forged "
+                                      "or corrupt")
         if verdict == "refuse":
             raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                      extra=dict(uuid=kmsg.uuid))
@@ -1288,13 +1291,13 @@ class Sequencer:
             **({"mode": mode} if mode else {}))
         kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)
-        key, value = self._codec().encode(kmsg)
+        # (the store keeps the digest of its text: a changed copy is known, see _judge)
+        key, value, digest = self._codec().encode_with_digest(kmsg)
         trace = tracing.current_carrier()  # (what queues it: its record's span's parent)
-        digest = result_digest(kmsg.result)  # (the store knows what it forwards: _judge)
         if cas:
             return tx.queue_with_message(task.id, op.id, task.topic or op.topic, key, value,
                                          due_at, trace, digest)
-        tx.update_task(task.id, forwarded_digest=digest)
+        tx.update_task(task.id, message_digest=digest)
         tx.add_outbox(op.id, task.topic or op.topic, key, value, due_at, trace)
         return True
 

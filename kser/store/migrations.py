@@ -283,8 +283,8 @@ def _v11(connection: Connection) -> None:
 def _v12(connection: Connection) -> None:
     """Outbox rows the broker refuses: transient refusals back off per row (``tries``,
     ``due_at``), a refusal for good is never sent again (``failed_at``, ``error``). A
-    task keeps the digest of the result its queued message forwards."""
-    _add_column(connection, "kser_tasks", "forwarded_digest", "VARCHAR(64)")
+    task keeps the digest of the message it was queued with."""
+    _add_column(connection, "kser_tasks", "message_digest", "VARCHAR(64)")
     _add_column(connection, "kser_outbox", "tries", "INTEGER")
     _add_column(connection, "kser_outbox", "failed_at", "FLOAT")
     _add_column(connection, "kser_outbox", "error", "TEXT")

@@ -120,8 +120,8 @@ class TaskRow(Row):
     #: (a sensor) when its first poke started; how many pokes found the condition unmet
     waiting_since: float | None = None
     pokes: int | None = None
-    #: the digest of the result its queued message forwards
-    forwarded_digest: str | None = None
+    #: the digest of the text of the message it was queued with
+    message_digest: str | None = None
     #: (dependents, pending_tasks) how many tasks it depends on, and how many of them
     #: succeeded, failed and were skipped
     upstream_count: int | None = None

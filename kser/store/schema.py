@@ -111,9 +111,10 @@ tasks = Table(
     #: delayed message (nothing is held in between)
     Column("waiting_since", Float, nullable=True),
     Column("pokes", Integer, nullable=True),
-    #: the digest of the result its queued message forwards (kser.schemas.result_digest):
-    #: a copy of the message carrying another result is forged, and runs nothing
-    Column("forwarded_digest", String(64), nullable=True),
+    #: the digest of the text of the message it was queued with (kser.schemas.wire_digest):
+    #: a copy of that message changed in any way (another forwarded result, other params)
+    #: is forged, and runs nothing
+    Column("message_digest", String(64), nullable=True),
     Index("ix_kser_tasks_operation", "operation_id", "position"),
     Index("ux_kser_tasks_name", "operation_id", "name", unique=True),
     #: the sweep's expired leases; partial (only held leases) and without the status, so

@@ -131,7 +131,7 @@ _QUEUE = (update(schema.tasks)
           .where(and_(_task.id == bindparam("b_id"), _task.status == Status.PENDING,
                       or_(_task.queued_attempt.is_(None),
                           _task.queued_attempt <= _task.attempt)))
-          .values(queued_attempt=_task.attempt + 1, forwarded_digest=bindparam("b_digest")))
+          .values(queued_attempt=_task.attempt + 1, message_digest=bindparam("b_digest")))
 _GET_TASKS = (select(schema.tasks).where(_task.operation_id == bindparam("b_id"))
               .order_by(_task.position))
 _DEPENDENCIES = (select(schema.task_dependencies.c.task_id,
@@ -184,7 +184,7 @@ _MARK_SENT = (update(schema.outbox).where(_box.id == bindparam("b_id"))
 #: _QUEUE, and the outbox row of its message only if it queued the task
 _QUEUE_WITH_MESSAGE_PG = (
     "WITH queued AS (UPDATE kser_tasks SET queued_attempt = attempt + 1, "
-    "forwarded_digest = %(b_digest)s WHERE id = %(b_id)s AND status = 'PENDING' "
+    "message_digest = %(b_digest)s WHERE id = %(b_id)s AND status = 'PENDING' "
     "AND (queued_attempt IS NULL OR queued_attempt <= attempt) RETURNING id) "
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
     "trace_context) SELECT %(b_operation)s, %(b_topic)s, %(b_key)s, %(b_value)s, %(b_now)s, "
@@ -271,7 +271,7 @@ _QUEUE_MANY_PG = (
     "%(b_dues)s::float8[], %(b_traces)s::text[], %(b_digests)s::varchar[]) "
     "AS v(id, operation_id, topic, key, value, due_at, trace_context, digest)), "
     "queued AS (UPDATE kser_tasks t SET queued_attempt = t.attempt + 1, "
-    "forwarded_digest = v.digest FROM v "
+    "message_digest = v.digest FROM v "
     "WHERE t.id = v.id AND t.status = 'PENDING' "
     "AND (t.queued_attempt IS NULL OR t.queued_attempt <= t.attempt) RETURNING t.id) "
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
@@ -602,8 +602,8 @@ class Tx:
         return True
 
     def queue_task(self, task_id: str, digest: str | None = None) -> bool:
-        """Mark a PENDING task's next attempt queued, with the digest of the result its
-        message forwards; False if it was already (another transition found it ready
+        """Mark a PENDING task's next attempt queued, with the digest of its message's
+        text; False if it was already (another transition found it ready
         first): the compare-and-set of a join."""
         return self._execute(_QUEUE, dict(b_id=task_id, b_digest=digest)) == 1
 
