@@ -458,8 +458,10 @@ def _dead_letter_tools(topic: str | None) -> tuple[Any, Any, str]:
     from kser.dlq import clients
 
     settings = registry().settings
-    known = {settings.topic, *(getattr(cls, "TOPIC", None)
-                               for cls in registry().controller.ENTRYPOINTS.values())} - {None}
+    classes = registry().controller.ENTRYPOINTS.values()
+    known = {settings.topic, *(getattr(cls, "TOPIC", None) for cls in classes),
+             *(notify.get("topic") for cls in classes
+               if isinstance(notify := getattr(cls, "ON_EXIT_NOTIFY", None), dict))} - {None}
     if topic is not None and topic not in known:  # (another application's dead letters)
         abort(404, message=f"{safe_text(topic, 200)!r} is not a topic of this registry "
                            f"(its topics: {', '.join(sorted(map(str, known)))})")

@@ -1,6 +1,7 @@
 """The REST API (kser.web) on the memory transport and SQLite: what each route answers,
 what bad input gets, and that tokens are enforced (tests/integration: real broker)."""
 
+import json
 import re
 import threading
 import time
@@ -363,3 +364,17 @@ def test_an_open_api_must_be_asked_for_and_is_logged(caplog):
     tokens = Tokens.from_settings(Settings(api_tokens="", api_auth="none"))
     assert tokens.role_of(None) == "admin"
     assert "KSER_API_AUTH=none" in caplog.text
+
+
+def test_a_read_token_reads_only_the_registry_s_dead_letters(h):
+    response = h.client.get(f"{API}/dead-letters?topic=payments&wait=0.1", headers=READ)
+    assert response.status_code == 404, response.json
+    assert "'payments' is not a topic of this registry" in response.json["message"]
+
+
+def test_a_key_kser_keeps_for_itself_is_a_422_naming_the_key(h):
+    response = h.client.post(f"{API}/operations", headers=ADMIN, json=dict(
+        entrypoint=tasks.ThreeSteps.path, params={"name": "n"},
+        key="schedule:nightly:2026-12-07T02:00:00+00:00"))
+    assert response.status_code == 422, response.json
+    assert "kser keeps for its own keys" in json.dumps(response.json)
