@@ -22,17 +22,10 @@ from sqlalchemy import func, insert, select
 from kser.store import schema
 from tests.acceptance.harness import Run, wait_for
 from tests.acceptance.test_hostile import dead_letters, hostile_run, side_effects
+from tests.acceptance.test_untrusted_runs import broker_topics
 from tests.acceptance.workload import Announced, Chain, Lone
 
 pytestmark = pytest.mark.acceptance
-
-
-def topics(kafka):
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
 
 
 def status(run, op_id):
@@ -78,7 +71,7 @@ def test_a_message_cannot_name_kser_s_exit_topic_retention_or_keys(kafka, pg_url
     # a producer script's
     assert good_op.idempotency_key == "message:nightly"
     assert good_op.ttl_strategy == {"seconds_after_success": 60}
-    assert new_topic not in topics(kafka)
+    assert new_topic not in broker_topics(kafka)
     assert side_effects(effects)[good] == 0 and len(side_effects(effects)) == 1  # its Hop only
     log = run.workers[0].output()
     assert "metadata.kser.on_exit_notify is kser's own" in log + "".join(errors)
