@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from kser.controller import BaseProducer
     from kser.entry import Entrypoint
     from kser.store import Store
-    from kser.topics import TopicAdmin
+    from kser.topics import TopicAdmin, TopicInfo
     from kser.worker import BaseConsumer
 
 #: a click command function (decorators that add options return it as they got it)
@@ -636,9 +636,8 @@ def _admin(settings: Settings) -> TopicAdmin:
     module = _transport(settings.transport)
     admin_module = importlib.import_module(f"{module.__name__}.admin")
     try:
-        admin: TopicAdmin = admin_module.Admin(
-            settings.client_config(), partitions=settings.partitions,
-            replication_factor=settings.replication_factor, timeout=settings.connect_timeout)
+        admin: TopicAdmin = admin_module.Admin(settings.client_config(),
+                                               **settings.admin_options())
         return admin
     except kafka_client_errors() as exc:
         raise KserCliError(f"cannot reach Kafka at {settings.bootstrap_servers} within "
@@ -653,26 +652,29 @@ def _admin(settings: Settings) -> TopicAdmin:
                    "[env KSER_PARTITIONS, 12].")
 @click.option("--replication-factor", type=click.IntRange(min=-1), default=None,
               help="Replicas of each partition (-1: the broker's default) "
-                   "[env KSER_REPLICATION_FACTOR, -1].")
+                   "[env KSER_REPLICATION_FACTOR, auto: min(3, brokers)].")
+@click.option("--min-insync-replicas", type=click.IntRange(min=1), default=None,
+              help="Replicas that must hold a record before it is acknowledged "
+                   "[env KSER_MIN_INSYNC_REPLICAS, auto: 2 for 3 replicas or more].")
 @click.option("--dlq/--no-dlq", default=True, show_default=True,
               help="Create each topic's dead-letter topic too.")
 @_connection_options
 @click.pass_obj
 def topics_create(settings: Settings, names: tuple[str, ...], partitions: int | None,
-                  replication_factor: int | None, dlq: bool, transport: str | None,
-                  bootstrap_servers: str | None) -> None:
+                  replication_factor: int | None, min_insync_replicas: int | None, dlq: bool,
+                  transport: str | None, bootstrap_servers: str | None) -> None:
     """Create TOPIC(s) (and their dead-letter topics) unless they exist."""
     settings = _apply(settings, partitions=partitions, replication_factor=replication_factor,
-                      transport=transport, bootstrap_servers=bootstrap_servers)
+                      min_insync_replicas=min_insync_replicas, transport=transport,
+                      bootstrap_servers=bootstrap_servers)
     wanted = list(dict.fromkeys(
         [*names, *((settings.dlq_for(name) for name in names) if dlq else ())]))
     with _kafka_errors(settings), _admin(settings) as admin:
         created = admin.ensure(wanted)
-        infos = admin.describe(wanted)
+        infos = admin.describe(wanted, created=created)
     for info in infos:
         state = "created" if info.name in created else "exists"
-        line = (f"{info.name}: {state}, {len(info.partitions)} partition(s), replication "
-                f"factor {info.replication_factor}")
+        line = f"{info.name}: {state}, {_replication(info)}"
         if info.name not in created and len(info.partitions) < settings.partitions:
             line += (f" (fewer than {settings.partitions}: at most {len(info.partitions)} "
                      "worker(s) of a group work on it; Kafka can add partitions: "
@@ -698,14 +700,28 @@ def topics_describe(settings: Settings, names: tuple[str, ...], group: str | Non
     except TopicNotFoundError as exc:
         raise KserCliError(str(exc)) from None
     for info in infos:
-        click.echo(f"{info.name}: {len(info.partitions)} partition(s), replication factor "
-                   f"{info.replication_factor}; group {info.group}: {info.members} "
+        click.echo(f"{info.name}: {_replication(info)}; group {info.group}: {info.members} "
                    f"member(s), lag {info.lag}")
         for part in info.partitions:
-            click.echo(f"  partition {part.partition:>3}: leader {part.leader}, end "
-                       f"{part.end_offset}, committed "
+            isr = "-" if part.isr is None else ",".join(map(str, part.isr))
+            click.echo(f"  partition {part.partition:>3}: leader {part.leader}, in sync "
+                       f"{isr}, end {part.end_offset}, committed "
                        f"{'-' if part.committed is None else part.committed}, lag {part.lag}, "
                        f"owner {part.owner or '-'}")
+
+
+def _replication(info: TopicInfo) -> str:
+    """A topic's partitions and replication, and what is short of it."""
+    text = (f"{len(info.partitions)} partition(s), replication factor "
+            f"{info.replication_factor}, min.insync.replicas "
+            f"{'-' if info.min_insync_replicas is None else info.min_insync_replicas}")
+    if info.under_replicated:
+        text += (f" ({len(info.under_replicated)} partition(s) under-replicated: a broker is "
+                 "down or catching up)")
+    if info.min_insync_replicas and info.replication_factor > 1 and \
+            info.min_insync_replicas >= info.replication_factor:
+        text += " (no replica may be down: any broker's loss stops its partitions' writes)"
+    return text
 
 
 @main.command()

@@ -50,6 +50,18 @@ def _int(name: str, default: str) -> int:
     return int(_number(name, default, int))
 
 
+def _auto_int(name: str, least: int) -> int | None:
+    """The integer in ``name`` (at least ``least``), or None when it is ``auto`` (its
+    default) or empty."""
+    text = _env(name, "auto").strip()
+    if text in ("", "auto"):
+        return None
+    value = _int(name, "auto")
+    if value < least:
+        raise ConfigurationError(f"{name}={value} is below {least} (or use auto, the default)")
+    return value
+
+
 def _port(name: str, default: str) -> int:
     value = _int(name, default)
     if not 0 <= value <= 65535:
@@ -95,15 +107,22 @@ class Settings:
     heartbeat_interval: float = field(
         default_factory=lambda: _float("KSER_HEARTBEAT_INTERVAL", "3"))
     #: seconds a worker waits for the broker to acknowledge what it produced before it
-    #: gives up and processes the record again
+    #: gives up and processes the record again; also every producer's delivery timeout
+    #: (a record not acknowledged by then is failed by the client, not sent later)
     send_timeout: float = field(default_factory=lambda: _float("KSER_SEND_TIMEOUT", "60"))
     #: partitions of the topics a worker creates when they do not exist (its topics and
     #: their dead-letter topics): as many workers of a group can share a topic
     partitions: int = field(
         default_factory=lambda: _int("KSER_PARTITIONS", str(DEFAULT_PARTITIONS)))
-    #: replicas of the topics a worker creates (-1: the broker's default.replication.factor)
-    replication_factor: int = field(
-        default_factory=lambda: _int("KSER_REPLICATION_FACTOR", "-1"))
+    #: replicas of the topics kser creates (None, ``auto``: min(3, brokers); -1: the
+    #: broker's default.replication.factor)
+    replication_factor: int | None = field(
+        default_factory=lambda: _auto_int("KSER_REPLICATION_FACTOR", -1))
+    #: ``min.insync.replicas`` of the topics kser creates: the replicas that must hold a
+    #: record before the broker acknowledges it (None, ``auto``: 2 for 3 replicas or
+    #: more, else the broker's default)
+    min_insync_replicas: int | None = field(
+        default_factory=lambda: _auto_int("KSER_MIN_INSYNC_REPLICAS", 1))
     #: seconds a stopping worker waits for the tasks in hand; after it (or at a second
     #: SIGTERM/SIGINT) it exits 1 without committing them: another worker redoes them
     shutdown_timeout: float = field(
@@ -190,14 +209,23 @@ class Settings:
                                                           self.security())
         return config
 
+    def admin_options(self) -> dict[str, Any]:
+        """The options of a :class:`kser.topics.TopicAdmin`: the partitions and replicas
+        of the topics it creates, how long it waits for the cluster."""
+        return {"partitions": self.partitions, "replication_factor": self.replication_factor,
+                "min_insync_replicas": self.min_insync_replicas,
+                "timeout": self.connect_timeout}
+
     def producer_options(self) -> dict[str, Any]:
         """kser's own producer options (every transport's producer takes them out of
-        its configuration): the size limit, the connect timeout, the partitions and
-        replicas of the topics it creates, and these settings themselves (its sealer's
-        keys)."""
+        its configuration): the size limit, the connect timeout, the delivery timeout
+        (:attr:`send_timeout`), the partitions and replicas of the topics it creates,
+        and these settings themselves (its sealer's keys)."""
         return {"max_message_bytes": self.max_message_bytes,
                 "connect_timeout": self.connect_timeout, "partitions": self.partitions,
-                "replication_factor": self.replication_factor, "settings": self}
+                "replication_factor": self.replication_factor,
+                "min_insync_replicas": self.min_insync_replicas,
+                "delivery_timeout": self.send_timeout, "settings": self}
 
     def producer_config(self) -> dict[str, Any]:
         """The configuration of a producer of :attr:`transport`, kser's options included."""

@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 
 #: kser's own options in a transport producer's configuration
 PRODUCER_OPTIONS = ("max_message_bytes", "connect_timeout", "partitions", "replication_factor",
-                    "settings")
+                    "min_insync_replicas", "delivery_timeout", "settings")
+#: seconds a record may wait for its acknowledgement before the client fails it
+#: (KSER_SEND_TIMEOUT's default)
+DEFAULT_DELIVERY_TIMEOUT = 60.0
 #: seconds before a topic that could not be checked (the cluster did not answer) is
 #: checked again
 TOPIC_RETRY_INTERVAL = 60.0
@@ -359,17 +362,23 @@ class BaseProducer(BaseController):
 
     :param max_message_bytes: largest serialised message accepted; larger ones
         are refused at send time with a clear error instead of by the broker
+    :param delivery_timeout: seconds the client tries to have a record acknowledged
+        (leader changes, too few replicas in sync) before it fails it
     """
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  partitions: int = DEFAULT_PARTITIONS,
-                 replication_factor: int = -1, settings: Settings | None = None) -> None:
+                 replication_factor: int | None = None, min_insync_replicas: int | None = None,
+                 delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+                 settings: Settings | None = None) -> None:
         self.max_message_bytes = max_message_bytes
         #: seconds the client waits for the cluster when it starts
         self.connect_timeout = connect_timeout
+        self.delivery_timeout = delivery_timeout
         #: partitions and replicas of the topics it creates (see :mod:`kser.topics`)
         self.partitions, self.replication_factor = partitions, replication_factor
+        self.min_insync_replicas = min_insync_replicas
         #: the settings its sealer reads (KSER_SECRET_KEYS; default: the environment's,
         #: read when first needed)
         self.settings = settings
@@ -419,6 +428,7 @@ class BaseProducer(BaseController):
 
     def _admin_options(self) -> dict[str, Any]:
         return dict(partitions=self.partitions, replication_factor=self.replication_factor,
+                    min_insync_replicas=self.min_insync_replicas,
                     timeout=self.connect_timeout)
 
     def topics_exist(self, topics: Iterable[str]) -> None:

@@ -115,7 +115,7 @@ def clients(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer | Non
 
     def make_consumer(group: str, topic: str) -> BaseConsumer | None:
         with admin_module.Admin(settings.client_config(),
-                                timeout=settings.connect_timeout) as admin:
+                                **settings.admin_options()) as admin:
             if not admin.existing([topic]):
                 return None
         consumer: BaseConsumer = consumer_module.Consumer(settings.client_config(group),

@@ -11,17 +11,33 @@ one worker would do all the work. So workers (at start), producers (at their
 first message to a topic) and ``kser topics create`` create missing topics with
 ``KSER_PARTITIONS`` partitions and ``KSER_REPLICATION_FACTOR`` replicas.
 
-A transport gives :class:`TopicAdmin` three calls (``_existing``, ``_create``,
-``_describe``); what is created and how it is reported is written here once.
+Replicas decide what a broker's loss costs. By default (``auto``) kser creates
+its topics with ``min(3, brokers)`` replicas and, on a cluster of three brokers
+or more, ``min.insync.replicas=2`` (``KSER_MIN_INSYNC_REPLICAS``): with kser's
+``acks=all`` a record is acknowledged once two brokers hold it, so one broker can
+die at any moment without losing an acknowledged record, and the topic still
+takes records while one broker is down. Kafka's own default is one replica.
+
+A transport gives :class:`TopicAdmin` five calls (``_existing``, ``_brokers``,
+``_create``, ``_describe``, ``_min_insync``); what is created and how it is
+reported is written here once.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
+
+from cdumay_error.types import ConfigurationError
 
 from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS
 from kser.errors import is_transient
+
+#: replicas ``auto`` gives a topic on a cluster of that many brokers or more
+DURABLE_REPLICAS = 3
+#: ``min.insync.replicas`` ``auto`` gives a topic of DURABLE_REPLICAS replicas or more
+DURABLE_MIN_INSYNC = 2
 
 #: longest topic name Kafka accepts, and the characters it allows
 MAX_TOPIC = 249
@@ -54,6 +70,8 @@ class PartitionInfo:
     #: client id of the group member that owns it (kser workers use their name,
     #: ``host:pid``; None: unassigned, or no group asked)
     owner: str | None = None
+    #: replicas in sync with the leader (None: not asked)
+    isr: list[int] | None = None
 
     @property
     def lag(self) -> int | None:
@@ -73,10 +91,18 @@ class TopicInfo:
     group: str | None = None
     #: members of :attr:`group` subscribed now (None: unknown)
     members: int | None = None
+    #: the topic's ``min.insync.replicas`` (None: unknown)
+    min_insync_replicas: int | None = None
 
     @property
     def replication_factor(self) -> int:
         return len(self.partitions[0].replicas) if self.partitions else 0
+
+    @property
+    def under_replicated(self) -> list[int]:
+        """Partitions with fewer replicas in sync than they have."""
+        return [p.partition for p in self.partitions
+                if p.isr is not None and len(p.isr) < len(p.replicas)]
 
     @property
     def lag(self) -> int | None:
@@ -92,14 +118,19 @@ class TopicAdmin:
     """Check, create and describe topics of one cluster.
 
     :param partitions: partitions of the topics :meth:`ensure` creates
-    :param replication_factor: their replicas (-1: the broker's default)
+    :param replication_factor: their replicas (None: ``min(3, brokers)``; -1: the
+        broker's ``default.replication.factor``)
+    :param min_insync_replicas: their ``min.insync.replicas`` (None: 2 when they have 3
+        replicas or more, else the broker's default)
     :param timeout: seconds each call to the cluster may take
     """
 
-    def __init__(self, partitions: int = DEFAULT_PARTITIONS, replication_factor: int = -1,
-                 timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    def __init__(self, partitions: int = DEFAULT_PARTITIONS,
+                 replication_factor: int | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 min_insync_replicas: int | None = None) -> None:
         self.partitions = partitions
         self.replication_factor = replication_factor
+        self.min_insync_replicas = min_insync_replicas
         self.timeout = timeout
 
     # -- what a transport adapts -------------------------------------------------------
@@ -108,19 +139,50 @@ class TopicAdmin:
         """Those of ``topics`` that exist."""
         raise NotImplementedError
 
-    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
-        """Create ``topics``; one created meanwhile by someone else is no error."""
+    def _brokers(self) -> int:
+        """How many brokers the cluster has (those it lists now)."""
+        raise NotImplementedError
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int,
+                configs: dict[str, str]) -> None:
+        """Create ``topics`` with the topic ``configs``; one created meanwhile by someone
+        else is no error."""
         raise NotImplementedError
 
     def _describe(self, topics: list[str], group: str | None) -> list[TopicInfo]:
-        """``topics`` (which exist) with their partitions, end offsets and, given a
-        group, its committed offsets and member count."""
+        """``topics`` (which exist) with their partitions (replicas in sync included),
+        end offsets and, given a group, its committed offsets and member count."""
+        raise NotImplementedError
+
+    def _min_insync(self, topics: list[str]) -> dict[str, int]:
+        """The ``min.insync.replicas`` of ``topics``."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Release the client."""
 
     # -- shared behaviour --------------------------------------------------------------
+
+    def replication(self) -> tuple[int, dict[str, str]]:
+        """The replication factor and topic configs :meth:`ensure` creates topics with.
+
+        :raises ConfigurationError: the settings ask for what the cluster cannot give
+        """
+        wanted, least = self.replication_factor, self.min_insync_replicas
+        brokers = self._brokers() if wanted is None or wanted > 0 else None
+        factor = min(DURABLE_REPLICAS, brokers or 1) if wanted is None else wanted
+        if brokers is not None and factor > brokers:
+            raise ConfigurationError(
+                f"KSER_REPLICATION_FACTOR={factor} but the cluster has {brokers} broker(s) "
+                "up: Kafka cannot place that many replicas; start the missing brokers or "
+                "lower it")
+        if least is None:
+            least = DURABLE_MIN_INSYNC if factor >= DURABLE_REPLICAS else None
+        elif factor > 0 and least > factor:
+            raise ConfigurationError(
+                f"KSER_MIN_INSYNC_REPLICAS={least} is above the replication factor {factor}:"
+                " the topic would refuse every record; lower it")
+        return factor, ({"min.insync.replicas": str(least)} if least else {})
 
     def ensure(self, topics: list[str], partitions: int | None = None,
                replication_factor: int | None = None) -> list[str]:
@@ -129,9 +191,9 @@ class TopicAdmin:
         existing = self._existing(topics)
         missing = [topic for topic in topics if topic not in existing]
         if missing:
+            factor, configs = self.replication()
             self._create(missing, partitions or self.partitions,
-                         self.replication_factor if replication_factor is None
-                         else replication_factor)
+                         factor if replication_factor is None else replication_factor, configs)
             # created is not yet visible everywhere: wait until the cluster lists them
             deadline = time.monotonic() + self.timeout
             while set(missing) - self._existing(missing) and time.monotonic() < deadline:
@@ -142,25 +204,37 @@ class TopicAdmin:
         """Which of ``topics`` exist (a request to the cluster: it answers or raises)."""
         return self._existing(list(dict.fromkeys(topics)))
 
-    def describe(self, topics: list[str], group: str | None = None) -> list[TopicInfo]:
-        """``topics`` as the cluster knows them (and as ``group`` reads them).
+    def describe(self, topics: list[str], group: str | None = None,
+                 created: Collection[str] = ()) -> list[TopicInfo]:
+        """``topics`` as the cluster knows them (and as ``group`` reads them), with their
+        ``min.insync.replicas``.
 
+        :param created: topics just created: a broker that does not list them yet is
+            asked again (each broker learns of a new topic on its own)
         :raises TopicNotFoundError: one of them does not exist
         """
         topics = list(dict.fromkeys(topics))
-        missing = [topic for topic in topics if topic not in self._existing(topics)]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            missing = [topic for topic in topics if topic not in self._existing(topics)]
+            if not set(missing) & set(created) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
         if missing:
             raise TopicNotFoundError(f"no topic {', '.join(missing)} in the cluster; create "
                                      "it with: kser topics create TOPIC")
-        deadline = time.monotonic() + self.timeout
         while True:
             try:
                 found = {info.name: info for info in self._describe(topics, group)}
-                return [found[topic] for topic in topics]
+                settings = self._min_insync(topics)
+                break
             except Exception as exc:  # a topic just created may have no leader yet
                 if not is_transient(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
+        for info in found.values():
+            info.min_insync_replicas = settings.get(info.name)
+        return [found[topic] for topic in topics]
 
     def __enter__(self) -> TopicAdmin:
         return self

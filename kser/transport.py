@@ -111,12 +111,22 @@ class AdminTransport(Protocol):
         """Which of ``topics`` exist."""
         ...
 
-    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
-        """Create ``topics`` (an existing one is no error)."""
+    def _brokers(self) -> int:
+        """How many brokers the cluster lists now."""
+        ...
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int,
+                configs: dict[str, str]) -> None:
+        """Create ``topics`` with topic ``configs`` (an existing one is no error)."""
         ...
 
     def _describe(self, topics: list[str], group: str | None) -> list[TopicInfo]:
-        """Partitions, leaders, end offsets and (with ``group``) committed offsets."""
+        """Partitions, leaders, replicas in sync, end offsets and (with ``group``)
+        committed offsets."""
+        ...
+
+    def _min_insync(self, topics: list[str]) -> dict[str, int]:
+        """The ``min.insync.replicas`` of ``topics``."""
         ...
 
     def close(self) -> None:

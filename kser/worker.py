@@ -274,7 +274,8 @@ class BaseConsumer:
 
     def _ensure_topics(self, topics: list[str]) -> list[str]:
         """Create those of ``topics`` that do not exist (``settings.partitions``
-        partitions, ``settings.replication_factor`` replicas); return the created ones."""
+        partitions, ``settings.replication_factor`` replicas, see :mod:`kser.topics`); return
+        the created ones."""
         with self._new_admin() as admin:
             return admin.ensure(topics)
 
@@ -283,9 +284,7 @@ class BaseConsumer:
         return self.settings.producer_options()
 
     def _admin_options(self) -> dict[str, Any]:
-        return dict(partitions=self.settings.partitions,
-                    replication_factor=self.settings.replication_factor,
-                    timeout=self.settings.connect_timeout)
+        return self.settings.admin_options()
 
     def _revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """The group took ``partitions`` from this worker (called by the transport's client

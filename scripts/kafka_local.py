@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fetch, start and stop a real single-node Apache Kafka broker (KRaft) on 127.0.0.1.
+"""Fetch, start and stop a real Apache Kafka broker (KRaft), or a cluster of them, on 127.0.0.1.
 
 No Docker: the broker's jars come from Maven Central through Maven (cached in
 ~/.m2 and in the jar folder after the first run) and run on the local Java.
@@ -9,11 +9,21 @@ No Docker: the broker's jars come from Maven Central through Maven (cached in
     scripts/kafka-local env                          # print that export line again
     scripts/kafka-local stop
 
-The broker's folder (default .kafka/broker) keeps its data, its ports (reused
-at the next start when free) and its address in the file ``bootstrap``.
+    eval "$(scripts/kafka-local start --brokers 3)"  # three nodes in .kafka/cluster
+    scripts/kafka-local status                       # each node: id, pid, address
+    scripts/kafka-local kill --node 2                # SIGKILL node 2 (its id, 1 to 3)
+    scripts/kafka-local stop --node 2                # SIGTERM it (a clean shutdown)
+    scripts/kafka-local restart --node 2             # start it again
+    scripts/kafka-local stop                         # every node
 
-Importable too: ``KafkaBroker(workdir).start()`` / ``.stop()`` (the test fixtures use it).
-Only loopback addresses are ever used. Standard library only.
+Each node of a cluster is controller and broker; node N has node.id N. A
+folder (default .kafka/broker, or .kafka/cluster with --brokers) keeps the
+data, the ports (reused at the next start when free) and the address in the
+file ``bootstrap``.
+
+Importable too: ``KafkaBroker(workdir).start()`` / ``.stop()`` and
+``KafkaCluster(workdir, 3).start()`` / ``.kill(node)`` / ``.restart(node)`` (the
+test fixtures use them). Only loopback addresses are ever used. Standard library only.
 """
 
 from __future__ import annotations
@@ -76,22 +86,31 @@ class KafkaBroker:
     :param extra_properties: more ``server.properties`` lines
     :param sasl_users: ``{user: password}``: also listen with SASL_PLAINTEXT (mechanism
         PLAIN) on :attr:`sasl_port` for these users
+    :param node_id: its ``node.id`` (a :class:`KafkaCluster` numbers its nodes 1 to N)
+    :param keep_ports: reuse the ports of an earlier start even if they seem taken
     """
 
     def __init__(self, workdir: Path | str, port: int | None = None,
                  libs: Path = DEFAULT_LIBS, extra_properties: dict[str, str] | None = None,
-                 sasl_users: dict[str, str] | None = None):
+                 sasl_users: dict[str, str] | None = None, node_id: int = 1,
+                 keep_ports: bool = False):
         self.workdir = Path(workdir).resolve()
+        self.process: subprocess.Popen | None = None
+        self.node_id = node_id
+        #: set by a KafkaCluster: the quorum's voters, the cluster id, the cluster's size
+        self.voters: str | None = None
+        self.cluster_id: str | None = None
+        self.cluster_size = 1
         self.libs = libs
         # a broker started again in the same folder keeps its ports when they are free,
         # so the address users copied stays right
-        kept = _kept_ports(self.workdir / "ports")
+        # (a node of a cluster always keeps them: the quorum's voters name them)
+        kept = _kept_ports(self.workdir / "ports", always=self.running or keep_ports)
         self.port = port or kept.get("port") or free_port()
         self.controller_port = kept.get("controller_port") or free_port()
         self.sasl_users = sasl_users or {}
         self.sasl_port = free_port() if self.sasl_users else None
         self.extra_properties = extra_properties or {}
-        self.process: subprocess.Popen | None = None
 
     @property
     def sasl_bootstrap_servers(self) -> str:
@@ -115,10 +134,13 @@ class KafkaBroker:
 
     def _write_config(self) -> Path:
         logs = self.workdir / "data"
+        # the internal topics (the groups' offsets) replicated as kser's are
+        replicas = str(min(3, self.cluster_size))
         properties = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters
+            or f"{self.node_id}@127.0.0.1:{self.controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
                          f"CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
@@ -127,10 +149,10 @@ class KafkaBroker:
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(logs),
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": str(min(2, self.cluster_size)),
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.retention.hours": "24",
@@ -158,11 +180,18 @@ class KafkaBroker:
 
     def start(self, timeout: float = START_TIMEOUT) -> KafkaBroker:
         """Format the log dir and start the broker; return once it accepts connections."""
+        self.launch()
+        return self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Format the log dir (the first time) and start the broker's process, without
+        waiting for it (a node of a cluster only starts once a quorum of them runs)."""
         fetch(self.libs)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         if not (self.workdir / "data" / "meta.properties").exists():  # a restart keeps its data
-            cluster_id = self._java("kafka.tools.StorageTool", "random-uuid").stdout.strip()
+            cluster_id = self.cluster_id or self._java(
+                "kafka.tools.StorageTool", "random-uuid").stdout.strip()
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
                        str(config), "--ignore-formatted")
         self._starts_logged = self._count_started()
@@ -176,6 +205,11 @@ class KafkaBroker:
         (self.workdir / "ports").write_text(f"port={self.port}\n"
                                             f"controller_port={self.controller_port}\n")
         (self.workdir / "bootstrap").write_text(self.bootstrap_servers)
+
+    def wait_started(self, timeout: float = START_TIMEOUT) -> KafkaBroker:
+        """Return once the launched broker accepts connections (stop it and raise if it
+        exits or does not within ``timeout`` seconds)."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -220,6 +254,29 @@ class KafkaBroker:
             return self.process.pid
         return int(self.pidfile.read_text()) if self.pidfile.exists() else None
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a machine that dies: no clean shutdown."""
+        pid = self._pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.process is not None:
+            self.process.wait(30)
+        else:
+            deadline = time.monotonic() + 30
+            while _alive(pid, None) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.pidfile.unlink(missing_ok=True)
+        self.process = None
+
+    @property
+    def running(self) -> bool:
+        pid = self._pid()
+        return pid is not None and _alive(pid, self.process)
+
     def stop(self, timeout: float = 30) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
         pid = self._pid()
@@ -241,16 +298,114 @@ class KafkaBroker:
         self.process = None
 
 
-def _kept_ports(path: Path) -> dict[str, int]:
-    """The ports an earlier start in this folder used, those still free."""
+class KafkaCluster:
+    """``size`` nodes, each controller and broker, in ``workdir/node<N>`` (node.id N).
+
+    The controllers' quorum needs a majority of the nodes: with three, one node can
+    be down and the cluster still elects leaders; two down and it cannot.
+
+    :param workdir: folder of the nodes' folders, and of the file ``bootstrap``
+    :param size: how many nodes (a folder started before keeps its size)
+    """
+
+    def __init__(self, workdir: Path | str, size: int = 3, libs: Path = DEFAULT_LIBS,
+                 extra_properties: dict[str, str] | None = None):
+        self.workdir = Path(workdir).resolve()
+        kept = self.workdir / "size"
+        if kept.exists():
+            size = int(kept.read_text())
+        if size < 1:
+            raise RuntimeError(f"a cluster needs at least one node, not {size}")
+        self.nodes = {n: KafkaBroker(self.workdir / f"node{n}", libs=libs, node_id=n,
+                                     extra_properties=extra_properties, keep_ports=True)
+                      for n in range(1, size + 1)}
+        voters = ",".join(f"{n}@127.0.0.1:{node.controller_port}"
+                          for n, node in self.nodes.items())
+        cluster_id = self.workdir / "cluster_id"
+        for node in self.nodes.values():
+            node.voters, node.cluster_size = voters, size
+            node.cluster_id = cluster_id.read_text().strip() if cluster_id.exists() else None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's address, comma-separated."""
+        return ",".join(node.bootstrap_servers for node in self.nodes.values())
+
+    def node(self, node_id: int) -> KafkaBroker:
+        if node_id not in self.nodes:
+            raise RuntimeError(f"no node {node_id}: the nodes of {self.workdir} are "
+                               f"{', '.join(map(str, self.nodes))}")
+        return self.nodes[node_id]
+
+    def start(self, timeout: float = START_TIMEOUT) -> KafkaCluster:
+        """Start every node not running (all at once: a node waits for a quorum of the
+        controllers); return once each accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "size").write_text(str(len(self.nodes)))
+        cluster_id = self.workdir / "cluster_id"
+        if not cluster_id.exists():  # one id, formatted into every node's log dirs
+            first = next(iter(self.nodes.values()))
+            cluster_id.write_text(first._java("kafka.tools.StorageTool",
+                                              "random-uuid").stdout.strip())
+        launched = []
+        try:
+            for node in self.nodes.values():
+                node.cluster_id = cluster_id.read_text().strip()
+                if not node.running:
+                    node.launch()
+                    launched.append(node)
+            for node in launched:
+                node.wait_started(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        (self.workdir / "bootstrap").write_text(self.bootstrap_servers)
+        return self
+
+    def running_address(self) -> str | None:
+        """The addresses of a cluster running from this folder (None: no node runs)."""
+        if not any(node.running for node in self.nodes.values()):
+            return None
+        address = self.workdir / "bootstrap"
+        return address.read_text().strip() if address.exists() else None
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL node ``node_id``."""
+        self.node(node_id).kill()
+
+    def stop_node(self, node_id: int, timeout: float = 30) -> None:
+        """Stop node ``node_id`` cleanly (SIGTERM: it hands its leaderships over first)."""
+        self.node(node_id).stop(timeout)
+
+    def restart(self, node_id: int, timeout: float = START_TIMEOUT) -> KafkaBroker:
+        """Start node ``node_id`` again (stopped or killed) with its data."""
+        node = self.node(node_id)
+        if node.running:
+            return node
+        node.launch()
+        return node.wait_started(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop every node."""
+        for node in self.nodes.values():
+            node.stop(timeout)
+
+
+def _kept_ports(path: Path, always: bool = False) -> dict[str, int]:
+    """The ports an earlier start in this folder used: those still free, or all of them
+    (``always``: its broker runs, or it is a node of a cluster)."""
     if not path.exists():
         return {}
     kept = {}
     for line in path.read_text().splitlines():
         name, _, value = line.partition("=")
         try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", int(value)))
+            if not always:
+                with socket.socket() as sock:
+                    # as the broker binds it: a port whose old connections wait in
+                    # TIME_WAIT is free
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind(("127.0.0.1", int(value)))
         except (OSError, ValueError):
             continue
         kept[name] = int(value)
@@ -272,35 +427,82 @@ def export_line(bootstrap_servers: str) -> str:
     return f"export KSER_BOOTSTRAP_SERVERS={bootstrap_servers}"
 
 
+def _server(args: argparse.Namespace) -> KafkaBroker | KafkaCluster:
+    """The broker or cluster of ``--dir`` (default: .kafka/cluster for ``--brokers`` over
+    1 or a ``--node``, else .kafka/broker)."""
+    brokers = getattr(args, "brokers", None) or 1
+    folder = args.dir or (".kafka/cluster" if brokers > 1 or getattr(args, "node", None)
+                          else ".kafka/broker")
+    if brokers > 1 or (Path(folder) / "size").exists():
+        return KafkaCluster(folder, brokers)
+    return KafkaBroker(folder, port=getattr(args, "port", None))
+
+
+def _nodes(server: KafkaBroker | KafkaCluster, node: int | None) -> list[KafkaBroker]:
+    if isinstance(server, KafkaBroker):
+        if node not in (None, 1):
+            raise RuntimeError(f"{server.workdir} holds one broker, not a cluster: "
+                               "--node is for a cluster started with --brokers N")
+        return [server]
+    return list(server.nodes.values()) if node is None else [server.node(node)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kafka-local", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download the broker's jars with Maven")
-    start = sub.add_parser("start", help="start a broker (or find it running), print the "
-                                         "export line of its address: eval \"$(...)\"")
-    start.add_argument("--dir", default=".kafka/broker")
-    start.add_argument("--port", type=int, default=None)
-    env = sub.add_parser("env", help="print the export line of the broker running in --dir")
-    env.add_argument("--dir", default=".kafka/broker")
-    stop = sub.add_parser("stop", help="stop the broker started in --dir")
-    stop.add_argument("--dir", default=".kafka/broker")
+    commands = {
+        "start": "start a broker or a cluster (or find it running), print the export "
+                 "line of its address: eval \"$(...)\"",
+        "env": "print the export line of the broker or cluster running in --dir",
+        "status": "each node: its id, whether it runs, its pid and address",
+        "stop": "stop the broker, the cluster, or one node of it (SIGTERM)",
+        "kill": "SIGKILL one node of the cluster (--node)",
+        "restart": "start one stopped or killed node of the cluster again (--node)",
+    }
+    for name, text in commands.items():
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--dir", default=None,
+                             help="its folder [.kafka/broker; .kafka/cluster with --brokers "
+                                  "or --node]")
+        command.add_argument("--brokers", type=int, default=None,
+                             help="nodes of the cluster (start: how many; 1: one broker)")
+        if name == "start":
+            command.add_argument("--port", type=int, default=None,
+                                 help="client port of a single broker")
+        if name in ("stop", "kill", "restart"):
+            command.add_argument("--node", type=int, default=None, required=name != "stop",
+                                 help="the node's id (1 to N)")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
             print(fetch())
-        elif args.command in ("start", "env"):
-            broker = KafkaBroker(args.dir, port=getattr(args, "port", None))
-            address = broker.running_address()
+            return 0
+        server = _server(args)
+        if args.command in ("start", "env"):
+            address = server.running_address()
             if address is None:
                 if args.command == "env":
-                    raise RuntimeError(f"no broker runs in {broker.workdir}; start one: "
-                                       f"scripts/kafka-local start --dir {args.dir}")
-                address = broker.start().bootstrap_servers
+                    raise RuntimeError(f"nothing runs in {server.workdir}; start it: "
+                                       f"scripts/kafka-local start --dir {server.workdir}")
+                address = server.start().bootstrap_servers
             elif args.command == "start":
-                print(f"kafka-local: already running in {broker.workdir}", file=sys.stderr)
+                if isinstance(server, KafkaCluster):
+                    server.start()  # the nodes that were stopped or killed
+                print(f"kafka-local: already running in {server.workdir}", file=sys.stderr)
             print(export_line(address))
+        elif args.command == "status":
+            for node in _nodes(server, None):
+                state = f"running, pid {node._pid()}" if node.running else "stopped"
+                print(f"node {node.node_id}: {state}, {node.bootstrap_servers}")
+        elif args.command == "restart":
+            if not isinstance(server, KafkaCluster):
+                raise RuntimeError("restart is for a node of a cluster; start a broker with: "
+                                   "scripts/kafka-local start")
+            server.restart(args.node)
         else:
-            KafkaBroker(args.dir).stop()
+            for node in _nodes(server, args.node):
+                node.kill() if args.command == "kill" else node.stop()
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"kafka-local: {exc}", file=sys.stderr)
         return 1

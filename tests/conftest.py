@@ -94,6 +94,7 @@ _exporter = None
 
 from tests.infra import (  # noqa: E402
     kafka,
+    kafka_cluster,
     kafka_sasl,
     pg_url,
     postgres,
@@ -102,4 +103,16 @@ from tests.infra import (  # noqa: E402
     topic,
 )
 
-__all__ = ["kafka", "kafka_sasl", "pg_url", "postgres", "processes", "store_url", "topic"]
+__all__ = ["kafka", "kafka_cluster", "kafka_sasl", "pg_url", "postgres", "processes", "store_url", "topic"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The pauses the cluster tests measured (docs/reliability.md's fault table)."""
+    import sys
+
+    cluster = sys.modules.get("tests.acceptance.cluster")
+    if cluster is None or not cluster.PAUSES:
+        return
+    terminalreporter.section("Kafka cluster faults: longest time no task ended")
+    for fault, transport, pause in cluster.PAUSES:
+        terminalreporter.write_line(f"{pause:6.1f} s  {transport:9}  {fault}")

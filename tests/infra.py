@@ -1,7 +1,8 @@
 """Real infrastructure for integration and acceptance tests, and helpers to watch it.
 
 A real Apache Kafka broker (scripts/kafka-local) and a real PostgreSQL
-(scripts/pg-local), each started once per session and stopped at its end.
+(scripts/pg-local), each started once per session and stopped at its end; a
+real three-node Kafka cluster for the tests of one module that asks for it.
 When one cannot start, the tests that need it are skipped, unless
 ``KSER_REQUIRE_KAFKA=1`` (set by .ci/run): then it is a failure.
 The fixtures are made available to every test folder by tests/conftest.py.
@@ -21,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from kafka_local import KafkaBroker  # noqa: E402
+from kafka_local import KafkaBroker, KafkaCluster  # noqa: E402
 from pg_local import PostgresServer  # noqa: E402
 
 #: seconds any wait on a worker or a topic may take before the test fails
@@ -34,6 +35,16 @@ def kafka(tmp_path_factory):
     broker = _serve(KafkaBroker(tmp_path_factory.mktemp("kafka")), "the Kafka broker")
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory):
+    """Three Kafka nodes (each controller and broker, node ids 1 to 3); ``.bootstrap_servers``
+    lists them. Started for the module that uses it (three JVMs are heavy on 2 cores)."""
+    cluster = _serve(KafkaCluster(tmp_path_factory.mktemp("cluster"), 3),
+                     "the three-node Kafka cluster")
+    yield cluster
+    cluster.stop()
 
 
 def _serve(server, what: str):

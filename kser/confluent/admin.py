@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from kser.confluent.consumer import CONSUMER_ONLY_KEYS
 from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
@@ -22,9 +22,14 @@ class Admin(TopicAdmin):
     def _existing(self, topics: list[str]) -> set[str]:
         return set(self.client.list_topics(timeout=self.timeout).topics) & set(topics)
 
-    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
+    def _brokers(self) -> int:
+        return len(self.client.list_topics(timeout=self.timeout).brokers)
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int,
+                configs: dict[str, str]) -> None:
         futures = self.client.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)
+            [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor,
+                      config=configs)
              for topic in topics], request_timeout=self.timeout)
         for future in futures.values():
             try:
@@ -36,7 +41,7 @@ class Admin(TopicAdmin):
     def _describe(self, topics: list[str], group: str | None) -> list[TopicInfo]:
         metadata = self.client.list_topics(timeout=self.timeout).topics
         infos = [TopicInfo(topic, sorted(
-            (PartitionInfo(p.id, p.leader, list(p.replicas))
+            (PartitionInfo(p.id, p.leader, list(p.replicas), isr=list(p.isrs))
              for p in metadata[topic].partitions.values()), key=lambda p: p.partition), group)
             for topic in topics]
         tps = [TopicPartition(i.name, p.partition) for i in infos for p in i.partitions]
@@ -69,3 +74,14 @@ class Admin(TopicAdmin):
                 part.end_offset, part.committed = ends.get(key), committed.get(key)
                 part.owner = owners.get(key)
         return infos
+
+    def _min_insync(self, topics: list[str]) -> dict[str, int]:
+        futures = self.client.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, topic) for topic in topics],
+            request_timeout=self.timeout)
+        found = {}
+        for resource, future in futures.items():
+            entry = future.result(timeout=self.timeout).get("min.insync.replicas")
+            if entry is not None:
+                found[resource.name] = int(entry.value)
+        return found

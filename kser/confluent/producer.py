@@ -21,7 +21,8 @@ class Producer(BaseProducer):
     """Sends through a ``confluent_kafka.Producer``.
 
     :param config: librdkafka configuration (``bootstrap.servers``, security
-        settings...); ``acks`` defaults to ``all`` and idempotence is enabled;
+        settings...); ``acks`` defaults to ``all``, idempotence is enabled,
+        ``delivery.timeout.ms`` is kser's ``delivery_timeout``;
         ``linger.ms`` defaults to 0 (librdkafka's 5 ms would be added to every hop
         of an operation: a follow-up is sent without waiting for a flush, and
         messages still batch while a request is in flight); librdkafka's logs go
@@ -41,6 +42,9 @@ class Producer(BaseProducer):
         # default is 1,000,000 bytes, below kser's 1 MiB)
         config.setdefault("message.max.bytes", self.max_message_bytes + REQUEST_OVERHEAD)
         config.setdefault("enable.idempotence", True)
+        # retried through leader changes and too few replicas in sync until then, then
+        # failed: never sent after kser gave up on it (librdkafka's default is 300 s)
+        config.setdefault("delivery.timeout.ms", int(self.delivery_timeout * 1000))
         config.setdefault("linger.ms", 0)
         config.setdefault("logger", logging.getLogger("confluent_kafka"))
         self._client_errors: list[KafkaError] = []

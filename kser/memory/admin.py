@@ -18,7 +18,14 @@ class Admin(TopicAdmin):
     def _existing(self, topics: list[str]) -> set[str]:
         return {topic for topic in topics if self.broker.has_topic(topic)}
 
-    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
+    def _brokers(self) -> int:
+        return 1
+
+    def _min_insync(self, topics: list[str]) -> dict[str, int]:
+        return {}  # one process: nothing to replicate
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int,
+                configs: dict[str, str]) -> None:
         for topic in topics:
             self.broker.create_topic(topic, partitions)
 

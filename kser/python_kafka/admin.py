@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
@@ -32,12 +33,16 @@ class Admin(TopicAdmin):
     def _existing(self, topics: list[str]) -> set[str]:
         return set(self.client.list_topics()) & set(topics)
 
-    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
+    def _brokers(self) -> int:
+        return len(self.client.describe_cluster()["brokers"])
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int,
+                configs: dict[str, str]) -> None:
         for topic in topics:
             try:
                 self.client.create_topics(
                     {topic: {"num_partitions": partitions,
-                             "replication_factor": replication_factor}},
+                             "replication_factor": replication_factor, "configs": configs}},
                     timeout_ms=int(self.timeout * 1000))
             except TopicAlreadyExistsError:
                 pass  # created meanwhile by another worker
@@ -46,7 +51,8 @@ class Admin(TopicAdmin):
         infos = []
         for meta in self.client.describe_topics(topics):
             infos.append(TopicInfo(meta["name"], sorted(
-                (PartitionInfo(p["partition_index"], p["leader_id"], list(p["replica_nodes"]))
+                (PartitionInfo(p["partition_index"], p["leader_id"], list(p["replica_nodes"]),
+                               isr=list(p["isr_nodes"]))
                  for p in meta["partitions"]), key=lambda p: p.partition), group))
         tps = [TopicPartition(i.name, p.partition) for i in infos for p in i.partitions]
         consumer = KafkaConsumer(**{**_only(self.config, KafkaConsumer.DEFAULT_CONFIG),
@@ -77,6 +83,14 @@ class Admin(TopicAdmin):
                 part.committed = offset.offset if offset is not None and offset.offset >= 0 \
                     else None
         return infos
+
+    def _min_insync(self, topics: list[str]) -> dict[str, int]:
+        answer = self.client.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})
+             for topic in topics], config_filter="all")
+        return {topic: int(entries["min.insync.replicas"]["value"])
+                for topic, entries in answer.get("topic", {}).items()
+                if "min.insync.replicas" in entries}
 
     def close(self) -> None:
         self.client.close()

@@ -24,9 +24,10 @@ class Producer(BaseProducer):
 
     :param config: ``KafkaProducer`` keyword arguments (``bootstrap_servers``,
         security settings...); ``acks`` defaults to ``"all"``, ``enable_idempotence``
-        to False (see the note in ``__init__``). kser's own options
-        (``max_message_bytes``, ``connect_timeout``, ``partitions``,
-        ``replication_factor``: ``Settings.producer_options()``) may be given too.
+        to False (see the note in ``__init__``), ``delivery_timeout_ms`` to kser's
+        ``delivery_timeout``. kser's own options (``max_message_bytes``,
+        ``connect_timeout``, ``delivery_timeout``, ``partitions``, ``replication_factor``:
+        ``Settings.producer_options()``) may be given too.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -38,6 +39,12 @@ class Producer(BaseProducer):
         # still has the last word: its refusal is a permanent error)
         config.setdefault("max_request_size", self.max_message_bytes + REQUEST_OVERHEAD)
         config.setdefault("bootstrap_timeout_ms", int(self.connect_timeout * 1000))
+        # a record is retried through leader changes and refusals for too few replicas in
+        # sync until the delivery timeout, then failed: never sent after kser gave up on
+        # it (kafka-python wants it at least linger_ms + request_timeout_ms)
+        config.setdefault("delivery_timeout_ms", int(self.delivery_timeout * 1000))
+        config.setdefault("request_timeout_ms", max(1000, min(
+            30000, config["delivery_timeout_ms"] - config.get("linger_ms", 0))))
         # kafka-python 3.0's idempotent producer turns any record the broker refuses for
         # good (one over a topic's max.message.bytes) into a fatal state: every later
         # record of the process fails with that error, for ever. kser's messages are

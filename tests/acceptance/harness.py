@@ -8,9 +8,10 @@ import uuid
 from contextlib import contextmanager
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 from sqlalchemy import func, select
 
+from kser.python_kafka import connection_config
+from kser.python_kafka.admin import Admin
 from kser.python_kafka.producer import Producer
 from kser.schemas import Message
 from kser.store import Store, schema
@@ -77,10 +78,9 @@ class Run:
         self.kafka, self.store_url, self.processes = kafka, store_url, processes
         self.topic = f"ops-{uuid.uuid4().hex[:8]}"
         self.group = f"g-{uuid.uuid4().hex[:6]}"
-        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-        admin.create_topics([NewTopic(self.topic, num_partitions=partitions,
-                                      replication_factor=1)])
-        admin.close()
+        # created as kser creates its topics: on a cluster, 3 replicas, 2 in sync
+        with Admin(connection_config(kafka.bootstrap_servers), partitions=partitions) as admin:
+            admin.ensure([self.topic])
         self.store = Store(store_url)
         self.env = {**WORKER_ENV, "KSER_STORE_URL": store_url, **(env or {})}
         self.workers = [self.start_worker(f"worker{i}") for i in range(workers)]

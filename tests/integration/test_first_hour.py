@@ -74,8 +74,8 @@ def test_the_quickstart_runs_as_written_with_two_workers_that_both_run_tasks(tmp
     assert shell.returncode == 0, output
     assert "dice: created, 12 partition(s)" in output
     assert len(re.findall(r"^[0-9a-f-]{36} SUCCESS$", output, re.M)) == 20, output
-    assert "dice: 12 partition(s), replication factor 1; group kser: 2 member(s), lag 0" \
-        in output, output
+    assert ("dice: 12 partition(s), replication factor 1, min.insync.replicas 1; group kser: "
+            "2 member(s), lag 0") in output, output
     assert re.search(r"^You made a [1-6]$", output, re.M), output  # (the script's operation)
     with sqlite3.connect(tmp_path / ".kser" / "kser.db") as db:
         statuses = db.execute("SELECT status, count(*) FROM kser_operations GROUP BY status")
@@ -129,11 +129,12 @@ def test_topics_create_and_describe(kafka, transport, tmp_path):
     created = kser("topics", "create", topic, "--partitions", "5")
     assert created.returncode == 0, created.stderr
     assert created.stdout.splitlines() == [
-        f"{topic}: created, 5 partition(s), replication factor 1",
-        f"{topic}.dlq: created, 5 partition(s), replication factor 1"]
+        f"{topic}: created, 5 partition(s), replication factor 1, min.insync.replicas 1",
+        f"{topic}.dlq: created, 5 partition(s), replication factor 1, min.insync.replicas 1"]
     again = kser("topics", "create", topic)
     assert again.stdout.splitlines()[0].startswith(
-        f"{topic}: exists, 5 partition(s), replication factor 1 (fewer than 12: at most 5 "
+        f"{topic}: exists, 5 partition(s), replication factor 1, min.insync.replicas 1 "
+        "(fewer than 12: at most 5 "
         "worker(s) of a group work on it")
     # a producer's first record to a missing topic creates it with KSER_PARTITIONS
     sent = subprocess.run([*KSER, "send", "a.B", "--topic", f"{topic}-sent", "--count", "3"],
@@ -143,8 +144,8 @@ def test_topics_create_and_describe(kafka, transport, tmp_path):
     described = kser("topics", "describe", f"{topic}-sent", "--group", "nobody")
     assert described.returncode == 0, described.stderr
     lines = described.stdout.splitlines()
-    assert lines[0] == (f"{topic}-sent: 7 partition(s), replication factor 1; group nobody: "
-                        "0 member(s), lag 3")
+    assert lines[0] == (f"{topic}-sent: 7 partition(s), replication factor 1, "
+                        "min.insync.replicas 1; group nobody: 0 member(s), lag 3")
     assert len(lines) == 8 and all("committed -" in line for line in lines[1:])
     missing = kser("topics", "describe", f"{topic}-nothing")
     assert missing.returncode == 1

@@ -43,9 +43,16 @@ class ListAdmin(TopicAdmin):
     def _existing(self, topics: list[str]) -> set[str]:
         return {topic for topic in topics if topic in self.log.topics}
 
-    def _create(self, topics: list[str], partitions: int, replication_factor: int) -> None:
+    def _brokers(self) -> int:
+        return 1
+
+    def _create(self, topics: list[str], partitions: int, replication_factor: int,
+                configs: dict[str, str]) -> None:
         for topic in topics:
             self.log.topics.setdefault(topic, [])
+
+    def _min_insync(self, topics: list[str]) -> dict[str, int]:
+        return {}
 
     def _describe(self, topics: list[str], group: str | None) -> list[TopicInfo]:
         return [TopicInfo(topic, [PartitionInfo(0, 0, [0])], group) for topic in topics]

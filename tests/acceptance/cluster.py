@@ -1,0 +1,90 @@
+"""A three-node Kafka cluster under test: whether it is whole, who leads what, and how long
+a fault stopped the work (the pause each test reports, for docs/reliability.md)."""
+
+import collections
+import itertools
+import time
+
+from confluent_kafka.admin import AdminClient
+from kafka import KafkaAdminClient
+from sqlalchemy import select
+
+from kser.store import schema
+from tests.acceptance.harness import wait_for
+
+#: (fault, transport, longest pause in s) of each test run, printed at the end of the session
+PAUSES: list[tuple[str, str, float]] = []
+
+
+def healthy(cluster, timeout=240):
+    """Start the nodes that are down and wait until every partition of every topic (the
+    groups' offsets included) has a leader and all its replicas in sync."""
+    cluster.start()
+    wait_for(lambda: in_sync(cluster), "every replica of every partition in sync", timeout)
+
+
+def in_sync(cluster) -> bool:
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
+    try:
+        brokers = admin.describe_cluster()["brokers"]
+        topics = admin.describe_topics()
+    finally:
+        admin.close()
+    return len(brokers) == len(cluster.nodes) and all(
+        p["leader_id"] >= 0 and sorted(p["isr_nodes"]) == sorted(p["replica_nodes"])
+        for topic in topics for p in topic["partitions"])
+
+
+def leader_of_most(cluster, topic) -> int:
+    """The node that leads most partitions of ``topic``."""
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
+    try:
+        partitions = admin.describe_topics([topic])[0]["partitions"]
+    finally:
+        admin.close()
+    counts = collections.Counter(p["leader_id"] for p in partitions)
+    return counts.most_common(1)[0][0]
+
+
+def coordinator(cluster, group) -> int:
+    """The node that coordinates consumer group ``group``."""
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return described.coordinator.id
+
+
+def members(cluster, group) -> int:
+    """Members of ``group`` now (0 while it rebalances without them)."""
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return len(described.members)
+
+
+def task_ends(run) -> list[tuple[float, str]]:
+    """(when, worker) of every task that ended SUCCESS, in time order."""
+    with run.store.transaction() as tx:
+        rows = tx.connection.execute(
+            select(schema.tasks.c.finished_at, schema.tasks.c.worker)
+            .where(schema.tasks.c.status == "SUCCESS")).all()
+    return sorted((row[0], row[1]) for row in rows)
+
+
+def longest_pause(run) -> float:
+    """The longest time, in seconds, in which no task of the run ended."""
+    ends = [when for when, _ in task_ends(run)]
+    return max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
+
+
+def report(fault: str, transport: str, run) -> float:
+    pause = longest_pause(run)
+    PAUSES.append((fault, transport, pause))
+    return pause
+
+
+def body_runs(path) -> collections.Counter:
+    """How many times each task's body ran (the workload's side-effect log)."""
+    return collections.Counter(path.read_text().split()) if path.exists() else collections.Counter()
+
+
+def since(started: float) -> float:
+    return time.monotonic() - started

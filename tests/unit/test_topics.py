@@ -1,0 +1,89 @@
+"""The replicas and min.insync.replicas kser creates its topics with (no cluster needed:
+a TopicAdmin whose cluster has as many brokers as the test says)."""
+
+import pytest
+from cdumay_error.types import ConfigurationError
+
+from kser.config import Settings
+from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
+
+
+class Cluster(TopicAdmin):
+    def __init__(self, brokers, **options):
+        super().__init__(**options)
+        self.brokers, self.created = brokers, []
+
+    def _brokers(self):
+        return self.brokers
+
+    def _existing(self, topics):
+        return {topic for topic, *_ in self.created if topic in topics}
+
+    def _create(self, topics, partitions, replication_factor, configs):
+        self.created += [(topic, partitions, replication_factor, configs) for topic in topics]
+
+
+@pytest.mark.parametrize("brokers, expected", [
+    (1, (1, {})),
+    (2, (2, {})),  # min.insync.replicas 2 of 2 would stop writes at any broker's loss
+    (3, (3, {"min.insync.replicas": "2"})),
+    (5, (3, {"min.insync.replicas": "2"})),
+])
+def test_auto_is_three_replicas_two_in_sync_where_the_cluster_has_three_brokers(
+        brokers, expected):
+    assert Cluster(brokers).replication() == expected
+
+
+def test_ensure_creates_missing_topics_with_them():
+    admin = Cluster(3, partitions=6)
+    assert admin.ensure(["a", "a.dlq"]) == ["a", "a.dlq"]
+    assert admin.created == [("a", 6, 3, {"min.insync.replicas": "2"}),
+                             ("a.dlq", 6, 3, {"min.insync.replicas": "2"})]
+    assert admin.ensure(["a"]) == []
+
+
+@pytest.mark.parametrize("factor, least, brokers, expected", [
+    (-1, None, 3, (-1, {})),  # the broker's default.replication.factor, and its min.insync
+    (-1, 2, 3, (-1, {"min.insync.replicas": "2"})),
+    (2, None, 3, (2, {})),
+    (3, 3, 3, (3, {"min.insync.replicas": "3"})),
+    (None, 1, 3, (3, {"min.insync.replicas": "1"})),
+])
+def test_explicit_settings_are_taken_as_given(factor, least, brokers, expected):
+    assert Cluster(brokers, replication_factor=factor,
+                   min_insync_replicas=least).replication() == expected
+
+
+def test_what_the_cluster_cannot_give_is_one_clear_error():
+    with pytest.raises(ConfigurationError, match=r"KSER_REPLICATION_FACTOR=3 but the cluster "
+                                                 r"has 2 broker\(s\) up"):
+        Cluster(2, replication_factor=3).replication()
+    with pytest.raises(ConfigurationError, match=r"KSER_MIN_INSYNC_REPLICAS=3 is above the "
+                                                 r"replication factor 2: the topic would "
+                                                 r"refuse every record"):
+        Cluster(2, min_insync_replicas=3).replication()
+
+
+def test_the_settings_read_auto_numbers_and_refuse_the_rest(monkeypatch):
+    assert Settings().replication_factor is None
+    assert Settings().min_insync_replicas is None
+    monkeypatch.setenv("KSER_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("KSER_MIN_INSYNC_REPLICAS", "auto")
+    assert (Settings().replication_factor, Settings().min_insync_replicas) == (3, None)
+    assert Settings().admin_options()["replication_factor"] == 3
+    assert Settings().producer_options()["delivery_timeout"] == Settings().send_timeout
+    monkeypatch.setenv("KSER_MIN_INSYNC_REPLICAS", "0")
+    with pytest.raises(ConfigurationError, match="KSER_MIN_INSYNC_REPLICAS=0 is below 1"):
+        Settings()
+    monkeypatch.setenv("KSER_MIN_INSYNC_REPLICAS", "two")
+    with pytest.raises(ConfigurationError, match="KSER_MIN_INSYNC_REPLICAS='two' is not an "
+                                                 "integer"):
+        Settings()
+
+
+def test_a_partition_with_a_replica_out_of_sync_is_under_replicated():
+    info = TopicInfo("a", [PartitionInfo(0, 1, [1, 2, 3], isr=[1, 2, 3]),
+                           PartitionInfo(1, 2, [2, 3, 1], isr=[2, 3]),
+                           PartitionInfo(2, 3, [3, 1, 2])])  # (isr not asked)
+    assert info.under_replicated == [1]
+    assert info.replication_factor == 3
