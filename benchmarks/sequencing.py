@@ -62,13 +62,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import sqlalchemy  # noqa: E402
-from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
+from kafka.admin import KafkaAdminClient  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from benchmarks import scratch  # noqa: E402
 from benchmarks.memory import kafka_bootstrap  # noqa: E402
 from benchmarks.tasks import Fanout, TimedChain, registry  # noqa: E402
+from kser.python_kafka import connection_config  # noqa: E402
+from kser.python_kafka.admin import Admin  # noqa: E402
 from kser.python_kafka.producer import Producer  # noqa: E402
 from kser.schemas import Message  # noqa: E402
 from kser.store import Store, schema  # noqa: E402
@@ -306,9 +308,10 @@ class KserRun:
         self.logs = scratch("kser-bench-logs-")
 
     def __enter__(self) -> KserRun:
+        # created as kser creates its topics (on a cluster: 3 replicas, 2 in sync)
+        with Admin(connection_config(self.bootstrap), partitions=PARTITIONS) as topics:
+            topics.ensure([self.topic])
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        admin.create_topics([NewTopic(self.topic, num_partitions=PARTITIONS,
-                                      replication_factor=1)])
         env = {**os.environ, "PYTHONPATH": str(ROOT), "KSER_LOG_LEVEL": "WARNING",
                "KSER_STORE_URL": self.store_url}
         for number in range(self.workers):

@@ -22,6 +22,11 @@ from typing import Any
 
 #: longest text kept by :func:`safe_text` unless told otherwise, characters
 DEFAULT_TEXT_LIMIT = 2000
+#: what to look at when Kafka does not acknowledge records in time (every line saying so
+#: ends with it)
+UNACKNOWLEDGED_HINT = ("is a broker down, or are fewer replicas in sync than the topic's "
+                       "min.insync.replicas? `kser topics describe TOPIC` shows each "
+                       "partition's leader and replicas in sync")
 
 
 class StoreError(Exception):
@@ -113,4 +118,9 @@ _LIBRDKAFKA_TRANSIENT = frozenset({
     "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_MSG_TIMED_OUT", "_RESOLVE",
     "_WAIT_COORD", "NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE",
     "UNKNOWN_TOPIC_OR_PART", "NOT_COORDINATOR", "COORDINATOR_NOT_AVAILABLE",
-    "COORDINATOR_LOAD_IN_PROGRESS", "REQUEST_TIMED_OUT"})
+    "COORDINATOR_LOAD_IN_PROGRESS", "REQUEST_TIMED_OUT",
+    # a cluster losing brokers: too few replicas in sync, a leader moving, a disk or link
+    # failing (a record refused with one of these is sent again, never dead-lettered)
+    "NOT_ENOUGH_REPLICAS", "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "KAFKA_STORAGE_ERROR",
+    "NETWORK_EXCEPTION", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_CONTROLLER",
+    "PREFERRED_LEADER_NOT_AVAILABLE", "OFFSET_NOT_AVAILABLE"})

@@ -52,7 +52,7 @@ from kser import metrics, tracing
 from kser.config import Settings
 from kser.controller import BaseProducer, Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
-from kser.errors import WorkerFatalError, is_transient, safe_text
+from kser.errors import UNACKNOWLEDGED_HINT, WorkerFatalError, is_transient, safe_text
 from kser.record import Record, TopicPartition
 from kser.results import exception_result
 from kser.topics import TopicAdmin
@@ -768,8 +768,9 @@ class BaseConsumer:
         try:
             self.producer.flush(timeout=self.settings.send_timeout)
         except Exception as exc:  # not committing is always safe
-            logger.error("%s: messages not acknowledged (%s); offsets not committed",
-                         self.name, exc)
+            logger.error("%s: messages not acknowledged within %g s (%s); offsets not "
+                         "committed: the records will be done again (%s)", self.name,
+                         self.settings.send_timeout, exc, UNACKNOWLEDGED_HINT)
             return
         try:
             self._commit(offsets)

@@ -251,7 +251,9 @@ class KafkaBroker:
 
     def _pid(self) -> int | None:
         if self.process is not None:
-            return self.process.pid
+            if self.process.poll() is None:
+                return self.process.pid
+            self.process = None  # it ended (killed by another process?): ask the pidfile
         return int(self.pidfile.read_text()) if self.pidfile.exists() else None
 
     def kill(self) -> None:
@@ -419,7 +421,10 @@ def _alive(pid: int, process: subprocess.Popen | None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:  # a zombie (killed, its parent has not reaped it yet) is no broker
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def export_line(bootstrap_servers: str) -> str:

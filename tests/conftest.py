@@ -103,7 +103,8 @@ from tests.infra import (  # noqa: E402
     topic,
 )
 
-__all__ = ["kafka", "kafka_cluster", "kafka_sasl", "pg_url", "postgres", "processes", "store_url", "topic"]
+__all__ = ["kafka", "kafka_cluster", "kafka_sasl", "pg_url", "postgres", "processes",
+           "store_url", "topic"]
 
 
 def pytest_terminal_summary(terminalreporter):

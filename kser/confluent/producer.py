@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -93,8 +94,10 @@ class Producer(BaseProducer):
     def _flush(self, timeout: float) -> None:
         remaining = self.client.flush(timeout)
         errors, self._errors = self._errors, []
-        if errors:
-            raise RuntimeError("Kafka refused message(s): " + "; ".join(errors))
+        if errors:  # each error once, with how many messages had it
+            raise RuntimeError("Kafka refused message(s): " + "; ".join(
+                error + (f" ({count} messages)" if count > 1 else "")
+                for error, count in Counter(errors).items()))
         if remaining:
             raise TimeoutError(f"Kafka did not acknowledge {remaining} message(s) within "
                                f"{timeout} s")

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from kser import tracing
 from kser.controller import BaseProducer, RedoError
-from kser.errors import is_transient, safe_text
+from kser.errors import UNACKNOWLEDGED_HINT, is_transient, safe_text
 from kser.store import OutboxRow, Store, Tx
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ class Outbox:
                 producer.flush(timeout=self._send_timeout())
         except Exception as exc:
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
-                            f"acknowledged: {safe_text(exc, 500)}") from exc
+                            f"acknowledged: {safe_text(exc, 500)} ({UNACKNOWLEDGED_HINT})"
+                            ) from exc
         return sent
 
     def _failed(self, row: OutboxRow, error: Exception) -> None:

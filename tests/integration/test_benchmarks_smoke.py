@@ -52,3 +52,15 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
     tables = (tmp_path / "benchmarks.md").read_text()
     assert "### Sequencing" in tables and "### Dispatch" in tables
     assert "### Parallel group" in tables
+
+
+def test_the_replication_benchmark_runs_with_tiny_sizes(tmp_path):
+    """benchmarks/replication.py: one broker against three, one round (its own brokers)."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/replication.py", "--operations", "5", "--hops", "3",
+         "--unloaded", "2", "--rounds", "1", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    runs = json.loads((tmp_path / "replication.json").read_text())["runs"]
+    assert [len(results) for results in runs.values()] == [1, 1]
+    assert all(r["task_runs_per_second"] > 0 for results in runs.values() for r in results)

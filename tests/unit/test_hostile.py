@@ -441,6 +441,14 @@ def test_a_worker_with_an_unusable_store_refuses_to_start(env, monkeypatch):
     ("kafka.errors.KafkaTimeoutError()", True),
     ("kafka.errors.KafkaConnectionError()", True),
     ("kafka.errors.MessageSizeTooLargeError()", False),
+    # a cluster losing brokers (whatever retriable flag librdkafka's report carries)
+    ("kafka.errors.NotEnoughReplicasError()", True),
+    ("kafka.errors.NotEnoughReplicasAfterAppendError()", True),
+    ("KafkaException(KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))", True),
+    ("KafkaException(KafkaError(KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND))", True),
+    ("KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))", True),
+    ("KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))", True),
+    ("KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))", False),
     ("ConnectionRefusedError()", True),
     ("ValueError('x')", False),
     ("WorkerFatalError('x')", False),
@@ -450,6 +458,7 @@ def test_transient_and_permanent_errors_are_told_apart(exc, transient):
 
     import kafka.errors  # noqa: F401
     import sqlalchemy.exc  # noqa: F401
+    from confluent_kafka import KafkaError, KafkaException  # noqa: F401
 
     assert is_transient(eval(exc)) is transient
 
