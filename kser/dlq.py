@@ -123,7 +123,7 @@ def clients(settings: Settings) -> tuple[Callable[[str, str], BaseConsumer | Non
         return consumer
 
     def make_producer() -> BaseProducer:
-        producer: BaseProducer = producer_module.Producer(settings.client_config())
+        producer: BaseProducer = producer_module.Producer(settings.producer_config())
         return producer
 
     return make_consumer, make_producer

@@ -25,6 +25,7 @@ reported is written here once.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from cdumay_error.types import ConfigurationError
 
 from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS
 from kser.errors import is_transient
+
+logger = logging.getLogger(__name__)
 
 #: replicas ``auto`` gives a topic on a cluster of that many brokers or more
 DURABLE_REPLICAS = 3
@@ -163,14 +166,25 @@ class TopicAdmin:
 
     # -- shared behaviour --------------------------------------------------------------
 
-    def replication(self) -> tuple[int, dict[str, str]]:
-        """The replication factor and topic configs :meth:`ensure` creates topics with.
+    def replication(self, warn: bool = True) -> tuple[int, dict[str, str]]:
+        """The replication factor and topic configs :meth:`ensure` creates topics with
+        (``warn``: log when ``auto`` gives fewer than 3 replicas on 2 brokers).
 
         :raises ConfigurationError: the settings ask for what the cluster cannot give
         """
         wanted, least = self.replication_factor, self.min_insync_replicas
+        if wanted == 0 or (wanted is not None and wanted < -1):
+            raise ConfigurationError(f"KSER_REPLICATION_FACTOR={wanted} is no replication "
+                                     "factor: 1 or more, -1 (the broker's default) or auto")
         brokers = self._brokers() if wanted is None or wanted > 0 else None
         factor = min(DURABLE_REPLICAS, brokers or 1) if wanted is None else wanted
+        if warn and wanted is None and brokers is not None and 1 < brokers < DURABLE_REPLICAS:
+            # (a cluster of three with a broker down, or a cluster of two: kser cannot tell)
+            logger.warning("The cluster lists %d brokers: kser's topics created now get %d "
+                           "replicas for good and no min.insync.replicas of their own. On a "
+                           "cluster of three or more with a broker down, set "
+                           "KSER_REPLICATION_FACTOR=3 (see kser topics describe)",
+                           brokers, factor)
         if brokers is not None and factor > brokers:
             raise ConfigurationError(
                 f"KSER_REPLICATION_FACTOR={factor} but the cluster has {brokers} broker(s) "
@@ -184,21 +198,42 @@ class TopicAdmin:
                 " the topic would refuse every record; lower it")
         return factor, ({"min.insync.replicas": str(least)} if least else {})
 
-    def ensure(self, topics: list[str], partitions: int | None = None,
-               replication_factor: int | None = None) -> list[str]:
+    def ensure(self, topics: list[str], partitions: int | None = None) -> list[str]:
         """Create those of ``topics`` that do not exist; return them (in order)."""
         topics = list(dict.fromkeys(topics))
         existing = self._existing(topics)
         missing = [topic for topic in topics if topic not in existing]
         if missing:
             factor, configs = self.replication()
-            self._create(missing, partitions or self.partitions,
-                         factor if replication_factor is None else replication_factor, configs)
+            self._create(missing, partitions or self.partitions, factor, configs)
             # created is not yet visible everywhere: wait until the cluster lists them
             deadline = time.monotonic() + self.timeout
             while set(missing) - self._existing(missing) and time.monotonic() < deadline:
                 time.sleep(0.1)
         return missing
+
+    def short_of(self, topics: list[str]) -> list[str]:
+        """What makes existing ``topics`` less durable than :meth:`ensure` would create
+        them on this cluster (fewer replicas, a lower ``min.insync.replicas``), a line
+        each; nothing on a single broker."""
+        if self._brokers() < 2:
+            return []
+        factor, configs = self.replication(warn=False)
+        least = int(configs.get("min.insync.replicas", 0))
+        lines = []
+        for info in self.describe(topics):
+            fewer = 0 < info.replication_factor < factor
+            lower = info.min_insync_replicas is not None and info.min_insync_replicas < least
+            if fewer or lower:
+                lines.append(
+                    f"topic {info.name} has {info.replication_factor} replica(s) and "
+                    f"min.insync.replicas {info.min_insync_replicas}, below the {factor} and "
+                    f"{least or 'the broker default'} kser creates topics with on this "
+                    "cluster: a broker's loss can stop it or lose what it acknowledged. Add "
+                    "replicas with kafka-reassign-partitions.sh, raise it with "
+                    "kafka-configs.sh --add-config min.insync.replicas=N (docs: Run and "
+                    "scale workers, On a Kafka cluster)")
+        return lines
 
     def existing(self, topics: list[str]) -> set[str]:
         """Which of ``topics`` exist (a request to the cluster: it answers or raises)."""
@@ -226,7 +261,7 @@ class TopicAdmin:
         while True:
             try:
                 found = {info.name: info for info in self._describe(topics, group)}
-                settings = self._min_insync(topics)
+                settings = self._settings_of(topics)
                 break
             except Exception as exc:  # a topic just created may have no leader yet
                 if not is_transient(exc) or time.monotonic() >= deadline:
@@ -235,6 +270,17 @@ class TopicAdmin:
         for info in found.values():
             info.min_insync_replicas = settings.get(info.name)
         return [found[topic] for topic in topics]
+
+    def _settings_of(self, topics: list[str]) -> dict[str, int]:
+        """The ``min.insync.replicas`` of ``topics``; none (unknown) where the cluster
+        refuses to show topic configs (an ACL without DescribeConfigs)."""
+        try:
+            return self._min_insync(topics)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            logger.info("min.insync.replicas of %s unknown: %s", ", ".join(topics), exc)
+            return {}
 
     def __enter__(self) -> TopicAdmin:
         return self

@@ -275,9 +275,16 @@ class BaseConsumer:
     def _ensure_topics(self, topics: list[str]) -> list[str]:
         """Create those of ``topics`` that do not exist (``settings.partitions``
         partitions, ``settings.replication_factor`` replicas, see :mod:`kser.topics`); return
-        the created ones."""
+        the created ones. Those that existed and are less durable than kser would create
+        them are named in a warning."""
         with self._new_admin() as admin:
-            return admin.ensure(topics)
+            created = admin.ensure(topics)
+            try:
+                for line in admin.short_of([t for t in topics if t not in created]):
+                    logger.warning("%s: %s", self.name, line)
+            except Exception as exc:  # (a check: it never stops a start)
+                logger.info("%s: replicas of %s not checked: %s", self.name, topics, exc)
+            return created
 
     def _producer_options(self) -> dict[str, Any]:
         """kser's own producer options, from this consumer's settings."""

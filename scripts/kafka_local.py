@@ -44,6 +44,8 @@ POM = HERE / "kafka" / "pom.xml"
 DEFAULT_LIBS = Path(os.environ.get("KSER_KAFKA_LIBS", HERE.parent / ".kafka" / "libs"))
 #: seconds to wait for the broker to accept connections
 START_TIMEOUT = 120
+#: the command line's folders of a broker and of a cluster
+BROKER_DIR, CLUSTER_DIR = ".kafka/broker", ".kafka/cluster"
 
 LOG4J = """log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -421,10 +423,13 @@ def _alive(pid: int, process: subprocess.Popen | None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:  # a zombie (killed, its parent has not reaped it yet) is no broker
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    try:  # a zombie (killed, its parent has not reaped it yet), or a pid the system gave
+        # to another program since the broker ended, is no broker
+        proc = Path(f"/proc/{pid}")
+        return (proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                and b"kafka.Kafka" in proc.joinpath("cmdline").read_bytes())
     except (OSError, IndexError):
-        return True
+        return not Path("/proc/self").exists()  # (no /proc to ask: alive, as kill said)
 
 
 def export_line(bootstrap_servers: str) -> str:
@@ -434,10 +439,16 @@ def export_line(bootstrap_servers: str) -> str:
 
 def _server(args: argparse.Namespace) -> KafkaBroker | KafkaCluster:
     """The broker or cluster of ``--dir`` (default: .kafka/cluster for ``--brokers`` over
-    1 or a ``--node``, else .kafka/broker)."""
+    1, a ``--node``, or when only the cluster runs; else .kafka/broker)."""
     brokers = getattr(args, "brokers", None) or 1
-    folder = args.dir or (".kafka/cluster" if brokers > 1 or getattr(args, "node", None)
-                          else ".kafka/broker")
+    folder = args.dir
+    if folder is None:
+        only_the_cluster = (
+            args.command != "start" and (Path(CLUSTER_DIR) / "size").exists()
+            and KafkaCluster(CLUSTER_DIR).running_address() is not None
+            and KafkaBroker(BROKER_DIR).running_address() is None)
+        folder = (CLUSTER_DIR if brokers > 1 or getattr(args, "node", None)
+                  or only_the_cluster else BROKER_DIR)
     if brokers > 1 or (Path(folder) / "size").exists():
         return KafkaCluster(folder, brokers)
     return KafkaBroker(folder, port=getattr(args, "port", None))
@@ -488,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             address = server.running_address()
             if address is None:
                 if args.command == "env":
-                    raise RuntimeError(f"nothing runs in {server.workdir}; start it: "
+                    raise RuntimeError(f"no broker runs in {server.workdir}; start it: "
                                        f"scripts/kafka-local start --dir {server.workdir}")
                 address = server.start().bootstrap_servers
             elif args.command == "start":

@@ -45,7 +45,8 @@ class Producer(BaseProducer):
         config.setdefault("enable.idempotence", True)
         # retried through leader changes and too few replicas in sync until then, then
         # failed: never sent after kser gave up on it (librdkafka's default is 300 s)
-        config.setdefault("delivery.timeout.ms", int(self.delivery_timeout * 1000))
+        if "message.timeout.ms" not in config:  # (the same setting, by its other name)
+            config.setdefault("delivery.timeout.ms", int(self.delivery_timeout * 1000))
         config.setdefault("linger.ms", 0)
         config.setdefault("logger", logging.getLogger("confluent_kafka"))
         self._client_errors: list[KafkaError] = []

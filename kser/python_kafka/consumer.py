@@ -115,9 +115,7 @@ class Consumer(BaseConsumer):
 
     def _ensure_topics(self, topics: list[str]) -> list[str]:
         missing = [topic for topic in topics if topic not in self.client.topics()]
-        if not missing:
-            return []
-        created = super()._ensure_topics(missing)
+        created = super()._ensure_topics(topics)  # (which also checks those that exist)
         # the subscription learns of a topic created after it at the next metadata
         # refresh (metadata_max_age_ms, 5 minutes): fetch the metadata now
         deadline = time.monotonic() + self.settings.connect_timeout

@@ -75,10 +75,16 @@ def longest_pause(run) -> float:
     return max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
 
 
-def report(fault: str, transport: str, run) -> float:
-    pause = longest_pause(run)
+def report(fault: str, transport: str, run, pause: float | None = None) -> float:
+    """Keep the run's longest pause (or ``pause``) for the session's summary."""
+    pause = longest_pause(run) if pause is None else pause
     PAUSES.append((fault, transport, pause))
     return pause
+
+
+def first_end_after(run, moment: float) -> float:
+    """Seconds from ``moment`` (time.time()) to the first task end after it."""
+    return min(when for when, _ in task_ends(run) if when > moment) - moment
 
 
 def body_runs(path) -> collections.Counter:

@@ -74,12 +74,14 @@ def every_record_twice(run, other_partition=False):
 class Run:
     """Topic, group, store, workers and operations of one acceptance run."""
 
-    def __init__(self, kafka, store_url, processes, workers=2, env=None, partitions=4):
+    def __init__(self, kafka, store_url, processes, workers=2, env=None, partitions=4,
+                 min_insync_replicas=None):
         self.kafka, self.store_url, self.processes = kafka, store_url, processes
         self.topic = f"ops-{uuid.uuid4().hex[:8]}"
         self.group = f"g-{uuid.uuid4().hex[:6]}"
         # created as kser creates its topics: on a cluster, 3 replicas, 2 in sync
-        with Admin(connection_config(kafka.bootstrap_servers), partitions=partitions) as admin:
+        with Admin(connection_config(kafka.bootstrap_servers), partitions=partitions,
+                   min_insync_replicas=min_insync_replicas) as admin:
             admin.ensure([self.topic])
         self.store = Store(store_url)
         self.env = {**WORKER_ENV, "KSER_STORE_URL": store_url, **(env or {})}

@@ -87,3 +87,62 @@ def test_a_partition_with_a_replica_out_of_sync_is_under_replicated():
                            PartitionInfo(2, 3, [3, 1, 2])])  # (isr not asked)
     assert info.under_replicated == [1]
     assert info.replication_factor == 3
+
+
+def test_a_replication_factor_of_0_is_refused():
+    with pytest.raises(ConfigurationError, match="KSER_REPLICATION_FACTOR=0 is no replication"):
+        Cluster(3, replication_factor=0).replication()
+
+
+def test_auto_on_two_brokers_warns_that_a_broker_may_be_down(caplog):
+    assert Cluster(2).replication() == (2, {})
+    assert "set KSER_REPLICATION_FACTOR=3" in caplog.text
+    caplog.clear()
+    Cluster(3).replication()
+    Cluster(1).replication()
+    assert caplog.text == ""
+
+
+class Described(Cluster):
+    def __init__(self, refusal):
+        super().__init__(3, timeout=0.3)
+        self.refusal, self.created = refusal, [("a", 1, 3, {})]
+
+    def _describe(self, topics, group):
+        return [TopicInfo(topic, [PartitionInfo(0, 1, [1, 2, 3], isr=[1, 2, 3])], group)
+                for topic in topics]
+
+    def _min_insync(self, topics):
+        raise self.refusal
+
+
+def test_min_insync_replicas_is_unknown_where_the_cluster_will_not_show_topic_configs():
+    info, = Described(PermissionError("TOPIC_AUTHORIZATION_FAILED")).describe(["a"])
+    assert info.min_insync_replicas is None and info.replication_factor == 3
+    with pytest.raises(ConnectionError):  # a transient failure is retried, then raised
+        Described(ConnectionError("gone")).describe(["a"])
+
+
+class Existing(Cluster):
+    """A cluster of ``brokers`` where topic "old" has one replica and "new" three."""
+
+    def __init__(self, brokers, **options):
+        super().__init__(brokers, **options)
+        self.created = [("old", 1, 1, {}), ("new", 1, 3, {"min.insync.replicas": "2"})]
+
+    def _describe(self, topics, group):
+        replicas = {"old": [1], "new": [1, 2, 3]}
+        return [TopicInfo(topic, [PartitionInfo(0, 1, replicas[topic])], group)
+                for topic in topics]
+
+    def _min_insync(self, topics):
+        return {"old": 1, "new": 2}
+
+
+def test_a_topic_less_durable_than_kser_would_create_it_is_named():
+    old, = Existing(3).short_of(["old", "new"])
+    assert old.startswith("topic old has 1 replica(s) and min.insync.replicas 1, below the 3 "
+                          "and 2 kser creates topics with on this cluster")
+    assert "kafka-reassign-partitions.sh" in old
+    assert Existing(1).short_of(["old", "new"]) == []  # one broker: nothing to say
+    assert Existing(3, replication_factor=1).short_of(["old"]) == []  # as asked
