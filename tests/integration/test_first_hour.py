@@ -174,25 +174,36 @@ def test_kafka_local_prints_the_export_line_and_finds_its_running_broker(kafka, 
 def test_install_system_deps_waits_for_another_install_to_release_apt_lock():
     lock = open("/var/lib/dpkg/lock-frontend", "w")
     fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running apt-get holds it
-    released = threading.Timer(5, lambda: fcntl.lockf(lock, fcntl.LOCK_UN))
-    released.start()
-    try:
-        # a PATH without java and its peers: the script asks apt for packages (installed
-        # already, so apt has nothing to do once it has the lock)
-        bare = ROOT / ".pytest_cache" / "bare-path"
-        bare.mkdir(parents=True, exist_ok=True)
-        for tool in ("apt-get", "id", "ls", "dpkg"):
-            link = bare / tool
-            if not link.exists():
-                link.symlink_to(f"/usr/bin/{tool}")
-        done = subprocess.run([str(ROOT / "scripts" / "install-system-deps")],
+    # a PATH without java and its peers: the script asks apt for packages (installed
+    # already, so apt has nothing to do once it has the lock)
+    bare = ROOT / ".pytest_cache" / "bare-path"
+    bare.mkdir(parents=True, exist_ok=True)
+    for tool in ("apt-get", "id", "ls", "dpkg"):
+        link = bare / tool
+        if not link.exists():
+            link.symlink_to(f"/usr/bin/{tool}")
+    script = subprocess.Popen([str(ROOT / "scripts" / "install-system-deps")],
                               env={"PATH": str(bare), "KSER_APT_LOCK_TIMEOUT": "120"},
-                              capture_output=True, text=True, timeout=300)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(300, script.kill)  # (bounds the reads below)
+    watchdog.start()
+    output = []
+    try:
+        for line in script.stdout:  # released once apt says it waits for it (not on a
+            output.append(line)     # clock: a busy machine reached apt after a 5 s timer)
+            if "Could not get lock" in line:
+                break
+        fcntl.lockf(lock, fcntl.LOCK_UN)
+        output.append(script.stdout.read())
+        script.wait(300)
     finally:
-        released.join()
+        watchdog.cancel()
         lock.close()
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Could not get lock" in done.stdout + done.stderr  # it met the lock, and waited
+        if script.poll() is None:
+            script.kill()
+    said = "".join(output)
+    assert script.returncode == 0, said
+    assert "Could not get lock" in said  # it met the lock, and waited
 
 
 def test_make_dist_builds_a_wheel_of_this_version(tmp_path):
