@@ -8,6 +8,15 @@ SECURITY_KEYS = {"security_protocol": "security.protocol", "sasl_mechanism": "sa
                  "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
                  "ssl_keyfile": "ssl.key.location"}
 
+#: librdkafka settings that only make sense for a consumer (not copied to the producer)
+CONSUMER_ONLY_KEYS = frozenset({
+    "group.id", "group.instance.id", "auto.offset.reset", "enable.auto.commit",
+    "enable.auto.offset.store", "auto.commit.interval.ms", "session.timeout.ms",
+    "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
+    "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
+    "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs",
+    "logger", "error_cb"})
+
 
 def connection_config(bootstrap_servers: str, group_id: str | None = None,
                       security: dict[str, str] | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
-from kser.confluent.consumer import CONSUMER_ONLY_KEYS
+from kser.confluent import CONSUMER_ONLY_KEYS
 from kser.topics import PartitionInfo, TopicAdmin, TopicInfo
 
 

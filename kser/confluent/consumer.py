@@ -8,20 +8,12 @@ from typing import Any, cast
 import confluent_kafka
 from confluent_kafka import KafkaError
 
+from kser.confluent import CONSUMER_ONLY_KEYS
 from kser.confluent.producer import Producer
 from kser.errors import WorkerFatalError, safe_text
 from kser.record import Record, TopicPartition
 from kser.topics import TopicAdmin
 from kser.worker import BaseConsumer
-
-#: librdkafka settings that only make sense for a consumer (not copied to the producer)
-CONSUMER_ONLY_KEYS = frozenset({
-    "group.id", "group.instance.id", "auto.offset.reset", "enable.auto.commit",
-    "enable.auto.offset.store", "auto.commit.interval.ms", "session.timeout.ms",
-    "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
-    "enable.partition.eof", "isolation.level", "fetch.min.bytes", "fetch.max.bytes",
-    "fetch.wait.max.ms", "max.partition.fetch.bytes", "group.protocol", "check.crcs",
-    "logger", "error_cb"})
 
 
 class Consumer(BaseConsumer):
