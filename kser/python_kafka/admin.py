@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from kser.python_kafka import explained_bootstrap
@@ -59,7 +60,7 @@ class Admin(TopicAdmin):
                                     "group_id": None, "enable_auto_commit": False,
                                     "bootstrap_timeout_ms": int(self.timeout * 1000)})
         try:
-            ends = consumer.end_offsets(tps)
+            ends = self._end_offsets(consumer, tps)
         finally:
             consumer.close()
         committed = {}
@@ -83,6 +84,29 @@ class Admin(TopicAdmin):
                 part.committed = offset.offset if offset is not None and offset.offset >= 0 \
                     else None
         return infos
+
+    def _end_offsets(self, consumer: KafkaConsumer,
+                     tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end offsets of ``tps``, once the consumer's metadata knows every partition.
+
+        The admin client may describe a topic that was just created before the broker the
+        consumer asks has its metadata; kafka-python's ``end_offsets`` then raises a bare
+        ``KeyError``. Refresh and ask again until :attr:`timeout` passes.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return consumer.end_offsets(tps)
+            except KeyError as missing:
+                tp = missing.args[0] if missing.args else None
+                unknown = getattr(tp, "topic", str(tp))
+            if time.monotonic() >= deadline:
+                raise KafkaTimeoutError(
+                    f"the brokers' metadata does not list topic {unknown} after "
+                    f"{self.timeout:g} s although the controller described it: try again, "
+                    "or check that every broker is up")
+            time.sleep(0.2)
+            consumer.topics()  # a full metadata refresh
 
     def _min_insync(self, topics: list[str]) -> dict[str, int]:
         answer = self.client.describe_configs(

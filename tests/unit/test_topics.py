@@ -146,3 +146,48 @@ def test_a_topic_less_durable_than_kser_would_create_it_is_named():
     assert "kafka-reassign-partitions.sh" in old
     assert Existing(1).short_of(["old", "new"]) == []  # one broker: nothing to say
     assert Existing(3, replication_factor=1).short_of(["old"]) == []  # as asked
+
+
+def test_end_offsets_wait_for_a_topic_the_consumer_metadata_does_not_list_yet():
+    """CI once crashed on kafka-python's bare KeyError: the admin client had described a
+    just-created topic before the broker the offsets consumer asked knew it."""
+    from kafka.structs import TopicPartition
+
+    from kser.python_kafka.admin import Admin as KafkaPythonAdmin
+
+    class Consumer:
+        refreshes = 0
+
+        def end_offsets(self, tps):
+            if self.refreshes < 2:
+                raise KeyError(tps[-1])
+            return {tp: 7 for tp in tps}
+
+        def topics(self):
+            self.refreshes += 1
+
+    admin = object.__new__(KafkaPythonAdmin)
+    admin.timeout = 5
+    consumer = Consumer()
+    tps = [TopicPartition("ops", 0), TopicPartition("ops.dlq", 0)]
+    assert admin._end_offsets(consumer, tps) == {tps[0]: 7, tps[1]: 7}
+    assert consumer.refreshes == 2
+
+
+def test_end_offsets_name_the_topic_the_brokers_never_list():
+    from kafka.errors import KafkaTimeoutError
+    from kafka.structs import TopicPartition
+
+    from kser.python_kafka.admin import Admin as KafkaPythonAdmin
+
+    class Consumer:
+        def end_offsets(self, tps):
+            raise KeyError(tps[0])
+
+        def topics(self):
+            pass
+
+    admin = object.__new__(KafkaPythonAdmin)
+    admin.timeout = 0.3
+    with pytest.raises(KafkaTimeoutError, match="does not list topic ops.dlq"):
+        admin._end_offsets(Consumer(), [TopicPartition("ops.dlq", 0)])
