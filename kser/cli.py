@@ -25,7 +25,7 @@ from cdumay_error.types import ValidationError
 from kser import __version__, logs, metrics, tracing
 from kser.config import DEFAULT_STORE_URL, TRANSPORTS, Settings
 from kser.controller import Controller
-from kser.errors import StoreError, kafka_client_errors
+from kser.errors import KserError, StoreError, kafka_client_errors
 from kser.metrics import MetricsServer, MetricsUnavailableError
 from kser.ops_cli import ops
 from kser.schemas import Message, load_json
@@ -33,8 +33,8 @@ from kser.sequencing.registry import OperationRegistry
 from kser.status import FINAL_STATUSES, Status
 
 if TYPE_CHECKING:
-    from kser.controller import BaseProducer
     from kser.entry import Entrypoint
+    from kser.producer import BaseProducer
     from kser.store import Store
     from kser.topics import TopicAdmin, TopicInfo
     from kser.worker import BaseConsumer
@@ -50,7 +50,7 @@ STORE_APPEARS_WITHIN = 30.0
 _exiting: list[Callable[[], object]] = []
 
 
-class KserCliError(click.ClickException):
+class KserCliError(KserError, click.ClickException):
     """An error shown as ``kser: <message>`` with exit status 1."""
 
     def show(self, file: IO[Any] | None = None) -> None:

@@ -29,6 +29,7 @@ from cdumay_error.types import ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from kser.errors import KserError
 from kser.schemas import check_depth
 from kser.status import FINAL_STATUSES
 
@@ -45,7 +46,7 @@ DEFAULT_PREFIX = "/api/v1"
 POLL_INTERVAL = (0.2, 2.0)
 
 
-class ClientError(Exception):
+class ClientError(KserError):
     """The API refused a request, or could not be reached. ``status`` is the HTTP status
     (None when no answer came), ``body`` the JSON answer (when there was one)."""
 

@@ -10,15 +10,12 @@ from cdumay_error.types import ValidationError
 
 from kser.config import Settings
 from kser.crypto import Sealer
+from kser.errors import MessageTooLargeError as MessageTooLargeError
 from kser.schemas import Message, wire_digest
 
 #: default largest serialised message (bytes); Kafka's own default ``max.message.bytes``
 #: is 1 MiB
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-
-
-class MessageTooLargeError(ValidationError):
-    """A serialised message is larger than the configured limit."""
 
 
 class Codec:

@@ -35,7 +35,7 @@ from kser.errors import is_transient, safe_text
 
 if TYPE_CHECKING:
     from kser.config import Settings
-    from kser.controller import BaseProducer
+    from kser.producer import BaseProducer
     from kser.record import Record
     from kser.store import Store
 

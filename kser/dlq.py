@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kser.config import TRANSPORTS, Settings
-from kser.controller import BaseProducer
 from kser.deadletter import DLQ_HEADERS
 from kser.errors import safe_text
+from kser.producer import BaseProducer
 from kser.record import Record, TopicPartition
 from kser.worker import BaseConsumer
 

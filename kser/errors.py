@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdumay_error.types import NotFound, ValidationError
+
 #: longest text kept by :func:`safe_text` unless told otherwise, characters
 DEFAULT_TEXT_LIMIT = 2000
 #: what to look at when Kafka does not acknowledge records in time (every line saying so
@@ -29,17 +31,78 @@ UNACKNOWLEDGED_HINT = ("is a broker down, or are fewer replicas in sync than the
                        "partition's leader and replicas in sync")
 
 
-class StoreError(Exception):
+class KserError(Exception):
+    """The root of every error kser raises: ``except kser.KserError`` catches them all.
+
+    Each one also derives from the Python (or cdumay-error) class that says what kind of
+    error it is (``LookupError``, ``ValueError``, ``cdumay_error.NotFound``...), so code
+    written against those keeps working.
+    """
+
+
+class RedoError(KserError):
+    """Raised while handling a message whose processing must be redone later.
+
+    The store or the broker could not be reached: the message is fine, the
+    infrastructure is not. The consumer does not commit it and tries again.
+    """
+
+
+class UndeliverableError(NotFound, KserError):
+    """Raised while handling a message that cannot be routed or handled (it is
+    dead-lettered)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # (cdumay-error's: extra, code)
+        super().__init__(*args, **kwargs)
+
+
+class MessageTooLargeError(ValidationError, KserError):
+    """A serialised message is larger than the configured limit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # (cdumay-error's: extra, code)
+        super().__init__(*args, **kwargs)
+
+
+class StoreError(KserError):
     """The store cannot be used: a wrong URL, a missing driver, an unreachable database."""
 
 
-class OperationGoneError(LookupError):
+class OperationGoneError(KserError, LookupError):
     """An operation is not in the store any more: deleted (a purge, the API) while one
     of its tasks was handled. Nothing of it is left to update."""
 
 
-class WorkerFatalError(Exception):
+class WorkerFatalError(KserError):
     """This worker cannot go on (e.g. its SQLite store file was removed): it stops."""
+
+
+class WorkerStartError(KserError):
+    """The worker cannot start: the message says what is missing and what to do."""
+
+
+class TimeLimitExceeded(KserError):  # noqa: N818 - named for what happened
+    """The task ran past its ``TIME_LIMIT``."""
+
+
+class ControlRefusedError(KserError):
+    """A control that cannot be done (its transaction is rolled back): ``retcode`` 404
+    for an unknown operation or task, 409 for one whose state does not allow it."""
+
+    def __init__(self, retcode: int, message: str) -> None:
+        super().__init__(message)
+        self.retcode, self.message = retcode, message
+
+
+class TopicNotFoundError(KserError, LookupError):
+    """A topic asked for does not exist."""
+
+
+class MetricsUnavailableError(KserError, RuntimeError):
+    """Metrics were asked for and prometheus-client is not installed."""
+
+
+class AuthConfigError(KserError, ValueError):
+    """The API's token settings are unusable: the API does not start."""
 
 
 def kafka_client_errors() -> tuple[type[BaseException], ...]:

@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kser.errors import MetricsUnavailableError as MetricsUnavailableError
 from kser.status import Status
 
 if TYPE_CHECKING:
@@ -94,10 +95,6 @@ STORE_READ_INTERVAL = 5.0
 MAX_HOP = 30 * 86400.0
 
 _PID = re.compile(r"_(\d+)\.db$")
-
-
-class MetricsUnavailableError(RuntimeError):
-    """Metrics were asked for and prometheus-client is not installed."""
 
 
 class _Metrics:

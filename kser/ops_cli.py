@@ -39,6 +39,7 @@ from kser.client import (
     ServiceUnavailable,
     Unauthorized,
 )
+from kser.errors import KserError
 from kser.schemas import load_json
 from kser.status import FINAL_STATUSES
 
@@ -55,7 +56,7 @@ STYLES = {"SUCCESS": "green", "FAILED": "bold red", "CANCELED": "yellow",
           "RUNNING": "cyan", "PENDING": "dim", "SKIPPED": "dim italic"}
 
 
-class OpsError(click.ClickException):
+class OpsError(KserError, click.ClickException):
     """``kser: <message>``, exit status 1 (the API refused; an operation failed)."""
 
     exit_code = EXIT_FAILED

@@ -21,6 +21,8 @@ from cdumay_result import Result, ResultSchema
 from marshmallow import EXCLUDE, Schema, fields
 from marshmallow import ValidationError as MarshmallowValidationError
 
+from kser.errors import KserError
+
 #: the key of ``metadata`` that kser reserves for its own bookkeeping
 KSER_METADATA_KEY = "kser"
 #: longest message, operation or task id, characters (the store's id columns)
@@ -508,8 +510,8 @@ def _too_deep(what: str) -> ValidationError:
                            extra=dict(reason="depth"))
 
 
-class _NotFiniteError(ValueError):
-    pass
+class _NotFiniteError(KserError, ValueError):
+    """A JSON number that is not finite (NaN, Infinity): refused."""
 
 
 def _finite_float(text: str) -> float:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import ctypes
 import threading
 
-
-class TimeLimitExceeded(Exception):  # noqa: N818 - named for what happened
-    """The task ran past its ``TIME_LIMIT``."""
+from kser.errors import TimeLimitExceeded as TimeLimitExceeded
 
 
 class time_limit:  # noqa: N801 - used as a context manager, like contextlib's

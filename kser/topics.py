@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from cdumay_error.types import ConfigurationError
 
 from kser.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PARTITIONS
+from kser.errors import TopicNotFoundError as TopicNotFoundError
 from kser.errors import is_transient
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,6 @@ class TopicInfo:
     def lag(self) -> int | None:
         lags = [p.lag for p in self.partitions]
         return None if None in lags else sum(lag for lag in lags if lag is not None)
-
-
-class TopicNotFoundError(LookupError):
-    """A topic asked for does not exist."""
 
 
 class TopicAdmin:

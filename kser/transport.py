@@ -2,7 +2,7 @@
 
 Everything else (the consume loop, the backlog and its pauses, offset tracking and the
 commit policy, dead-lettering, sealing and size checks, topic creation) is written once
-in :class:`kser.worker.BaseConsumer`, :class:`kser.controller.BaseProducer` and
+in :class:`kser.worker.BaseConsumer`, :class:`kser.producer.BaseProducer` and
 :class:`kser.topics.TopicAdmin`. A transport is a package with three modules,
 ``consumer``, ``producer`` and ``admin``, whose ``Consumer``, ``Producer`` and ``Admin``
 subclass those and implement the methods of the protocols below, nothing more:
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from kser.record import Record, TopicPartition
 
 if TYPE_CHECKING:
-    from kser.controller import BaseProducer
+    from kser.producer import BaseProducer
     from kser.topics import TopicAdmin, TopicInfo
 
 
@@ -75,7 +75,7 @@ class ConsumerTransport(Protocol):
 
 
 class ProducerTransport(Protocol):
-    """A producer: what a :class:`~kser.controller.BaseProducer` subclass implements.
+    """A producer: what a :class:`~kser.producer.BaseProducer` subclass implements.
 
     ``value`` and ``key`` arrive sealed and size-checked; :meth:`_produce` may be called
     from any thread.

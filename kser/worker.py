@@ -50,9 +50,11 @@ from typing import TYPE_CHECKING, Any
 
 from kser import metrics, tracing
 from kser.config import Settings
-from kser.controller import BaseProducer, Controller, Outcome
+from kser.controller import Controller, Outcome
 from kser.deadletter import DLQ_HEADERS, DeadLetters
 from kser.errors import UNACKNOWLEDGED_HINT, WorkerFatalError, is_transient, safe_text
+from kser.errors import WorkerStartError as WorkerStartError
+from kser.producer import BaseProducer
 from kser.record import Record, TopicPartition
 from kser.results import exception_result
 from kser.topics import TopicAdmin
@@ -170,10 +172,6 @@ class _LoopState:
     @property
     def idle(self) -> bool:
         return not self.running and not self.backlog
-
-
-class WorkerStartError(Exception):
-    """The worker cannot start: the message says what is missing and what to do."""
 
 
 class BaseConsumer:

@@ -10,8 +10,8 @@ from typing import Any, cast
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from kser.controller import BaseProducer
 from kser.errors import is_transient
+from kser.producer import BaseProducer
 from kser.topics import TopicAdmin
 
 #: bytes a record's framing adds to its value, allowed above KSER_MAX_MESSAGE_BYTES

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kser.controller import BaseProducer
 from kser.memory.admin import Admin
 from kser.memory.broker import get_broker
+from kser.producer import BaseProducer
 
 
 class Producer(BaseProducer):

@@ -96,7 +96,7 @@ class Admin(TopicAdmin):
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                return consumer.end_offsets(tps)
+                return dict(consumer.end_offsets(tps))
             except KeyError as missing:
                 tp = missing.args[0] if missing.args else None
                 unknown = getattr(tp, "topic", str(tp))

@@ -8,8 +8,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from kser.controller import BaseProducer
 from kser.errors import is_transient
+from kser.producer import BaseProducer
 from kser.python_kafka import explained_bootstrap
 from kser.python_kafka.admin import Admin
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from cdumay_result import Result
 
-from kser.controller import RedoError, UndeliverableError
+from kser.errors import ControlRefusedError as ControlRefusedError
+from kser.errors import RedoError, UndeliverableError
 from kser.sequencing.graph import descendants, forwarded
 from kser.status import FINAL_STATUSES, Status
 from kser.store import OperationRow, TaskRow, Tx
@@ -25,15 +26,6 @@ CANCELED, FAILED, PENDING, RUNNING = Status.CANCELED, Status.FAILED, Status.PEND
 
 S = TypeVar("S")
 P = ParamSpec("P")
-
-
-class ControlRefusedError(Exception):
-    """A control that cannot be done (its transaction is rolled back): ``retcode`` 404
-    for an unknown operation or task, 409 for one whose state does not allow it."""
-
-    def __init__(self, retcode: int, message: str) -> None:
-        super().__init__(message)
-        self.retcode, self.message = retcode, message
 
 
 def control(method: Callable[Concatenate[S, str, P], Result]

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from kser import tracing
-from kser.controller import BaseProducer, RedoError
-from kser.errors import UNACKNOWLEDGED_HINT, is_transient, safe_text
+from kser.errors import UNACKNOWLEDGED_HINT, RedoError, is_transient, safe_text
+from kser.producer import BaseProducer
 from kser.store import OutboxRow, Store, Tx
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from cdumay_error.types import ValidationError
@@ -12,8 +13,9 @@ from cdumay_result import Result
 
 from kser.codec import Codec
 from kser.config import TRANSPORTS, Settings
-from kser.controller import BaseProducer, Controller
+from kser.controller import Controller
 from kser.entry import Entrypoint
+from kser.producer import BaseProducer
 from kser.sequencing.schedules import Schedule
 from kser.sequencing.sequencer import Sequencer
 from kser.store import Store
@@ -21,6 +23,9 @@ from kser.store import Store
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=type[Entrypoint])
+
+#: the package :meth:`OperationRegistry.init_app` hands a Flask app to
+WEB_PACKAGE = ".".join(("kser", "web"))
 
 
 class OperationRegistry:
@@ -49,7 +54,7 @@ class OperationRegistry:
         self.controller.sequencer = self.sequencer
         #: the cron schedules declared with :meth:`schedule` (``kser scheduler`` runs them)
         self.schedules: list[Schedule] = []
-        self.app = None
+        self.app: Any = None
         if app is not None:
             self.init_app(app)
 
@@ -189,29 +194,32 @@ class OperationRegistry:
         return self.sequencer.emit_ready(operation_id)
 
     @property
+    def entrypoints(self) -> Mapping[str, type[Entrypoint]]:
+        """The registered tasks and operations, by path (read-only)."""
+        return MappingProxyType(self.controller.ENTRYPOINTS)
+
+    @property
     def store(self) -> Store:
         """The store of this registry's operations (opened and migrated on first use):
         ``with registry.store.transaction() as tx: tx.get_operation(id)``."""
         return self.sequencer.store
 
     def init_app(self, app: Any = None, *, api: bool = True) -> None:
-        """Bind to a Flask app (``app.extensions["kser"]`` is this registry), mount the
-        control plane there (the REST API, :func:`kser.web.init_api`, and the web UI at
-        ``/ui``, :func:`kser.web.ui.init_ui`; unless ``api=False``), then load tasks.
+        """Bind to a Flask app: :func:`kser.web.init_app` (``app.extensions["kser"]`` is
+        this registry; the REST API and the web UI at ``/ui`` are mounted unless
+        ``api=False``), then load tasks. Without an app, only load tasks.
 
         :raises kser.web.AuthConfigError: the API has no token (``KSER_API_TOKENS``) and
             ``KSER_API_AUTH=none`` does not allow it to be open; nothing is mounted
         """
-        self.app = app
-        if app is not None:
-            if api:
-                from kser.web import init_api
-                from kser.web.ui import init_ui
-
-                init_api(app, self)
-                init_ui(app)
-            app.extensions["kser"] = self
-        self.load_tasks()
+        if app is None:
+            self.app = None
+            self.load_tasks()
+            return
+        # kser.web depends on the registry, not the other way round: this alias of
+        # kser.web.init_app, kept for existing code, loads it by name when called (the
+        # one place the registry reaches up; new code calls kser.web.init_app)
+        importlib.import_module(WEB_PACKAGE).init_app(app, self, api=api)
 
     def load_tasks(self) -> None:
         """Hook to register tasks at ``init_app`` time (to implement)."""

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import random
 
+from kser.errors import KserError
+
 #: default smallest wait before a retry, seconds
 DEFAULT_MIN_BACKOFF = 1.0
 #: default largest wait before a retry, seconds
 DEFAULT_MAX_BACKOFF = 300.0
 
 
-class Retry(Exception):  # noqa: N818 - named for what the task asks
+class Retry(KserError):  # noqa: N818 - named for what the task asks
     """Raised by a task to ask to be run again (counts against ``MAX_RETRIES``).
 
     :param message: why, stored as the attempt's error

@@ -23,11 +23,11 @@ import logging
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cdumay_error.types import ValidationError
@@ -38,9 +38,9 @@ from kser.schemas import KserKey
 from kser.topics import topic_problem
 
 if TYPE_CHECKING:
+    from kser.entry import Entrypoint
     from kser.sequencing.operation import Operation
-    from kser.sequencing.registry import OperationRegistry
-    from kser.store import ScheduleRow
+    from kser.store import ScheduleRow, Store
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +252,17 @@ def load_schedules(path: str | Path) -> list[Schedule]:
     return schedules
 
 
+class Host(Protocol):
+    """What a :class:`Scheduler` launches from: an ``OperationRegistry`` (its entrypoints
+    and its store; each launch is the operation's own ``launch()``)."""
+
+    @property
+    def entrypoints(self) -> Mapping[str, type[Entrypoint]]: ...
+
+    @property
+    def store(self) -> Store: ...
+
+
 @dataclass
 class _Pass:
     """What one pass did with one schedule: the fires it launched (with their
@@ -278,7 +289,7 @@ class Scheduler:
         operation requires
     """
 
-    def __init__(self, registry: OperationRegistry, schedules: Sequence[Schedule], *,
+    def __init__(self, registry: Host, schedules: Sequence[Schedule], *,
                  name: str = "scheduler", grace: float = MISFIRE_GRACE,
                  clock: Callable[[], float] = time.time) -> None:
         from kser.sequencing.operation import Operation
@@ -287,12 +298,12 @@ class Scheduler:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"schedule names must be unique: {', '.join(twice)} given twice")
-        operations = sorted(path for path, entrypoint in registry.controller.ENTRYPOINTS.items()
+        operations = sorted(path for path, entrypoint in registry.entrypoints.items()
                             if issubclass(entrypoint, Operation))
         for schedule in schedules:
             if schedule.entrypoint not in operations:
                 why = ("not an Operation" if schedule.entrypoint in
-                       registry.controller.ENTRYPOINTS else "not registered in this registry")
+                       registry.entrypoints else "not registered in this registry")
                 raise ValueError(f"schedule {schedule.name!r}: {schedule.entrypoint!r} is "
                                  f"{why} (its operations: {', '.join(operations) or 'none'})")
         self.registry, self.schedules = registry, list(schedules)
@@ -307,7 +318,7 @@ class Scheduler:
     def _operation(self, schedule: Schedule) -> Operation:
         """A new operation of ``schedule``'s entrypoint (an Operation: checked at start)
         with its params."""
-        entrypoint = self.registry.controller.ENTRYPOINTS[schedule.entrypoint]
+        entrypoint = self.registry.entrypoints[schedule.entrypoint]
         return cast("Operation", entrypoint(params=copy.deepcopy(schedule.params)))
 
     def run(self, stop: threading.Event) -> None:

@@ -39,9 +39,17 @@ from cdumay_result import Result
 from kser import logs, metrics, tracing
 from kser.codec import Codec
 from kser.config import Settings
-from kser.controller import BaseProducer, Pace, RedoError, UndeliverableError
 from kser.entry import Entrypoint
-from kser.errors import OperationGoneError, WorkerFatalError, is_transient, safe_text
+from kser.errors import (
+    OperationGoneError,
+    RedoError,
+    UndeliverableError,
+    WorkerFatalError,
+    is_transient,
+    safe_text,
+)
+from kser.pace import Pace
+from kser.producer import BaseProducer
 from kser.results import exception_result, is_success
 from kser.schemas import (
     KSER_METADATA_KEY,
@@ -99,7 +107,7 @@ Transition = tuple[str, dict[str, Any] | None]
 #: what storing a task's end did: the operation's transitions, the outbox rows it queued
 Ended = tuple[list[Transition], list[OutboxRow]]
 #: longest a task's end waits in a batch before it is stored (and the follow-up messages it
-#: queues are produced), seconds; also what sizes a batch (see kser.controller.Pace)
+#: queues are produced), seconds; also what sizes a batch (see kser.pace.Pace)
 BATCH_WINDOW = Pace.WINDOW
 
 #: an end stored by the group commit: its operation's transitions (None if another worker

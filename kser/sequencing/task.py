@@ -11,6 +11,7 @@ from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
 from kser.entry import Entrypoint
+from kser.errors import KserError
 from kser.results import exception_result
 from kser.schemas import KSER_METADATA_KEY
 from kser.sequencing.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
@@ -25,12 +26,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T", "Task", "list[Task]")
 
 
-class TaskCanceled(Exception):  # noqa: N818 (what happened to the task)
+class TaskCanceled(KserError):  # noqa: N818 (what happened to the task)
     """Raised by :meth:`Task.checkpoint` when the task's operation was canceled: the task
     ends CANCELED, and nothing follows it."""
 
 
-class SkipTask(Exception):  # noqa: N818 (the API's name, as Airflow's AirflowSkipException)
+class SkipTask(KserError):  # noqa: N818 (the API's name, as Airflow's AirflowSkipException)
     """Raised in ``run``: this task ends SKIPPED, the reason in its result's stdout.
 
     Tasks downstream of it then follow their trigger rules (``all_success``: SKIPPED too).

@@ -20,7 +20,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AuthConfigError", "create_app", "init_api"]
+__all__ = ["AuthConfigError", "create_app", "init_api", "init_app"]
+
+
+def init_app(app: Flask, registry: OperationRegistry, *, api: bool = True) -> None:
+    """Bind ``registry`` to ``app`` (``app.extensions["kser"]``), mount its control plane
+    there (the REST API, :func:`init_api`, and the web UI at ``/ui``,
+    :func:`kser.web.ui.init_ui`; unless ``api=False``), then call its ``load_tasks``.
+    ``registry.init_app(app)`` is the same call.
+
+    :raises AuthConfigError: the API has no token (``KSER_API_TOKENS``) and
+        ``KSER_API_AUTH=none`` does not allow it to be open; nothing is mounted
+    """
+    from kser.web.ui import init_ui
+
+    registry.app = app
+    if api:
+        init_api(app, registry)
+        init_ui(app)
+    app.extensions["kser"] = registry
+    registry.load_tasks()
 
 
 def init_api(app: Flask, registry: OperationRegistry) -> Api:
@@ -78,5 +97,5 @@ def create_app(registry: OperationRegistry, config: dict[str, Any] | None = None
     """A Flask app serving ``registry``'s REST API (and nothing else of the host's)."""
     app = Flask("kser")
     app.config.update(config or {})
-    registry.init_app(app)
+    init_app(app, registry)
     return app

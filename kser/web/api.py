@@ -25,8 +25,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from kser.controller import RedoError
-from kser.errors import StoreError, kafka_client_errors, safe_text
+from kser.errors import KserError, RedoError, StoreError, kafka_client_errors, safe_text
 from kser.schemas import load_json
 from kser.sequencing.controls import ControlRefusedError, Controls
 from kser.sequencing.operation import Operation
@@ -208,7 +207,7 @@ def epoch(value: Any) -> float | None:
 
 # -- operations -----------------------------------------------------------------------
 
-class StartRefusedError(Exception):
+class StartRefusedError(KserError):
     """What ``POST /operations`` (or the UI's form) was given cannot start: ``field``
     names what is wrong (``entrypoint``, ``params``, ``params.<name>``, ``key``)."""
 

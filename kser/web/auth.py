@@ -13,15 +13,12 @@ import logging
 from dataclasses import dataclass
 
 from kser.config import Settings
+from kser.errors import AuthConfigError as AuthConfigError
 
 logger = logging.getLogger(__name__)
 
 READ, ADMIN = "read", "admin"
 ROLES = (READ, ADMIN)
-
-
-class AuthConfigError(ValueError):
-    """The API's token settings are unusable: the API does not start."""
 
 
 @dataclass(frozen=True)

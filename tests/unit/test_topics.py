@@ -189,5 +189,5 @@ def test_end_offsets_name_the_topic_the_brokers_never_list():
 
     admin = object.__new__(KafkaPythonAdmin)
     admin.timeout = 0.3
-    with pytest.raises(KafkaTimeoutError, match="does not list topic ops.dlq"):
+    with pytest.raises(KafkaTimeoutError, match=r"does not list topic ops\.dlq"):
         admin._end_offsets(Consumer(), [TopicPartition("ops.dlq", 0)])
