@@ -10,16 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
-from kser import logs, metrics, tracing
+from kser import middleware
 from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
 from kser.config import Settings
@@ -35,9 +34,43 @@ from kser.producer import BaseProducer as BaseProducer
 from kser.results import error_result, exception_result, is_success
 from kser.schemas import Message
 from kser.status import Status
+from kser.store import Store
 
-if TYPE_CHECKING:
-    from kser.sequencing.sequencer import Sequencer
+
+class Binding(Protocol):
+    """The engine's record of the producer and worker name it uses."""
+
+    bound: BaseProducer | None
+    worker_name: str
+
+
+class Engine(Protocol):
+    """What a controller hands operations and their tasks to: its registry's sequencer
+    (:class:`kser.sequencing.sequencer.Sequencer`), which depends on the controller, not
+    the other way round."""
+
+    @property
+    def ctx(self) -> Binding: ...
+
+    @property
+    def runs_operations(self) -> bool: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def sweep(self, force: bool = False) -> int: ...
+
+    def flush_sent(self) -> None: ...
+
+    def handles(self, entrypoint: type[Entrypoint], kmsg: Message) -> bool: ...
+
+    def execute(self, entrypoint: type[Entrypoint], kmsg: Message,
+                topic: str | None) -> Result: ...
+
+    def run_tasks(self, items: Sequence[tuple[type[Entrypoint], Message]]
+                  ) -> list[Result | Exception]: ...
+
+    def built_in(self, path: str) -> type[Entrypoint] | None: ...
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +110,9 @@ class Controller(BaseController):
     def __init__(self) -> None:
         self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
         #: handles operation and task messages when set (see kser.sequencing.sequencer)
-        self.sequencer: Sequencer | None = None
-        #: the producer of follow-up messages, bound by the consumer running this controller
-        self.producer: BaseProducer | None = None
-        #: ``host:pid`` of the consumer running this controller
-        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.sequencer: Engine | None = None
+        self._producer: BaseProducer | None = None
+        self._worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._settings: Callable[[], Settings] | None = None
         self._sealer: Sealer | None = None
         #: how long bodies took lately (its sequencer's tasks included): sizes batches
@@ -117,6 +148,29 @@ class Controller(BaseController):
         """Give this controller the consumer's producer and name (done by the consumer)."""
         self.producer = producer
         self.worker_name = worker_name
+
+    @property
+    def producer(self) -> BaseProducer | None:
+        """The producer of follow-up messages, bound by the consumer running this
+        controller (its sequencer's engine sends with it too)."""
+        return self._producer
+
+    @producer.setter
+    def producer(self, producer: BaseProducer | None) -> None:
+        self._producer = producer
+        if self.sequencer is not None:
+            self.sequencer.ctx.bound = producer
+
+    @property
+    def worker_name(self) -> str:
+        """``host:pid`` of the consumer running this controller (its engine's too)."""
+        return self._worker_name
+
+    @worker_name.setter
+    def worker_name(self, worker_name: str) -> None:
+        self._worker_name = worker_name
+        if self.sequencer is not None:
+            self.sequencer.ctx.worker_name = worker_name
 
     def register(self, name: str, entrypoint: type[Entrypoint]) -> None:
         """Register ``entrypoint`` under ``name``.
@@ -212,7 +266,7 @@ class Controller(BaseController):
         entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
         if entrypoint is None and self.sequencer is not None and "task_id" in kmsg.kser_metadata:
             # a built-in task (kser.tasks) of an operation: checked against the stored task
-            entrypoint = _built_ins().get(kmsg.entrypoint)
+            entrypoint = self.sequencer.built_in(kmsg.entrypoint)
         if entrypoint is None:
             error = NotFound(
                 f"Entrypoint '{safe_text(kmsg.entrypoint, 300)}' is not registered on this "
@@ -261,29 +315,15 @@ class Controller(BaseController):
                 f"{kmsg.entrypoint}[{kmsg.uuid}] runs each time it is sent, and nothing of "
                 "it is stored; send it as an operation (POST /api/v1/operations and kser ops "
                 "start wrap a task in one)", extra=dict(uuid=kmsg.uuid))
-        started = time.monotonic()
-        status = Status.FAILED
-        try:
-            with logs.context(task_id=kmsg.uuid, entrypoint=kmsg.entrypoint), tracing.span(
-                    f"run {kmsg.entrypoint}", kmsg.trace_parent,
-                    {"kser.entrypoint": kmsg.entrypoint, "kser.task_id": str(kmsg.uuid),
-                     "kser.worker": self.worker_name}) as span:
-                result: Result = entrypoint.from_Message(kmsg).execute()
-                status = Status.SUCCESS if is_success(result) else Status.FAILED
-                tracing.ended(span, status, result.stderr)
+        call = middleware.Call(entrypoint=kmsg.entrypoint, task_id=kmsg.uuid,
+                               worker=self.worker_name, trace_parent=kmsg.trace_parent)
+
+        def run() -> Result:
+            result: Result = entrypoint.from_Message(kmsg).execute()
+            call.ended(Status.SUCCESS if is_success(result) else Status.FAILED, result)
             return result
-        finally:
-            took = time.monotonic() - started
-            self.pace.add(took)
-            metrics.task_ran(kmsg.entrypoint, status, took)
 
-
-def _built_ins() -> dict[str, type[Entrypoint]]:
-    """kser's built-in tasks by path: every registry runs them as tasks of its operations
-    (what they call is read from the store; a message naming one alone is refused)."""
-    from kser.tasks import BUILT_INS
-
-    return {cls.path: cls for cls in BUILT_INS}
+        return middleware.around_body(call, self.pace, run)
 
 
 def _returned(result: Result | Exception) -> Result:

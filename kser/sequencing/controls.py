@@ -15,12 +15,14 @@ from cdumay_result import Result
 
 from kser.errors import ControlRefusedError as ControlRefusedError
 from kser.errors import RedoError, UndeliverableError
+from kser.sequencing.decisions import Mode
 from kser.sequencing.graph import descendants, forwarded
 from kser.status import FINAL_STATUSES, Status
 from kser.store import OperationRow, TaskRow, Tx
 
 if TYPE_CHECKING:
-    from kser.sequencing.sequencer import Sequencer
+    from kser.sequencing.context import Context
+    from kser.sequencing.transitions import Transitions
 
 CANCELED, FAILED, PENDING, RUNNING = Status.CANCELED, Status.FAILED, Status.PENDING, Status.RUNNING
 
@@ -51,10 +53,11 @@ def control(method: Callable[Concatenate[S, str, P], Result]
 
 
 class Controls:
-    """The controls of the operations one sequencer runs."""
+    """The controls of the operations one engine runs: each one transaction calling the
+    engine's transitions, then its messages produced."""
 
-    def __init__(self, sequencer: Sequencer) -> None:
-        self._sequencer = sequencer
+    def __init__(self, ctx: Context, transitions: Transitions) -> None:
+        self.ctx, self.transitions = ctx, transitions
 
     @control
     def cancel(self, operation_id: str) -> Result:
@@ -62,30 +65,31 @@ class Controls:
 
         A task already running finishes, but nothing follows it.
         """
-        with self._sequencer._transaction() as tx:
+        with self.ctx.transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
             if op.status in FINAL_STATUSES:
                 raise ControlRefusedError(409, f"Operation {operation_id} is already "
                                      f"{op.status}: nothing to cancel")
-            transition = self._sequencer._finish_operation(tx, operation_id, CANCELED, op.result)
-        self._sequencer._notify_status(operation_id, [transition])
-        self._sequencer.publish(operation_id)
+            transition = self.transitions.finish_operation(tx, operation_id, CANCELED, op.result)
+        self.transitions.notify_status(operation_id, [transition])
+        self.ctx.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Operation {operation_id} canceled")
 
     @control
     def recover(self, operation_id: str) -> Result:
         """Restart a FAILED operation: its failed (or canceled) tasks and what depends on
         them run again; the others keep their results."""
-        with self._sequencer._transaction() as tx:
+        with self.ctx.transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
             if op.status != FAILED:
                 raise ControlRefusedError(409, f"Operation {operation_id} is {op.status}: "
                                      "only a FAILED one recovers")
-            reset = self.reset_failed(tx, operation_id, tx.get_tasks(operation_id))
+            reset = self.transitions.reset_failed(tx, operation_id,
+                                                  tx.get_tasks(operation_id))
             tx.reset_tasks(reset)
             self._restart(tx, operation_id)
-        self._sequencer._notify_status(operation_id, [(RUNNING, None)])
-        sent = self._sequencer.publish(operation_id)
+        self.transitions.notify_status(operation_id, [(RUNNING, None)])
+        sent = self.ctx.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Operation {operation_id} recovered: "
                       f"{len(reset)} task(s) reset, {sent} message(s) sent")
 
@@ -93,7 +97,7 @@ class Controls:
     def run_from(self, operation_id: str, task_id: str) -> Result:
         """Reset the task (its id or name) and every task that depends on it, then run
         from it."""
-        with self._sequencer._transaction() as tx:
+        with self.ctx.transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
             if op.status == RUNNING:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
@@ -101,8 +105,8 @@ class Controls:
             reset = descendants(tx.dependencies(operation_id), self.get_task(tx, op, task_id))
             tx.reset_tasks(reset)
             self._restart(tx, operation_id)
-        self._sequencer._notify_status(operation_id, [(RUNNING, None)])
-        self._sequencer.publish(operation_id)
+        self.transitions.notify_status(operation_id, [(RUNNING, None)])
+        self.ctx.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Operation {operation_id}: {len(reset)} "
                       f"task(s) reset from {task_id}")
 
@@ -113,7 +117,7 @@ class Controls:
 
         The operation's status does not change (synergy_flow's run_one).
         """
-        with self._sequencer._transaction() as tx:
+        with self.ctx.transaction() as tx:
             op = self.get_operation(tx, operation_id, lock=True)
             if op.status == RUNNING:
                 raise ControlRefusedError(409, f"Operation {operation_id} is RUNNING: cancel it "
@@ -122,30 +126,18 @@ class Controls:
             tx.reset_tasks([task_id], keep_result=True)
             tasks = {t.id: t for t in tx.get_tasks(operation_id)}
             deps = tx.dependencies(operation_id).get(task_id, ())
-            self._sequencer._queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),
-                                        mode="one", queued=tasks[task_id].attempt + 1)
-        self._sequencer.publish(operation_id)
+            self.transitions.queue_task(tx, op, tasks[task_id], forwarded(op, tasks, deps),
+                                        mode=Mode.ONE, queued=tasks[task_id].attempt + 1)
+        self.ctx.publish(operation_id)
         return Result(uuid=operation_id, stdout=f"Task {task_id} sent to run once")
-
-    @staticmethod
-    def reset_failed(tx: Tx, operation_id: str, tasks: list[TaskRow]) -> list[str]:
-        """The ids of the operation's failed and canceled tasks and of every task that
-        depends on them: what a recover runs again."""
-        dependencies = tx.dependencies(operation_id)
-        reset: list[str] = []
-        for task in tasks:
-            if task.status in (FAILED, CANCELED):
-                reset += [tid for tid in descendants(dependencies, task) if tid not in reset]
-        return reset
 
     def purge(self) -> int:
         """Delete finished operations whose TTL strategy expired; return how many."""
-        with self._sequencer._transaction() as tx:
+        with self.ctx.transaction() as tx:
             return tx.purge(time.time())
 
     def _restart(self, tx: Tx, operation_id: str) -> None:
-        tx.update_operation(operation_id, status=RUNNING, finished_at=None)
-        if not self._sequencer._emit_ready(tx, operation_id):
+        if not self.transitions.restart(tx, operation_id):
             raise ControlRefusedError(409, f"Operation {operation_id} has no task ready to run")
 
     @staticmethod

@@ -9,13 +9,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
+from kser.config import Settings
 from kser.status import Status
 from kser.store import Store
 
 logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the leases read from the engine's context (when used: opened on first use)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 
 class Leases:
@@ -26,8 +38,8 @@ class Leases:
     result will be discarded by :meth:`Tx.finish_attempt`.
     """
 
-    def __init__(self, store: Callable[[], Store], lease: Callable[[], float]):
-        self._store, self._lease = store, lease
+    def __init__(self, engine: Engine):
+        self._engine = engine
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -56,7 +68,7 @@ class Leases:
 
     def _renew(self) -> None:
         while True:
-            time.sleep(self._lease() / 3)
+            time.sleep(self._engine.settings.task_lease / 3)
             self.renew()
 
     def renew(self) -> None:
@@ -69,8 +81,8 @@ class Leases:
             return
         lost: dict[str, bool] = {}  # task id -> taken over (else: it ended meanwhile)
         try:
-            with self._store().transaction() as tx:
-                until = time.time() + self._lease()
+            with self._engine.store.transaction() as tx:
+                until = time.time() + self._engine.settings.task_lease
                 for task_id, attempt in sorted(held.items()):  # (the batches' lock order)
                     if not tx.renew_lease(task_id, attempt, until):
                         # its end stored (its lease not released yet), or taken over

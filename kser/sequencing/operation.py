@@ -8,13 +8,14 @@ it (``Result`` ``+`` semantics: ``retval`` accumulates, the worst retcode wins).
 Running an operation is durable: :meth:`launch` (or a message naming the
 operation) stores it with its tasks and sends the first task as a Kafka
 message; each task message is run by whichever consumer receives it, and
-sends the next (see :mod:`kser.sequencing.sequencer`).
+sends the next (see :mod:`kser.sequencing.sequencer`, which imports this module:
+an operation reaches its engine through its registry, typed by :class:`Engine`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
@@ -32,7 +33,28 @@ from kser.sequencing.task import PENDING, SUCCESS, Task
 from kser.topics import topic_problem
 
 if TYPE_CHECKING:
-    from kser.sequencing.sequencer import Sequencer
+    from kser.config import Settings
+    from kser.store import Store
+
+
+class Engine(Protocol):
+    """What an operation asks of its registry's engine (``registry.sequencer``) to be
+    sent, followed and waited for."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def submit(self, operation: Operation, topic: str, trace_parent: Any = None
+               ) -> Result: ...
+
+    def store_has(self, operation_id: str) -> bool: ...
+
+    def emit_ready(self, operation_id: str) -> Result: ...
+
+    def wait(self, operation_id: str, timeout: float | None = None) -> Result: ...
 
 logger = logging.getLogger(__name__)
 
@@ -194,13 +216,13 @@ class Operation(Task):
                 return candidate
         return None
 
-    def _sequencer(self) -> Sequencer:
+    def _sequencer(self) -> Engine:
         registry = getattr(type(self), "registry", None)
         if registry is None:
             raise ValidationError(
                 f"{type(self).path} is not subscribed to an OperationRegistry: subscribe it "
                 "(@registry.subscribe) so kser knows its store and producer")
-        sequencer: Sequencer = registry.sequencer
+        sequencer: Engine = registry.sequencer
         return sequencer
 
     def launch(self, topic: str | None = None, *, key: str | None = None) -> Result:

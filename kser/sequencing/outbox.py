@@ -9,13 +9,30 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 from kser import tracing
+from kser.config import Settings
 from kser.errors import UNACKNOWLEDGED_HINT, RedoError, is_transient, safe_text
 from kser.producer import BaseProducer
 from kser.store import OutboxRow, Store, Tx
 
 logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the outbox reads from the engine's context."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def producer(self) -> BaseProducer: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    worker_name: str
 
 
 class Outbox:
@@ -28,19 +45,16 @@ class Outbox:
     not take for a while (it is away, a leader moves) waits before its next send,
     doubling each time (see :meth:`kser.store.Tx.send_failed`).
 
-    :param store: returns the store (opened on first use)
-    :param producer: returns the producer (made on first use: the broker may be away)
-    :param send_timeout: returns the seconds a publish waits for its acknowledgements
-    :param worker: returns the name of this process (kept with a dead letter)
+    :param engine: the engine's context (its store, producer, settings and worker name,
+        each read when used: the store is opened, and the producer made, on first use)
     :param on_refused: called with the transaction, the row and why, for each row
-        refused for good, as it is marked
+        refused for good, as it is marked (set by the engine's transitions)
     """
 
-    def __init__(self, store: Callable[[], Store], producer: Callable[[], BaseProducer],
-                 send_timeout: Callable[[], float], worker: Callable[[], str] = lambda: "",
+    def __init__(self, engine: Engine,
                  on_refused: Callable[[Tx, OutboxRow, str], None] | None = None) -> None:
-        self._store, self._producer, self._send_timeout = store, producer, send_timeout
-        self._worker, self._on_refused = worker, on_refused
+        self._engine = engine
+        self.on_refused = on_refused
         #: outbox rows Kafka acknowledged, marked sent by the next transaction
         self._sent: list[int] = []
         #: rows whose send failed (for good, or for now), marked by the next transaction
@@ -60,7 +74,7 @@ class Outbox:
             if refused or retry:  # (in a transaction of their own: see _mark_failed)
                 self._mark_failed(refused, retry)
                 refused, retry = [], []
-            with self._store().transaction() as tx:
+            with self._engine.store.transaction() as tx:
                 tx.mark_sent(sent)
                 yield tx
         except BaseException:
@@ -75,10 +89,10 @@ class Outbox:
         """Mark the rows whose send failed, calling ``on_refused`` for those refused for
         good; should ``on_refused`` fail, they are marked without it (a failing callback
         must not fail every transaction that follows)."""
-        for call in (self._on_refused, None):
+        for call in (self.on_refused, None):
             try:
-                with self._store().transaction() as tx:
-                    for row, error in tx.send_failed(refused, retry, self._worker(),
+                with self._engine.store.transaction() as tx:
+                    for row, error in tx.send_failed(refused, retry, self._engine.worker_name,
                                                      time.time()):
                         logger.error("Outbox message %d of operation %s refused for good by "
                                      "the broker (%s): kept as a dead letter, never sent "
@@ -139,12 +153,15 @@ class Outbox:
                     continue
                 sent += 1
             if wait and sent:
-                producer.flush(timeout=self._send_timeout())
+                producer.flush(timeout=self._engine.settings.send_timeout)
         except Exception as exc:
             raise RedoError(f"follow-up messages of operation {operation_id} were not "
                             f"acknowledged: {safe_text(exc, 500)} ({UNACKNOWLEDGED_HINT})"
                             ) from exc
         return sent
+
+    def _producer(self) -> BaseProducer:
+        return self._engine.producer
 
     def _failed(self, row: OutboxRow, error: Exception) -> None:
         """Note a send that failed, to be marked by the next transaction."""

@@ -12,10 +12,11 @@ from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
 from kser.codec import Codec
-from kser.config import TRANSPORTS, Settings
+from kser.config import Settings
 from kser.controller import Controller
 from kser.entry import Entrypoint
 from kser.producer import BaseProducer
+from kser.sequencing.context import Context
 from kser.sequencing.schedules import Schedule
 from kser.sequencing.sequencer import Sequencer
 from kser.store import Store
@@ -43,15 +44,17 @@ class OperationRegistry:
 
     def __init__(self, app: Any = None, controller_class: type[Controller] = Controller, *,
                  settings: Settings | None = None) -> None:
-        self._settings = settings
         self.controller = controller_class()
+        #: what every part of its engine shares (settings, store, producer, codec), made
+        #: here and passed to each part
+        self.context = Context(self.controller.ENTRYPOINTS, settings,
+                               pace=self.controller.pace)
         self.controller.use_settings(lambda: self.settings)
-        self._producer: BaseProducer | None = None
-        self._codec: Codec | None = None
-        self.sequencer = Sequencer(self.controller.ENTRYPOINTS, self._get_producer,
-                                   lambda: self.controller.worker_name, lambda: self.settings,
-                                   codec=self._get_codec, pace=self.controller.pace)
+        self.sequencer = Sequencer(self.context)
         self.controller.sequencer = self.sequencer
+        # (the controller's producer and name are its engine's: set there from now on)
+        self.context.bound = self.controller.producer
+        self.context.worker_name = self.controller.worker_name
         #: the cron schedules declared with :meth:`schedule` (``kser scheduler`` runs them)
         self.schedules: list[Schedule] = []
         self.app: Any = None
@@ -61,13 +64,11 @@ class OperationRegistry:
     @property
     def settings(self) -> Settings:
         """The settings of this registry (one object, shared by its parts)."""
-        if self._settings is None:
-            self._settings = Settings()
-        return self._settings
+        return self.context.settings
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
-        self._settings = settings
+        self.context.settings = settings
 
     def subscribe(self, callback: E) -> E:
         """Register a Task or Operation class under its ``path``; usable as a decorator.
@@ -101,9 +102,9 @@ class OperationRegistry:
         producer is the consumer's own.
         """
         if store is not None:
-            self.sequencer.store = Store(store) if isinstance(store, str) else store
+            self.context.store = Store(store) if isinstance(store, str) else store
         if producer is not None:
-            self._producer = producer
+            self.context.own = producer
         if topic is not None:
             self.settings.topic = topic
         return self
@@ -138,24 +139,12 @@ class OperationRegistry:
         return decorate
 
     def _get_codec(self) -> Codec:
-        """The codec of the messages the store keeps: the producer's when one is bound or
-        configured (a worker's: its limits), else one from the settings (a process that
-        only stores operations or controls them opens no Kafka client to encode)."""
-        producer = self.controller.producer or self._producer
-        if producer is not None:
-            return producer.codec
-        if self._codec is None:
-            self._codec = Codec.from_settings(self.settings)
-        return self._codec
+        """The codec of the messages the store keeps (see :attr:`Context.codec`)."""
+        return self.context.codec
 
     def _get_producer(self) -> BaseProducer:
-        if self.controller.producer is not None:
-            return self.controller.producer
-        if self._producer is None:
-            module = TRANSPORTS[self.settings.transport]
-            self._producer = importlib.import_module(f"{module}.producer").Producer(
-                self.settings.producer_config())
-        return self._producer
+        """The producer of follow-up messages (see :attr:`Context.producer`)."""
+        return self.context.producer
 
     # -- controls: each returns a Result (0 done, 404 unknown, 409 wrong state) ----------
 

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import graphlib
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from cdumay_error.types import ValidationError
 from cdumay_result import Result
 
+from kser.entry import Entrypoint
 from kser.sequencing.task import SkipTask, Task
-
-if TYPE_CHECKING:
-    from kser.sequencing.operation import Operation
 
 __all__ = ["Branch", "Parallel", "Sensor", "SkipTask", "wire"]
 
@@ -107,7 +105,7 @@ class Sensor(Task):
         return Result(uuid=self.uuid, stdout="condition not met yet")
 
 
-def wire(operation: Operation, items: Iterable[Any]) -> list[Task]:
+def wire(operation: Entrypoint, items: Iterable[Any]) -> list[Task]:
     """The tasks ``build_tasks`` returned, flattened, each with its upstream tasks set,
     named (unique in the operation) and checked for cycles.
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from kser.sequencing import sequencer as sequencer_module
+from kser.sequencing import ends as ends_module
 from tests.unit import tasks
 from tests.unit.test_batches import (  # noqa: F401 (collected here, with this module's h)
     batches,
@@ -35,7 +35,7 @@ def test_a_row_lock_held_long_fails_the_group_and_each_thread_stores_its_own(
     """An operation row locked elsewhere (an operator's session) fails the shared
     transaction after GROUP_LOCK_TIMEOUT instead of holding every task thread behind it;
     the ends are then stored one at a time, the locked one once the lock is gone."""
-    monkeypatch.setattr(sequencer_module, "GROUP_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(ends_module, "GROUP_LOCK_TIMEOUT", 0.2)
     ops, items = first_messages(h, 3, name="n")
     locked, release = threading.Event(), threading.Event()
 
@@ -50,7 +50,7 @@ def test_a_row_lock_held_long_fails_the_group_and_each_thread_stores_its_own(
     holder = threading.Thread(target=hold_lock)
     holder.start()
     assert locked.wait(10)
-    group = h.registry.sequencer._group
+    group = h.registry.sequencer.ends.group
     commit_ends, failed = group._commit, []
 
     def then_release(ends):  # the lock goes once the group failed, not after a set time

@@ -11,8 +11,8 @@ from sqlalchemy.exc import OperationalError
 
 from kser.controller import UndeliverableError
 from kser.sequencing import Operation
-from kser.sequencing import sequencer as sequencer_module
-from kser.sequencing.sequencer import _End
+from kser.sequencing import runner as runner_module
+from kser.sequencing.decisions import End as _End
 from kser.status import Status
 from tests.unit import tasks
 from tests.unit.tasks import registry
@@ -107,7 +107,7 @@ def test_each_message_of_a_batch_gets_its_own_outcome(h, monkeypatch):
 def test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time(h, monkeypatch,
                                                                       caplog):
     ops, items = first_messages(h, 3, name="n")
-    follow = h.registry.sequencer._follow
+    follow = h.registry.sequencer.transitions.follow
     calls = {"n": 0}
 
     def fails_once(*args, **kwargs):
@@ -116,7 +116,7 @@ def test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time(h, monkeyp
             raise ValueError("a bug in one end")
         return follow(*args, **kwargs)
 
-    monkeypatch.setattr(h.registry.sequencer, "_follow", fails_once)
+    monkeypatch.setattr(h.registry.sequencer.transitions, "follow", fails_once)
     outcomes = h.registry.sequencer.run_tasks(items)
     assert [o.retcode for o in outcomes] == [0, 0, 0]
     assert "3 task ends could not be stored together (a bug in one end): one at a time" \
@@ -133,7 +133,7 @@ def test_ends_that_cannot_be_stored_together_are_stored_one_at_a_time(h, monkeyp
 def test_a_store_failure_while_claiming_a_batch_leaves_each_message_to_itself(
         h, monkeypatch, caplog):
     _, items = first_messages(h, 3, name="n")
-    judge = h.registry.sequencer._judge
+    judge = h.registry.sequencer.runner.judge
     calls = {"n": 0}
 
     def unreachable_once(*args):
@@ -142,7 +142,7 @@ def test_a_store_failure_while_claiming_a_batch_leaves_each_message_to_itself(
             raise OperationalError("SELECT", {}, Exception("database is locked"))
         return judge(*args)
 
-    monkeypatch.setattr(h.registry.sequencer, "_judge", unreachable_once)
+    monkeypatch.setattr(h.registry.sequencer.runner, "judge", unreachable_once)
     outcomes = h.registry.sequencer.run_tasks(items)
     assert [o.retcode for o in outcomes] == [0, 0, 0]
     assert "3 task messages could not be claimed together" in caplog.text
@@ -171,7 +171,7 @@ def test_batches_are_sized_by_the_pace_of_bodies(h, monkeypatch):
     assert h.registry.controller.batch_limit() == 1  # nothing ran here yet: one at a time
     monkeypatch.setattr(pace, "seconds", 0.0001)
     assert h.registry.controller.batch_limit() == h.registry.settings.batch_size
-    monkeypatch.setattr(pace, "seconds", sequencer_module.BATCH_WINDOW / 4)
+    monkeypatch.setattr(pace, "seconds", runner_module.BATCH_WINDOW / 4)
     assert h.registry.controller.batch_limit() == 4
     monkeypatch.setattr(pace, "seconds", 60.0)  # slow tasks: never held back
     assert h.registry.controller.batch_limit() == 1
@@ -191,7 +191,7 @@ def test_a_lease_renewed_after_its_task_ended_is_dropped_without_a_lost_warning(
         tx.finish_attempt(ended_id, 1, "SUCCESS", {"retcode": 0}, now, None)
         tx.claim_task(taken_id, 0, "me:1", now - 1, now - 31)  # expired: taken over
         tx.claim_task(taken_id, 1, "other:2", now + 60, now)
-    leases = h.registry.sequencer._leases
+    leases = h.registry.sequencer.runner.leases
     leases.hold(ended_id, 1)
     leases.hold(taken_id, 1)
     leases.renew()
@@ -234,9 +234,9 @@ def test_a_message_for_a_task_this_worker_holds_waits_for_it(h):
     (entrypoint, kmsg), = items
     sequencer = h.registry.sequencer
     task_id = kmsg.kser_metadata["task_id"]
-    with sequencer._running_lock:
-        sequencer._running.add(task_id)
-    threading.Timer(0.2, lambda: sequencer._running.discard(task_id)).start()
+    with sequencer.runner.running_lock:
+        sequencer.runner.running.add(task_id)
+    threading.Timer(0.2, lambda: sequencer.runner.running.discard(task_id)).start()
     result = sequencer.run_task(entrypoint, kmsg)
     assert result.retcode == 0 and "step 0" in result.stdout
     assert h.operation(kmsg.kser_metadata["operation_id"])[1][0]["status"] == "SUCCESS"
@@ -253,8 +253,8 @@ def test_ends_of_a_batch_the_store_will_not_take_share_one_lease_of_tries(h, mon
     def unreachable(*args, **kwargs):
         raise OperationalError("COMMIT", {}, Exception("unable to open database file"))
 
-    monkeypatch.setattr(sequencer, "_ends_in", unreachable)
-    monkeypatch.setattr(sequencer, "_record_end", unreachable)
+    monkeypatch.setattr(sequencer.transitions, "ends", unreachable)
+    monkeypatch.setattr(sequencer.ends, "record", unreachable)
     started = time.monotonic()
     outcomes = sequencer.run_tasks(items)
     assert all("store unreachable" in str(o) for o in outcomes), outcomes
@@ -266,9 +266,9 @@ def test_bodies_run_while_the_ends_before_them_are_stored(h, monkeypatch):
     """The group commit stores a batch's ends while its next bodies run: the first end's
     transaction here waits until the third body ran (it would never end if bodies waited
     for the store)."""
-    monkeypatch.setattr(sequencer_module, "BATCH_WINDOW", 0.0)  # hand over after each body
+    monkeypatch.setattr(runner_module, "BATCH_WINDOW", 0.0)  # hand over after each body
     _, items = first_messages(h, 3, name="n")
-    group = h.registry.sequencer._group
+    group = h.registry.sequencer.ends.group
     commit, submit, stored = group._commit, group.submit, []
     committing = threading.Event()
 
@@ -294,9 +294,9 @@ def test_bodies_run_while_the_ends_before_them_are_stored(h, monkeypatch):
 
 
 def test_ends_of_several_threads_batches_share_a_transaction(h, monkeypatch):
-    monkeypatch.setattr(sequencer_module, "BATCH_WINDOW", 10.0)  # a batch's ends at once
+    monkeypatch.setattr(runner_module, "BATCH_WINDOW", 10.0)  # a batch's ends at once
     ops, items = first_messages(h, 6, name="n")
-    group = h.registry.sequencer._group
+    group = h.registry.sequencer.ends.group
     commit, sizes = group._commit, []
     first_started, others_handed = threading.Event(), threading.Event()
 
@@ -349,7 +349,7 @@ def test_a_stale_end_in_a_shared_transaction_hides_no_task_from_its_upstream(h):
     now = time.time()
     with h.store.transaction() as tx:  # t0 ran and ended here; t1 claimed, its body running
         assert tx.claim_task(t0.id, 0, "me:1", now + 60, now, taking_over=False)
-    seq._commit_ends([_End(h.operation(op.uuid)[1][0], None, 1, None, Result(uuid=t0.id),
+    seq.ends._commit([_End(h.operation(op.uuid)[1][0], None, 1, None, Result(uuid=t0.id),
                            Status.SUCCESS)])
     with h.store.transaction() as tx:
         assert tx.claim_task(t1.id, 0, "me:1", now + 60, now, taking_over=False)
@@ -362,7 +362,7 @@ def test_a_stale_end_in_a_shared_transaction_hides_no_task_from_its_upstream(h):
         assert tx.claim_task(t0.id, t0_again.attempt, "me:1", now + 60, now,
                              taking_over=False)
     t0_again = h.operation(op.uuid)[1][0]
-    stored = seq._commit_ends([
+    stored = seq.ends._commit([
         _End(t0_again, None, t0_again.attempt, None, Result(uuid=t0.id), Status.SUCCESS),
         _End(stale_t1, None, 1, None, Result(uuid=t1.id), Status.SUCCESS)])
     assert stored[1] == (None, None)  # the stale end refused
@@ -373,7 +373,7 @@ def test_a_stale_end_in_a_shared_transaction_hides_no_task_from_its_upstream(h):
 
 def test_joins_fire_once_with_task_threads_sharing_transactions(h, monkeypatch):
     monkeypatch.setattr(h.registry.settings, "concurrency", 6)
-    group = h.registry.sequencer._group
+    group = h.registry.sequencer.ends.group
     commit, shared = group._commit, []
 
     def spy(ends):

@@ -95,7 +95,7 @@ def test_send_count_and_wait_for_the_operations_end(runner, tmp_path, monkeypatc
     from kser.memory.consumer import Consumer
     from kser.store import Store
 
-    monkeypatch.setattr(tasks.registry.sequencer, "_store", Store(f"sqlite:///{tmp_path}/wait.db"))
+    monkeypatch.setattr(tasks.registry.context, "_store", Store(f"sqlite:///{tmp_path}/wait.db"))
     consumer = Consumer({"group_id": "wait"}, ["cli-wait"])
     consumer.REGISTRY = tasks.registry.controller
     worker = threading.Thread(target=consumer.run, kwargs={"until_idle": False})

@@ -90,8 +90,8 @@ def env(memory_broker_name, tmp_path, monkeypatch):
     HUNG.clear()
     monkeypatch.setattr("kser.deadletter.KAFKA_RETRY_DELAY", 0)
     store = Store(f"sqlite:///{tmp_path}/store.db")
-    monkeypatch.setattr(registry.sequencer, "_store", store)
-    monkeypatch.setattr(registry, "_producer", Producer({"broker": memory_broker_name}))
+    monkeypatch.setattr(registry.context, "_store", store)
+    monkeypatch.setattr(registry.context, "own", Producer({"broker": memory_broker_name}))
     monkeypatch.setattr(registry.controller, "producer", None)
     monkeypatch.setattr(registry.settings, "topic", "ops")
     monkeypatch.setattr(registry.settings, "redo_backoff", 0.01)
@@ -288,7 +288,7 @@ def test_a_canceled_operations_running_task_is_not_taken_over(env):
     with env.store.transaction() as tx:  # a worker claimed task 1 and died
         assert tx.claim_task(ids[0], 0, "dead:1", time.time() - 1, time.time() - 40)
     assert registry.sequencer.cancel(op.uuid).retcode == 0
-    registry.sequencer._last_sweep = time.monotonic()  # (no sweep while it drains: the
+    registry.sequencer.sweeper.last = time.monotonic()  # (no sweep while it drains: the
     env.drain()  # message is judged first) task 1's message is redelivered
     assert RUNS == []
     assert "its operation is CANCELED" in env.error(env.dead()[0])
@@ -394,7 +394,7 @@ def test_task_logs_are_capped_per_attempt(env):
 
 def test_a_removed_sqlite_store_stops_the_worker(env, tmp_path, monkeypatch):
     store = Store(f"sqlite:///{tmp_path}/gone.db")
-    monkeypatch.setattr(registry.sequencer, "_store", store)
+    monkeypatch.setattr(registry.context, "_store", store)
     launch(env, steps=1, task_params={"block": True})
     consumer = env.consumer()
     thread = start_until(consumer, lambda: RUNS)
@@ -424,7 +424,7 @@ def test_a_store_error_renews_every_pooled_connection(tmp_path):
 
 
 def test_a_worker_with_an_unusable_store_refuses_to_start(env, monkeypatch):
-    monkeypatch.setattr(registry.sequencer, "_store", None)
+    monkeypatch.setattr(registry.context, "_store", None)
     monkeypatch.setattr(registry.sequencer.settings, "store_url", "foo://bar")
     env.good()
     with pytest.raises(WorkerStartError, match="the store URL foo://bar names foo"):

@@ -24,8 +24,8 @@ class Harness:
         self.store = Store(store_url)
         self.registry = tasks.registry
         self.statuses: list[tuple[str, str]] = []
-        monkeypatch.setattr(self.registry.sequencer, "_store", self.store)
-        monkeypatch.setattr(self.registry, "_producer", Producer({"broker": broker_name}))
+        monkeypatch.setattr(self.registry.context, "_store", self.store)
+        monkeypatch.setattr(self.registry.context, "own", Producer({"broker": broker_name}))
         monkeypatch.setattr(self.registry.controller, "producer", None)
         monkeypatch.setattr(self.registry.settings, "topic", "ops")
         statuses = self.statuses
@@ -126,7 +126,7 @@ def test_send_raises_the_real_error_an_unreachable_store_is_no_validation_error(
         h, monkeypatch):
     from kser.errors import StoreError
 
-    monkeypatch.setattr(h.registry.sequencer, "_store", None)
+    monkeypatch.setattr(h.registry.context, "_store", None)
     monkeypatch.setattr(h.registry.settings, "store_url",
                         "postgresql+psycopg://kser@127.0.0.1:9/kser")
     with pytest.raises(StoreError, match="cannot be used: connection failed"):
@@ -561,7 +561,7 @@ def test_a_control_whose_messages_cannot_be_sent_now_is_done_and_leaves_them_que
     def broker_down(operation_id):
         raise RedoError("Kafka unreachable")
 
-    monkeypatch.setattr(sequencer, "publish", broker_down)
+    monkeypatch.setattr(h.registry.context, "publish", broker_down)
     result = sequencer.cancel(op.uuid)
     assert result.retcode == 0
     assert "done in the store; its messages wait in the outbox" in result.stdout

@@ -691,11 +691,11 @@ def test_a_lost_child_ended_message_is_sent_again_by_a_sweep(h, monkeypatch):
     op = Outer().send()
     # the child's end is stored, but its message to the parent's task is lost
     sequencer = h.registry.sequencer
-    sequencer._queue_child_ended = lambda tx, child, result: None
+    sequencer.transitions.queue_child_ended = lambda tx, child, result: None
     try:
         h.drain()
     finally:
-        del sequencer._queue_child_ended
+        del sequencer.transitions.queue_child_ended
     _, task_rows = h.operation(op.uuid)
     assert h.operation(task_rows[1].id)[0].status == "SUCCESS"
     assert statuses(h, op.uuid)[1]["inner"] == "RUNNING"

@@ -135,7 +135,7 @@ def test_a_run_one_message_kser_did_not_queue_runs_nothing(env):
     with env.store.transaction() as tx:  # a worker claimed it and died
         assert tx.claim_task(ids[0], 0, "dead:1", time.time() - 1, time.time() - 40)
     assert registry.sequencer.cancel(op.uuid).retcode == 0
-    registry.sequencer._last_sweep = time.monotonic()  # (no sweep while it drains)
+    registry.sequencer.sweeper.last = time.monotonic()  # (no sweep while it drains)
     env.produce(task_message(op.uuid, ids[0], mode="one"))
     env.drain()
     assert RUNS == []  # (the other dead letter: the task's own message, now stale)
@@ -196,8 +196,8 @@ def test_a_sweep_stops_at_the_first_sign_the_broker_is_away(env, monkeypatch):
         from kser.controller import RedoError
         raise RedoError("broker away")
 
-    monkeypatch.setattr(registry.sequencer, "publish", away)
-    monkeypatch.setattr("kser.sequencing.sequencer.UNSENT_GRACE", -1.0)
+    monkeypatch.setattr(registry.context, "publish", away)
+    monkeypatch.setattr("kser.sequencing.sweep.UNSENT_GRACE", -1.0)
     registry.sequencer.sweep(force=True)
     assert len(calls) == 1 and len(ops) == 5
 

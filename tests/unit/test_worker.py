@@ -189,7 +189,7 @@ def test_a_dead_letter_the_broker_refuses_for_good_goes_to_the_store(memory_brok
                                                                       monkeypatch, tmp_path):
     from kser.store import Store
 
-    monkeypatch.setattr(registry.sequencer, "_store", Store(f"sqlite:///{tmp_path}/s.db"))
+    monkeypatch.setattr(registry.context, "_store", Store(f"sqlite:///{tmp_path}/s.db"))
     from kafka.errors import MessageSizeTooLargeError
 
     monkeypatch.setattr("kser.deadletter.KAFKA_RETRY_DELAY", 0)

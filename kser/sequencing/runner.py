@@ -1,0 +1,477 @@
+"""The runner: task messages → claim → body → end. A message is judged against its
+stored task (:func:`~kser.sequencing.decisions.verdict`), the task claimed (a
+compare-and-set on status and attempt, with a lease renewed while it runs), its body run
+inside the hook chain (:mod:`kser.middleware`), and its end stored
+(:class:`~kser.sequencing.ends.Ends`).
+
+Several messages in hand (a worker's batch) are claimed in one transaction, their bodies
+run one after the other, and their ends stored together by the group commit; what would
+make one wait or differ (a sub-operation, a task running elsewhere, a duplicate in hand)
+goes alone, after the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
+from functools import partial
+from typing import Any, cast
+
+from cdumay_result import Result
+
+from kser import middleware, tracing
+from kser.entry import Entrypoint
+from kser.errors import (
+    RedoError,
+    UndeliverableError,
+    WorkerFatalError,
+    is_transient,
+    safe_text,
+)
+from kser.pace import Pace
+from kser.results import exception_result, is_success
+from kser.schemas import KSER_METADATA_KEY, Message, dump_result, wire_digest
+from kser.sequencing.children import Children
+from kser.sequencing.context import Context
+from kser.sequencing.decisions import Claim, End, Mode, Verdict, attempt_end, mode_of, verdict
+from kser.sequencing.ends import Ends, Stored
+from kser.sequencing.graph import load_result
+from kser.sequencing.leases import Leases
+from kser.sequencing.operation import Operation
+from kser.sequencing.shapes import Sensor
+from kser.sequencing.task import Task
+from kser.sequencing.transitions import Transitions
+from kser.status import Status
+from kser.store import TaskRow, Tx
+
+logger = logging.getLogger("kser.sequencing.sequencer")  # (the name its lines always had)
+
+#: an item of a batch: the entrypoint a message names, and the message
+Item = tuple[type[Entrypoint], Message]
+#: longest a task's end waits in a batch before it is stored (and the follow-up messages it
+#: queues are produced), seconds; also what sizes a batch (see kser.pace.Pace)
+BATCH_WINDOW = Pace.WINDOW
+
+
+class _Deadline:
+    """One lease's deadline, counted from the first time it is asked for (the tries to
+    store a batch's ends one at a time, after a shared transaction failed, share it)."""
+
+    def __init__(self, seconds: float):
+        self._seconds: float = seconds
+        self._at: float | None = None
+
+    def at(self) -> float:
+        if self._at is None:
+            self._at = time.monotonic() + self._seconds
+        return self._at
+
+
+class Runner:
+    """Runs the task messages of one engine."""
+
+    def __init__(self, ctx: Context, transitions: Transitions, ends: Ends,
+                 children: Children) -> None:
+        self.ctx, self.transitions, self.ends, self.children = ctx, transitions, ends, children
+        self.leases = Leases(ctx)
+        #: tasks a thread of this process is handling now: a second message for one of
+        #: them (a duplicate, a sweep's re-send) never runs it again alongside
+        self.running: set[str] = set()
+        self.running_lock = threading.Lock()
+
+    # -- one message ----------------------------------------------------------------------
+
+    def run_message(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+        """A task message handled alone (its record's trace context current: what it
+        queues outside an attempt's span, a sub-operation's start or end, stays in the
+        trace).
+
+        :raises UndeliverableError: no operation runs here (this worker has no store)
+        """
+        if not self.ctx.runs_operations:  # (no store here: a message opens none)
+            raise UndeliverableError(
+                f"A task message of operation {kmsg.kser_metadata['operation_id']}, and no "
+                "operation is registered on this worker (it has no store): send it to the "
+                "workers of its operation", extra=dict(uuid=kmsg.uuid))
+        with tracing.current(kmsg.trace_parent):
+            return self.run_task(entrypoint, kmsg)
+
+    def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+        """Run the task a task message names, at most once at a time, and sequence what
+        follows.
+
+        The message is checked against the stored task before anything runs (see
+        :func:`~kser.sequencing.decisions.verdict`): one naming another entrypoint,
+        coming before the task's upstream tasks are done, or for an operation that
+        already ended is stale or forged and is dead-lettered; one for a task that is
+        finished, or running here or on a live worker, is a harmless duplicate.
+        """
+        task_id = kmsg.kser_metadata["task_id"]
+        deadline = time.monotonic() + self.ctx.settings.task_lease
+        in_hand_checked = False
+        while True:
+            with self.running_lock:
+                if task_id not in self.running:
+                    self.running.add(task_id)
+                    break
+            # a thread of this process handles it: a copy of the message it runs is a
+            # duplicate, committed at once (it never holds a thread); the message its end
+            # just queued (a retry, a poke) waits for that thread to leave
+            if not in_hand_checked:
+                with self.ctx.transaction() as tx:
+                    stored = tx.get_task(task_id)
+                if (stored is not None and stored.status == Status.RUNNING
+                        and stored.worker == self.ctx.worker_name):
+                    return Result(uuid=task_id, stdout=f"Task {task_id} is running in this "
+                                  "worker: a duplicate message, left to it")
+                in_hand_checked = True
+            if time.monotonic() >= deadline:
+                raise RedoError(f"task {task_id} is still ending in this worker: its next "
+                                "message is handled again in a moment")
+            time.sleep(0.005)
+        try:
+            return self._claim_and_run(entrypoint, kmsg)
+        finally:
+            with self.running_lock:
+                self.running.discard(task_id)
+
+    def _claim_and_run(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+        while True:
+            now = time.time()
+            with self.ctx.transaction() as tx:
+                claim = self._claim_in(tx, kmsg, now)
+            if claim.verdict is Verdict.DONE:
+                return self._republished(claim)
+            if claim.verdict in (Verdict.CHILD, Verdict.WAIT):
+                # (wait: it runs on a live worker; should that worker die, the sweep sends
+                # the task again once its lease expired: this copy holds nothing meanwhile)
+                return claim.nothing_to_do()
+            if claim.verdict is not Verdict.LOST:  # (lost: another worker claimed it first)
+                break
+        if claim.verdict is Verdict.CHILD_ENDED:
+            return self.children.ended(claim.task)
+        if issubclass(entrypoint, Operation):
+            return self.children.start(entrypoint, kmsg, claim.task, claim.attempt)
+        with self.leases.held(claim.task.id, claim.attempt):  # until its end is stored
+            return self.ends.store(self.run_body(entrypoint, kmsg, claim.task, claim.attempt,
+                                                 now))
+
+    def _republished(self, claim: Claim) -> Result:
+        """A message for a task that is done: what its end queued and is unsent is sent
+        again (a duplicate after a crash between commit and produce), nothing else."""
+        self.ctx.publish(claim.task.operation_id)
+        return claim.nothing_to_do()
+
+    def _claim_in(self, tx: Tx, kmsg: Message, now: float) -> Claim:
+        """In ``tx``: read the task a message names, judge the message against it
+        (:meth:`judge`) and claim the task when it is to run (RUN; LOST when another
+        worker claimed it first).
+
+        :raises UndeliverableError: the message is refused (before anything is written)
+        """
+        claim = self.judge(tx.get_task_to_run(kmsg.kser_metadata["task_id"]), kmsg, now)
+        if claim.verdict is not Verdict.RUN:
+            return claim
+        task = claim.task
+        if not tx.claim_task(task.id, task.attempt, self.ctx.worker_name,
+                             now + self.ctx.settings.task_lease, now,
+                             taking_over=task.status == Status.RUNNING):
+            return Claim(Verdict.LOST, task)
+        return Claim(Verdict.RUN, task, task.attempt + 1)
+
+    def judge(self, task: TaskRow | None, kmsg: Message, now: float) -> Claim:
+        """What to do with a task message, given its task as stored (see
+        :func:`~kser.sequencing.decisions.verdict`): RUN means claim it.
+
+        :raises UndeliverableError: the message is refused
+        """
+        meta = kmsg.kser_metadata
+        operation_id, task_id = meta.get("operation_id"), meta["task_id"]
+        mode = mode_of(meta.get("mode"))
+        if task is None or task.operation_id != operation_id:
+            raise UndeliverableError(
+                f"Task {task_id} of operation {operation_id} is not in the store "
+                f"({self.ctx.store}): purged, or sent to consumers of another store",
+                extra=dict(uuid=kmsg.uuid))
+        if mode is Mode.CHILD_ENDED:
+            return Claim(Verdict.CHILD_ENDED, task)
+        found, why = verdict(task, kmsg.entrypoint, mode, now, self.ctx.worker_name,
+                             meta.get("queued"))
+        if (found is Verdict.RUN and task.message_digest is not None and kmsg.wire is not None
+                and wire_digest(kmsg.wire) != task.message_digest):
+            if task.status == Status.RUNNING:  # (taken over: the sweep sent it anew, and
+                return Claim(Verdict.DONE, task)  # this is its dead worker's message)
+            found, why = Verdict.REFUSE, ("it is not the message kser queued for this task "
+                                          "(its result, params or bookkeeping were changed): "
+                                          "forged or corrupt")
+        if found is Verdict.REFUSE:
+            raise UndeliverableError(f"Task message {task_id} refused: {why}",
+                                     extra=dict(uuid=kmsg.uuid))
+        return Claim(found, task)
+
+    # -- several messages at once ---------------------------------------------------------
+
+    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception]:
+        """Run several task messages (a worker's records in hand) as :meth:`run_task` runs
+        one, sharing transactions: the tasks are claimed in one, their bodies run one after
+        the other, and their ends are stored together (every :data:`BATCH_WINDOW`, and after
+        the last body), then what they queued is produced.
+
+        What would make a message wait or differ (a sub-operation, a task running on
+        another worker, a duplicate in hand) goes the way of :meth:`run_task`, after the
+        others; so does everything if a shared transaction fails (each message then meets
+        its own failure alone). Returns, for each message, its result or the exception
+        handling it alone would have raised.
+        """
+        outcomes: list[Result | Exception | None] = [None] * len(items)
+        alone: list[int] = []
+        batched: list[int] = []
+        with self.running_lock:
+            for index, (entrypoint, kmsg) in enumerate(items):
+                task_id = kmsg.kser_metadata["task_id"]
+                if (issubclass(entrypoint, Operation) or task_id in self.running
+                        or mode_of(kmsg.kser_metadata.get("mode")) is Mode.CHILD_ENDED):
+                    alone.append(index)
+                else:
+                    self.running.add(task_id)
+                    batched.append(index)
+        try:
+            claimed = self._claim_batch(items, batched, outcomes, alone)
+            self._run_batch(items, claimed, outcomes)
+        finally:
+            with self.running_lock:
+                for index in batched:
+                    self.running.discard(items[index][1].kser_metadata["task_id"])
+        for index in sorted(alone):
+            entrypoint, kmsg = items[index]
+            outcomes[index] = settled(kmsg, partial(self.run_message, entrypoint, kmsg))
+        assert all(outcome is not None for outcome in outcomes)
+        return cast("list[Result | Exception]", outcomes)
+
+    def _claim_batch(self, items: Sequence[Item], batched: list[int],
+                     outcomes: list[Result | Exception | None],
+                     alone: list[int]) -> list[tuple[int, Claim, float]]:
+        """Claim the ``batched`` messages' tasks in one transaction: those to run, with
+        when; the others get their outcome, or go ``alone``."""
+        claims: list[tuple[int, Claim]] = []
+        refused: dict[int, UndeliverableError] = {}
+        now = time.time()
+        worker, lease_until = self.ctx.worker_name, now + self.ctx.settings.task_lease
+        try:
+            with self.ctx.transaction() as tx:
+                found = tx.tasks_to_run([items[index][1].kser_metadata["task_id"]
+                                         for index in batched])
+                judged: list[tuple[int, Claim]] = []
+                for index in batched:
+                    kmsg = items[index][1]
+                    try:
+                        judged.append((index, self.judge(
+                            found.get(kmsg.kser_metadata["task_id"]), kmsg, now)))
+                    except UndeliverableError as exc:  # (nothing written for it)
+                        refused[index] = exc
+                # the PENDING tasks claimed by one statement; one held by a dead worker
+                # (or by this one before it restarted) is taken over alone
+                pending = tx.claim_pending(
+                    [(claim.task.id, claim.task.attempt) for _, claim in judged
+                     if claim.verdict is Verdict.RUN and claim.task.status == Status.PENDING],
+                    worker, lease_until, now)
+                for index, claim in judged:
+                    task = claim.task
+                    if claim.verdict is Verdict.RUN:
+                        won = (task.id in pending if task.status == Status.PENDING else
+                               tx.claim_task(task.id, task.attempt, worker, lease_until, now))
+                        claim = (Claim(Verdict.RUN, task, task.attempt + 1) if won
+                                 else Claim(Verdict.LOST, task))
+                    claims.append((index, claim))
+        except WorkerFatalError:
+            raise
+        except Exception as exc:  # nothing was claimed: each message goes alone
+            logger.warning("%d task messages could not be claimed together (%s): one at a "
+                           "time", len(batched), safe_text(exc, 300))
+            alone.extend(batched)
+            return []
+        for index, error in refused.items():
+            outcomes[index] = error
+        to_run = []
+        published: set[str] = set()
+        for index, claim in claims:
+            if claim.verdict is Verdict.RUN:
+                to_run.append((index, claim, now))
+            elif claim.verdict is Verdict.DONE:
+                operation_id = claim.task.operation_id
+                if operation_id not in published:  # (a duplicate: re-send what is unsent)
+                    published.add(operation_id)
+                    outcomes[index] = settled(items[index][1],
+                                              partial(self._republished, claim))
+                else:
+                    outcomes[index] = claim.nothing_to_do()
+            elif claim.verdict is Verdict.CHILD:
+                outcomes[index] = claim.nothing_to_do()
+            else:  # WAIT (running on another worker), LOST: as run_task does, alone
+                alone.append(index)
+        return to_run
+
+    def _run_batch(self, items: Sequence[Item], claimed: list[tuple[int, Claim, float]],
+                   outcomes: list[Result | Exception | None]) -> None:
+        """Run the claimed tasks' bodies one after the other; hand their ends to the group
+        commit every :data:`BATCH_WINDOW` and after the last one (the next body runs while
+        they are stored; the status hooks of those stored are called before it), then
+        wait until every end is stored."""
+        pending: list[tuple[int, End]] = []
+        handed: list[tuple[list[tuple[int, End]], Future[list[Stored]]]] = []
+        since, deadline = 0.0, _Deadline(self.ctx.settings.task_lease)
+        group = self.ends.group
+        for _, claim, _ in claimed:  # renewed from now on: a task waiting for its turn
+            self.leases.hold(claim.task.id, claim.attempt)  # behind a slow one stays ours
+        try:
+            for index, claim, claimed_at in claimed:
+                if pending and time.monotonic() - since >= BATCH_WINDOW:
+                    handed.append((pending, group.submit([end for _, end in pending])))
+                    pending = []
+                while handed and handed[0][1].done():  # (their hooks, before the body)
+                    self._settle(items, *handed.pop(0), outcomes, deadline)
+                entrypoint, kmsg = items[index]
+                try:
+                    end = self.run_body(entrypoint, kmsg, claim.task, claim.attempt,
+                                        claimed_at)
+                except WorkerFatalError:
+                    raise
+                except Exception as exc:  # (a branch's check could not read the store)
+                    outcomes[index] = failure(exc, kmsg)
+                    continue
+                if not pending:
+                    since = time.monotonic()
+                pending.append((index, end))
+            if pending:  # (waited for now: stored here if no transaction runs)
+                handed.append((pending, group.submit([end for _, end in pending],
+                                                     here=True)))
+            while handed:
+                self._settle(items, *handed.pop(0), outcomes, deadline)
+        finally:
+            # (leaving early, a fatal error: what was handed over is stored first, while
+            # its tasks are still this thread's; their leases go once their ends are in)
+            wait([stored for _, stored in handed])
+            for _, claim, _ in claimed:  # (a lease renewed after its end is dropped quietly)
+                self.leases.release(claim.task.id)
+
+    def _settle(self, items: Sequence[Item], pending: list[tuple[int, End]],
+                stored: Future[list[Stored]], outcomes: list[Result | Exception | None],
+                deadline: _Deadline) -> None:
+        """The outcomes of ends handed to the group commit, once stored; if their shared
+        transaction failed, each end is stored on its own (the batch's all within one
+        lease: ``deadline``)."""
+        try:
+            ends = stored.result()
+        except WorkerFatalError:
+            raise
+        except Exception:  # (the group commit logged why)
+            for index, end in pending:
+                outcomes[index] = settled(items[index][1],
+                                          partial(self.ends.store, end, deadline.at()))
+            return
+        for (index, end), (transitions, error) in zip(pending, ends, strict=True):
+            outcomes[index] = settled(items[index][1],
+                                      partial(self.ends.after_stored, end, transitions, error))
+
+    # -- a body ---------------------------------------------------------------------------
+
+    def run_body(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
+                 attempt: int, claimed_at: float) -> End:
+        """Run a claimed task's body inside the hook chain: how its attempt ended, to be
+        stored."""
+        task_id = task_row.id
+        mode = mode_of(kmsg.kser_metadata.get("mode"))
+        metadata = dict(task_row.metadata or {})
+        metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
+        # a copy: Result's + changes its left side, and a retry must forward the original
+        forwarded = dump_result(kmsg.result)
+        # what it inherits: its upstream's retval and retcode; its stdout and stderr are
+        # its own (a failure's stderr never carries an upstream's stdout)
+        inherited = load_result(forwarded)
+        inherited.stdout, inherited.stderr = "", ""
+        body: Entrypoint | None
+        try:
+            body = entrypoint(uuid=task_id, params=task_row.params, result=inherited,
+                              metadata=metadata)
+        except Exception as exc:  # a broken __init__ fails the attempt like a broken run
+            body, result = None, exception_result(exc, task_id)
+        else:
+            result = None
+            if isinstance(body, Task):
+                body.name = task_row.name
+                body._upstream_results = partial(self.upstream_results, task_id)
+                body._operation_status = partial(self.operation_status,
+                                                 task_row.operation_id)
+                if isinstance(body, Sensor):
+                    body.pokes = task_row.pokes or 0
+        call = middleware.Call(
+            entrypoint=kmsg.entrypoint, task_id=task_id, worker=self.ctx.worker_name,
+            trace_parent=kmsg.trace_parent, operation_id=task_row.operation_id,
+            task_name=task_row.name, attempt=attempt,
+            ready_at=kmsg.kser_metadata.get("ready_at"), claimed_at=claimed_at)
+
+        def run() -> End:
+            ran = result
+            if body is not None:
+                if isinstance(body, Task):
+                    body.status = Status.RUNNING
+                ran = body.execute()
+            end = attempt_end(entrypoint, task_row, body, ran, forwarded=forwarded,
+                              attempt=attempt, mode=mode, since=claimed_at, now=time.time(),
+                              branch_names=self._branch_names(task_row, body, ran))
+            call.ended(end.status, end.result, waiting=end.poke is not None)
+            return end
+
+        end = middleware.around_body(call, self.ctx.pace, run)
+        end.trace_context, end.took = call.trace_context, call.took
+        return end
+
+    def _branch_names(self, task_row: TaskRow, body: Any, result: Result | None
+                      ) -> list[str] | None:
+        """(a branch that chose) the names of the tasks right after it, from the store."""
+        if getattr(body, "followed", None) is None or not is_success(result):
+            return None
+        with self.ctx.transaction() as tx:
+            return list(tx.downstream_names(task_row.id))
+
+    def upstream_results(self, task_id: str) -> dict[str, Result]:
+        """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
+        reads)."""
+        with self.ctx.transaction() as tx:
+            rows = tx.upstream(task_id)
+        return {row["name"]: load_result(row["result"], row["id"]) for row in rows}
+
+    def operation_status(self, operation_id: str) -> str | None:
+        """The operation's status as stored (what ``Task.checkpoint`` reads)."""
+        with self.ctx.transaction() as tx:
+            op = tx.get_operation(operation_id)
+        return None if op is None else str(op.status)
+
+
+def settled(kmsg: Message, call: Callable[[], Result]) -> Result | Exception:
+    """``call()``'s result, or what its failure means for ``kmsg`` (see :func:`failure`)."""
+    try:
+        return call()
+    except WorkerFatalError:
+        raise
+    except Exception as exc:
+        return failure(exc, kmsg)
+
+
+def failure(exc: Exception, kmsg: Message) -> RedoError | UndeliverableError:
+    """What handling ``kmsg`` failing with ``exc`` means for the worker: redo it later (the
+    store or broker failed), or dead-letter it (it cannot be handled, and never will)."""
+    if isinstance(exc, RedoError | UndeliverableError):
+        return exc
+    reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
+    if is_transient(exc):
+        return RedoError(f"store unreachable: {reason}")
+    what = "task" if "task_id" in kmsg.kser_metadata else "operation"
+    return UndeliverableError(
+        f"The {what} message {kmsg.entrypoint}[{kmsg.uuid}] cannot be handled: "
+        f"{reason if hasattr(exc, 'code') else f'{type(exc).__name__}: {reason}'}; "
+        "fix the cause, then send it again (kser dlq replay)",
+        extra=dict(uuid=kmsg.uuid), code=getattr(exc, "code", None) or 500)
