@@ -18,7 +18,7 @@ from kser.sequencing.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
 from kser.sequencing.rules import TriggerRule
 from kser.status import FINAL_STATUSES as FINAL_STATUSES  # re-exported (kser 0.8 names)
 from kser.status import Status
-from kser.store.store import MAX_LOG_LINE, MAX_LOG_LINES
+from kser.store.tx.base import MAX_LOG_LINE, MAX_LOG_LINES
 from kser.timelimit import TimeLimitExceeded, time_limit
 
 logger = logging.getLogger(__name__)
