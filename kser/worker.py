@@ -38,26 +38,27 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kser import metrics, tracing
+from kser import metrics, signals
 from kser.config import Settings
-from kser.controller import Controller, Outcome
+from kser.consumer_client import POLL_RETRY_MAX, POLL_RETRY_MIN, ConsumerClient
+from kser.controller import Controller
 from kser.deadletter import DLQ_HEADERS, DeadLetters
-from kser.errors import UNACKNOWLEDGED_HINT, WorkerFatalError, is_transient, safe_text
+from kser.errors import WorkerFatalError, safe_text
 from kser.errors import WorkerStartError as WorkerStartError
+from kser.handling import REDO_MAX_BACKOFF as REDO_MAX_BACKOFF
+from kser.handling import RecordHandler
+from kser.offsets import OffsetTracker as OffsetTracker
 from kser.producer import BaseProducer
 from kser.record import Record, TopicPartition
-from kser.results import exception_result
-from kser.topics import TopicAdmin
 
 if TYPE_CHECKING:
     from kser.store import Store
@@ -68,10 +69,6 @@ __all__ = ["DLQ_HEADERS", "BaseConsumer", "Record", "TopicPartition", "WorkerSta
 
 #: longest the main thread waits in one poll, or for a task, while tasks run, seconds
 BUSY_POLL_INTERVAL = 0.2
-#: longest wait before a record whose infrastructure failed is processed again, seconds
-REDO_MAX_BACKOFF = 30.0
-#: first and longest wait after a failed poll before the next one, seconds
-POLL_RETRY_MIN, POLL_RETRY_MAX = 0.5, 10.0
 #: longest the main thread goes without polling while tasks run, seconds: a rebalance
 #: waits for every member's next poll
 REBALANCE_POLL_INTERVAL = 1.0
@@ -81,74 +78,6 @@ DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 _consumer_numbers = itertools.count(1)
 
 
-class OffsetTracker:
-    """Which offsets of each partition are in flight and done, and what may be committed."""
-
-    def __init__(self) -> None:
-        self._in_flight: dict[TopicPartition, set[int]] = {}
-        self._next: dict[TopicPartition, int] = {}  # one past the highest done offset
-        self._committed: dict[TopicPartition, int] = {}
-        #: the partitions the group gives this consumer now (None: not told, e.g. the
-        #: in-process transport): only theirs are committed
-        self._owned: set[TopicPartition] | None = None
-
-    def started(self, record: Record) -> None:
-        self._in_flight.setdefault((record.topic, record.partition), set()).add(record.offset)
-
-    def done(self, record: Record) -> None:
-        tp = (record.topic, record.partition)
-        self._in_flight.setdefault(tp, set()).discard(record.offset)
-        self._next[tp] = max(self._next.get(tp, 0), record.offset + 1)
-
-    def committable(self) -> dict[TopicPartition, int]:
-        """Per partition: the lowest offset in flight, else one past the highest done,
-        where that is beyond what was committed."""
-        offsets = {}
-        for tp, next_offset in self._next.items():
-            if self._owned is not None and tp not in self._owned:
-                continue  # another member's now: its commit would be refused
-            in_flight = self._in_flight.get(tp)
-            offset = min(in_flight) if in_flight else next_offset
-            if offset > self._committed.get(tp, -1):
-                offsets[tp] = offset
-        return offsets
-
-    def committed(self, offsets: dict[TopicPartition, int]) -> None:
-        self._committed.update(offsets)
-
-    def committed_offsets(self) -> dict[TopicPartition, int]:
-        """The group's committed offset of each partition this consumer owns, as far as it
-        knows (what it committed, or found committed when given the partition)."""
-        return {tp: offset for tp, offset in self._committed.items()
-                if self._owned is None or tp in self._owned}
-
-    def forget(self, tps: Iterable[TopicPartition]) -> None:
-        """A commit of these partitions failed (a rebalance, a blip): it is tried again at
-        the next checkpoint if they are still this consumer's. What was done stays done
-        (a client keeps the position of a partition it keeps through a rebalance, so those
-        records are never delivered again: forgetting them left the group's offset behind
-        for good), and a record still running bounds the commit until it ends."""
-        for tp in tps:
-            self._committed.pop(tp, None)
-
-    def assigned(self, tps: Iterable[TopicPartition]) -> None:
-        """The group gave these partitions to this consumer (added to what it has)."""
-        self._owned = (self._owned or set()) | set(tps)
-
-    def floor(self, offsets: dict[TopicPartition, int | None]) -> None:
-        """The group's committed offsets of partitions just assigned: never commit at or
-        below them (what was done here before another member had them is older than what
-        it committed: committing it would move the group back)."""
-        for tp, offset in offsets.items():
-            if offset is not None:
-                self._committed[tp] = max(offset, self._committed.get(tp, -1))
-
-    def revoked(self, tps: Iterable[TopicPartition]) -> None:
-        """The group took these partitions away: not committed until given back (then
-        committed again, from what was done here)."""
-        self._owned = (self._owned or set()) - set(tps)
-        for tp in tps:
-            self._committed.pop(tp, None)
 
 
 @dataclass
@@ -174,7 +103,7 @@ class _LoopState:
         return not self.running and not self.backlog
 
 
-class BaseConsumer:
+class BaseConsumer(ConsumerClient):
     """Consume ``topics`` and run each record through :attr:`REGISTRY`.
 
     :param config: the client library's own consumer configuration
@@ -192,13 +121,13 @@ class BaseConsumer:
 
     def __init__(self, config: dict[str, Any], topics: list[str] | str, *,
                  producer: BaseProducer | None = None, settings: Settings | None = None):
-        self.config = dict(config)
-        self.topics = [topics] if isinstance(topics, str) else list(topics)
-        self.settings = settings or Settings()
         # host:pid, and a suffix for the 2nd, 3rd... consumer of one process: the store
         # tells workers apart by it
         number = next(_consumer_numbers)
-        self.name = f"{socket.gethostname()}:{os.getpid()}" + (f"-{number}" if number > 1 else "")
+        super().__init__(dict(config), [topics] if isinstance(topics, str) else list(topics),
+                         settings or Settings(),
+                         f"{socket.gethostname()}:{os.getpid()}"
+                         + (f"-{number}" if number > 1 else ""))
         self._producer = producer
         self._stopping = threading.Event()
         self._aborting = threading.Event()
@@ -207,13 +136,10 @@ class BaseConsumer:
         #: return once every topic is drained (``run(until_idle=True)``), instead of
         #: consuming until stopped
         self.until_idle = False
-        self._counter_lock = threading.Lock()
         self._poll_failures = 0
         self._own_store: Store | None = None
-        self.processed = 0
-        self._tracker: OffsetTracker | None = None
-        #: partitions assigned whose committed offsets the tracker has not been told yet
-        self._unfloored: set[TopicPartition] = set()
+        #: handles the records of the task threads (made when the run starts)
+        self._handler: RecordHandler | None = None
         #: 0 after a clean stop; 1 when tasks were abandoned or a fatal error stopped it
         self.exit_code = 0
         #: tasks still running when the worker gave up waiting for them at its stop
@@ -235,118 +161,28 @@ class BaseConsumer:
 
     # -- what a transport adapts -------------------------------------------------------
 
-    def _poll(self, timeout: float, max_records: int) -> list[Record]:
-        raise NotImplementedError
 
-    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets``: for each partition, the offset of the next record to read."""
-        raise NotImplementedError
 
-    def _pause(self) -> None:
-        """Stop fetching from every assigned partition (polling keeps the membership)."""
-        raise NotImplementedError
 
-    def _resume(self) -> None:
-        """Fetch again from every assigned partition."""
-        raise NotImplementedError
 
-    def _close(self) -> None:
-        raise NotImplementedError
 
-    def _new_producer(self) -> BaseProducer:
-        raise NotImplementedError
 
-    def _new_admin(self) -> TopicAdmin:
-        """A topic admin of this consumer's cluster (see :mod:`kser.topics`)."""
-        raise NotImplementedError
 
-    def _log_ends(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The offset after the last record of each partition, as the client last saw it
-        (no request to the broker; those it does not know are left out)."""
-        return {}
 
-    def _group_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-        """The group's committed offsets of ``partitions`` (None: none committed). Called
-        on the main thread outside the client's callbacks."""
-        return {}
 
-    def _ensure_topics(self, topics: list[str]) -> list[str]:
-        """Create those of ``topics`` that do not exist (``settings.partitions``
-        partitions, ``settings.replication_factor`` replicas, see :mod:`kser.topics`); return
-        the created ones. Those that existed and are less durable than kser would create
-        them are named in a warning."""
-        with self._new_admin() as admin:
-            created = admin.ensure(topics)
-            try:
-                for line in admin.short_of([t for t in topics if t not in created]):
-                    logger.warning("%s: %s", self.name, line)
-            except Exception as exc:  # (a check: it never stops a start)
-                logger.info("%s: replicas of %s not checked: %s", self.name, topics, exc)
-            return created
 
-    def _producer_options(self) -> dict[str, Any]:
-        """kser's own producer options, from this consumer's settings."""
-        return self.settings.producer_options()
 
-    def _admin_options(self) -> dict[str, Any]:
-        return self.settings.admin_options()
 
-    def _revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        """The group took ``partitions`` from this worker (called by the transport's client
-        in a poll of the main thread). Their records fetched and not started stay in the
-        backlog and run (duplicates are harmless; dropping them would skip them when the
-        partition comes back, as the client keeps its position)."""
-        if self._tracker is not None:
-            self._tracker.revoked(partitions)
-        metrics.set_lag({}, gone=partitions)
 
-    def _assigned(self, partitions: Collection[TopicPartition]) -> None:
-        """Log the partitions the group gave this worker (called by the transport's
-        client at each rebalance, in a poll of the main thread): which worker works on
-        what, and since when; only those are committed, never below the group's committed
-        offsets (read after the poll: see :meth:`_group_offsets`)."""
-        if self._tracker is not None:
-            self._tracker.assigned(partitions)
-            self._unfloored.update(partitions)
-        by_topic: dict[str, list[int]] = {}
-        for topic, partition in partitions:
-            by_topic.setdefault(topic, []).append(partition)
-        logger.info("%s: assigned %d partition(s): %s", self.name, len(partitions),
-                    "; ".join(f"{topic}[{','.join(map(str, sorted(parts)))}]"
-                              for topic, parts in sorted(by_topic.items())) or "none")
 
-    @staticmethod
-    def _force_manual_commit(config: dict[str, Any], key: str) -> dict[str, Any]:
-        """Turn the client's auto-commit off: it would commit before processing."""
-        if str(config.get(key, "")).lower() in ("true", "1"):
-            logger.warning("%s=True ignored: kser commits an offset only after its message "
-                           "is processed and its follow-ups are acknowledged", key)
-        config[key] = False
-        return config
 
     # -- the client, for tools that read a topic without the loop (kser dlq) -------------
 
-    def fetch(self, timeout: float, max_records: int) -> list[Record]:
-        """Poll the client once (no processing, no commit)."""
-        return self._poll(timeout, max_records)
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` (per partition, the offset of the next record to read)."""
-        self._commit(offsets)
 
-    def close(self) -> None:
-        """Close the client (:meth:`run` does it itself when it returns)."""
-        self._close()
 
     # -- public controls ---------------------------------------------------------------
 
-    @property
-    def producer(self) -> BaseProducer:
-        """The producer of follow-up messages and dead letters."""
-        if self._producer is None:
-            # built with KSER_MAX_MESSAGE_BYTES: the same limit for follow-ups as for sends
-            self._producer = self._new_producer()
-        return self._producer
 
     @property
     def controller(self) -> Controller:
@@ -398,7 +234,8 @@ class BaseConsumer:
             topics): nothing was consumed
         """
         self.until_idle = until_idle
-        restore = self._install_signal_handlers()
+        restore = signals.install(self.name, self._stopping, self.stop, self.pause,
+                                  self.resume)
         executor = None
         clean = False
         try:
@@ -415,10 +252,21 @@ class BaseConsumer:
                 executor.shutdown(wait=clean and not self.abandoned, cancel_futures=True)
             restore()
             self._shutdown()
+            logger.info("%s.Stopped: consumer %s after %d record(s)", type(self).__name__,
+                        self.name, self.processed)
+
+    @property
+    def processed(self) -> int:
+        """Records done (committed, or to be) since the worker started."""
+        return 0 if self._handler is None else self._handler.processed
 
     def _prepare(self) -> None:
         """Check what the worker needs before it takes a record; refuse to start without it."""
         self.controller.bind(self.producer, self.name)
+        self._handler = RecordHandler(
+            self.controller, self.dead_letters, self.settings, self.name,
+            self.config.get("group_id") or self.config.get("group.id"), self._stopping,
+            self._fatal)
         try:
             self.controller.sealer  # noqa: B018 - KSER_SECRET_KEYS checked before any record
         except Exception as exc:
@@ -434,33 +282,7 @@ class BaseConsumer:
                 sequencer.store.check_file()
             except (StoreError, WorkerFatalError) as exc:
                 raise WorkerStartError(str(exc)) from None
-        topics = list(dict.fromkeys([*self.topics,
-                                     *(self.settings.dlq_for(t) for t in self.topics)]))
-        # a blip is tried again; a cluster that stays silent for connect_timeout is an error
-        deadline = time.monotonic() + self.settings.connect_timeout
-        while True:
-            try:
-                created = self._ensure_topics(topics)
-                break
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise WorkerStartError(
-                        f"the topics {', '.join(topics)} cannot be checked or created "
-                        f"({safe_text(exc, 500)}): a worker needs its topics and their "
-                        "dead-letter topics; create them (kser topics create), or give kser "
-                        "the right to, and check the names") from None
-                if time.monotonic() >= deadline:
-                    raise WorkerStartError(
-                        f"the Kafka cluster did not answer within "
-                        f"{self.settings.connect_timeout:g} s ({safe_text(exc, 300)}): is "
-                        "the broker running and reachable?") from None
-                logger.warning("%s: checking the topics failed (%s); trying again",
-                               self.name, safe_text(exc, 300))
-                if self._stopping.wait(POLL_RETRY_MIN * 2):
-                    raise WorkerStartError("stopped while it checked its topics") from None
-        self.producer.topics_exist(topics)
-        if created:
-            logger.info("%s: created topic(s) %s", self.name, ", ".join(created))
+        self._ensure_topics_at_start(self._stopping)
 
     def _loop(self, executor: ThreadPoolExecutor, concurrency: int) -> None:
         """Harvest, then (unless stopping) dispatch, checkpoint, fetch, sweep; once stopped,
@@ -526,7 +348,8 @@ class BaseConsumer:
             records = [loop.backlog.popleft() for _ in range(max(1, size))]
             for record in records:
                 loop.tracker.started(record)
-            future = loop.executor.submit(self._process_all, records)
+            assert self._handler is not None  # (made by _prepare, before the loop)
+            future = loop.executor.submit(self._handler.process_all, records)
             # (woken once the future is done: set at the end of the task thread's work,
             # the loop could wake, find it not done yet and sleep a poll interval)
             future.add_done_callback(self._wake)
@@ -617,15 +440,6 @@ class BaseConsumer:
                                self.name, safe_text(exc, 300))
         return records
 
-    def _call_client(self, action: Callable[[], object], what: str) -> bool:
-        """Pause or resume the client's fetching; True if done (a failure is logged: the
-        next poll tells whether the client is usable)."""
-        try:
-            action()
-            return True
-        except Exception as exc:
-            logger.warning("%s: %s failed: %s", self.name, what, safe_text(exc, 500))
-            return False
 
     def _fatal(self, exc: WorkerFatalError) -> None:
         if self.fatal is None:
@@ -642,94 +456,13 @@ class BaseConsumer:
                     tracker.done(record)
                 # else: stopped while it had to be redone: left in flight, never committed
 
-    def _process_all(self, records: list[Record]) -> list[bool]:
-        """Handle records in a task thread (one, or a batch the controller handles
-        together: see ``Controller.handle_many``); redo those whose infrastructure failed,
-        together, after a doubling backoff.
-
-        Returns, per record, True when it is done (to be committed), False when the
-        consumer stopped before it could be. Never raises, whatever the records hold.
-        """
-        done: set[int] = set()
-        try:
-            todo, redo = list(records), 0
-            while todo:
-                again = []
-                # (a batch that must be redone is redone record by record: one record
-                # failing every time never holds the others)
-                for record, outcome in zip(todo, self._outcomes(todo, alone=redo > 0),
-                                           strict=True):
-                    if outcome.undeliverable and not self.dead_letters.send(
-                            record, outcome.result.stderr or "undeliverable"):
-                        outcome.redo = True
-                    if outcome.redo:
-                        again.append(record)
-                        delay = min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)
-                        logger.warning("%s will process %s[%d]@%d again in %.1f s: %s",
-                                       self.name, record.topic, record.partition,
-                                       record.offset, delay,
-                                       safe_text(outcome.result.stderr, 1000))
-                        continue
-                    done.add(id(record))
-                    with self._counter_lock:  # task threads finish together
-                        self.processed += 1
-                    if outcome.kmsg is not None:
-                        logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d",
-                                    self.name, outcome.kmsg.entrypoint, outcome.kmsg.uuid,
-                                    record.topic, record.partition, record.offset,
-                                    outcome.result.retcode)
-                if again and self._stopping.wait(
-                        min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)):
-                    break
-                todo, redo = again, redo + 1
-        except WorkerFatalError as exc:
-            self._fatal(exc)
-        return [id(record) in done for record in records]
 
     def _wake(self, _future: Future[list[bool]]) -> None:
         """Wake the consume loop: a task thread's records are done (their future too)."""
         self._task_done.set()
 
-    def _outcomes(self, records: list[Record], alone: bool = False) -> list[Outcome]:
-        """How each record was handled: together (unless ``alone``), or one at a time; a
-        record the client could not read is a placeholder dead letter saying where it is."""
-        readable = [record for record in records if record.unreadable is None]
-        group = self.config.get("group_id") or self.config.get("group.id")
-        with tracing.consuming(readable, group, self.name) as traces:
-            handled = (self._handle_many(readable, traces) if len(readable) > 1 and not alone
-                       else [self._handle(record, trace)
-                             for record, trace in zip(readable, traces, strict=True)])
-        outcomes = dict(zip(map(id, readable), handled, strict=True))
-        return [outcomes.get(id(record)) or Outcome(None, exception_result(ValueError(
-            f"The Kafka client could not read this record ({record.unreadable}); this dead "
-            "letter only says where it is: read it with another client before the topic's "
-            "retention removes it")), undeliverable=True) for record in records]
 
-    def _handle(self, record: Record, trace: Any = None) -> Outcome:
-        """The controller's outcome for ``record``; an error it did not foresee (a bug, a
-        failing user hook) is redone later, like a failure of the infrastructure."""
-        try:
-            return self.controller.handle(record.value, record.topic, trace)
-        except WorkerFatalError:
-            raise
-        except Exception as exc:
-            logger.error("%s: %s[%d]@%d raised %s: %s", self.name, record.topic,
-                         record.partition, record.offset, type(exc).__name__,
-                         safe_text(exc, 1000))
-            return Outcome(None, exception_result(exc), redo=True)
 
-    def _handle_many(self, records: list[Record], traces: list[Any]) -> list[Outcome]:
-        """:meth:`_handle` for several records at once; if the controller fails on the
-        batch unforeseen, each record is redone alone."""
-        try:
-            return self.controller.handle_many([(r.value, r.topic) for r in records], traces)
-        except WorkerFatalError:
-            raise
-        except Exception as exc:
-            logger.error("%s: %d records handled together raised %s: %s; each is handled "
-                         "again alone", self.name, len(records), type(exc).__name__,
-                         safe_text(exc, 1000))
-            return [Outcome(None, exception_result(exc), redo=True) for _ in records]
 
     def _dead_letter_store(self) -> Store:
         """The store dead letters fall back on: the sequencer's, else one of this consumer."""
@@ -765,60 +498,5 @@ class BaseConsumer:
         except Exception as exc:
             logger.warning("%s: %s failed: %s", self.name, what, safe_text(exc, 1000))
 
-    def _checkpoint(self, tracker: OffsetTracker) -> None:
-        """Commit what may be committed, once everything produced is acknowledged."""
-        offsets = tracker.committable()
-        if not offsets:
-            return
-        try:
-            self.producer.flush(timeout=self.settings.send_timeout)
-        except Exception as exc:  # not committing is always safe
-            logger.error("%s: messages not acknowledged within %g s (%s); offsets not "
-                         "committed: the records will be done again (%s)", self.name,
-                         self.settings.send_timeout, exc, UNACKNOWLEDGED_HINT)
-            return
-        try:
-            self._commit(offsets)
-            tracker.committed(offsets)
-        except Exception as exc:  # e.g. partitions revoked by a rebalance
-            logger.warning("%s: commit of %s failed (%s); the records will be delivered again",
-                           self.name, offsets, exc)
-            tracker.forget(offsets)
 
-    def _shutdown(self) -> None:
-        try:
-            self._close()
-        except Exception as exc:  # the broker may be gone: nothing left to tell it
-            logger.warning("%s: closing the consumer failed: %s", self.name, safe_text(exc))
-        finally:
-            if self._producer is not None:
-                try:
-                    self._producer.close()
-                except Exception as exc:
-                    logger.warning("%s: closing the producer failed: %s", self.name,
-                                   safe_text(exc))
-        logger.info("%s.Stopped: consumer %s after %d record(s)", type(self).__name__,
-                    self.name, self.processed)
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        actions: dict[int, Callable[[], None]] = {
-            signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
-            signal.SIGUSR1: self.pause, signal.SIGUSR2: self.resume}
-        previous = {sig: signal.getsignal(sig) for sig in actions}
-
-        def on_signal(signum: int, _frame: object) -> None:
-            again = signum in (signal.SIGTERM, signal.SIGINT) and self._stopping.is_set()
-            logger.info("%s: %s received%s", self.name, signal.Signals(signum).name,
-                        ": not waiting for the tasks in hand" if again else "")
-            actions[signum]()
-
-        for sig in actions:
-            signal.signal(sig, on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
