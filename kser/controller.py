@@ -234,7 +234,7 @@ class Controller(BaseController):
             routed = self._route(value, traces[index] if traces else None)
             if isinstance(routed, Outcome):
                 outcomes[index] = routed
-            elif self.sequencer is not None and "task_id" in routed[0].kser_metadata:
+            elif self.sequencer is not None and routed[0].is_task:
                 tasks.append((index, *routed))
             else:
                 kmsg, entrypoint = routed
@@ -264,7 +264,7 @@ class Controller(BaseController):
         kmsg.trace_parent = trace
 
         entrypoint = self.ENTRYPOINTS.get(kmsg.entrypoint)
-        if entrypoint is None and self.sequencer is not None and "task_id" in kmsg.kser_metadata:
+        if entrypoint is None and self.sequencer is not None and kmsg.is_task:
             # a built-in task (kser.tasks) of an operation: checked against the stored task
             entrypoint = self.sequencer.built_in(kmsg.entrypoint)
         if entrypoint is None:

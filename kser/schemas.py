@@ -157,6 +157,12 @@ class Message(Base):
         value = self.metadata.get(KSER_METADATA_KEY)
         return value if isinstance(value, dict) else {}
 
+    @property
+    def is_task(self) -> bool:
+        """True for the message of an operation's task (``metadata.kser.task_id``: kser
+        queued it, and the stored task decides what it may do)."""
+        return "task_id" in self.kser_metadata
+
     @classmethod
     def loads(cls, json_data: str | bytes | bytearray | None) -> Message:
         """Decode a record value.

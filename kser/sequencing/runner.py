@@ -45,7 +45,7 @@ from kser.sequencing.shapes import Sensor
 from kser.sequencing.task import Task
 from kser.sequencing.transitions import Transitions
 from kser.status import Status
-from kser.store import TaskRow, Tx
+from kser.store import TaskRow
 
 logger = logging.getLogger("kser.sequencing.sequencer")  # (the name its lines always had)
 
@@ -100,87 +100,196 @@ class Runner:
             return self.run_task(entrypoint, kmsg)
 
     def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
-        """Run the task a task message names, at most once at a time, and sequence what
-        follows.
+        """Run the task a task message names, and sequence what follows: a batch of one
+        (see :meth:`run_tasks`).
 
-        The message is checked against the stored task before anything runs (see
+        :raises RedoError: the store or the broker failed (the message is redone)
+        :raises UndeliverableError: the message is refused (stale or forged)
+        """
+        outcome = self.run_tasks([(entrypoint, kmsg)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception]:
+        """Run task messages (one, or a worker's records in hand), each at most once at a
+        time, sharing transactions: their tasks are read, judged and claimed in one, their
+        bodies run one after the other, and their ends are stored together by the group
+        commit (every :data:`BATCH_WINDOW`, and after the last body), then what they
+        queued is produced. Returns, for each message, its result or the exception that
+        says what the worker must do about it (:func:`failure`).
+
+        Each message is judged against its stored task before anything runs (see
         :func:`~kser.sequencing.decisions.verdict`): one naming another entrypoint,
         coming before the task's upstream tasks are done, or for an operation that
-        already ended is stale or forged and is dead-lettered; one for a task that is
-        finished, or running here or on a live worker, is a harmless duplicate.
+        already ended is stale or forged and is refused (dead-lettered); one for a task
+        that is finished, or running on a live worker, is a harmless duplicate. A message
+        whose task a thread of this process handles waits for that thread to let it go
+        (a retry or a poke its end just queued), unless that thread runs it (a duplicate);
+        a task another worker claimed first is read again; a sub-operation's start and
+        end, after the bodies.
         """
-        task_id = kmsg.kser_metadata["task_id"]
+        outcomes: list[Result | Exception | None] = [None] * len(items)
+        todo = list(range(len(items)))
         deadline = time.monotonic() + self.ctx.settings.task_lease
-        in_hand_checked = False
-        while True:
-            with self.running_lock:
-                if task_id not in self.running:
+        checked: set[int] = set()
+        while todo:
+            taken, held = self._take(items, todo)
+            try:
+                again = self._claim_and_run(items, taken, outcomes) if taken else []
+            finally:
+                with self.running_lock:
+                    for index in taken:
+                        self.running.discard(items[index][1].kser_metadata["task_id"])
+            for index in held:  # (a thread of this process handles its task)
+                kmsg = items[index][1]
+                if index not in checked:
+                    checked.add(index)
+                    here = settled(kmsg, partial(self._running_here, kmsg))
+                    if here is not None:
+                        outcomes[index] = here
+                        continue
+                if time.monotonic() >= deadline:
+                    outcomes[index] = RedoError(
+                        f"task {kmsg.kser_metadata['task_id']} is still ending in this "
+                        "worker: its next message is handled again in a moment")
+                    continue
+                again.append(index)
+            todo = sorted(again)
+            if todo and not taken:
+                time.sleep(0.005)  # (only messages waiting for another thread are left)
+        assert all(outcome is not None for outcome in outcomes)
+        return cast("list[Result | Exception]", outcomes)
+
+    def _take(self, items: Sequence[Item], todo: list[int]) -> tuple[list[int], list[int]]:
+        """Mark the tasks of ``todo`` as handled by this thread: those taken, and those a
+        thread of this process (or an earlier message of this batch) handles already."""
+        taken: list[int] = []
+        held: list[int] = []
+        with self.running_lock:
+            for index in todo:
+                task_id = items[index][1].kser_metadata["task_id"]
+                if task_id in self.running:
+                    held.append(index)
+                else:
                     self.running.add(task_id)
-                    break
-            # a thread of this process handles it: a copy of the message it runs is a
-            # duplicate, committed at once (it never holds a thread); the message its end
-            # just queued (a retry, a poke) waits for that thread to leave
-            if not in_hand_checked:
-                with self.ctx.transaction() as tx:
-                    stored = tx.get_task(task_id)
-                if (stored is not None and stored.status == Status.RUNNING
-                        and stored.worker == self.ctx.worker_name):
-                    return Result(uuid=task_id, stdout=f"Task {task_id} is running in this "
-                                  "worker: a duplicate message, left to it")
-                in_hand_checked = True
-            if time.monotonic() >= deadline:
-                raise RedoError(f"task {task_id} is still ending in this worker: its next "
-                                "message is handled again in a moment")
-            time.sleep(0.005)
-        try:
-            return self._claim_and_run(entrypoint, kmsg)
-        finally:
-            with self.running_lock:
-                self.running.discard(task_id)
+                    taken.append(index)
+        return taken, held
 
-    def _claim_and_run(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
-        while True:
-            now = time.time()
-            with self.ctx.transaction() as tx:
-                claim = self._claim_in(tx, kmsg, now)
-            if claim.verdict is Verdict.DONE:
-                return self._republished(claim)
-            if claim.verdict in (Verdict.CHILD, Verdict.WAIT):
-                # (wait: it runs on a live worker; should that worker die, the sweep sends
-                # the task again once its lease expired: this copy holds nothing meanwhile)
-                return claim.nothing_to_do()
-            if claim.verdict is not Verdict.LOST:  # (lost: another worker claimed it first)
-                break
-        if claim.verdict is Verdict.CHILD_ENDED:
-            return self.children.ended(claim.task)
-        if issubclass(entrypoint, Operation):
-            return self.children.start(entrypoint, kmsg, claim.task, claim.attempt)
-        with self.leases.held(claim.task.id, claim.attempt):  # until its end is stored
-            return self.ends.store(self.run_body(entrypoint, kmsg, claim.task, claim.attempt,
-                                                 now))
+    def _running_here(self, kmsg: Message) -> Result | None:
+        """A duplicate's result when the stored task runs in this very worker (a copy of the
+        message a thread of it runs: committed at once, it never holds a thread); None when
+        it is to wait for that thread (the message its end just queued)."""
+        task_id = kmsg.kser_metadata["task_id"]
+        with self.ctx.transaction() as tx:
+            stored = tx.get_task(task_id)
+        if (stored is not None and stored.status == Status.RUNNING
+                and stored.worker == self.ctx.worker_name):
+            return Result(uuid=task_id, stdout=f"Task {task_id} is running in this worker: a "
+                          "duplicate message, left to it")
+        return None
 
-    def _republished(self, claim: Claim) -> Result:
+    def _claim_and_run(self, items: Sequence[Item], taken: list[int],
+                       outcomes: list[Result | Exception | None]) -> list[int]:
+        """Claim the tasks of ``taken`` and run what is to run: the bodies, then the
+        sub-operations' starts and ends; the messages whose task another worker claimed
+        first, to be read again."""
+        lost: list[int] = []
+        bodies: list[tuple[int, Claim, float]] = []
+        children: list[tuple[int, Claim]] = []
+        published: set[str] = set()
+        for index, claim, claimed_at in self._claim(items, taken, outcomes):
+            kmsg = items[index][1]
+            if claim.verdict is Verdict.RUN and not issubclass(items[index][0], Operation):
+                bodies.append((index, claim, claimed_at))
+            elif claim.verdict in (Verdict.RUN, Verdict.CHILD_ENDED):
+                children.append((index, claim))
+            elif claim.verdict is Verdict.DONE:
+                operation_id = claim.task.operation_id
+                if operation_id not in published:  # (a duplicate: re-send what is unsent)
+                    published.add(operation_id)
+                    outcomes[index] = settled(kmsg, partial(self._republished, kmsg, claim))
+                else:
+                    outcomes[index] = claim.nothing_to_do()
+            elif claim.verdict is Verdict.LOST:
+                lost.append(index)
+            else:  # CHILD (its sub-operation runs it), WAIT (a live worker runs it)
+                outcomes[index] = claim.nothing_to_do()
+        self._run_batch(items, bodies, outcomes)
+        for index, claim in children:
+            entrypoint, kmsg = items[index]
+            outcomes[index] = settled(kmsg, partial(self._child, entrypoint, kmsg, claim))
+        return lost
+
+    def _child(self, entrypoint: type[Entrypoint], kmsg: Message, claim: Claim) -> Result:
+        """A sub-operation started (its task claimed), or its parent's task ended (it
+        ended), in its record's trace."""
+        with tracing.current(kmsg.trace_parent):
+            if claim.verdict is Verdict.CHILD_ENDED:
+                return self.children.ended(claim.task)
+            return self.children.start(cast("type[Operation]", entrypoint), kmsg, claim.task,
+                                       claim.attempt)
+
+    def _republished(self, kmsg: Message, claim: Claim) -> Result:
         """A message for a task that is done: what its end queued and is unsent is sent
         again (a duplicate after a crash between commit and produce), nothing else."""
-        self.ctx.publish(claim.task.operation_id)
+        with tracing.current(kmsg.trace_parent):
+            self.ctx.publish(claim.task.operation_id)
         return claim.nothing_to_do()
 
-    def _claim_in(self, tx: Tx, kmsg: Message, now: float) -> Claim:
-        """In ``tx``: read the task a message names, judge the message against it
-        (:meth:`judge`) and claim the task when it is to run (RUN; LOST when another
-        worker claimed it first).
+    def _claim(self, items: Sequence[Item], indices: list[int],
+               outcomes: list[Result | Exception | None]) -> list[tuple[int, Claim, float]]:
+        """:meth:`_claim_in` of ``indices`` in one transaction; if it fails, each message
+        alone (one failing then fails alone: :func:`failure`)."""
+        try:
+            return self._claim_in(items, indices, outcomes)
+        except WorkerFatalError:
+            raise
+        except Exception as exc:
+            if len(indices) == 1:
+                outcomes[indices[0]] = failure(exc, items[indices[0]][1])
+                return []
+            logger.warning("%d task messages could not be claimed together (%s): one at a "
+                           "time", len(indices), safe_text(exc, 300))
+        return [claim for index in indices for claim in self._claim(items, [index], outcomes)]
 
-        :raises UndeliverableError: the message is refused (before anything is written)
-        """
-        claim = self.judge(tx.get_task_to_run(kmsg.kser_metadata["task_id"]), kmsg, now)
-        if claim.verdict is not Verdict.RUN:
-            return claim
-        task = claim.task
-        if not tx.claim_task(task.id, task.attempt, self.ctx.worker_name,
-                             now + self.ctx.settings.task_lease, now,
-                             taking_over=task.status == Status.RUNNING):
-            return Claim(Verdict.LOST, task)
-        return Claim(Verdict.RUN, task, task.attempt + 1)
+    def _claim_in(self, items: Sequence[Item], indices: list[int],
+                  outcomes: list[Result | Exception | None]) -> list[tuple[int, Claim, float]]:
+        """In one transaction: read the messages' tasks, judge each message against its
+        task (:meth:`judge`; a refused one gets its error as outcome) and claim those to run
+        (RUN, with when; LOST when another worker claimed it first)."""
+        claims: list[tuple[int, Claim, float]] = []
+        refused: dict[int, UndeliverableError] = {}
+        now = time.time()
+        worker, lease_until = self.ctx.worker_name, now + self.ctx.settings.task_lease
+        with self.ctx.transaction() as tx:
+            found = tx.tasks_to_run([items[index][1].kser_metadata["task_id"]
+                                     for index in indices])
+            judged: list[tuple[int, Claim]] = []
+            for index in indices:
+                kmsg = items[index][1]
+                try:
+                    judged.append((index, self.judge(
+                        found.get(kmsg.kser_metadata["task_id"]), kmsg, now)))
+                except UndeliverableError as exc:  # (nothing written for it)
+                    refused[index] = exc
+            # the PENDING tasks claimed by one statement; one held by a dead worker (or by
+            # this one before it restarted) is taken over alone
+            pending = tx.claim_pending(
+                [(claim.task.id, claim.task.attempt) for _, claim in judged
+                 if claim.verdict is Verdict.RUN and claim.task.status == Status.PENDING],
+                worker, lease_until, now)
+            for index, claim in judged:
+                task = claim.task
+                if claim.verdict is Verdict.RUN:
+                    won = (task.id in pending if task.status == Status.PENDING else
+                           tx.claim_task(task.id, task.attempt, worker, lease_until, now))
+                    claim = (Claim(Verdict.RUN, task, task.attempt + 1) if won
+                             else Claim(Verdict.LOST, task))
+                claims.append((index, claim, now))
+        for index, error in refused.items():
+            outcomes[index] = error
+        return claims
 
     def judge(self, task: TaskRow | None, kmsg: Message, now: float) -> Claim:
         """What to do with a task message, given its task as stored (see
@@ -211,108 +320,6 @@ class Runner:
             raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                      extra=dict(uuid=kmsg.uuid))
         return Claim(found, task)
-
-    # -- several messages at once ---------------------------------------------------------
-
-    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception]:
-        """Run several task messages (a worker's records in hand) as :meth:`run_task` runs
-        one, sharing transactions: the tasks are claimed in one, their bodies run one after
-        the other, and their ends are stored together (every :data:`BATCH_WINDOW`, and after
-        the last body), then what they queued is produced.
-
-        What would make a message wait or differ (a sub-operation, a task running on
-        another worker, a duplicate in hand) goes the way of :meth:`run_task`, after the
-        others; so does everything if a shared transaction fails (each message then meets
-        its own failure alone). Returns, for each message, its result or the exception
-        handling it alone would have raised.
-        """
-        outcomes: list[Result | Exception | None] = [None] * len(items)
-        alone: list[int] = []
-        batched: list[int] = []
-        with self.running_lock:
-            for index, (entrypoint, kmsg) in enumerate(items):
-                task_id = kmsg.kser_metadata["task_id"]
-                if (issubclass(entrypoint, Operation) or task_id in self.running
-                        or mode_of(kmsg.kser_metadata.get("mode")) is Mode.CHILD_ENDED):
-                    alone.append(index)
-                else:
-                    self.running.add(task_id)
-                    batched.append(index)
-        try:
-            claimed = self._claim_batch(items, batched, outcomes, alone)
-            self._run_batch(items, claimed, outcomes)
-        finally:
-            with self.running_lock:
-                for index in batched:
-                    self.running.discard(items[index][1].kser_metadata["task_id"])
-        for index in sorted(alone):
-            entrypoint, kmsg = items[index]
-            outcomes[index] = settled(kmsg, partial(self.run_message, entrypoint, kmsg))
-        assert all(outcome is not None for outcome in outcomes)
-        return cast("list[Result | Exception]", outcomes)
-
-    def _claim_batch(self, items: Sequence[Item], batched: list[int],
-                     outcomes: list[Result | Exception | None],
-                     alone: list[int]) -> list[tuple[int, Claim, float]]:
-        """Claim the ``batched`` messages' tasks in one transaction: those to run, with
-        when; the others get their outcome, or go ``alone``."""
-        claims: list[tuple[int, Claim]] = []
-        refused: dict[int, UndeliverableError] = {}
-        now = time.time()
-        worker, lease_until = self.ctx.worker_name, now + self.ctx.settings.task_lease
-        try:
-            with self.ctx.transaction() as tx:
-                found = tx.tasks_to_run([items[index][1].kser_metadata["task_id"]
-                                         for index in batched])
-                judged: list[tuple[int, Claim]] = []
-                for index in batched:
-                    kmsg = items[index][1]
-                    try:
-                        judged.append((index, self.judge(
-                            found.get(kmsg.kser_metadata["task_id"]), kmsg, now)))
-                    except UndeliverableError as exc:  # (nothing written for it)
-                        refused[index] = exc
-                # the PENDING tasks claimed by one statement; one held by a dead worker
-                # (or by this one before it restarted) is taken over alone
-                pending = tx.claim_pending(
-                    [(claim.task.id, claim.task.attempt) for _, claim in judged
-                     if claim.verdict is Verdict.RUN and claim.task.status == Status.PENDING],
-                    worker, lease_until, now)
-                for index, claim in judged:
-                    task = claim.task
-                    if claim.verdict is Verdict.RUN:
-                        won = (task.id in pending if task.status == Status.PENDING else
-                               tx.claim_task(task.id, task.attempt, worker, lease_until, now))
-                        claim = (Claim(Verdict.RUN, task, task.attempt + 1) if won
-                                 else Claim(Verdict.LOST, task))
-                    claims.append((index, claim))
-        except WorkerFatalError:
-            raise
-        except Exception as exc:  # nothing was claimed: each message goes alone
-            logger.warning("%d task messages could not be claimed together (%s): one at a "
-                           "time", len(batched), safe_text(exc, 300))
-            alone.extend(batched)
-            return []
-        for index, error in refused.items():
-            outcomes[index] = error
-        to_run = []
-        published: set[str] = set()
-        for index, claim in claims:
-            if claim.verdict is Verdict.RUN:
-                to_run.append((index, claim, now))
-            elif claim.verdict is Verdict.DONE:
-                operation_id = claim.task.operation_id
-                if operation_id not in published:  # (a duplicate: re-send what is unsent)
-                    published.add(operation_id)
-                    outcomes[index] = settled(items[index][1],
-                                              partial(self._republished, claim))
-                else:
-                    outcomes[index] = claim.nothing_to_do()
-            elif claim.verdict is Verdict.CHILD:
-                outcomes[index] = claim.nothing_to_do()
-            else:  # WAIT (running on another worker), LOST: as run_task does, alone
-                alone.append(index)
-        return to_run
 
     def _run_batch(self, items: Sequence[Item], claimed: list[tuple[int, Claim, float]],
                    outcomes: list[Result | Exception | None]) -> None:
@@ -469,7 +476,7 @@ def failure(exc: Exception, kmsg: Message) -> RedoError | UndeliverableError:
     reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
     if is_transient(exc):
         return RedoError(f"store unreachable: {reason}")
-    what = "task" if "task_id" in kmsg.kser_metadata else "operation"
+    what = "task" if kmsg.is_task else "operation"
     return UndeliverableError(
         f"The {what} message {kmsg.entrypoint}[{kmsg.uuid}] cannot be handled: "
         f"{reason if hasattr(exc, 'code') else f'{type(exc).__name__}: {reason}'}; "

@@ -125,7 +125,7 @@ class Sequencer:
     @staticmethod
     def handles(entrypoint: type[Entrypoint], kmsg: Message) -> bool:
         """True for operation messages and for messages of an operation's task."""
-        return issubclass(entrypoint, Operation) or "task_id" in kmsg.kser_metadata
+        return issubclass(entrypoint, Operation) or kmsg.is_task
 
     @staticmethod
     def built_in(path: str) -> type[Entrypoint] | None:
@@ -143,7 +143,7 @@ class Sequencer:
         so that the record is dead-lettered rather than lost or looped on.
         """
         try:
-            if "task_id" in kmsg.kser_metadata:
+            if kmsg.is_task:
                 return self.runner.run_message(entrypoint, kmsg)
             return self.submitter.submit_message(entrypoint, kmsg, topic)
         except (RedoError, UndeliverableError, WorkerFatalError):

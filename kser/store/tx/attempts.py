@@ -64,10 +64,10 @@ class AttemptQueries(TxBase):
     def claim_pending(self, claims: list[tuple[str, int]], worker: str, lease_until: float,
                       now: float) -> set[str]:
         """:meth:`claim_task` of several PENDING tasks ``(task id, attempt)``, none taken
-        over; the ids of those claimed."""
+        over; the ids of those claimed (one task: the hop's statement, not arrays)."""
         if not claims:
             return set()
-        if not self._postgresql:
+        if not self._postgresql or len(claims) == 1:
             return {task_id for task_id, attempt in claims
                     if self.claim_task(task_id, attempt, worker, lease_until, now,
                                        taking_over=False)}

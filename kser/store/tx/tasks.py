@@ -47,8 +47,9 @@ class TaskQueries(OutboxQueries):  # (a task is queued with its message, in the 
         return self._first_as(TaskRow, q.GET_TASK_TO_RUN, dict(b_id=task_id))
 
     def tasks_to_run(self, task_ids: list[str]) -> dict[str, TaskRow]:
-        """:meth:`get_task_to_run` of several tasks (those in the store), by id."""
-        if self._postgresql:
+        """:meth:`get_task_to_run` of several tasks (those in the store), by id (one task:
+        the hop's prepared statement, not an array)."""
+        if self._postgresql and len(task_ids) > 1:
             rows = [TaskRow.from_row(row)
                     for row in self._raw(q.TASKS_TO_RUN_PG, dict(b_ids=list(task_ids)))]
         else:
