@@ -139,10 +139,9 @@ class Ends:
         try:
             with self.ctx.transaction() as tx:
                 # (a row lock held long, by an operator's session say, fails the group
-                # after a while: each thread then stores its own ends, waiting alone; one
-                # end has nobody to hold up but its own thread)
-                if len(ends) > 1:
-                    tx.lock_timeout(GROUP_LOCK_TIMEOUT)
+                # after a while: each thread then stores its own ends, waiting alone; even
+                # one end, whose transaction holds every other thread's ends behind it)
+                tx.lock_timeout(GROUP_LOCK_TIMEOUT)
                 transitions = self.transitions.ends(tx, ends)
                 queued = tx.queued
         except WorkerFatalError:

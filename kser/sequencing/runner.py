@@ -130,26 +130,43 @@ class Runner:
         end, after the bodies.
         """
         outcomes: list[Result | Exception | None] = [None] * len(items)
-        todo = list(range(len(items)))
-        deadline = time.monotonic() + self.ctx.settings.task_lease
-        checked: set[int] = set()
+        # (a sub-operation's start or end after the bodies: claimed then, it holds no
+        # claim while they run)
+        later = [index for index, (entrypoint, kmsg) in enumerate(items)
+                 if issubclass(entrypoint, Operation)
+                 or mode_of(kmsg.kser_metadata.get("mode")) is Mode.CHILD_ENDED]
+        for indices in ([i for i in range(len(items)) if i not in later], later):
+            if indices:
+                self._run_all(items, indices, outcomes)
+        assert all(outcome is not None for outcome in outcomes)
+        return cast("list[Result | Exception]", outcomes)
+
+    def _run_all(self, items: Sequence[Item], todo: list[int],
+                 outcomes: list[Result | Exception | None]) -> None:
+        """Run the messages of ``todo`` until each has its outcome: those whose task is
+        free claimed and run together, the others read again (claimed first elsewhere,
+        or running on a worker whose lease may have expired meanwhile) or waiting for the
+        thread of this process that handles their task, each for up to a lease."""
+        waiting_since: dict[int, float] = {}
+        rechecked: set[int] = set()
         while todo:
             taken, held = self._take(items, todo)
             try:
-                again = self._claim_and_run(items, taken, outcomes) if taken else []
+                again = (self._claim_and_run(items, taken, outcomes, rechecked)
+                         if taken else [])
             finally:
                 with self.running_lock:
                     for index in taken:
                         self.running.discard(items[index][1].kser_metadata["task_id"])
             for index in held:  # (a thread of this process handles its task)
                 kmsg = items[index][1]
-                if index not in checked:
-                    checked.add(index)
+                if index not in waiting_since:
+                    waiting_since[index] = time.monotonic()
                     here = settled(kmsg, partial(self._running_here, kmsg))
                     if here is not None:
                         outcomes[index] = here
                         continue
-                if time.monotonic() >= deadline:
+                if time.monotonic() - waiting_since[index] >= self.ctx.settings.task_lease:
                     outcomes[index] = RedoError(
                         f"task {kmsg.kser_metadata['task_id']} is still ending in this "
                         "worker: its next message is handled again in a moment")
@@ -158,8 +175,6 @@ class Runner:
             todo = sorted(again)
             if todo and not taken:
                 time.sleep(0.005)  # (only messages waiting for another thread are left)
-        assert all(outcome is not None for outcome in outcomes)
-        return cast("list[Result | Exception]", outcomes)
 
     def _take(self, items: Sequence[Item], todo: list[int]) -> tuple[list[int], list[int]]:
         """Mark the tasks of ``todo`` as handled by this thread: those taken, and those a
@@ -190,11 +205,14 @@ class Runner:
         return None
 
     def _claim_and_run(self, items: Sequence[Item], taken: list[int],
-                       outcomes: list[Result | Exception | None]) -> list[int]:
-        """Claim the tasks of ``taken`` and run what is to run: the bodies, then the
-        sub-operations' starts and ends; the messages whose task another worker claimed
-        first, to be read again."""
+                       outcomes: list[Result | Exception | None],
+                       rechecked: set[int]) -> list[int]:
+        """Claim the tasks of ``taken`` and run what is to run: the bodies, or the
+        sub-operations' starts and ends; the messages to read again: those whose task
+        another worker claimed first, and (once, after bodies ran: time passed) those
+        whose task runs on another worker, whose lease may have expired meanwhile."""
         lost: list[int] = []
+        waited: list[tuple[int, Claim]] = []
         bodies: list[tuple[int, Claim, float]] = []
         children: list[tuple[int, Claim]] = []
         published: set[str] = set()
@@ -213,9 +231,17 @@ class Runner:
                     outcomes[index] = claim.nothing_to_do()
             elif claim.verdict is Verdict.LOST:
                 lost.append(index)
+            elif claim.verdict is Verdict.WAIT and index not in rechecked:
+                rechecked.add(index)
+                waited.append((index, claim))
             else:  # CHILD (its sub-operation runs it), WAIT (a live worker runs it)
                 outcomes[index] = claim.nothing_to_do()
         self._run_batch(items, bodies, outcomes)
+        for index, claim in waited:
+            if bodies:  # (read again: their worker's lease may have expired meanwhile)
+                lost.append(index)
+            else:
+                outcomes[index] = claim.nothing_to_do()
         for index, claim in children:
             entrypoint, kmsg = items[index]
             outcomes[index] = settled(kmsg, partial(self._child, entrypoint, kmsg, claim))

@@ -151,8 +151,9 @@ class Transitions:
             op = tx.operation_state(end.task.operation_id)
             if (op.id in tx.not_queued and transitions[index] is not None
                     and op.status == RUNNING and not tx.unfinished(op.id)):
-                transitions[index] = [*(transitions[index] or []), self.finish_operation(
-                    tx, op.id, *self.outcome(tx, op))]
+                with tracing.activated(end.trace_context):  # (its notices: the end's child)
+                    transitions[index] = [*(transitions[index] or []), self.finish_operation(
+                        tx, op.id, *self.outcome(tx, op))]
         return transitions
 
     def end(self, tx: Tx, end: End) -> Ended | None:

@@ -10,6 +10,7 @@ from cdumay_result import Result
 from sqlalchemy.exc import OperationalError
 
 from kser.controller import UndeliverableError
+from kser.schemas import Message
 from kser.sequencing import Operation
 from kser.sequencing import runner as runner_module
 from kser.sequencing.decisions import End as _End
@@ -391,3 +392,24 @@ def test_joins_fire_once_with_task_threads_sharing_transactions(h, monkeypatch):
         for task in task_rows:
             assert task["status"] == "SUCCESS" and task["attempt"] == 1
             assert [a["status"] for a in h.attempts(task["id"])] == ["SUCCESS"]
+
+
+def test_a_sub_operation_s_message_in_a_batch_is_claimed_after_the_bodies(h, monkeypatch):
+    """A sub-operation's start or end in a batch holds no claim while the other bodies
+    run (its lease is not renewed then): it is read and claimed after them."""
+    _, items = first_messages(h, 2, name="n")
+    entrypoint, kmsg = items[0]
+    child_ended = Message(uuid=kmsg.uuid, entrypoint=kmsg.entrypoint, metadata={"kser": {
+        **kmsg.kser_metadata, "mode": "child_ended"}})
+    runner = h.registry.sequencer.runner
+    claim_in, claimed = runner._claim_in, []
+
+    def recording(batch, indices, outcomes):
+        claimed.append((list(indices), list(tasks.CALLS)))
+        return claim_in(batch, indices, outcomes)
+
+    monkeypatch.setattr(runner, "_claim_in", recording)
+    outcomes = runner.run_tasks([(entrypoint, child_ended), *items])
+    assert claimed == [([1, 2], []), ([0], ["step0", "step0"])]  # after both bodies ran
+    assert [o.retcode for o in outcomes] == [0, 0, 0]
+    assert "nothing to do" in outcomes[0].stdout  # (no such sub-operation: a forged end)
