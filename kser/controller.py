@@ -117,6 +117,8 @@ class Controller(BaseController):
         self._sealer: Sealer | None = None
         #: how long bodies took lately (its sequencer's tasks included): sizes batches
         self.pace = Pace()
+        #: the hook chain around a body (its sequencer's tasks run in the same one)
+        self.chain = middleware.default(self.pace)
 
     def use_settings(self, settings: Settings | Callable[[], Settings]) -> None:
         """Take these settings (or a callable returning them when first needed): its
@@ -323,7 +325,7 @@ class Controller(BaseController):
             call.ended(Status.SUCCESS if is_success(result) else Status.FAILED, result)
             return result
 
-        return middleware.around_body(call, self.pace, run)
+        return self.chain.run(call, run)
 
 
 def _returned(result: Result | Exception) -> Result:

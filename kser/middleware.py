@@ -1,18 +1,18 @@
 """The hook chain around a task's body, written once: a lone task
-(``Controller.execute``) and an operation's task (the runner) run their bodies through
-:func:`around_body`.
+(``Controller.execute``) and an operation's task (``Runner.run_body``) run their bodies
+through a :class:`Chain`. Each behaviour around a body is a small :class:`Middleware`
+(Dramatiq's middleware is the model); from the outside in:
 
-Around a body, from the outside in (Dramatiq's middleware is the model):
-
-1. **pace and duration**: how long it took (:attr:`Call.took`) feeds the pace that sizes
-   the batches (:class:`kser.pace.Pace`);
-2. **metrics**: the hop (from when it could run to its claim) when it starts; its run,
-   status and duration when it ends (a lone task's at once; an operation's task's once
-   its end is stored, by :func:`kser.sequencing.ends.count`);
-3. **log context**: every log line of the body carries its operation, task, attempt,
-   entrypoint (``kser.logs.context``);
-4. **span**: ``run <entrypoint>``, child of its record's span; its context is kept on
-   the call (:attr:`Call.trace_context`: what the end queues is its child).
+1. :class:`Pacing`: how long the body took (:attr:`Call.took`) feeds the pace that
+   sizes the batches (:class:`kser.pace.Pace`);
+2. :class:`Metrics`: the hop (from when it could run to its claim) when it starts; its
+   run, status and duration when it ends (a lone task's at once; an operation's task's
+   once its end is stored, by :func:`kser.sequencing.ends.count`);
+3. :class:`LogContext`: every log line of the body carries its operation, task,
+   attempt and entrypoint (``kser.logs.context``);
+4. :class:`Tracing`: the span ``run <entrypoint>``, child of its record's span; its
+   context is kept on the call (:attr:`Call.trace_context`: what the end queues is its
+   child).
 
 The time limit (``TIME_LIMIT``) is the task's own: ``Task.execute`` applies it, inside
 all of these.
@@ -21,7 +21,8 @@ all of these.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,43 +60,121 @@ class Call:
     #: how long it ran, seconds
     took: float = 0.0
 
+    @property
+    def lone(self) -> bool:
+        """A task sent alone (no operation, nothing of it stored)."""
+        return self.operation_id is None
+
     def ended(self, status: str, result: Result | None, waiting: bool = False) -> None:
         """Say how the body ended (before it returns: the span ends with it)."""
         self.status, self.waiting = status, waiting
         self.error = None if result is None else result.stderr
 
-    def log_fields(self) -> dict[str, Any]:
-        if self.operation_id is None:
-            return dict(task_id=self.task_id, entrypoint=self.entrypoint)
-        return dict(operation_id=self.operation_id, task_id=self.task_id,
-                    task_name=self.task_name, attempt=self.attempt,
-                    entrypoint=self.entrypoint)
 
-    def span_attributes(self) -> dict[str, Any]:
-        if self.operation_id is None:
-            return {"kser.entrypoint": self.entrypoint, "kser.task_id": str(self.task_id),
-                    "kser.worker": self.worker}
-        return {"kser.entrypoint": self.entrypoint, "kser.operation_id": self.operation_id,
-                "kser.task_id": self.task_id, "kser.task_name": self.task_name or "",
-                "kser.attempt": self.attempt, "kser.worker": self.worker}
+class Middleware:
+    """One behaviour around every task body: :meth:`around` is entered before the body
+    and left after it, the call then saying how the body ended (an exception the body
+    raised passes through it)."""
+
+    @contextmanager
+    def around(self, call: Call) -> Iterator[None]:
+        yield
 
 
-def around_body(call: Call, pace: Pace, body: Callable[[], T]) -> T:
-    """Run ``body`` inside the hook chain (see the module); it says how it ended with
-    ``call.ended(...)`` before it returns."""
-    lone = call.operation_id is None
-    if not lone:
-        metrics.task_started(call.entrypoint, call.ready_at, call.claimed_at or time.time())
-    started = time.monotonic()
-    try:
-        with logs.context(**call.log_fields()), tracing.span(
-                f"run {call.entrypoint}", call.trace_parent, call.span_attributes()) as span:
-            value = body()
+class Pacing(Middleware):
+    """Times the body (:attr:`Call.took`, seconds) and adds it to ``pace``.
+
+    :param pace: how long bodies took lately (the controller's: sizes the batches)
+    """
+
+    def __init__(self, pace: Pace) -> None:
+        self.pace = pace
+
+    @contextmanager
+    def around(self, call: Call) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            call.took = time.monotonic() - started
+            self.pace.add(call.took)
+
+
+class Metrics(Middleware):
+    """Counts the hop of an operation's task when it starts, and a lone task's run
+    (status, duration) when it ends; an operation's task's run is counted once its end
+    is stored. No-ops unless metrics are enabled."""
+
+    @contextmanager
+    def around(self, call: Call) -> Iterator[None]:
+        if not call.lone:
+            metrics.task_started(call.entrypoint, call.ready_at,
+                                 call.claimed_at or time.time())
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            if call.lone:
+                metrics.task_ran(call.entrypoint, call.status, time.monotonic() - started)
+
+
+class LogContext(Middleware):
+    """Puts the call's operation, task, name, attempt and entrypoint on every log line
+    of the body."""
+
+    @contextmanager
+    def around(self, call: Call) -> Iterator[None]:
+        if call.lone:
+            fields: dict[str, Any] = dict(task_id=call.task_id, entrypoint=call.entrypoint)
+        else:
+            fields = dict(operation_id=call.operation_id, task_id=call.task_id,
+                          task_name=call.task_name, attempt=call.attempt,
+                          entrypoint=call.entrypoint)
+        with logs.context(**fields):
+            yield
+
+
+class Tracing(Middleware):
+    """The span ``run <entrypoint>`` around the body (a child of its record's span),
+    ended with the call's status; its context kept on :attr:`Call.trace_context`. A
+    no-op without a tracer provider."""
+
+    @contextmanager
+    def around(self, call: Call) -> Iterator[None]:
+        if call.lone:
+            attributes: dict[str, Any] = {
+                "kser.entrypoint": call.entrypoint, "kser.task_id": str(call.task_id),
+                "kser.worker": call.worker}
+        else:
+            attributes = {
+                "kser.entrypoint": call.entrypoint, "kser.operation_id": call.operation_id,
+                "kser.task_id": call.task_id, "kser.task_name": call.task_name or "",
+                "kser.attempt": call.attempt, "kser.worker": call.worker}
+        with tracing.span(f"run {call.entrypoint}", call.trace_parent, attributes) as span:
+            yield
             call.trace_context = tracing.ended(
                 span, metrics.WAITING if call.waiting else call.status, call.error)
-        return value
-    finally:
-        call.took = time.monotonic() - started
-        pace.add(call.took)  # (the pace of bodies sizes the batches)
-        if lone:  # (an operation's task is counted once its end is stored)
-            metrics.task_ran(call.entrypoint, call.status, call.took)
+
+
+class Chain:
+    """Middleware around a body, the first outermost.
+
+    :param middleware: the behaviours, outside in (default: :func:`default`)
+    """
+
+    def __init__(self, middleware: Sequence[Middleware]) -> None:
+        self.middleware = list(middleware)
+
+    def run(self, call: Call, body: Callable[[], T]) -> T:
+        """Run ``body`` inside every middleware; it says how it ended with
+        ``call.ended(...)`` before it returns."""
+        with ExitStack() as stack:
+            for middleware in self.middleware:
+                stack.enter_context(middleware.around(call))
+            return body()
+
+
+def default(pace: Pace) -> Chain:
+    """kser's chain: :class:`Pacing` (into ``pace``), :class:`Metrics`,
+    :class:`LogContext`, :class:`Tracing`."""
+    return Chain([Pacing(pace), Metrics(), LogContext(), Tracing()])

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from kser.codec import Codec
 from kser.config import TRANSPORTS, Settings
 from kser.entry import Entrypoint
+from kser.middleware import Chain
+from kser.middleware import default as default_chain
 from kser.pace import Pace
 from kser.sequencing.operation import Operation
 from kser.sequencing.outbox import Outbox
@@ -32,10 +34,12 @@ class Context:
         own mapping: what is registered later is seen)
     :param settings: kser settings (default: read from the environment on first use)
     :param pace: how long bodies took lately (the controller's: lone tasks count too)
+    :param chain: the hook chain around a body (the controller's)
     """
 
     def __init__(self, entrypoints: Mapping[str, type[Entrypoint]],
-                 settings: Settings | None = None, *, pace: Pace | None = None) -> None:
+                 settings: Settings | None = None, *, pace: Pace | None = None,
+                 chain: Chain | None = None) -> None:
         self.entrypoints = entrypoints
         self._settings = settings
         self._store: Store | None = None
@@ -48,6 +52,8 @@ class Context:
         #: ``host:pid`` of the consumer running this engine
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.pace = pace or Pace()
+        #: the hook chain around a body (the controller's: lone tasks run in it too)
+        self.chain = chain or default_chain(self.pace)
         #: produces what transactions queued; every transaction goes through it
         self.outbox = Outbox(self)
 

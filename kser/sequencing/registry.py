@@ -48,7 +48,7 @@ class OperationRegistry:
         #: what every part of its engine shares (settings, store, producer, codec), made
         #: here and passed to each part
         self.context = Context(self.controller.ENTRYPOINTS, settings,
-                               pace=self.controller.pace)
+                               pace=self.controller.pace, chain=self.controller.chain)
         self.controller.use_settings(lambda: self.settings)
         self.sequencer = Sequencer(self.context)
         self.controller.sequencer = self.sequencer

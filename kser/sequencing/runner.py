@@ -458,7 +458,7 @@ class Runner:
             call.ended(end.status, end.result, waiting=end.poke is not None)
             return end
 
-        end = middleware.around_body(call, self.ctx.pace, run)
+        end = self.ctx.chain.run(call, run)
         end.trace_context, end.took = call.trace_context, call.took
         return end
 
