@@ -6,9 +6,7 @@ logging.basicConfig(
 import random
 
 from cdumay_result import Result
-from kser.sequencing.operation import Operation
-from kser.sequencing.registry import OperationRegistry
-from kser.sequencing.task import Task
+from kser import Operation, OperationRegistry, Task
 
 oregistry = OperationRegistry()
 

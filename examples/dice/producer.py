@@ -5,8 +5,8 @@ logging.basicConfig(
 
 import os
 import uuid
+from kser import Message
 from kser.python_kafka.producer import Producer
-from kser.schemas import Message
 
 pro = Producer(dict(bootstrap_servers=os.environ.get("KSER_BOOTSTRAP_SERVERS", "127.0.0.1:9092")))
 pro.send(os.environ.get("KSER_TOPIC", "dice-example"), Message(uuid=str(uuid.uuid4()), entrypoint="__main__.DiceRoll"))

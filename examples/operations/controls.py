@@ -15,13 +15,10 @@ import tempfile
 
 from cdumay_result import Result
 
+from kser import Operation, OperationRegistry, Store, Task
 from kser.memory.broker import get_broker
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser.sequencing.operation import Operation
-from kser.sequencing.registry import OperationRegistry
-from kser.sequencing.task import Task
-from kser.store import Store
 
 registry = OperationRegistry()
 UPSTREAM = {"ready": False}

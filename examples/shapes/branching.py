@@ -21,11 +21,9 @@ import tempfile
 
 from cdumay_result import Result
 
+from kser import Branch, Operation, OperationRegistry, SkipTask, Store, Task
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser.sequencing import Branch, Operation, SkipTask, Task
-from kser.sequencing.registry import OperationRegistry
-from kser.store import Store
 
 registry = OperationRegistry()
 

@@ -22,12 +22,9 @@ from cdumay_result import Result
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
+from kser import HttpTask, Operation, OperationRegistry, Sensor, Store, Task
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser.sequencing import Operation, Sensor, Task
-from kser.sequencing.registry import OperationRegistry
-from kser.store import Store
-from kser.tasks import HttpTask
 
 registry = OperationRegistry()
 

@@ -18,12 +18,10 @@ import time
 
 from cdumay_result import Result
 
-from kser.config import Settings
+from kser import Settings
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser.sequencing import Operation, Parallel, Task
-from kser.sequencing.registry import OperationRegistry
-from kser.store import Store
+from kser import Operation, OperationRegistry, Parallel, Store, Task
 
 registry = OperationRegistry()
 

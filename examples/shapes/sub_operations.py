@@ -20,12 +20,9 @@ import tempfile
 
 from cdumay_result import Result
 
+from kser import Operation, OperationRegistry, Parallel, PythonTask, ShellTask, Store, Task
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser.sequencing import Operation, Parallel, Task
-from kser.sequencing.registry import OperationRegistry
-from kser.store import Store
-from kser.tasks import PythonTask, ShellTask
 
 registry = OperationRegistry()
 

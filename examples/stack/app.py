@@ -9,8 +9,7 @@ import random
 
 from cdumay_result import Result
 
-from kser.sequencing import Operation, Task
-from kser.sequencing.registry import OperationRegistry
+from kser import Operation, OperationRegistry, Task
 
 registry = OperationRegistry()
 logger = logging.getLogger(__name__)
