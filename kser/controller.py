@@ -46,7 +46,7 @@ class Binding(Protocol):
 
 class Engine(Protocol):
     """What a controller hands operations and their tasks to: its registry's sequencer
-    (:class:`kser.sequencing.sequencer.Sequencer`), which depends on the controller, not
+    (:class:`kser.sequencing.engine.sequencer.Sequencer`), which depends on the controller, not
     the other way round."""
 
     @property
@@ -109,7 +109,7 @@ class Controller(BaseController):
 
     def __init__(self) -> None:
         self.ENTRYPOINTS: dict[str, type[Entrypoint]] = dict(type(self).ENTRYPOINTS)
-        #: handles operation and task messages when set (see kser.sequencing.sequencer)
+        #: handles operation and task messages when set (see kser.sequencing.engine.sequencer)
         self.sequencer: Engine | None = None
         self._producer: BaseProducer | None = None
         self._worker_name = f"{socket.gethostname()}:{os.getpid()}"

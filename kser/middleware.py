@@ -7,7 +7,7 @@ through a :class:`Chain`. Each behaviour around a body is a small :class:`Middle
    sizes the batches (:class:`kser.pace.Pace`);
 2. :class:`Metrics`: the hop (from when it could run to its claim) when it starts; its
    run, status and duration when it ends (a lone task's at once; an operation's task's
-   once its end is stored, by :func:`kser.sequencing.ends.count`);
+   once its end is stored, by :func:`kser.sequencing.engine.ends.count`);
 3. :class:`LogContext`: every log line of the body carries its operation, task,
    attempt and entrypoint (``kser.logs.context``);
 4. :class:`Tracing`: the span ``run <entrypoint>``, child of its record's span; its

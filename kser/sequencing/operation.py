@@ -8,7 +8,7 @@ it (``Result`` ``+`` semantics: ``retval`` accumulates, the worst retcode wins).
 Running an operation is durable: :meth:`launch` (or a message naming the
 operation) stores it with its tasks and sends the first task as a Kafka
 message; each task message is run by whichever consumer receives it, and
-sends the next (see :mod:`kser.sequencing.sequencer`, which imports this module:
+sends the next (see :mod:`kser.sequencing.engine.sequencer`, which imports this module:
 an operation reaches its engine through its registry, typed by :class:`Engine`).
 """
 

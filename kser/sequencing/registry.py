@@ -16,9 +16,9 @@ from kser.config import Settings
 from kser.controller import Controller
 from kser.entry import Entrypoint
 from kser.producer import BaseProducer
-from kser.sequencing.context import Context
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.sequencer import Sequencer
 from kser.sequencing.schedules import Schedule
-from kser.sequencing.sequencer import Sequencer
 from kser.store import Store
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from kser.errors import KserError, RedoError, StoreError, kafka_client_errors, safe_text
 from kser.schemas import load_json
-from kser.sequencing.controls import ControlRefusedError, Controls
+from kser.sequencing.engine.controls import ControlRefusedError, Controls
 from kser.sequencing.operation import Operation
 from kser.sequencing.registry import OperationRegistry
 from kser.sequencing.task import Task

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from kser.sequencing import ends as ends_module
+from kser.sequencing.engine import ends as ends_module
 from tests.unit import tasks
 from tests.unit.test_batches import (  # noqa: F401 (collected here, with this module's h)
     batches,

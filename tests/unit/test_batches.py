@@ -12,8 +12,8 @@ from sqlalchemy.exc import OperationalError
 from kser.controller import UndeliverableError
 from kser.schemas import Message
 from kser.sequencing import Operation
-from kser.sequencing import runner as runner_module
-from kser.sequencing.decisions import End as _End
+from kser.sequencing.engine import runner as runner_module
+from kser.sequencing.engine.decisions import End as _End
 from kser.status import Status
 from tests.unit import tasks
 from tests.unit.tasks import registry

@@ -1,4 +1,4 @@
-"""The engine's pure decisions (kser.sequencing.decisions), read as tables: typed rows in,
+"""The engine's pure decisions (kser.sequencing.engine.decisions), read as tables: typed rows in,
 what happens out. No store, no broker, no clock."""
 
 from dataclasses import replace
@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from cdumay_result import Result
 
-from kser.sequencing.decisions import (
+from kser.sequencing.engine.decisions import (
     UPSTREAM_FAILED,
     Mode,
     Verdict,

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from kser.sequencing.group import GroupCommit
+from kser.sequencing.engine.group import GroupCommit
 
 TIMEOUT = 10
 

@@ -46,6 +46,19 @@ def test_every_exception_kser_defines_has_the_one_root():
     assert sorted(c.__qualname__ for c in defined if not issubclass(c, kser.KserError)) == []
 
 
+@pytest.mark.parametrize(("path", "names"), [
+    ("kser.sequencing.sequencer", ["Sequencer", "EXIT_ENTRYPOINT", "CHILD_ENDED"]),
+    ("kser.sequencing.controls", ["Controls", "control", "ControlRefusedError"]),
+    ("kser.sequencing.outbox", ["Outbox"]), ("kser.sequencing.leases", ["Leases"]),
+    ("kser.sequencing.group", ["GroupCommit"]),
+])
+def test_the_engine_s_former_module_paths_still_work(path, names):
+    module = importlib.import_module(path)
+    engine = importlib.import_module(path.replace("kser.sequencing.", "kser.sequencing.engine."))
+    for name in names:
+        assert getattr(module, name) is getattr(engine, name)
+
+
 def test_what_left_the_controller_is_still_there():
     from kser import controller, hooks, pace
 

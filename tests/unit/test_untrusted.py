@@ -197,7 +197,7 @@ def test_a_sweep_stops_at_the_first_sign_the_broker_is_away(env, monkeypatch):
         raise RedoError("broker away")
 
     monkeypatch.setattr(registry.context, "publish", away)
-    monkeypatch.setattr("kser.sequencing.sweep.UNSENT_GRACE", -1.0)
+    monkeypatch.setattr("kser.sequencing.engine.sweep.UNSENT_GRACE", -1.0)
     registry.sequencer.sweep(force=True)
     assert len(calls) == 1 and len(ops) == 5
 

@@ -1,6 +1,6 @@
 """The engine's decisions, pure: given typed rows (a task, an operation, an attempt's end),
 what happens. Nothing here reads or writes the store, Kafka or the clock (the time is a
-parameter): :mod:`kser.sequencing.transitions` applies what these decide, in a store
+parameter): :mod:`kser.sequencing.engine.transitions` applies what these decide, in a store
 transaction, and the tests read them as tables.
 
 - :func:`verdict`: what a task message does, given its task as stored;

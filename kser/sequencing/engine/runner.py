@@ -1,8 +1,8 @@
 """The runner: task messages → claim → body → end. A message is judged against its
-stored task (:func:`~kser.sequencing.decisions.verdict`), the task claimed (a
+stored task (:func:`~kser.sequencing.engine.decisions.verdict`), the task claimed (a
 compare-and-set on status and attempt, with a lease renewed while it runs), its body run
 inside the hook chain (:mod:`kser.middleware`), and its end stored
-(:class:`~kser.sequencing.ends.Ends`).
+(:class:`~kser.sequencing.engine.ends.Ends`).
 
 Several messages in hand (a worker's batch) are claimed in one transaction, their bodies
 run one after the other, and their ends stored together by the group commit; what would
@@ -34,20 +34,28 @@ from kser.errors import (
 from kser.pace import Pace
 from kser.results import exception_result, is_success
 from kser.schemas import KSER_METADATA_KEY, Message, dump_result, wire_digest
-from kser.sequencing.children import Children
-from kser.sequencing.context import Context
-from kser.sequencing.decisions import Claim, End, Mode, Verdict, attempt_end, mode_of, verdict
-from kser.sequencing.ends import Ends, Stored
+from kser.sequencing.engine.children import Children
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.decisions import (
+    Claim,
+    End,
+    Mode,
+    Verdict,
+    attempt_end,
+    mode_of,
+    verdict,
+)
+from kser.sequencing.engine.ends import Ends, Stored
+from kser.sequencing.engine.leases import Leases
+from kser.sequencing.engine.transitions import Transitions
 from kser.sequencing.graph import load_result
-from kser.sequencing.leases import Leases
 from kser.sequencing.operation import Operation
 from kser.sequencing.shapes import Sensor
 from kser.sequencing.task import Task
-from kser.sequencing.transitions import Transitions
 from kser.status import Status
 from kser.store import TaskRow
 
-logger = logging.getLogger("kser.sequencing.sequencer")  # (the name its lines always had)
+logger = logging.getLogger("kser.sequencing.engine.sequencer")  # (the name its lines always had)
 
 #: an item of a batch: the entrypoint a message names, and the message
 Item = tuple[type[Entrypoint], Message]
@@ -120,7 +128,7 @@ class Runner:
         says what the worker must do about it (:func:`failure`).
 
         Each message is judged against its stored task before anything runs (see
-        :func:`~kser.sequencing.decisions.verdict`): one naming another entrypoint,
+        :func:`~kser.sequencing.engine.decisions.verdict`): one naming another entrypoint,
         coming before the task's upstream tasks are done, or for an operation that
         already ended is stale or forged and is refused (dead-lettered); one for a task
         that is finished, or running on a live worker, is a harmless duplicate. A message
@@ -319,7 +327,7 @@ class Runner:
 
     def judge(self, task: TaskRow | None, kmsg: Message, now: float) -> Claim:
         """What to do with a task message, given its task as stored (see
-        :func:`~kser.sequencing.decisions.verdict`): RUN means claim it.
+        :func:`~kser.sequencing.engine.decisions.verdict`): RUN means claim it.
 
         :raises UndeliverableError: the message is refused
         """

@@ -18,8 +18,8 @@ from kser.entry import Entrypoint
 from kser.middleware import Chain
 from kser.middleware import default as default_chain
 from kser.pace import Pace
+from kser.sequencing.engine.outbox import Outbox
 from kser.sequencing.operation import Operation
-from kser.sequencing.outbox import Outbox
 from kser.store import OutboxRow, Store, Tx
 
 if TYPE_CHECKING:

@@ -19,14 +19,14 @@ from kser.errors import (
     is_transient,
     safe_text,
 )
-from kser.sequencing.context import Context
-from kser.sequencing.decisions import End, Ended, LogLine, Transition, unstorable_result
-from kser.sequencing.group import GroupCommit
-from kser.sequencing.transitions import Transitions
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.decisions import End, Ended, LogLine, Transition, unstorable_result
+from kser.sequencing.engine.group import GroupCommit
+from kser.sequencing.engine.transitions import Transitions
 from kser.status import Status
 from kser.store import OutboxRow, TaskRow
 
-logger = logging.getLogger("kser.sequencing.sequencer")  # (the name its lines always had)
+logger = logging.getLogger("kser.sequencing.engine.sequencer")  # (the name its lines always had)
 
 #: first and largest wait between two tries to store a finished task's result while the
 #: store is unreachable, seconds (it is tried for one lease, then the record is redone)

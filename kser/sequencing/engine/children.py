@@ -9,12 +9,12 @@ from cdumay_result import Result
 
 from kser.results import exception_result
 from kser.schemas import Message, dump_result
-from kser.sequencing.context import Context
-from kser.sequencing.decisions import End, attempt_end, child_end
-from kser.sequencing.ends import Ends
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.decisions import End, attempt_end, child_end
+from kser.sequencing.engine.ends import Ends
+from kser.sequencing.engine.transitions import Transitions
 from kser.sequencing.graph import load_result
 from kser.sequencing.operation import Operation
-from kser.sequencing.transitions import Transitions
 from kser.status import Status
 from kser.store import TaskRow
 

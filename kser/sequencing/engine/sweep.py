@@ -8,11 +8,11 @@ import logging
 import time
 
 from kser.errors import RedoError
-from kser.sequencing.context import Context
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.transitions import Transitions
 from kser.sequencing.graph import forwarded
-from kser.sequencing.transitions import Transitions
 
-logger = logging.getLogger("kser.sequencing.sequencer")  # (the name its lines always had)
+logger = logging.getLogger("kser.sequencing.engine.sequencer")  # (the name its lines always had)
 
 #: seconds after which an undelayed outbox row still unsent was left by a dead worker
 UNSENT_GRACE = 10.0

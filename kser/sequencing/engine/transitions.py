@@ -1,4 +1,4 @@
-"""Transitions, applied: what :mod:`kser.sequencing.decisions` decides, written in a store
+"""Transitions, applied: what :mod:`kser.sequencing.engine.decisions` decides, written in a store
 transaction (``tx``): operations stored and ended, attempts' ends, the tasks they let run
 or never run, and the messages all of that queues in the outbox.
 
@@ -20,8 +20,8 @@ from cdumay_result import Result
 from kser import tracing
 from kser.errors import safe_text
 from kser.schemas import KSER_METADATA_KEY, Message, dump_result
-from kser.sequencing.context import Context
-from kser.sequencing.decisions import (
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.decisions import (
     End,
     Ended,
     Mode,
@@ -40,7 +40,7 @@ from kser.store import OperationRow, OutboxRow, TaskRow, Tx
 if TYPE_CHECKING:
     from kser.sequencing.operation import Operation
 
-logger = logging.getLogger("kser.sequencing.sequencer")  # (the name its lines always had)
+logger = logging.getLogger("kser.sequencing.engine.sequencer")  # (the name its lines always had)
 
 #: entrypoint of the message sent when an operation ends, unless its exit_notify names one
 EXIT_ENTRYPOINT = "kser.operation.exit"
@@ -262,7 +262,7 @@ class Transitions:
 
     def outcome(self, tx: Tx, op: OperationLike) -> tuple[Status, dict[str, Any] | None]:
         """The final status and result of an operation none of whose tasks is left to run
-        (see :func:`~kser.sequencing.decisions.outcome_of_graph`): one read in the common
+        (see :func:`~kser.sequencing.engine.decisions.outcome_of_graph`): one read in the common
         case, the whole graph when a task failed."""
         found = outcome_of_last(tx.failed_or_last(op.id), op.initial_result)
         if found is not None:

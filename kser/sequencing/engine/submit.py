@@ -14,9 +14,9 @@ from kser import tracing
 from kser.entry import Entrypoint
 from kser.errors import OperationGoneError, UndeliverableError
 from kser.schemas import KSER_METADATA_KEY, KserKey, Message, check_idempotency_key
-from kser.sequencing.context import Context
+from kser.sequencing.engine.context import Context
+from kser.sequencing.engine.transitions import Transitions
 from kser.sequencing.operation import Operation
-from kser.sequencing.transitions import Transitions
 from kser.status import Status
 
 
