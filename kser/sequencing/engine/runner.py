@@ -326,34 +326,8 @@ class Runner:
         return claims
 
     def judge(self, task: TaskRow | None, kmsg: Message, now: float) -> Claim:
-        """What to do with a task message, given its task as stored (see
-        :func:`~kser.sequencing.engine.decisions.verdict`): RUN means claim it.
-
-        :raises UndeliverableError: the message is refused
-        """
-        meta = kmsg.kser_metadata
-        operation_id, task_id = meta.get("operation_id"), meta["task_id"]
-        mode = mode_of(meta.get("mode"))
-        if task is None or task.operation_id != operation_id:
-            raise UndeliverableError(
-                f"Task {task_id} of operation {operation_id} is not in the store "
-                f"({self.ctx.store}): purged, or sent to consumers of another store",
-                extra=dict(uuid=kmsg.uuid))
-        if mode is Mode.CHILD_ENDED:
-            return Claim(Verdict.CHILD_ENDED, task)
-        found, why = verdict(task, kmsg.entrypoint, mode, now, self.ctx.worker_name,
-                             meta.get("queued"))
-        if (found is Verdict.RUN and task.message_digest is not None and kmsg.wire is not None
-                and wire_digest(kmsg.wire) != task.message_digest):
-            if task.status == Status.RUNNING:  # (taken over: the sweep sent it anew, and
-                return Claim(Verdict.DONE, task)  # this is its dead worker's message)
-            found, why = Verdict.REFUSE, ("it is not the message kser queued for this task "
-                                          "(its result, params or bookkeeping were changed): "
-                                          "forged or corrupt")
-        if found is Verdict.REFUSE:
-            raise UndeliverableError(f"Task message {task_id} refused: {why}",
-                                     extra=dict(uuid=kmsg.uuid))
-        return Claim(found, task)
+        """What to do with a task message, given its task as stored: see :func:`judge`."""
+        return judge(task, kmsg, now, self.ctx)
 
     def _run_batch(self, items: Sequence[Item], claimed: list[tuple[int, Claim, float]],
                    outcomes: list[Result | Exception | None]) -> None:
@@ -490,6 +464,38 @@ class Runner:
         with self.ctx.transaction() as tx:
             op = tx.get_operation(operation_id)
         return None if op is None else str(op.status)
+
+
+def judge(task: TaskRow | None, kmsg: Message, now: float, ctx: Context) -> Claim:
+    """What to do with a task message, given its task as stored (see
+    :func:`~kser.sequencing.engine.decisions.verdict`), on the worker of ``ctx``: RUN
+    means claim it.
+
+    :raises UndeliverableError: the message is refused
+    """
+    meta = kmsg.kser_metadata
+    operation_id, task_id = meta.get("operation_id"), meta["task_id"]
+    mode = mode_of(meta.get("mode"))
+    if task is None or task.operation_id != operation_id:
+        raise UndeliverableError(
+            f"Task {task_id} of operation {operation_id} is not in the store "
+            f"({ctx.store}): purged, or sent to consumers of another store",
+            extra=dict(uuid=kmsg.uuid))
+    if mode is Mode.CHILD_ENDED:
+        return Claim(Verdict.CHILD_ENDED, task)
+    found, why = verdict(task, kmsg.entrypoint, mode, now, ctx.worker_name,
+                         meta.get("queued"))
+    if (found is Verdict.RUN and task.message_digest is not None and kmsg.wire is not None
+            and wire_digest(kmsg.wire) != task.message_digest):
+        if task.status == Status.RUNNING:  # (taken over: the sweep sent it anew, and
+            return Claim(Verdict.DONE, task)  # this is its dead worker's message)
+        found, why = Verdict.REFUSE, ("it is not the message kser queued for this task "
+                                      "(its result, params or bookkeeping were changed): "
+                                      "forged or corrupt")
+    if found is Verdict.REFUSE:
+        raise UndeliverableError(f"Task message {task_id} refused: {why}",
+                                 extra=dict(uuid=kmsg.uuid))
+    return Claim(found, task)
 
 
 def settled(kmsg: Message, call: Callable[[], Result]) -> Result | Exception:
