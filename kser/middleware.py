@@ -21,8 +21,8 @@ all of these.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,13 +72,17 @@ class Call:
 
 
 class Middleware:
-    """One behaviour around every task body: :meth:`around` is entered before the body
-    and left after it, the call then saying how the body ended (an exception the body
-    raised passes through it)."""
+    """One behaviour around every task body, as Dramatiq's middleware: :meth:`enter`
+    before the body (what it returns is handed back to :meth:`exit`), :meth:`exit` after
+    it, the call then saying how the body ended (``error``: what the body raised, which
+    passes through). A middleware is shared by every thread: what it keeps of one body
+    is its token, never an attribute."""
 
-    @contextmanager
-    def around(self, call: Call) -> Iterator[None]:
-        yield
+    def enter(self, call: Call) -> Any:
+        return None
+
+    def exit(self, call: Call, token: Any, error: BaseException | None) -> None:
+        pass
 
 
 class Pacing(Middleware):
@@ -90,14 +94,12 @@ class Pacing(Middleware):
     def __init__(self, pace: Pace) -> None:
         self.pace = pace
 
-    @contextmanager
-    def around(self, call: Call) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            call.took = time.monotonic() - started
-            self.pace.add(call.took)
+    def enter(self, call: Call) -> float:
+        return time.monotonic()
+
+    def exit(self, call: Call, token: float, error: BaseException | None) -> None:
+        call.took = time.monotonic() - token
+        self.pace.add(call.took)
 
 
 class Metrics(Middleware):
@@ -105,33 +107,35 @@ class Metrics(Middleware):
     (status, duration) when it ends; an operation's task's run is counted once its end
     is stored. No-ops unless metrics are enabled."""
 
-    @contextmanager
-    def around(self, call: Call) -> Iterator[None]:
+    def enter(self, call: Call) -> float:
         if not call.lone:
             metrics.task_started(call.entrypoint, call.ready_at,
                                  call.claimed_at or time.time())
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            if call.lone:
-                metrics.task_ran(call.entrypoint, call.status, time.monotonic() - started)
+        return time.monotonic()
+
+    def exit(self, call: Call, token: float, error: BaseException | None) -> None:
+        if call.lone:
+            metrics.task_ran(call.entrypoint, call.status, time.monotonic() - token)
 
 
 class LogContext(Middleware):
     """Puts the call's operation, task, name, attempt and entrypoint on every log line
     of the body."""
 
-    @contextmanager
-    def around(self, call: Call) -> Iterator[None]:
+    def enter(self, call: Call) -> AbstractContextManager[None]:
         if call.lone:
             fields: dict[str, Any] = dict(task_id=call.task_id, entrypoint=call.entrypoint)
         else:
             fields = dict(operation_id=call.operation_id, task_id=call.task_id,
                           task_name=call.task_name, attempt=call.attempt,
                           entrypoint=call.entrypoint)
-        with logs.context(**fields):
-            yield
+        context = logs.context(**fields)
+        context.__enter__()
+        return context
+
+    def exit(self, call: Call, token: AbstractContextManager[None],
+             error: BaseException | None) -> None:
+        _leave(token, error)
 
 
 class Tracing(Middleware):
@@ -139,8 +143,7 @@ class Tracing(Middleware):
     ended with the call's status; its context kept on :attr:`Call.trace_context`. A
     no-op without a tracer provider."""
 
-    @contextmanager
-    def around(self, call: Call) -> Iterator[None]:
+    def enter(self, call: Call) -> tuple[AbstractContextManager[Any], Any]:
         if call.lone:
             attributes: dict[str, Any] = {
                 "kser.entrypoint": call.entrypoint, "kser.task_id": str(call.task_id),
@@ -150,10 +153,16 @@ class Tracing(Middleware):
                 "kser.entrypoint": call.entrypoint, "kser.operation_id": call.operation_id,
                 "kser.task_id": call.task_id, "kser.task_name": call.task_name or "",
                 "kser.attempt": call.attempt, "kser.worker": call.worker}
-        with tracing.span(f"run {call.entrypoint}", call.trace_parent, attributes) as span:
-            yield
+        made = tracing.span(f"run {call.entrypoint}", call.trace_parent, attributes)
+        return made, made.__enter__()
+
+    def exit(self, call: Call, token: tuple[AbstractContextManager[Any], Any],
+             error: BaseException | None) -> None:
+        made, span = token
+        if error is None:
             call.trace_context = tracing.ended(
                 span, metrics.WAITING if call.waiting else call.status, call.error)
+        _leave(made, error)
 
 
 class Chain:
@@ -168,10 +177,26 @@ class Chain:
     def run(self, call: Call, body: Callable[[], T]) -> T:
         """Run ``body`` inside every middleware; it says how it ended with
         ``call.ended(...)`` before it returns."""
-        with ExitStack() as stack:
+        entered: list[tuple[Middleware, Any]] = []
+        error: BaseException | None = None
+        try:
             for middleware in self.middleware:
-                stack.enter_context(middleware.around(call))
+                entered.append((middleware, middleware.enter(call)))
             return body()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for middleware, token in reversed(entered):
+                middleware.exit(call, token, error)
+
+
+def _leave(context: AbstractContextManager[Any], error: BaseException | None) -> None:
+    """Leave a context manager entered by a middleware, telling it what was raised."""
+    if error is None:
+        context.__exit__(None, None, None)
+    else:
+        context.__exit__(type(error), error, error.__traceback__)
 
 
 def default(pace: Pace) -> Chain:

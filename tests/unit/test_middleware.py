@@ -15,13 +15,12 @@ class Recording(middleware.Middleware):
     def __init__(self, name, seen):
         self.name, self.seen = name, seen
 
-    @contextmanager
-    def around(self, call):
+    def enter(self, call):
         self.seen.append(f"enter {self.name}")
-        try:
-            yield
-        finally:
-            self.seen.append(f"leave {self.name} ({call.status})")
+        return self.name
+
+    def exit(self, call, token, error):
+        self.seen.append(f"leave {token} ({call.status}, {type(error).__name__})")
 
 
 def test_the_chain_runs_its_middleware_outside_in_around_the_body():
@@ -35,7 +34,8 @@ def test_the_chain_runs_its_middleware_outside_in_around_the_body():
         return 42
 
     assert chain.run(call, body) == 42
-    assert seen == ["enter a", "enter b", "body", "leave b (SUCCESS)", "leave a (SUCCESS)"]
+    assert seen == ["enter a", "enter b", "body", "leave b (SUCCESS, NoneType)",
+                    "leave a (SUCCESS, NoneType)"]
 
 
 def test_a_body_that_raises_passes_through_every_middleware_and_is_still_timed():
@@ -46,8 +46,12 @@ def test_a_body_that_raises_passes_through_every_middleware_and_is_still_timed()
     def body():
         raise RuntimeError("broken")
 
+    seen = []
+    chain = middleware.default(pace)
+    chain.middleware.append(Recording("last", seen))
     with pytest.raises(RuntimeError, match="broken"):
-        middleware.default(pace).run(call, body)
+        chain.run(call, body)
+    assert seen == ["enter last", "leave last (FAILED, RuntimeError)"]
     assert call.took > 0 and pace.seconds == call.took
     assert call.trace_context is None  # (the span ends with a status only on a return)
 

@@ -8,8 +8,8 @@ import importlib
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from kser.codec import Codec
@@ -118,11 +118,9 @@ class Context:
         return any(issubclass(cls, Operation) for cls in self.entrypoints.values()
                    if isinstance(cls, type))
 
-    @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self) -> AbstractContextManager[Tx]:
         """A store transaction (that also marks sent what Kafka acknowledged meanwhile)."""
-        with self.outbox.transaction() as tx:
-            yield tx
+        return self.outbox.transaction()
 
     def publish(self, operation_id: str, rows: Sequence[OutboxRow] | None = None,
                 wait: bool = True) -> int:

@@ -81,10 +81,11 @@ class AttemptQueries(TxBase):
                                                str | None, str]], now: float) -> set[str]:
         """:meth:`finish_attempt` of several attempts ``(task id, attempt, status, result,
         error, task status)``; the ids of the tasks finished (the others were taken over
-        meanwhile: nothing is written for them)."""
+        meanwhile: nothing is written for them). One attempt: the hop's statement, not
+        arrays."""
         if not ends:
             return set()
-        if not self._postgresql:
+        if not self._postgresql or len(ends) == 1:
             return {task_id for task_id, attempt, status, result, error, task_status in ends
                     if self.finish_attempt(task_id, attempt, status, result, now, error,
                                            task_status=task_status)}

@@ -81,9 +81,10 @@ class OperationQueries(TxBase):
 
     def operation_states(self, operation_ids: Iterable[str]) -> dict[str, OperationState]:
         """:meth:`operation_state` of several operations (those in the store), locked in
-        id order; later calls of :meth:`operation_state` in this transaction use them."""
+        id order; later calls of :meth:`operation_state` in this transaction use them (one
+        operation: the hop's prepared statement, not an array)."""
         ids = sorted(set(operation_ids))
-        if self._postgresql:
+        if self._postgresql and len(ids) > 1:
             states = [OperationState.from_row(row)
                       for row in self._raw(q.OPERATION_STATES_PG, dict(b_ids=ids))]
         else:

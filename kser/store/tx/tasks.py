@@ -57,9 +57,10 @@ class TaskQueries(OutboxQueries):  # (a task is queued with its message, in the 
         return {row.id: row for row in rows}
 
     def dependents_of(self, task_ids: list[str]) -> dict[str, list[TaskRow]]:
-        """:meth:`dependents` of several tasks, by the id of the task they depend on."""
+        """:meth:`dependents` of several tasks, by the id of the task they depend on (one
+        task: the hop's prepared statement, not an array)."""
         found: dict[str, list[TaskRow]] = {}
-        if not self._postgresql:
+        if not self._postgresql or len(task_ids) == 1:
             for task_id in task_ids:
                 found[task_id] = self.dependents(task_id)
             return found
@@ -105,7 +106,7 @@ class TaskQueries(OutboxQueries):  # (a task is queued with its message, in the 
     def _queue_many(self, deferred: dict[str, _Queued]) -> None:
         if not deferred:
             return
-        if not self._postgresql:
+        if not self._postgresql or len(deferred) == 1:  # (one: the hop's statement)
             for task_id, (operation_id, topic, key, value, due_at, trace,
                           digest) in deferred.items():
                 if not self.queue_with_message(task_id, operation_id, topic, key, value,
