@@ -334,7 +334,12 @@ class Runner:
         """Run the claimed tasks' bodies one after the other; hand their ends to the group
         commit every :data:`BATCH_WINDOW` and after the last one (the next body runs while
         they are stored; the status hooks of those stored are called before it), then
-        wait until every end is stored."""
+        wait until every end is stored. One task's end (a lone message) is stored by its
+        own thread, outside the group: the group's lock timeout costs PostgreSQL a round
+        trip per hop, and nobody shares its transaction (docs/benchmarks.md, issue 28)."""
+        if len(claimed) == 1:
+            self._run_one(items, *claimed[0], outcomes)
+            return
         pending: list[tuple[int, End]] = []
         handed: list[tuple[list[tuple[int, End]], Future[list[Stored]]]] = []
         since, deadline = 0.0, _Deadline(self.ctx.settings.task_lease)
@@ -371,6 +376,21 @@ class Runner:
             wait([stored for _, stored in handed])
             for _, claim, _ in claimed:  # (a lease renewed after its end is dropped quietly)
                 self.leases.release(claim.task.id)
+
+    def _run_one(self, items: Sequence[Item], index: int, claim: Claim, claimed_at: float,
+                 outcomes: list[Result | Exception | None]) -> None:
+        """One claimed task: its body, then its end stored in a transaction of its own
+        (tried again while the store is away, for up to a lease: :meth:`Ends.store`)."""
+        entrypoint, kmsg = items[index]
+        with self.leases.held(claim.task.id, claim.attempt):  # until its end is stored
+            try:
+                end = self.run_body(entrypoint, kmsg, claim.task, claim.attempt, claimed_at)
+            except WorkerFatalError:
+                raise
+            except Exception as exc:  # (a branch's check could not read the store)
+                outcomes[index] = failure(exc, kmsg)
+                return
+            outcomes[index] = settled(kmsg, partial(self.ends.store, end))
 
     def _settle(self, items: Sequence[Item], pending: list[tuple[int, End]],
                 stored: Future[list[Stored]], outcomes: list[Result | Exception | None],
@@ -417,8 +437,8 @@ class Runner:
             result = None
             if isinstance(body, Task):
                 body.name = task_row.name
-                body._upstream_results = partial(self.upstream_results, task_id)
-                body._operation_status = partial(self.operation_status,
+                body._upstream_results = partial(upstream_results, self.ctx, task_id)
+                body._operation_status = partial(operation_status, self.ctx,
                                                  task_row.operation_id)
                 if isinstance(body, Sensor):
                     body.pokes = task_row.pokes or 0
@@ -436,7 +456,7 @@ class Runner:
                 ran = body.execute()
             end = attempt_end(entrypoint, task_row, body, ran, forwarded=forwarded,
                               attempt=attempt, mode=mode, since=claimed_at, now=time.time(),
-                              branch_names=self._branch_names(task_row, body, ran))
+                              branch_names=branch_names(self.ctx, task_row, body, ran))
             call.ended(end.status, end.result, waiting=end.poke is not None)
             return end
 
@@ -444,26 +464,29 @@ class Runner:
         end.trace_context, end.took = call.trace_context, call.took
         return end
 
-    def _branch_names(self, task_row: TaskRow, body: Any, result: Result | None
-                      ) -> list[str] | None:
-        """(a branch that chose) the names of the tasks right after it, from the store."""
-        if getattr(body, "followed", None) is None or not is_success(result):
-            return None
-        with self.ctx.transaction() as tx:
-            return list(tx.downstream_names(task_row.id))
 
-    def upstream_results(self, task_id: str) -> dict[str, Result]:
-        """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
-        reads)."""
-        with self.ctx.transaction() as tx:
-            rows = tx.upstream(task_id)
-        return {row["name"]: load_result(row["result"], row["id"]) for row in rows}
+def branch_names(ctx: Context, task_row: TaskRow, body: Any, result: Result | None
+                 ) -> list[str] | None:
+    """(a branch that chose) the names of the tasks right after it, from the store."""
+    if getattr(body, "followed", None) is None or not is_success(result):
+        return None
+    with ctx.transaction() as tx:
+        return list(tx.downstream_names(task_row.id))
 
-    def operation_status(self, operation_id: str) -> str | None:
-        """The operation's status as stored (what ``Task.checkpoint`` reads)."""
-        with self.ctx.transaction() as tx:
-            op = tx.get_operation(operation_id)
-        return None if op is None else str(op.status)
+
+def upstream_results(ctx: Context, task_id: str) -> dict[str, Result]:
+    """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
+    reads)."""
+    with ctx.transaction() as tx:
+        rows = tx.upstream(task_id)
+    return {row["name"]: load_result(row["result"], row["id"]) for row in rows}
+
+
+def operation_status(ctx: Context, operation_id: str) -> str | None:
+    """The operation's status as stored (what ``Task.checkpoint`` reads)."""
+    with ctx.transaction() as tx:
+        op = tx.get_operation(operation_id)
+    return None if op is None else str(op.status)
 
 
 def judge(task: TaskRow | None, kmsg: Message, now: float, ctx: Context) -> Claim:

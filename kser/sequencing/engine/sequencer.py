@@ -46,7 +46,7 @@ from kser.sequencing.engine.ends import GROUP_COMMIT_MOST as GROUP_COMMIT_MOST
 from kser.sequencing.engine.ends import Ends
 from kser.sequencing.engine.outbox import Outbox
 from kser.sequencing.engine.runner import BATCH_WINDOW as BATCH_WINDOW
-from kser.sequencing.engine.runner import Item, Runner, failure
+from kser.sequencing.engine.runner import Item, Runner, failure, upstream_results
 from kser.sequencing.engine.submit import Submitter
 from kser.sequencing.engine.sweep import Sweeper
 from kser.sequencing.engine.transitions import EXIT_ENTRYPOINT as EXIT_ENTRYPOINT
@@ -201,7 +201,7 @@ class Sequencer:
 
     def upstream_results(self, task_id: str) -> dict[str, Result]:
         """The results of a task's upstream tasks, by name."""
-        return self.runner.upstream_results(task_id)
+        return upstream_results(self.ctx, task_id)
 
     def store_has(self, operation_id: str) -> bool:
         """True when the operation is in the store."""
