@@ -18,10 +18,9 @@ import time
 
 from cdumay_result import Result
 
-from kser import Settings
+from kser import Operation, OperationRegistry, Parallel, Settings, Store, Task
 from kser.memory.consumer import Consumer
 from kser.memory.producer import Producer
-from kser import Operation, OperationRegistry, Parallel, Store, Task
 
 registry = OperationRegistry()
 
