@@ -36,6 +36,8 @@ from kser.schemas import Message
 from kser.status import Status
 from kser.store import Store
 
+logger = logging.getLogger(__name__)
+
 
 class Binding(Protocol):
     """The engine's record of the producer and worker name it uses."""
@@ -46,8 +48,8 @@ class Binding(Protocol):
 
 class Engine(Protocol):
     """What a controller hands operations and their tasks to: its registry's sequencer
-    (:class:`kser.sequencing.engine.sequencer.Sequencer`), which depends on the controller, not
-    the other way round."""
+    (:class:`kser.sequencing.engine.sequencer.Sequencer`), which depends on the
+    controller, not the other way round."""
 
     @property
     def ctx(self) -> Binding: ...
@@ -71,8 +73,6 @@ class Engine(Protocol):
                   ) -> list[Result | Exception]: ...
 
     def built_in(self, path: str) -> type[Entrypoint] | None: ...
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
