@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from kser.store import Store
-from kser.store import store as store_module
+from kser.store import Store, queries
 from tests.integration.test_migrations import new_database
 
 TASKS = 3000
@@ -101,10 +100,10 @@ HOP = dict(b_id="t2", b_attempt=0, b_next=1, b_worker="w", b_lease=2.0, b_now=1.
 
 
 @pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
-@pytest.mark.parametrize("statement", ["_QUEUE_WITH_MESSAGE_PG", "_CLAIM_PG",
-                                       "_CLAIM_PG_TAKING_OVER", "_FINISH_PG"])
+@pytest.mark.parametrize("statement", ["QUEUE_WITH_MESSAGE_PG", "CLAIM_PG",
+                                       "CLAIM_PG_TAKING_OVER", "FINISH_PG"])
 def test_each_hop_statement_reaches_its_rows_by_their_keys(store, statement, generic):
-    found = explain(store, getattr(store_module, statement), HOP, generic)
+    found = explain(store, getattr(queries, statement), HOP, generic)
     assert found, "no scan in the plan"
     keys = {"kser_tasks": "kser_tasks_pkey", "kser_attempts": "kser_attempts_pkey"}
     assert all(node != "Seq Scan" and index == keys[table]
@@ -127,11 +126,11 @@ BATCH = dict(b_ids=["t2", "t4"], b_attempts=[0, 0], b_worker="w", b_lease=2.0, b
 
 
 @pytest.mark.parametrize("generic", [False], ids=["custom"])  # (never prepared: see Tx._raw)
-@pytest.mark.parametrize("statement", ["_TASKS_TO_RUN_PG", "_OPERATION_STATES_PG",
-                                       "_CLAIM_PENDING_PG", "_FINISH_MANY_PG",
-                                       "_QUEUE_MANY_PG", "_DEPENDENTS_OF_PG"])
+@pytest.mark.parametrize("statement", ["TASKS_TO_RUN_PG", "OPERATION_STATES_PG",
+                                       "CLAIM_PENDING_PG", "FINISH_MANY_PG",
+                                       "QUEUE_MANY_PG", "DEPENDENTS_OF_PG"])
 def test_each_batch_statement_reaches_its_rows_by_their_keys(store, statement, generic):
-    sql = getattr(store_module, statement)
+    sql = getattr(queries, statement)
     params = {name: value for name, value in BATCH.items() if f"%({name})s" in sql}
     found = explain(store, sql, params, generic, BATCH_TYPES)
     assert found, "no scan in the plan"
