@@ -109,7 +109,9 @@ def postgres():
 
     workdir = Path(scratch("kser-bench-pg-", dir="/tmp"))
     os.chmod(workdir, 0o755)
-    server = PostgresServer(workdir / "pg").start()
+    # pg_stat_statements: the statements kser sends per task run, and their server time
+    server = PostgresServer(workdir / "pg", settings={
+        "shared_preload_libraries": "pg_stat_statements"}).start()
     try:
         yield server
     finally:
@@ -117,16 +119,69 @@ def postgres():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+#: the role the benchmark reads the store and pg_stat_statements as, so that its own
+#: polling is not counted among kser's statements
+READER = "bench_reader"
+
+
 def new_database(server) -> str:
     """A new empty database on ``server``: every configuration starts from an empty store."""
-    import sqlalchemy
-
     name = f"bench_{uuid.uuid4().hex[:8]}"
     engine = sqlalchemy.create_engine(server.url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        if not connection.exec_driver_sql(
+                f"SELECT 1 FROM pg_roles WHERE rolname = '{READER}'").first():
+            connection.exec_driver_sql(f"CREATE ROLE {READER} LOGIN SUPERUSER")
     engine.dispose()
-    return server.url.rsplit("/", 1)[0] + "/" + name
+    url = server.url.rsplit("/", 1)[0] + "/" + name
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql("CREATE EXTENSION pg_stat_statements")
+    engine.dispose()
+    return url
+
+
+def reader_url(store_url: str) -> str:
+    """``store_url`` as the benchmark's reader (PostgreSQL), or itself (SQLite)."""
+    if not store_url.startswith("postgresql"):
+        return store_url
+    scheme, rest = store_url.split("://", 1)
+    return f"{scheme}://{READER}@{rest.split('@', 1)[1]}"
+
+
+class Statements:
+    """What kser's processes (the role of ``store_url``) asked PostgreSQL between
+    :meth:`reset` and :meth:`read`, from pg_stat_statements; the reader's own polling
+    (another role) is left out."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def reset(self) -> None:
+        with self.reader.connect() as connection:
+            connection.exec_driver_sql("SELECT pg_stat_statements_reset()")
+            connection.commit()
+
+    def read(self, task_runs: int) -> dict:
+        with self.reader.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT s.query, s.calls, s.total_exec_time FROM pg_stat_statements s "
+                "JOIN pg_roles r ON r.oid = s.userid "
+                "WHERE r.rolname <> %(reader)s AND s.dbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                {"reader": READER}).all()
+        control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+        statements = [row for row in rows if not row.query.lstrip().upper()
+                      .startswith(control)]
+        top = sorted(statements, key=lambda row: -row.calls)[:8]
+        return dict(
+            pg_calls_per_task_run=round(sum(r.calls for r in rows) / task_runs, 2),
+            pg_statements_per_task_run=round(sum(r.calls for r in statements) / task_runs, 2),
+            pg_exec_ms_per_task_run=round(sum(r.total_exec_time for r in rows) / task_runs,
+                                          3),
+            pg_top_statements=[dict(calls_per_task_run=round(r.calls / task_runs, 2),
+                                    query=" ".join(r.query.split())[:160]) for r in top])
 
 
 @contextmanager
@@ -301,7 +356,9 @@ class KserRun:
         self.group = f"bench-{uuid.uuid4().hex[:6]}"
         self.store = Store(store_url)  # created and migrated before the workers start
         # read without taking the store's write lock (kser's SQLite transactions do)
-        self.reader = sqlalchemy.create_engine(store_url)
+        self.reader = sqlalchemy.create_engine(reader_url(store_url))
+        self.statements = (Statements(self.reader) if store_url.startswith("postgresql")
+                           else None)
         self.processes: list[subprocess.Popen] = []
         self.producer = Producer({"bootstrap_servers": bootstrap, "linger_ms": 5})
         registry.configure(store=self.store, producer=self.producer, topic=self.topic)
@@ -378,22 +435,32 @@ class KserRun:
 
     def bulk(self, operations: int, hops: int) -> dict:
         ids = [str(uuid.uuid4()) for _ in range(operations)]
+        if self.statements:
+            self.statements.reset()
         cpu, machine = cpu_seconds([process.pid for process in self.processes]), \
             machine_cpu_seconds()
         self._send(ids, hops)
         wait_for(lambda: self._finished(ids) == len(ids), "kser bulk run", every=0.2,
                  processes=self.processes)
         cpu = cpu_seconds([process.pid for process in self.processes]) - cpu
-        return figures(self._chains(ids), cpu, machine_cpu_seconds() - machine)
+        data = figures(self._chains(ids), cpu, machine_cpu_seconds() - machine)
+        if self.statements:
+            data.update(self.statements.read(data["task_runs"]))
+        return data
 
     def unloaded(self, operations: int, hops: int) -> dict:
+        if self.statements:
+            self.statements.reset()
         ids = []
         for _ in range(operations):
             ids.append(str(uuid.uuid4()))
             self._send(ids[-1:], hops)
             wait_for(lambda: self._finished(ids[-1:]) == 1, "kser unloaded operation", 60,
                      0.005, self.processes)
-        return figures(self._chains(ids))
+        data = figures(self._chains(ids))
+        if self.statements:
+            data.update(self.statements.read(data["task_runs"]))
+        return data
 
     def fanout(self, operations: int, width: int, seconds: float, chain: bool) -> dict:
         """Wall time of ``operations`` Fanout operations run one after the other: from the
@@ -696,7 +763,11 @@ def main() -> int:
         cpu = data.get("worker_cpu_ms_per_task_run")
         print(f"{name:<60} {kind:<9} {data['task_runs_per_second']:>8.1f} task runs/s  "
               f"hop p50 {data['hop_p50_ms']:.2f} ms  p99 {data['hop_p99_ms']:.2f} ms"
-              + (f"  worker CPU {cpu:.3f} ms/run" if cpu is not None else ""), flush=True)
+              + (f"  worker CPU {cpu:.3f} ms/run" if cpu is not None else "")
+              + (f"  PostgreSQL {data['pg_statements_per_task_run']:.2f} statements "
+                 f"({data['pg_calls_per_task_run']:.2f} with BEGIN/COMMIT), "
+                 f"{data['pg_exec_ms_per_task_run']:.3f} ms/run"
+                 if "pg_statements_per_task_run" in data else ""), flush=True)
 
     with ExitStack() as stack:
         bootstrap = stack.enter_context(kafka_bootstrap())

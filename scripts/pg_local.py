@@ -47,8 +47,11 @@ def bindir() -> Path:
 class PostgresServer:
     """One PostgreSQL cluster whose files live in ``workdir``."""
 
-    def __init__(self, workdir: Path | str, port: int | None = None):
+    def __init__(self, workdir: Path | str, port: int | None = None,
+                 settings: dict[str, str] | None = None):
+        """:param settings: server settings (``-c name=value``) beside those it always has"""
         self.workdir = Path(workdir).resolve()
+        self.settings = dict(settings or {})
         self.data = self.workdir / "data"
         self.port = port or self._saved_port() or free_port()
         self.bin = bindir()
@@ -82,7 +85,8 @@ class PostgresServer:
                       "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         (self.workdir / "port").write_text(str(self.port))
         options = (f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
-                   "-c max_connections=200 -c shared_buffers=64MB")
+                   "-c max_connections=200 -c shared_buffers=64MB"
+                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.workdir / "server.log"),
                   "-o", options, "-w", "-t", str(int(timeout)), "start")
         created = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "kser",

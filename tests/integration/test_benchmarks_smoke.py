@@ -46,6 +46,13 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
         assert sequencing[name]["bulk"]["task_runs"] == 10 * 10  # every task ran once
         assert sequencing[name]["unloaded"]["task_runs"] == 2 * 10
         assert sequencing[name]["bulk"]["worker_cpu_ms_per_task_run"] > 0
+    for name in {n for n in names if n.startswith("kser (confluent), postgresql")}:
+        for kind in ("bulk", "unloaded"):  # kser's statements, counted by the server
+            figures = sequencing[name][kind]
+            assert 1 < figures["pg_statements_per_task_run"] < figures[
+                "pg_calls_per_task_run"], (name, kind)
+            assert figures["pg_exec_ms_per_task_run"] > 0
+            assert any("kser_tasks" in top["query"] for top in figures["pg_top_statements"])
     assert set(sequencing["scaling (kser, sqlite, 1 worker)"]) == {"10", "20"}
     for image in ("hop-latency.png", "throughput.png", "scaling.png"):
         assert (tmp_path / "img" / image).stat().st_size > 1000
