@@ -35,7 +35,7 @@ FULL = dict(dispatch=["--messages", "20000", "--runs", "5"], memory=["--messages
 SMOKE = dict(dispatch=["--messages", "300", "--runs", "1"], memory=["--messages", "600"],
              sequencing=["--operations", "10", "--unloaded", "2", "--workers", "1",
                          "--scaling", "10,20", "--parallel", "3x0.2", "--io", "2x0.01",
-                         "--no-temporal"])
+                         "--no-temporal", "--floor-hops", "20"])
 
 
 def run(script: str, args: list[str], out: Path) -> str:
@@ -118,10 +118,13 @@ def tables(out: Path, commands: list[str]) -> str:
               "CPU per task run, in the run at once: the worker processes' user + system "
               "time (for Temporal, its server's apart); the machine's: every process on "
               "the two cores (broker, store, sender included).", "",
+              "PostgreSQL per task run: the statements kser's processes sent (with BEGIN "
+              "and COMMIT) and the server's time, from pg_stat_statements.", "",
               "| configuration | task runs/s | vs Celery, same workers and load (target >= "
               "1.5x) | vs Temporal tuned, same workers (target >= 5x) | loaded hop p50 / p99 "
-              "| unloaded hop p50 / p99 | CPU per task run |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| unloaded hop p50 / p99 | CPU per task run | PostgreSQL per task run, "
+              "loaded / unloaded |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def peer(system: str, about: dict, **extra) -> dict | None:
         for other, runs in results.items():
@@ -154,7 +157,23 @@ def tables(out: Path, commands: list[str]) -> str:
             f"{unloaded['hop_p50_ms']:.2f} / {unloaded['hop_p99_ms']:.2f} ms | "
             + (f"{cpu:.2f} ms" if cpu is not None else "")
             + (f" (server {server:.2f} ms)" if server is not None else "")
-            + (f"; machine {machine:.2f} ms" if machine is not None else "") + " |")
+            + (f"; machine {machine:.2f} ms" if machine is not None else "") + " | "
+            + " / ".join(f"{data['pg_statements_per_task_run']:.2f} "
+                         f"({data['pg_calls_per_task_run']:.2f}), "
+                         f"{data['pg_exec_ms_per_task_run']:.3f} ms"
+                         for data in (bulk, unloaded) if "pg_statements_per_task_run" in data)
+            + " |")
+    floors = {name: runs["hop"] for name, runs in results.items()
+              if name.startswith("physical floor")}
+    if floors:
+        lines += ["", "### The physical floor of a hop: one durable commit, then one Kafka "
+                  "round trip", "",
+                  "| store | floor p50 / p99 | commit p50 | Kafka round trip p50 |",
+                  "| --- | --- | --- | --- |"]
+        for name, floor in floors.items():
+            lines.append(f"| {name.split('(')[1].rstrip(')')} | {floor['floor_p50_ms']:.2f} / "
+                         f"{floor['floor_p99_ms']:.2f} ms | {floor['commit_p50_ms']:.2f} ms | "
+                         f"{floor['kafka_round_trip_p50_ms']:.2f} ms |")
     scaling = results.get("scaling (kser, sqlite, 1 worker)")
     if scaling:
         first = scaling[min(scaling, key=int)]["task_runs_per_second"]

@@ -493,6 +493,63 @@ class KserRun:
         return list(chains.values())
 
 
+def physical_floor(bootstrap: str, store_url: str, hops: int = 200) -> dict:
+    """The least a hop can cost on this machine: one durable commit of the store (a row
+    inserted, committed: fsynced on PostgreSQL, the WAL on SQLite) and one Kafka round
+    trip (confluent-kafka, produced with ``acks=all`` and ``linger.ms`` 0, as kser
+    produces, consumed by a consumer already assigned its partition), one after the
+    other, ``hops`` times; the p50 and p99 of each and of both, in ms."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Producer as RawProducer
+
+    topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
+    with Admin(connection_config(bootstrap), partitions=1) as topics:
+        topics.ensure([topic])
+    producer = RawProducer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
+                            "enable.idempotence": True})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"floor-{topic}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    engine = sqlalchemy.create_engine(store_url)
+    table = f"bench_floor_{uuid.uuid4().hex[:6]}"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE {table} (id VARCHAR(64) PRIMARY KEY, "
+                                   "at FLOAT)")
+    insert = sqlalchemy.text(f"INSERT INTO {table} VALUES (:id, :at)")
+    commits, trips, both = [], [], []
+    try:
+        for number in range(hops + 10):  # (the first 10 warm the connections up)
+            key = f"{number}-{uuid.uuid4().hex}"
+            start = time.perf_counter()
+            with engine.begin() as connection:
+                connection.execute(insert, {"id": key, "at": time.time()})
+            committed = time.perf_counter()
+            producer.produce(topic, key.encode(), key.encode())
+            producer.flush(30)
+            deadline = time.monotonic() + 30
+            while True:
+                record = consumer.poll(1.0)
+                if record is not None and record.error() is None and record.key() == key.encode():
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the floor's record did not come back within 30 s")
+            end = time.perf_counter()
+            if number >= 10:
+                commits.append((committed - start) * 1000)
+                trips.append((end - committed) * 1000)
+                both.append((end - start) * 1000)
+    finally:
+        consumer.close()
+        producer.flush(10)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {table}")
+        engine.dispose()
+    return dict(hops=hops, commit_p50_ms=round(percentile(commits, 0.5), 2),
+                kafka_round_trip_p50_ms=round(percentile(trips, 0.5), 2),
+                floor_p50_ms=round(percentile(both, 0.5), 2),
+                floor_p99_ms=round(percentile(both, 0.99), 2))
+
+
 def fill_store(store_url: str, operations: int, hops: int) -> None:
     """Store ``operations`` finished operations (as a long-running deployment keeps them)."""
     store, now = Store(store_url), time.time()
@@ -715,6 +772,8 @@ def main() -> int:
                         help="THREADSxSECONDS: the same runs with tasks sleeping SECONDS (an "
                         "I/O-bound load), kser with --concurrency THREADS and Celery with "
                         "--pool threads --concurrency THREADS ('' to skip)")
+    parser.add_argument("--floor-hops", type=int, default=200,
+                        help="hops of the physical floor measured on each store (0: none)")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--no-temporal", action="store_true")
     parser.add_argument("--temporal-workers", type=int, action="append", choices=[1, 2],
@@ -772,6 +831,16 @@ def main() -> int:
     with ExitStack() as stack:
         bootstrap = stack.enter_context(kafka_bootstrap())
         pg = stack.enter_context(postgres()) if "postgresql" in stores else None
+        for store in stores if args.floor_hops else ():
+            url = (new_database(pg) if store == "postgresql"
+                   else f"sqlite:///{scratch('kser-bench-')}/kser.db")
+            floor = physical_floor(bootstrap, url, args.floor_hops)
+            results[f"physical floor ({store})"] = {"hop": floor}
+            save()
+            print(f"physical floor ({store}): a durable commit then a Kafka round trip: "
+                  f"p50 {floor['floor_p50_ms']:.2f} ms (commit {floor['commit_p50_ms']:.2f}, "
+                  f"round trip {floor['kafka_round_trip_p50_ms']:.2f}), "
+                  f"p99 {floor['floor_p99_ms']:.2f} ms", flush=True)
         for concurrency, seconds in loads:
             for store in stores:
                 for count in workers:

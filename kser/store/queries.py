@@ -219,6 +219,9 @@ QUEUE_MANY_PG = (
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
     "trace_context) SELECT v.operation_id, v.topic, v.key, v.value, %(b_now)s, v.due_at, "
     "v.trace_context FROM v JOIN queued ON queued.id = v.id RETURNING id, key")
+#: mark_sent: MARK_SENT of several outbox rows
+MARK_SENT_MANY_PG = ("UPDATE kser_outbox SET sent_at = %(b_now)s WHERE id = ANY(%(b_ids)s) "
+                     "RETURNING id")
 
 #: the statements of a task's hop, which :meth:`Tx._read` and :meth:`Tx._execute` run on
 #: the DB-API connection (each compiled once per dialect)

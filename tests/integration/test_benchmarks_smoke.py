@@ -32,17 +32,23 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
     sequencing = json.loads((tmp_path / "sequencing.json").read_text())["results"]
     fanouts = {"fanout (sqlite, 1 worker, concurrency 3)",
                "fanout (postgresql, 1 worker, concurrency 3)"}
+    floors = {"physical floor (sqlite)", "physical floor (postgresql)"}
     names = set(sequencing)
     io = ", 1 worker, 2 threads each, 10 ms tasks"
     assert {"kser (confluent), sqlite, 1 worker", "kser (confluent), postgresql, 1 worker",
             "Celery 5.7.0 chain, Redis, 1 worker", f"kser (confluent), sqlite{io}",
             f"kser (confluent), postgresql{io}", f"Celery 5.7.0 chain, Redis{io}",
-            "scaling (kser, sqlite, 1 worker)", *fanouts} == names
+            "scaling (kser, sqlite, 1 worker)", *fanouts, *floors} == names
+    for name in floors:  # a durable commit, then a Kafka round trip
+        floor = sequencing[name]["hop"]
+        assert 0 < floor["commit_p50_ms"] < floor["floor_p50_ms"], floor
+        assert 0 < floor["kafka_round_trip_p50_ms"] < floor["floor_p50_ms"], floor
+    names -= floors
     for name in fanouts:  # a 3-wide group and a chain of the same three sleeping tasks
         group, chain = sequencing[name]["3-wide group"], sequencing[name]["3 tasks in a chain"]
         assert group["operations"] == chain["operations"] == 10
         assert group["wall_p50_s"] > 0.2 and chain["wall_p50_s"] > 0.6
-    for name in names - {"scaling (kser, sqlite, 1 worker)", *fanouts}:
+    for name in names - {"scaling (kser, sqlite, 1 worker)", *fanouts}:  # (floors left)
         assert sequencing[name]["bulk"]["task_runs"] == 10 * 10  # every task ran once
         assert sequencing[name]["unloaded"]["task_runs"] == 2 * 10
         assert sequencing[name]["bulk"]["worker_cpu_ms_per_task_run"] > 0
@@ -58,6 +64,7 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
         assert (tmp_path / "img" / image).stat().st_size > 1000
     tables = (tmp_path / "benchmarks.md").read_text()
     assert "### Sequencing" in tables and "### Dispatch" in tables
+    assert "### The physical floor of a hop" in tables
     assert "### Parallel group" in tables
 
 

@@ -32,6 +32,9 @@ def fill(store: Store) -> None:
             "1, 1 FROM generate_series(1, %(n)s) AS n", dict(n=TASKS))
         run("INSERT INTO kser_task_dependencies (task_id, depends_on) SELECT 't' || n, "
             "'t' || (n - 1) FROM generate_series(2, %(n)s) AS n", dict(n=TASKS))
+        run("INSERT INTO kser_outbox (operation_id, topic, value, created_at, sent_at) "
+            "SELECT 'op', 't', 'v'::bytea, 1, 1 FROM generate_series(1, %(n)s)", dict(n=TASKS))
+        run("ANALYZE kser_outbox")
         run("ANALYZE kser_operations")
         run("ANALYZE kser_task_dependencies")
         run("ANALYZE kser_tasks")
@@ -128,14 +131,17 @@ BATCH = dict(b_ids=["t2", "t4"], b_attempts=[0, 0], b_worker="w", b_lease=2.0, b
 @pytest.mark.parametrize("generic", [False], ids=["custom"])  # (never prepared: see Tx._raw)
 @pytest.mark.parametrize("statement", ["TASKS_TO_RUN_PG", "OPERATION_STATES_PG",
                                        "CLAIM_PENDING_PG", "FINISH_MANY_PG",
-                                       "QUEUE_MANY_PG", "DEPENDENTS_OF_PG"])
+                                       "QUEUE_MANY_PG", "DEPENDENTS_OF_PG",
+                                       "MARK_SENT_MANY_PG"])
 def test_each_batch_statement_reaches_its_rows_by_their_keys(store, statement, generic):
     sql = getattr(queries, statement)
     params = {name: value for name, value in BATCH.items() if f"%({name})s" in sql}
+    if statement == "MARK_SENT_MANY_PG":  # (outbox rows, named by their integer ids)
+        params["b_ids"] = [2, 4]
     found = explain(store, sql, params, generic, BATCH_TYPES)
     assert found, "no scan in the plan"
     keys = {"kser_tasks": {"kser_tasks_pkey"}, "kser_attempts": {"kser_attempts_pkey"},
-            "kser_operations": {"kser_operations_pkey"},
+            "kser_operations": {"kser_operations_pkey"}, "kser_outbox": {"kser_outbox_pkey"},
             "kser_task_dependencies": {"kser_task_dependencies_pkey",
                                        "ix_kser_task_dependencies_depends_on"}}
     assert all(node != "Seq Scan" and index in keys[table]

@@ -96,6 +96,12 @@ def _scenario(store: Store) -> list[Any]:
         seen.append(sorted((row["id"], str(row["status"])) for row in tx.failed_or_last("op")))
         seen.append(tx.unfinished("op"))
     seen.append(_tables(store))
+    with store.transaction() as tx:  # acknowledged rows marked sent: one, then several
+        unsent = [row.id for row in tx.unsent("op")]
+        tx.mark_sent(unsent[:1])
+        tx.mark_sent(unsent[1:])
+        seen.append(len(unsent))
+    seen.append(_tables(store))
     return seen
 
 
@@ -112,8 +118,38 @@ def test_the_portable_and_the_postgresql_forms_give_the_same_rows(tmp_path, pg_u
     # batch's stale end was refused, a takeover failed the dead worker's attempt)
     assert portable[0] == [True, False] and portable[4] == [True, False]
     assert portable[9] == [True, True, False] and portable[15] == ["b", "c"]
+    assert portable[-2] == 4  # (each marked: the last tables show none unsent)
     tasks, attempts, outbox = portable[-1]
+    assert all(not row[-1] for row in outbox)
     assert [row[2] for row in outbox] == [b"a", b"b", b"c", b"c"]
     taken = [a for a in attempts if a[:2] == ("c", 2)]
     assert taken[0][3] == "FAILED" and taken[0][5].startswith("lease expired")
     assert ("c", "RUNNING", 3, "w3") == tasks[2][:4]
+
+
+def test_an_operation_of_more_tasks_than_one_insert_takes_is_stored_whole(pg_url):
+    from kser.store.tx.tasks import INSERT_ROWS
+
+    store, count = Store(pg_url), 2 * INSERT_ROWS + 7
+    try:
+        with store.transaction() as tx:
+            tx.insert_operation(dict(
+                id="big", entrypoint="app.Big", status=Status.RUNNING, params={}, metadata={},
+                result=None, topic="ops", initial_result=None, exit_notify=None,
+                ttl_strategy=None, created_at=NOW, updated_at=NOW, idempotency_key=None,
+                parent_task_id=None, parent_operation_id=None))
+            tx.insert_tasks([dict(id=f"big-{i}", operation_id="big", position=i,
+                                  name=f"s{i}", trigger_rule="all_success",
+                                  entrypoint="app.Step", topic=None, status=Status.PENDING,
+                                  params={"i": i}, metadata={}, attempt=0)
+                             for i in range(count)],
+                            [(f"big-{i}", f"big-{i - 1}") for i in range(1, count)])
+        with store.transaction() as tx:
+            tasks = tx.get_tasks("big")
+            assert [t["params"]["i"] for t in tasks] == list(range(count))
+            links = tx.connection.exec_driver_sql(
+                "SELECT count(*) FROM kser_task_dependencies WHERE task_id LIKE 'big-%%'"
+            ).scalar()
+            assert links == count - 1
+    finally:
+        store.close()

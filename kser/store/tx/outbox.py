@@ -78,7 +78,10 @@ class OutboxQueries(TxBase):
         return int(rows[0]["due"] or 0), int(rows[0]["later"] or 0)
 
     def mark_sent(self, ids: list[int]) -> None:
-        if ids:
+        """Mark outbox rows sent (PostgreSQL: several in one statement)."""
+        if len(ids) > 1 and self._postgresql:
+            self._raw(q.MARK_SENT_MANY_PG, dict(b_ids=sorted(ids), b_now=time.time()))
+        elif ids:
             now = time.time()
             sql, order, _literals, _json = _compiled(q.MARK_SENT, self.connection.dialect)
             rows = [dict(b_id=row_id, b_now=now) for row_id in ids]

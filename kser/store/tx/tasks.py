@@ -27,17 +27,26 @@ from kser.store.tx.outbox import OutboxQueries
 logger = logging.getLogger("kser.store.store")  # (the name its lines always had)
 
 
+#: rows of one multi-row INSERT (PostgreSQL takes up to 65,535 parameters a statement)
+INSERT_ROWS = 500
+
+
 class TaskQueries(OutboxQueries):  # (a task is queued with its message, in the outbox)
     """Tasks and their dependencies: stored, read with their upstream counts, queued (the
     compare-and-set of a join) with their message, reset."""
 
     def insert_tasks(self, rows: list[dict[str, Any]], dependencies: list[tuple[str, str]]) -> None:
-        """Insert tasks and their ``(task_id, depends_on)`` dependencies."""
-        if rows:
-            self.connection.execute(schema.tasks.insert(), rows)
-        if dependencies:
-            self.connection.execute(schema.task_dependencies.insert(),
-                                    [dict(task_id=t, depends_on=d) for t, d in dependencies])
+        """Insert tasks and their ``(task_id, depends_on)`` dependencies (PostgreSQL: each
+        table's rows in one statement, by :data:`INSERT_ROWS`; SQLite, in process, row
+        by row)."""
+        links = [dict(task_id=t, depends_on=d) for t, d in dependencies]
+        for table, values in ((schema.tasks, rows), (schema.task_dependencies, links)):
+            if len(values) > 1 and self._postgresql:
+                for start in range(0, len(values), INSERT_ROWS):
+                    self.connection.execute(
+                        table.insert().values(values[start:start + INSERT_ROWS]))
+            elif values:
+                self.connection.execute(table.insert(), values)
 
     def get_task(self, task_id: str) -> TaskRow | None:
         return self._first_as(TaskRow, q.GET_TASK, dict(b_id=task_id))
