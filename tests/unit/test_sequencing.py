@@ -304,6 +304,33 @@ def test_the_sweep_re_sends_a_task_whose_worker_died_after_its_message_was_acked
     assert tasks.CALLS == ["step0", "step1", "step2"]
 
 
+def test_the_sweep_re_sends_a_dead_worker_s_task_once_per_lease_that_expired(h):
+    """Each re-send is a new message that makes the one before it stale: re-sent every
+    lease, the messages of hundreds of tasks a dead worker held were all stale by the
+    time a worker read them, for good. Once per expired lease: a task taken over by a
+    worker that dies too is re-sent again, and runs (its message named the attempt,
+    which the takeover had moved on: judged a stale copy, it never ran)."""
+    import time
+
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    assert claim(h, task_id, "dead:1", time.time() - 1, time.time() - 31)
+    sweep = h.registry.sequencer.sweep
+    assert sweep(force=True) == 1
+    for _ in range(3):  # (its message was delivered: a worker will read it)
+        assert sweep(force=True) == 0
+    # taken over by a worker that dies in turn: its lease expires, it is re-sent again
+    assert claim(h, task_id, "dead:2", time.time() + 0.05, time.time(), attempt=1)
+    time.sleep(0.1)
+    assert sweep(force=True) == 1
+    assert sweep(force=True) == 0
+    h.drain()  # (the last message re-sent runs it: its worker died twice)
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+    assert [(a["worker"], a["status"]) for a in h.attempts(task_id)][:2] == [
+        ("dead:1", "FAILED"), ("dead:2", "FAILED")]
+    assert h.attempts(task_id)[2]["status"] == "SUCCESS"
+
+
 def test_tasks_can_name_their_own_topic(h):
     op = tasks.Routed().send()
     h.drain(topics=["ops"])

@@ -44,8 +44,12 @@ class Sweeper:
                 op = tx.operation(task.operation_id)
                 tasks = {t.id: t for t in tx.get_tasks(op.id)}
                 deps = tx.dependencies(op.id).get(task.id, ())
+                # (re-sent as the queueing its attempts came from: a takeover moves the
+                # attempt on, not the queueing, and a message naming the attempt was
+                # judged a stale copy once a second worker had died with the task)
                 self.transitions.queue_task(tx, op, task, forwarded(op, tasks, deps),
-                                            queued=task.attempt, cas=False)  # (re-sent)
+                                            queued=task.queued_attempt or task.attempt,
+                                            cas=False)
             operations = {task.operation_id for task in expired}
             children = tx.ended_children(now, settings.task_lease)
             for child in children:  # their parents' tasks were not told: tell them again

@@ -27,6 +27,10 @@ from kser.store.tx.base import (
 
 logger = logging.getLogger("kser.store.store")  # (the name its lines always had)
 
+#: leases after which a task re-sent by the sweep, and still not taken over, is re-sent
+#: again (its message was delivered: this is a last resort, not the way it runs)
+RESEND_AGAIN = 10
+
 
 class AttemptQueries(TxBase):
     """Attempts: claimed (a task taken, its lease), finished, their log lines; what the sweep finds
@@ -185,14 +189,21 @@ class AttemptQueries(TxBase):
                              .order_by(schema.attempts.c.number))
 
     def expired_tasks(self, now: float, lease: float) -> list[TaskRow]:
-        """RUNNING tasks of RUNNING operations whose lease is past (their worker stopped)
-        and that no sweep re-sent in the last ``lease`` seconds; each is marked re-sent."""
+        """RUNNING tasks of RUNNING operations whose lease is past (their worker stopped),
+        each marked re-sent: once per lease that expired (a task re-sent, then taken over
+        by a worker that stopped too, is re-sent again), and again only after
+        :data:`RESEND_AGAIN` leases. Each re-send is a new message that makes the ones
+        before it stale: re-sent every lease, the messages of hundreds of tasks held by a
+        dead worker (async bodies) were stale before a worker got to them, for good."""
         task, op = schema.tasks.c, schema.operations.c
         expired = self._read_as(TaskRow, select(schema.tasks).join(
             schema.operations, op.id == task.operation_id).where(
             and_(task.status == Status.RUNNING, task.lease_expires_at < now,
                  op.status == Status.RUNNING,
-                 or_(task.resent_at.is_(None), task.resent_at < now - lease))))
+                 or_(task.resent_at.is_(None), task.resent_at < task.lease_expires_at,
+                     task.resent_at < now - RESEND_AGAIN * lease)))
+            # (PostgreSQL: two workers' sweeps at once re-send each task once)
+            .with_for_update(of=schema.tasks, skip_locked=True))
         if expired:
             self.connection.execute(update(schema.tasks)
                                     .where(task.id.in_([row.id for row in expired]))
