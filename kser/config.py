@@ -129,6 +129,10 @@ class Settings:
         default_factory=lambda: _float("KSER_SHUTDOWN_TIMEOUT", "30"))
     #: tasks one consumer runs at once (``kser worker --concurrency``)
     concurrency: int = field(default_factory=lambda: _int("KSER_CONCURRENCY", "1"))
+    #: ``async def`` task bodies one consumer awaits at once on its event loop, beside
+    #: the ``concurrency`` threads (each holds no thread while it waits)
+    async_concurrency: int = field(
+        default_factory=lambda: _int("KSER_ASYNC_CONCURRENCY", "1000"))
     #: most task messages one task thread claims, runs and stores together (records
     #: already in hand, under load; 1: one at a time)
     batch_size: int = field(default_factory=lambda: _int("KSER_BATCH_SIZE", "32"))

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, cast
@@ -19,6 +20,7 @@ from cdumay_error.types import NotFound, ValidationError
 from cdumay_result import Result
 
 from kser import middleware
+from kser.aio import Later
 from kser.codec import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from kser.codec import MessageTooLargeError as MessageTooLargeError  # (its former home)
 from kser.config import Settings
@@ -67,10 +69,10 @@ class Engine(Protocol):
     def handles(self, entrypoint: type[Entrypoint], kmsg: Message) -> bool: ...
 
     def execute(self, entrypoint: type[Entrypoint], kmsg: Message,
-                topic: str | None) -> Result: ...
+                topic: str | None) -> Result | Later: ...
 
     def run_tasks(self, items: Sequence[tuple[type[Entrypoint], Message]]
-                  ) -> list[Result | Exception]: ...
+                  ) -> list[Result | Exception | Later]: ...
 
     def built_in(self, path: str) -> type[Entrypoint] | None: ...
 
@@ -89,6 +91,8 @@ class Outcome:
     result: Result
     undeliverable: bool = False
     redo: bool = False
+    #: (an ``async def`` body awaited on the event loop) its outcome, to come
+    later: Future[Outcome] | None = None
 
 
 class Controller(BaseController):
@@ -279,10 +283,13 @@ class Controller(BaseController):
                            undeliverable=True)
         return kmsg, entrypoint
 
-    def _conclude(self, kmsg: Message, execute: Callable[[], Result]) -> Outcome:
-        """The outcome of executing ``kmsg`` (``execute``), its hooks called."""
+    def _conclude(self, kmsg: Message, execute: Callable[[], Result | Later]) -> Outcome:
+        """The outcome of executing ``kmsg`` (``execute``), its hooks called (for an
+        ``async def`` body on the event loop, an outcome to come: :attr:`Outcome.later`)."""
         try:
             result = execute()
+            if isinstance(result, Future):
+                return self._later(kmsg, result)
         except UndeliverableError as exc:
             return Outcome(kmsg, self._onerror(kmsg, error_result(exc, kmsg.uuid)),
                            undeliverable=True)
@@ -301,12 +308,28 @@ class Controller(BaseController):
         except Exception as exc:  # a failing user hook must not stop the consumer
             return Outcome(kmsg, exception_result(exc, kmsg.uuid))
 
+    def _later(self, kmsg: Message, later: Later) -> Outcome:
+        """The outcome of a message whose ``async def`` body runs on the event loop: its
+        own outcome (:meth:`_conclude`, hooks called) comes with its end."""
+        concluded: Future[Outcome] = Future()
+
+        def done(ended: Later) -> None:
+            try:
+                concluded.set_result(self._conclude(kmsg, partial(_returned, ended.result())))
+            except BaseException as exc:  # (a fatal error: the handler stops the worker)
+                concluded.set_exception(exc)
+
+        later.add_done_callback(done)
+        return Outcome(kmsg, Result(uuid=kmsg.uuid, stdout="awaited on the event loop"),
+                       later=concluded)
+
     def execute(self, entrypoint: type[Entrypoint], kmsg: Message,
-                topic: str | None = None) -> Result:
+                topic: str | None = None) -> Result | Later:
         """Run ``kmsg`` with ``entrypoint``.
 
         Operations and the tasks of operations go to :attr:`sequencer`; a lone
-        task runs here and needs no store.
+        task runs here and needs no store. An operation's task whose body is ``async
+        def`` is awaited on the worker's event loop: a future of its result.
         """
         if self.sequencer is not None and self.sequencer.handles(entrypoint, kmsg):
             return self.sequencer.execute(entrypoint, kmsg, topic)
@@ -328,7 +351,7 @@ class Controller(BaseController):
         return self.chain.run(call, run)
 
 
-def _returned(result: Result | Exception) -> Result:
+def _returned(result: Result | Exception | Later) -> Result | Later:
     """``result``, raised if it is an exception (what a batched message's execution gave)."""
     if isinstance(result, Exception):
         raise result

@@ -8,10 +8,16 @@ Lifecycle of :meth:`Entrypoint.execute`::
 
 ``execute`` never raises: it always returns a :class:`cdumay_result.Result`.
 ``unsafe_execute`` is the same without the safety net.
+
+``run`` may be ``async def``: a worker then runs the body on its event loop
+(:meth:`execute_async`, awaited there: an operation's task holds no thread while it
+waits); ``execute`` runs it to its end in the calling thread (``asyncio.run``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from typing import Any
 from uuid import uuid4
@@ -68,8 +74,9 @@ class Entrypoint(metaclass=EntrypointMeta):
     def prerun(self) -> None:
         """Called after the required parameters are checked, before :meth:`run`."""
 
-    def run(self) -> Result | None:
-        """The work itself. Return a ``Result`` (``None`` means "nothing to add")."""
+    def run(self) -> Any:
+        """The work itself. Return a ``Result`` (``None`` means "nothing to add"). It may
+        be ``async def`` (see :meth:`is_async`)."""
         raise NotImplementedError(f"Entrypoint '{self.__class__.path}' does not implement run()")
 
     def postrun(self, result: Result) -> Result:
@@ -95,6 +102,11 @@ class Entrypoint(metaclass=EntrypointMeta):
                     extra=dict(uuid=self.uuid, entrypoint=self.__class__.path, param=param),
                 )
 
+    @classmethod
+    def is_async(cls) -> bool:
+        """Whether :meth:`run` is ``async def`` (a worker awaits it on its event loop)."""
+        return inspect.iscoroutinefunction(cls.run)
+
     def unsafe_execute(self, result: Result | None = None) -> Result:
         """Run the lifecycle; exceptions propagate.
 
@@ -105,23 +117,50 @@ class Entrypoint(metaclass=EntrypointMeta):
         if result:
             self.result += result
         self._prerun()
-        outcome = self._postrun(self._run())
-        if is_success(outcome) or outcome is None:
-            return self._onsuccess(outcome)
-        return self._onerror(outcome)
+        return self._ended(self._postrun(self._run()))
+
+    async def unsafe_execute_async(self, result: Result | None = None) -> Result:
+        """:meth:`unsafe_execute`, awaiting an ``async def`` :meth:`run`."""
+        if self._init_error is not None:
+            return self._onerror(self._init_error)
+        if result:
+            self.result += result
+        self._prerun()
+        return self._ended(self._postrun(await self._run_async()))
 
     def execute(self, result: Result | None = None) -> Result:
         """Run the lifecycle and always return a ``Result``, never raise."""
         self.exception = None
         try:
             return self.unsafe_execute(result=result)
-        except Exception as exc:  # the safety net is the point
-            self.exception = exc
-            return self._onerror(exception_result(exc, uuid=self.uuid))
-        except SystemExit as exc:  # sys.exit() in a task ends the task, not the worker
+        except BaseException as exc:
+            return self._failed(exc)
+
+    async def execute_async(self, result: Result | None = None) -> Result:
+        """:meth:`execute`, awaiting an ``async def`` :meth:`run` (a synchronous one runs
+        in the loop's thread); never raises but for its cancellation."""
+        self.exception = None
+        try:
+            return await self.unsafe_execute_async(result=result)
+        except BaseException as exc:
+            return self._failed(exc)
+
+    def _ended(self, outcome: Result | None) -> Result:
+        if is_success(outcome) or outcome is None:
+            return self._onsuccess(outcome)
+        return self._onerror(outcome)
+
+    def _failed(self, exc: BaseException) -> Result:
+        """The safety net: what the lifecycle raised, as a failed result (raised again
+        when it is no failure of the task: an interrupt, a cancellation)."""
+        if isinstance(exc, SystemExit):  # sys.exit() in a task ends the task, not the worker
             self.exception = exc
             return self._onerror(exception_result(
                 RuntimeError(f"the task called sys.exit({exc.code!r})"), uuid=self.uuid))
+        if not isinstance(exc, Exception):
+            raise exc
+        self.exception = exc
+        return self._onerror(exception_result(exc, uuid=self.uuid))
 
     # -- conversions --------------------------------------------------------------------
 
@@ -176,6 +215,15 @@ class Entrypoint(metaclass=EntrypointMeta):
 
     def _run(self) -> Result | None:
         outcome = self.run()
+        if inspect.iscoroutine(outcome):  # (async def run, called outside a worker's loop)
+            outcome = asyncio.run(outcome)
+        return self._checked(outcome)
+
+    async def _run_async(self) -> Result | None:
+        outcome = self.run()
+        return self._checked(await outcome if inspect.isawaitable(outcome) else outcome)
+
+    def _checked(self, outcome: Any) -> Result | None:
         if outcome is not None and not isinstance(outcome, Result):
             raise TypeError(f"{self.__class__.path}.run() must return a cdumay_result.Result "
                             f"or None, not {type(outcome).__name__}")

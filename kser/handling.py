@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from kser import tracing
@@ -42,15 +43,16 @@ class RecordHandler:
         self.processed = 0
         self._counter_lock = threading.Lock()
 
-    def process_all(self, records: list[Record]) -> list[bool]:
+    def process_all(self, records: list[Record]) -> list[bool | Future[bool]]:
         """Handle records in a task thread (one, or a batch the controller handles
         together: see ``Controller.handle_many``); redo those whose infrastructure failed,
         together, after a doubling backoff.
 
         Returns, per record, True when it is done (to be committed), False when the
-        consumer stopped before it could be. Never raises, whatever the records hold.
+        consumer stopped before it could be; for a record whose ``async def`` body runs
+        on the event loop, a future of that. Never raises, whatever the records hold.
         """
-        done: set[int] = set()
+        done: dict[int, bool | Future[bool]] = {}
         try:
             todo, redo = list(records), 0
             while todo:
@@ -59,32 +61,69 @@ class RecordHandler:
                 # failing every time never holds the others)
                 for record, outcome in zip(todo, self._outcomes(todo, alone=redo > 0),
                                            strict=True):
-                    if outcome.undeliverable and not self.dead_letters.send(
-                            record, outcome.result.stderr or "undeliverable"):
-                        outcome.redo = True
-                    if outcome.redo:
+                    if outcome.later is not None:
+                        done[id(record)] = self._awaited(record, outcome.later)
+                    elif self._settled(record, outcome, redo):
+                        done[id(record)] = True
+                    else:
                         again.append(record)
-                        delay = min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)
-                        logger.warning("%s will process %s[%d]@%d again in %.1f s: %s",
-                                       self.name, record.topic, record.partition,
-                                       record.offset, delay,
-                                       safe_text(outcome.result.stderr, 1000))
-                        continue
-                    done.add(id(record))
-                    with self._counter_lock:  # task threads finish together
-                        self.processed += 1
-                    if outcome.kmsg is not None:
-                        logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d",
-                                    self.name, outcome.kmsg.entrypoint, outcome.kmsg.uuid,
-                                    record.topic, record.partition, record.offset,
-                                    outcome.result.retcode)
                 if again and self._stopping.wait(
                         min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)):
                     break
                 todo, redo = again, redo + 1
         except WorkerFatalError as exc:
             self._fatal(exc)
-        return [id(record) in done for record in records]
+        return [done.get(id(record), False) for record in records]
+
+    def _settled(self, record: Record, outcome: Outcome, redo: int = 0) -> bool:
+        """Dead-letter an undeliverable record, count and log a done one: True; False
+        (logged) when it is to be redone (after ``redo`` redos)."""
+        if outcome.undeliverable and not self.dead_letters.send(
+                record, outcome.result.stderr or "undeliverable"):
+            outcome.redo = True
+        if outcome.redo:
+            delay = min(self.settings.redo_backoff * 2 ** redo, REDO_MAX_BACKOFF)
+            logger.warning("%s will process %s[%d]@%d again in %.1f s: %s",
+                           self.name, record.topic, record.partition,
+                           record.offset, delay,
+                           safe_text(outcome.result.stderr, 1000))
+            return False
+        with self._counter_lock:  # task threads finish together
+            self.processed += 1
+        if outcome.kmsg is not None:
+            logger.info("%s processed %s[%s] from %s[%d]@%d: retcode %d",
+                        self.name, outcome.kmsg.entrypoint, outcome.kmsg.uuid,
+                        record.topic, record.partition, record.offset,
+                        outcome.result.retcode)
+        return True
+
+    def _awaited(self, record: Record, later: Future[Outcome]) -> Future[bool]:
+        """Whether a record whose body runs on the event loop is done, once it ended; one
+        to redo is handled again after the backoff (in the end thread that saw it end)."""
+        done: Future[bool] = Future()
+
+        def ended(outcome_future: Future[Outcome]) -> None:
+            try:
+                outcome = outcome_future.result()
+            except WorkerFatalError as exc:
+                self._fatal(exc)
+                done.set_result(False)
+                return
+            except Exception as exc:  # (not foreseen: redone, as in _handle)
+                outcome = Outcome(None, exception_result(exc), redo=True)
+            if self._settled(record, outcome):
+                done.set_result(True)
+            elif self._stopping.wait(self.settings.redo_backoff):
+                done.set_result(False)
+            else:
+                again = self.process_all([record])[0]
+                if isinstance(again, Future):
+                    again.add_done_callback(lambda it: done.set_result(it.result()))
+                else:
+                    done.set_result(again)
+
+        later.add_done_callback(ended)
+        return done
 
     def _outcomes(self, records: list[Record], alone: bool = False) -> list[Outcome]:
         """How each record was handled: together (unless ``alone``), or one at a time; a

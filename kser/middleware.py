@@ -1,5 +1,5 @@
 """The hook chain around a task's body, written once: a lone task
-(``Controller.execute``) and an operation's task (``Runner.run_body``) run their bodies
+(``Controller.execute``) and an operation's task (``Bodies.run``) run their bodies
 through a :class:`Chain`. Each behaviour around a body is a small :class:`Middleware`
 (Dramatiq's middleware is the model); from the outside in:
 
@@ -21,7 +21,7 @@ all of these.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -183,6 +183,23 @@ class Chain:
             for middleware in self.middleware:
                 entered.append((middleware, middleware.enter(call)))
             return body()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for middleware, token in reversed(entered):
+                middleware.exit(call, token, error)
+
+    async def run_async(self, call: Call, body: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`run` for an ``async def`` body, on the worker's event loop (each body in
+        an asyncio task of its own: what the middleware puts in the context, the log
+        fields and the span, is that body's alone)."""
+        entered: list[tuple[Middleware, Any]] = []
+        error: BaseException | None = None
+        try:
+            for middleware in self.middleware:
+                entered.append((middleware, middleware.enter(call)))
+            return await body()
         except BaseException as exc:
             error = exc
             raise

@@ -51,6 +51,8 @@ def exception_result(exc: BaseException, uuid: str | None = None) -> Result:
     if isinstance(exc, Error):
         return error_result(exc, uuid)
     error = from_exc(exc)
-    if error.message == str(exc):  # a bare str(exc); marshmallow errors have their own
-        error.message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not str(exc):  # (cdumay says "Internal Error" then: the type says more)
+        error.message = type(exc).__name__
+    elif error.message == str(exc):  # a bare str(exc); marshmallow errors have their own
+        error.message = f"{type(exc).__name__}: {exc}"
     return error_result(error, uuid)

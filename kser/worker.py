@@ -89,7 +89,10 @@ class _LoopState:
     concurrency: int
     backlog: deque[Record] = field(default_factory=deque)
     #: the records each task thread has in hand (one, or a batch)
-    running: dict[Future[list[bool]], list[Record]] = field(default_factory=dict)
+    running: dict[Future[list[bool | Future[bool]]], list[Record]] = field(
+        default_factory=dict)
+    #: the records whose ``async def`` bodies the event loop awaits (no thread held)
+    waiting: dict[Future[bool], Record] = field(default_factory=dict)
     #: False while the partitions are paused (a full backlog, a stop)
     fetching: bool = True
     fetched_nothing: bool = True
@@ -100,7 +103,29 @@ class _LoopState:
 
     @property
     def idle(self) -> bool:
-        return not self.running and not self.backlog
+        return not self.running and not self.waiting and not self.backlog
+
+    @property
+    def busy(self) -> bool:
+        """Records in hand: in task threads, or awaited on the event loop."""
+        return bool(self.running or self.waiting)
+
+    def harvest(self, wake: Callable[[Future[Any]], None]) -> None:
+        """Mark done the records the task threads and the event loop finished; those a
+        thread left to the event loop are kept in hand (``wake`` called when they end)."""
+        for future in [f for f in self.running if f.done()]:
+            records = self.running.pop(future)
+            for record, done in zip(records, future.result(), strict=True):
+                if isinstance(done, Future):  # (its body is awaited on the event loop)
+                    self.waiting[done] = record
+                    done.add_done_callback(wake)
+                elif done:
+                    self.tracker.done(record)
+                # else: stopped while it had to be redone: left in flight, never committed
+        for awaited in [f for f in self.waiting if f.done()]:
+            record = self.waiting.pop(awaited)
+            if awaited.result():
+                self.tracker.done(record)
 
 
 class BaseConsumer(ConsumerClient):
@@ -290,7 +315,7 @@ class BaseConsumer(ConsumerClient):
         loop = _LoopState(self._tracker_for_run(), executor, concurrency)
         while True:
             self._task_done.clear()  # before harvesting: no completion is missed
-            self._harvest(loop.running, loop.tracker)
+            self._harvest(loop)
             if self._stopping.is_set():
                 if self._stop_step(loop):
                     break
@@ -301,7 +326,7 @@ class BaseConsumer(ConsumerClient):
             if self._fetch(loop):
                 break
             self._sweep()
-        self._harvest(loop.running, loop.tracker)
+        self._harvest(loop)
         self._checkpoint(loop.tracker)
         self._flush_sent()
 
@@ -312,14 +337,16 @@ class BaseConsumer(ConsumerClient):
     def _stop_step(self, loop: _LoopState) -> bool:
         """One step of a stop: True once the loop may end (no task left, or they are
         abandoned after ``shutdown_timeout`` or a second signal)."""
-        if not loop.running:
+        if not loop.busy:
             return True
         if loop.stop_deadline is None:
             loop.stop_deadline = time.monotonic() + self.settings.shutdown_timeout
             logger.info("%s: stopping; waiting up to %g s for %d task(s)", self.name,
-                        self.settings.shutdown_timeout, len(loop.running))
+                        self.settings.shutdown_timeout,
+                        len(loop.running) + len(loop.waiting))
         if self._aborting.is_set() or time.monotonic() >= loop.stop_deadline:
-            self.abandoned = sum(len(records) for records in loop.running.values())
+            self.abandoned = (sum(len(records) for records in loop.running.values())
+                              + len(loop.waiting))
             self.exit_code = 1
             logger.error("%s: %d task(s) still running %s: their records are not "
                          "committed and will be processed again by another worker",
@@ -340,7 +367,8 @@ class BaseConsumer(ConsumerClient):
         """Hand backlog records to free task threads (none while paused): one each, or
         under load a batch each (the backlog shared among the free threads, at most
         what the controller takes at once: see ``Controller.batch_limit``)."""
-        while loop.backlog and len(loop.running) < loop.concurrency and not self.paused:
+        while (loop.backlog and len(loop.running) < loop.concurrency and not self.paused
+               and len(loop.waiting) < self.settings.async_concurrency):
             free = loop.concurrency - len(loop.running)
             # (rounded down: a free thread is never left idle while another holds two)
             size = min(len(loop.backlog) // free,
@@ -390,7 +418,7 @@ class BaseConsumer(ConsumerClient):
             if not loop.fetching:
                 loop.fetching = self._call_client(self._resume, "resume")
             records = self._poll_guarded(
-                BUSY_POLL_INTERVAL if loop.running else self.settings.poll_timeout,
+                BUSY_POLL_INTERVAL if loop.busy else self.settings.poll_timeout,
                 self.settings.max_poll_records)
             loop.last_poll = time.monotonic()
             backlog.extend(records)
@@ -398,7 +426,7 @@ class BaseConsumer(ConsumerClient):
             if idle and not records and self.until_idle:
                 self._sweep()
                 return True
-            if not records and loop.running:
+            if not records and loop.busy:
                 self._task_done.wait(BUSY_POLL_INTERVAL)
             return False
         self._task_done.wait(BUSY_POLL_INTERVAL)
@@ -447,22 +475,12 @@ class BaseConsumer(ConsumerClient):
             self.fatal, self.exit_code = exc, 1
         self._stopping.set()  # not stop(): a second fatal error is no second signal
 
-    def _harvest(self, running: dict[Future[list[bool]], list[Record]],
-                 tracker: OffsetTracker) -> None:
-        for future in [f for f in running if f.done()]:
-            records = running.pop(future)
-            for record, done in zip(records, future.result(), strict=True):
-                if done:
-                    tracker.done(record)
-                # else: stopped while it had to be redone: left in flight, never committed
+    def _harvest(self, loop: _LoopState) -> None:
+        loop.harvest(self._wake)
 
-
-    def _wake(self, _future: Future[list[bool]]) -> None:
+    def _wake(self, _future: Future[Any]) -> None:
         """Wake the consume loop: a task thread's records are done (their future too)."""
         self._task_done.set()
-
-
-
 
     def _dead_letter_store(self) -> Store:
         """The store dead letters fall back on: the sequencer's, else one of this consumer."""

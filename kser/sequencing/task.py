@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -214,6 +215,20 @@ class Task(Entrypoint):
             self.exception = exc
             return self._onerror(exception_result(exc, uuid=self.uuid))
 
+    async def execute_async(self, result: Result | None = None) -> Result:
+        """:meth:`execute` awaiting an ``async def`` run (on a worker's event loop): past
+        ``TIME_LIMIT`` the coroutine is cancelled and the attempt fails with
+        :class:`TimeLimitExceeded`."""
+        if self.TIME_LIMIT is None:
+            return await super().execute_async(result)
+        try:
+            async with asyncio.timeout(self.TIME_LIMIT):
+                return await super().execute_async(result)
+        except TimeoutError:
+            exc = TimeLimitExceeded(f"time limit exceeded after {self.TIME_LIMIT:g} s")
+            self.exception = exc
+            return self._onerror(exception_result(exc, uuid=self.uuid))
+
     def _prerun(self) -> None:
         self.status = RUNNING
         super()._prerun()
@@ -222,8 +237,17 @@ class Task(Entrypoint):
         try:
             return super()._run()
         except SkipTask as exc:
-            self.skipped = str(exc) or "skipped"
-            return Result(uuid=self.uuid, stdout=f"skipped: {self.skipped}")
+            return self._skip(exc)
+
+    async def _run_async(self) -> Result | None:
+        try:
+            return await super()._run_async()
+        except SkipTask as exc:
+            return self._skip(exc)
+
+    def _skip(self, exc: SkipTask) -> Result:
+        self.skipped = str(exc) or "skipped"
+        return Result(uuid=self.uuid, stdout=f"skipped: {self.skipped}")
 
     def _onsuccess(self, result: Result | None) -> Result:
         self.status = SKIPPED if self.skipped is not None else SUCCESS

@@ -1,5 +1,6 @@
 """The operations the acceptance tests run in real `kser worker` processes."""
 
+import asyncio
 import json
 import os
 import time
@@ -274,3 +275,46 @@ class FailsAfterFirst(Operation):
 
     def build_tasks(self, **kwargs):
         return [Step(name="first"), Step(name="second", params={"fail": True})]
+
+
+# -- issue 29: async task bodies --
+
+#: the release file each worker process's bodies wait for: one event per file, set by
+#: one watcher (thousands of bodies each polling the file would be the load measured)
+_released: dict[str, asyncio.Event] = {}
+_watchers: set[asyncio.Task] = set()
+
+
+async def released(path):
+    event = _released.get(path)
+    if event is None:
+        event = _released[path] = asyncio.Event()
+
+        async def watch():
+            while not os.path.exists(path):
+                await asyncio.sleep(0.2)
+            event.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        _watchers.add(watcher)  # (a task nobody holds may be collected mid-wait)
+        watcher.add_done_callback(_watchers.discard)
+    await event.wait()
+
+
+@registry.subscribe
+class AsyncWait(Task):
+    """``async def``: records that it ran, awaits the file ``params["release"]`` (no
+    thread held), then returns what the task before it left, and its own name."""
+
+    async def run(self):
+        ran(self.uuid)
+        await released(self.params["release"])
+        return Result(uuid=self.uuid, stdout=self.name, retval={self.name: "released"})
+
+
+@registry.subscribe
+class AsyncThenStep(Operation):
+    """``wait`` (async, until the release file exists) >> ``after`` (a thread's body)."""
+
+    def build_tasks(self, release, **kwargs):
+        return [AsyncWait(name="wait", params={"release": release}), Step(name="after")]

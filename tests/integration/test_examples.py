@@ -1,5 +1,6 @@
 """The runnable examples of the docs run and say what the docs say."""
 
+import re
 import subprocess
 import sys
 
@@ -60,3 +61,12 @@ def test_shapes_sub_operations_example():
     assert out.count("(in child ") == 4
     assert "archive   SUCCESS  archived" in out
     assert "space     SUCCESS  shutil:disk_usage returned" in out
+
+
+def test_shapes_async_jobs_example():
+    out = _run("examples/shapes/async_jobs.py")
+    done, took, most = re.search(r"(\d+) of 200 jobs of 3 s done in ([\d.]+) s, on 1 task "
+                                 r"thread; at most (\d+) job waits at once", out).groups()
+    assert int(done) == 200
+    assert int(most) > 50  # waiting together, on one thread
+    assert float(took) < 120  # (one after the other: 600 s)

@@ -1,5 +1,6 @@
 """Entrypoint lifecycle, Task.log, Operation building and inline sequencing, the registry."""
 
+import asyncio
 import logging
 
 import pytest
@@ -67,6 +68,28 @@ def test_exception_becomes_a_result_and_onerror_runs():
     assert task.status == "FAILED"
     with pytest.raises(RuntimeError):
         Recorder(fail=True).unsafe_execute()
+
+
+def test_an_exception_without_a_message_is_named_by_its_type():
+    class Hung(Task):
+        def run(self):
+            raise ConnectionResetError()
+
+    assert Hung().execute().stderr == "ConnectionResetError"  # (not "Internal Error")
+
+
+def test_an_async_run_has_the_same_lifecycle_in_a_thread_or_awaited():
+    class Waits(Task):
+        async def run(self):
+            await asyncio.sleep(0)
+            if self.params.get("fail"):
+                raise RuntimeError("no luck")
+            return Result(uuid=self.uuid, stdout="waited")
+
+    assert Waits().execute().stdout == "waited"  # (asyncio.run in this thread)
+    assert asyncio.run(Waits().execute_async()).stdout == "waited"
+    failed = asyncio.run(Waits(params={"fail": True}).execute_async())
+    assert (failed.retcode, failed.stderr) == (500, "RuntimeError: no luck")
 
 
 def test_missing_required_param_fails_before_run():

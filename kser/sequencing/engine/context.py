@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
+from kser.aio import EventLoop
 from kser.codec import Codec
 from kser.config import TRANSPORTS, Settings
 from kser.entry import Entrypoint
@@ -56,6 +57,9 @@ class Context:
         self.chain = chain or default_chain(self.pace)
         #: produces what transactions queued; every transaction goes through it
         self.outbox = Outbox(self)
+        #: the event loop ``async def`` bodies are awaited on (its thread started on
+        #: first use)
+        self.aio = EventLoop(lambda: self.settings.async_concurrency)
 
     @property
     def settings(self) -> Settings:

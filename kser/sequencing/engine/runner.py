@@ -15,25 +15,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from functools import partial
-from typing import Any, cast
+from typing import cast
 
 from cdumay_result import Result
 
-from kser import middleware, tracing
+from kser import tracing
+from kser.aio import Later
 from kser.entry import Entrypoint
 from kser.errors import (
     RedoError,
     UndeliverableError,
     WorkerFatalError,
-    is_transient,
     safe_text,
 )
 from kser.pace import Pace
-from kser.results import exception_result, is_success
-from kser.schemas import KSER_METADATA_KEY, Message, dump_result, wire_digest
+from kser.schemas import Message, wire_digest
+from kser.sequencing.engine.awaited import Awaited
+from kser.sequencing.engine.bodies import Bodies
 from kser.sequencing.engine.children import Children
 from kser.sequencing.engine.context import Context
 from kser.sequencing.engine.decisions import (
@@ -41,17 +42,15 @@ from kser.sequencing.engine.decisions import (
     End,
     Mode,
     Verdict,
-    attempt_end,
     mode_of,
     verdict,
 )
 from kser.sequencing.engine.ends import Ends, Stored
 from kser.sequencing.engine.leases import Leases
+from kser.sequencing.engine.outcomes import failure as failure
+from kser.sequencing.engine.outcomes import settled
 from kser.sequencing.engine.transitions import Transitions
-from kser.sequencing.graph import load_result
 from kser.sequencing.operation import Operation
-from kser.sequencing.shapes import Sensor
-from kser.sequencing.task import Task
 from kser.status import Status
 from kser.store import TaskRow
 
@@ -85,6 +84,8 @@ class Runner:
                  children: Children) -> None:
         self.ctx, self.transitions, self.ends, self.children = ctx, transitions, ends, children
         self.leases = Leases(ctx)
+        self.bodies = Bodies(ctx)
+        self.awaited = Awaited(ctx, self.bodies, ends, self.leases)
         #: tasks a thread of this process is handling now: a second message for one of
         #: them (a duplicate, a sweep's re-send) never runs it again alongside
         self.running: set[str] = set()
@@ -92,7 +93,7 @@ class Runner:
 
     # -- one message ----------------------------------------------------------------------
 
-    def run_message(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+    def run_message(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result | Later:
         """A task message handled alone (its record's trace context current: what it
         queues outside an attempt's span, a sub-operation's start or end, stays in the
         trace).
@@ -107,7 +108,7 @@ class Runner:
         with tracing.current(kmsg.trace_parent):
             return self.run_task(entrypoint, kmsg)
 
-    def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+    def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result | Later:
         """Run the task a task message names, and sequence what follows: a batch of one
         (see :meth:`run_tasks`).
 
@@ -119,13 +120,15 @@ class Runner:
             raise outcome
         return outcome
 
-    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception]:
+    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception | Later]:
         """Run task messages (one, or a worker's records in hand), each at most once at a
         time, sharing transactions: their tasks are read, judged and claimed in one, their
         bodies run one after the other, and their ends are stored together by the group
         commit (every :data:`BATCH_WINDOW`, and after the last body), then what they
         queued is produced. Returns, for each message, its result or the exception that
-        says what the worker must do about it (:func:`failure`).
+        says what the worker must do about it (:func:`failure`); for one whose body is
+        ``async def``, a future of that (:data:`Later`): the body awaited on the worker's
+        event loop, its end stored by the group commit, while this thread goes on.
 
         Each message is judged against its stored task before anything runs (see
         :func:`~kser.sequencing.engine.decisions.verdict`): one naming another entrypoint,
@@ -137,7 +140,7 @@ class Runner:
         a task another worker claimed first is read again; a sub-operation's start and
         end, after the bodies.
         """
-        outcomes: list[Result | Exception | None] = [None] * len(items)
+        outcomes: list[Result | Exception | Later | None] = [None] * len(items)
         # (a sub-operation's start or end after the bodies: claimed then, it holds no
         # claim while they run)
         later = [index for index, (entrypoint, kmsg) in enumerate(items)
@@ -147,10 +150,10 @@ class Runner:
             if indices:
                 self._run_all(items, indices, outcomes)
         assert all(outcome is not None for outcome in outcomes)
-        return cast("list[Result | Exception]", outcomes)
+        return cast("list[Result | Exception | Later]", outcomes)
 
     def _run_all(self, items: Sequence[Item], todo: list[int],
-                 outcomes: list[Result | Exception | None]) -> None:
+                 outcomes: list[Result | Exception | Later | None]) -> None:
         """Run the messages of ``todo`` until each has its outcome: those whose task is
         free claimed and run together, the others read again (claimed first elsewhere,
         or running on a worker whose lease may have expired meanwhile) or waiting for the
@@ -213,7 +216,7 @@ class Runner:
         return None
 
     def _claim_and_run(self, items: Sequence[Item], taken: list[int],
-                       outcomes: list[Result | Exception | None],
+                       outcomes: list[Result | Exception | Later | None],
                        rechecked: set[int]) -> list[int]:
         """Claim the tasks of ``taken`` and run what is to run: the bodies, or the
         sub-operations' starts and ends; the messages to read again: those whose task
@@ -224,10 +227,12 @@ class Runner:
         bodies: list[tuple[int, Claim, float]] = []
         children: list[tuple[int, Claim]] = []
         published: set[str] = set()
+        awaited: list[tuple[int, Claim, float]] = []
         for index, claim, claimed_at in self._claim(items, taken, outcomes):
             kmsg = items[index][1]
             if claim.verdict is Verdict.RUN and not issubclass(items[index][0], Operation):
-                bodies.append((index, claim, claimed_at))
+                (awaited if items[index][0].is_async() else bodies).append(
+                    (index, claim, claimed_at))
             elif claim.verdict in (Verdict.RUN, Verdict.CHILD_ENDED):
                 children.append((index, claim))
             elif claim.verdict is Verdict.DONE:
@@ -244,6 +249,8 @@ class Runner:
                 waited.append((index, claim))
             else:  # CHILD (its sub-operation runs it), WAIT (a live worker runs it)
                 outcomes[index] = claim.nothing_to_do()
+        for index, claim, claimed_at in awaited:  # (on the event loop: their ends later)
+            outcomes[index] = self.awaited.start(*items[index], claim, claimed_at)
         self._run_batch(items, bodies, outcomes)
         for index, claim in waited:
             if bodies:  # (read again: their worker's lease may have expired meanwhile)
@@ -272,7 +279,7 @@ class Runner:
         return claim.nothing_to_do()
 
     def _claim(self, items: Sequence[Item], indices: list[int],
-               outcomes: list[Result | Exception | None]) -> list[tuple[int, Claim, float]]:
+               outcomes: list[Result | Exception | Later | None]) -> list[tuple[int, Claim, float]]:
         """:meth:`_claim_in` of ``indices`` in one transaction; if it fails, each message
         alone (one failing then fails alone: :func:`failure`)."""
         try:
@@ -288,7 +295,8 @@ class Runner:
         return [claim for index in indices for claim in self._claim(items, [index], outcomes)]
 
     def _claim_in(self, items: Sequence[Item], indices: list[int],
-                  outcomes: list[Result | Exception | None]) -> list[tuple[int, Claim, float]]:
+                  outcomes: list[Result | Exception | Later | None]
+                  ) -> list[tuple[int, Claim, float]]:
         """In one transaction: read the messages' tasks, judge each message against its
         task (:meth:`judge`; a refused one gets its error as outcome) and claim those to run
         (RUN, with when; LOST when another worker claimed it first)."""
@@ -330,7 +338,7 @@ class Runner:
         return judge(task, kmsg, now, self.ctx)
 
     def _run_batch(self, items: Sequence[Item], claimed: list[tuple[int, Claim, float]],
-                   outcomes: list[Result | Exception | None]) -> None:
+                   outcomes: list[Result | Exception | Later | None]) -> None:
         """Run the claimed tasks' bodies one after the other; hand their ends to the group
         commit every :data:`BATCH_WINDOW` and after the last one (the next body runs while
         they are stored; the status hooks of those stored are called before it), then
@@ -355,8 +363,8 @@ class Runner:
                     self._settle(items, *handed.pop(0), outcomes, deadline)
                 entrypoint, kmsg = items[index]
                 try:
-                    end = self.run_body(entrypoint, kmsg, claim.task, claim.attempt,
-                                        claimed_at)
+                    end = self.bodies.run(entrypoint, kmsg, claim.task, claim.attempt,
+                                          claimed_at)
                 except WorkerFatalError:
                     raise
                 except Exception as exc:  # (a branch's check could not read the store)
@@ -378,13 +386,13 @@ class Runner:
                 self.leases.release(claim.task.id)
 
     def _run_one(self, items: Sequence[Item], index: int, claim: Claim, claimed_at: float,
-                 outcomes: list[Result | Exception | None]) -> None:
+                 outcomes: list[Result | Exception | Later | None]) -> None:
         """One claimed task: its body, then its end stored in a transaction of its own
         (tried again while the store is away, for up to a lease: :meth:`Ends.store`)."""
         entrypoint, kmsg = items[index]
         with self.leases.held(claim.task.id, claim.attempt):  # until its end is stored
             try:
-                end = self.run_body(entrypoint, kmsg, claim.task, claim.attempt, claimed_at)
+                end = self.bodies.run(entrypoint, kmsg, claim.task, claim.attempt, claimed_at)
             except WorkerFatalError:
                 raise
             except Exception as exc:  # (a branch's check could not read the store)
@@ -393,7 +401,7 @@ class Runner:
             outcomes[index] = settled(kmsg, partial(self.ends.store, end))
 
     def _settle(self, items: Sequence[Item], pending: list[tuple[int, End]],
-                stored: Future[list[Stored]], outcomes: list[Result | Exception | None],
+                stored: Future[list[Stored]], outcomes: list[Result | Exception | Later | None],
                 deadline: _Deadline) -> None:
         """The outcomes of ends handed to the group commit, once stored; if their shared
         transaction failed, each end is stored on its own (the batch's all within one
@@ -410,83 +418,6 @@ class Runner:
         for (index, end), (transitions, error) in zip(pending, ends, strict=True):
             outcomes[index] = settled(items[index][1],
                                       partial(self.ends.after_stored, end, transitions, error))
-
-    # -- a body ---------------------------------------------------------------------------
-
-    def run_body(self, entrypoint: type[Entrypoint], kmsg: Message, task_row: TaskRow,
-                 attempt: int, claimed_at: float) -> End:
-        """Run a claimed task's body inside the hook chain: how its attempt ended, to be
-        stored."""
-        task_id = task_row.id
-        mode = mode_of(kmsg.kser_metadata.get("mode"))
-        metadata = dict(task_row.metadata or {})
-        metadata[KSER_METADATA_KEY] = {**kmsg.kser_metadata, "attempt": attempt}
-        # a copy: Result's + changes its left side, and a retry must forward the original
-        forwarded = dump_result(kmsg.result)
-        # what it inherits: its upstream's retval and retcode; its stdout and stderr are
-        # its own (a failure's stderr never carries an upstream's stdout)
-        inherited = load_result(forwarded)
-        inherited.stdout, inherited.stderr = "", ""
-        body: Entrypoint | None
-        try:
-            body = entrypoint(uuid=task_id, params=task_row.params, result=inherited,
-                              metadata=metadata)
-        except Exception as exc:  # a broken __init__ fails the attempt like a broken run
-            body, result = None, exception_result(exc, task_id)
-        else:
-            result = None
-            if isinstance(body, Task):
-                body.name = task_row.name
-                body._upstream_results = partial(upstream_results, self.ctx, task_id)
-                body._operation_status = partial(operation_status, self.ctx,
-                                                 task_row.operation_id)
-                if isinstance(body, Sensor):
-                    body.pokes = task_row.pokes or 0
-        call = middleware.Call(
-            entrypoint=kmsg.entrypoint, task_id=task_id, worker=self.ctx.worker_name,
-            trace_parent=kmsg.trace_parent, operation_id=task_row.operation_id,
-            task_name=task_row.name, attempt=attempt,
-            ready_at=kmsg.kser_metadata.get("ready_at"), claimed_at=claimed_at)
-
-        def run() -> End:
-            ran = result
-            if body is not None:
-                if isinstance(body, Task):
-                    body.status = Status.RUNNING
-                ran = body.execute()
-            end = attempt_end(entrypoint, task_row, body, ran, forwarded=forwarded,
-                              attempt=attempt, mode=mode, since=claimed_at, now=time.time(),
-                              branch_names=branch_names(self.ctx, task_row, body, ran))
-            call.ended(end.status, end.result, waiting=end.poke is not None)
-            return end
-
-        end = self.ctx.chain.run(call, run)
-        end.trace_context, end.took = call.trace_context, call.took
-        return end
-
-
-def branch_names(ctx: Context, task_row: TaskRow, body: Any, result: Result | None
-                 ) -> list[str] | None:
-    """(a branch that chose) the names of the tasks right after it, from the store."""
-    if getattr(body, "followed", None) is None or not is_success(result):
-        return None
-    with ctx.transaction() as tx:
-        return list(tx.downstream_names(task_row.id))
-
-
-def upstream_results(ctx: Context, task_id: str) -> dict[str, Result]:
-    """The results of a task's upstream tasks, by name (what ``Task.upstream_results``
-    reads)."""
-    with ctx.transaction() as tx:
-        rows = tx.upstream(task_id)
-    return {row["name"]: load_result(row["result"], row["id"]) for row in rows}
-
-
-def operation_status(ctx: Context, operation_id: str) -> str | None:
-    """The operation's status as stored (what ``Task.checkpoint`` reads)."""
-    with ctx.transaction() as tx:
-        op = tx.get_operation(operation_id)
-    return None if op is None else str(op.status)
 
 
 def judge(task: TaskRow | None, kmsg: Message, now: float, ctx: Context) -> Claim:
@@ -519,29 +450,3 @@ def judge(task: TaskRow | None, kmsg: Message, now: float, ctx: Context) -> Clai
         raise UndeliverableError(f"Task message {task_id} refused: {why}",
                                  extra=dict(uuid=kmsg.uuid))
     return Claim(found, task)
-
-
-def settled(kmsg: Message, call: Callable[[], Result]) -> Result | Exception:
-    """``call()``'s result, or what its failure means for ``kmsg`` (see :func:`failure`)."""
-    try:
-        return call()
-    except WorkerFatalError:
-        raise
-    except Exception as exc:
-        return failure(exc, kmsg)
-
-
-def failure(exc: Exception, kmsg: Message) -> RedoError | UndeliverableError:
-    """What handling ``kmsg`` failing with ``exc`` means for the worker: redo it later (the
-    store or broker failed), or dead-letter it (it cannot be handled, and never will)."""
-    if isinstance(exc, RedoError | UndeliverableError):
-        return exc
-    reason = safe_text(getattr(exc, "orig", None) or exc, 1000)
-    if is_transient(exc):
-        return RedoError(f"store unreachable: {reason}")
-    what = "task" if kmsg.is_task else "operation"
-    return UndeliverableError(
-        f"The {what} message {kmsg.entrypoint}[{kmsg.uuid}] cannot be handled: "
-        f"{reason if hasattr(exc, 'code') else f'{type(exc).__name__}: {reason}'}; "
-        "fix the cause, then send it again (kser dlq replay)",
-        extra=dict(uuid=kmsg.uuid), code=getattr(exc, "code", None) or 500)

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING
 
 from cdumay_result import Result
 
+from kser.aio import Later
 from kser.entry import Entrypoint
 from kser.errors import RedoError, UndeliverableError, WorkerFatalError
 from kser.schemas import Message
 from kser.sequencing.builtins import BUILT_INS
+from kser.sequencing.engine.bodies import upstream_results
 from kser.sequencing.engine.children import Children
 from kser.sequencing.engine.context import Context
 from kser.sequencing.engine.controls import Controls, control
@@ -46,7 +48,7 @@ from kser.sequencing.engine.ends import GROUP_COMMIT_MOST as GROUP_COMMIT_MOST
 from kser.sequencing.engine.ends import Ends
 from kser.sequencing.engine.outbox import Outbox
 from kser.sequencing.engine.runner import BATCH_WINDOW as BATCH_WINDOW
-from kser.sequencing.engine.runner import Item, Runner, failure, upstream_results
+from kser.sequencing.engine.runner import Item, Runner, failure
 from kser.sequencing.engine.submit import Submitter
 from kser.sequencing.engine.sweep import Sweeper
 from kser.sequencing.engine.transitions import EXIT_ENTRYPOINT as EXIT_ENTRYPOINT
@@ -134,7 +136,8 @@ class Sequencer:
         message naming one alone is refused)."""
         return next((cls for cls in BUILT_INS if cls.path == path), None)
 
-    def execute(self, entrypoint: type[Entrypoint], kmsg: Message, topic: str | None) -> Result:
+    def execute(self, entrypoint: type[Entrypoint], kmsg: Message, topic: str | None
+                ) -> Result | Later:
         """Handle an operation or task message (see :meth:`handles`).
 
         Every failure leaves here as what the worker must do about it: a transient
@@ -156,11 +159,11 @@ class Sequencer:
         :meth:`Submitter.submit`."""
         return self.submitter.submit(operation, topic, trace_parent)
 
-    def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result:
+    def run_task(self, entrypoint: type[Entrypoint], kmsg: Message) -> Result | Later:
         """Run the task a task message names: see :meth:`Runner.run_task`."""
         return self.runner.run_task(entrypoint, kmsg)
 
-    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception]:
+    def run_tasks(self, items: Sequence[Item]) -> list[Result | Exception | Later]:
         """Run several task messages sharing transactions: see :meth:`Runner.run_tasks`."""
         return self.runner.run_tasks(items)
 
