@@ -35,7 +35,7 @@ FULL = dict(dispatch=["--messages", "20000", "--runs", "5"], memory=["--messages
 SMOKE = dict(dispatch=["--messages", "300", "--runs", "1"], memory=["--messages", "600"],
              sequencing=["--operations", "10", "--unloaded", "2", "--workers", "1",
                          "--scaling", "10,20", "--parallel", "3x0.2", "--io", "2x0.01",
-                         "--no-temporal", "--floor-hops", "20"])
+                         "--no-temporal", "--floor-hops", "20", "--async-io", "0.01"])
 
 
 def run(script: str, args: list[str], out: Path) -> str:
@@ -147,8 +147,13 @@ def tables(out: Path, commands: list[str]) -> str:
         cpu = bulk.get("worker_cpu_ms_per_task_run")
         server = bulk.get("server_cpu_ms_per_task_run")
         machine = bulk.get("machine_cpu_ms_per_task_run")
+        bound = ""
+        if (about.get("sleep") and isinstance(about.get("concurrency"), int)
+                and about.get("workers")):  # (threads x workers / task time)
+            most = about["workers"] * about["concurrency"] / about["sleep"]
+            bound = f" ({100 * rate / most:.0f}% of the thread bound, {most:,.0f})"
         lines.append(
-            f"| {name} | {rate:,.0f} | "
+            f"| {name} | {rate:,.0f}{bound} | "
             f"{_ratio(rate, celery['bulk']['task_runs_per_second']) if celery else ''} | "
             + (f"{_ratio(rate, temporal['bulk']['task_runs_per_second'])} (unloaded p50 "
                f"{_ratio(unloaded['hop_p50_ms'], temporal['unloaded']['hop_p50_ms'])} of "

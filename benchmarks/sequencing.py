@@ -22,7 +22,9 @@ Temporal's dev server (its CLI built once with Go into benchmarks/.temporal).
   benchmarks/.venv-celery, not committed) sent at once to Redis, with as many
   solo-pool worker processes, acks_late.
 - **I/O-bound** (``--io THREADSxSECONDS``): the same, tasks sleeping SECONDS; kser
-  with ``--concurrency THREADS``, Celery with ``--pool threads --concurrency THREADS``.
+  with ``--concurrency THREADS``, Celery with ``--pool threads --concurrency THREADS``;
+  and (``--async-io SECONDS``) kser's tasks written ``async def``, awaiting SECONDS on
+  the worker's event loop with one task thread.
 - **Temporal**: as many workflows (benchmarks/temporal_chain.py, temporalio in its own
   venv benchmarks/.venv-temporal) of as many no-op activities one after the other, 1
   or 2 worker processes, on the dev server with its durable SQLite file: stock, then
@@ -348,9 +350,10 @@ class KserRun:
     """kser workers on one topic and one store; operations sent in bulk or one by one."""
 
     def __init__(self, bootstrap: str, store_url: str, workers: int, transport: str,
-                 submit: str = "client", concurrency: int = 1, sleep: float = 0):
+                 submit: str = "client", concurrency: int = 1, sleep: float = 0,
+                 asynchronous: bool = False):
         self.bootstrap, self.store_url, self.workers = bootstrap, store_url, workers
-        self.concurrency, self.sleep = concurrency, sleep
+        self.concurrency, self.sleep, self.asynchronous = concurrency, sleep, asynchronous
         self.transport, self.submit = transport, submit
         self.topic = f"bench-seq-{uuid.uuid4().hex[:8]}"
         self.group = f"bench-{uuid.uuid4().hex[:6]}"
@@ -405,7 +408,8 @@ class KserRun:
                 print(f"--- {log} ---\n{text[-3000:]}", file=sys.stderr)
 
     def _send(self, ids: list[str], hops: int) -> None:
-        params = dict(hops=hops, **({"sleep": self.sleep} if self.sleep else {}))
+        params = dict(hops=hops, **({"sleep": self.sleep} if self.sleep else {}),
+                      **({"asynchronous": True} if self.asynchronous else {}))
         if self.submit == "client":  # stored and started here, as Celery's apply_async does
             if len(ids) == 1:
                 TimedChain(uuid=ids[0], params=params).send(self.topic)
@@ -774,6 +778,9 @@ def main() -> int:
                         "--pool threads --concurrency THREADS ('' to skip)")
     parser.add_argument("--floor-hops", type=int, default=200,
                         help="hops of the physical floor measured on each store (0: none)")
+    parser.add_argument("--async-io", default="0.01",
+                        help="SECONDS: kser again with tasks written async def awaiting "
+                        "SECONDS (one task thread, the event loop) ('' to skip)")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--no-temporal", action="store_true")
     parser.add_argument("--temporal-workers", type=int, action="append", choices=[1, 2],
@@ -854,6 +861,19 @@ def main() -> int:
                                  concurrency=concurrency, sleep=seconds) as run:
                         report(name, "unloaded", run.unloaded(args.unloaded, args.hops), **about)
                         report(name, "bulk", run.bulk(args.operations, args.hops), **about)
+        for store in stores if args.async_io else ():
+            seconds = float(args.async_io)
+            for count in workers:
+                url = (new_database(pg) if store == "postgresql"
+                       else f"sqlite:///{scratch('kser-bench-')}/kser.db")
+                name = (f"kser ({args.transport}), {store}, {count} worker"
+                        f"{'s' * (count > 1)}, async def tasks awaiting {seconds * 1000:g} ms")
+                about = dict(system="kser", store=store, workers=count, concurrency="async",
+                             sleep=seconds)
+                with KserRun(bootstrap, url, count, args.transport, args.submit,
+                             sleep=seconds, asynchronous=True) as run:
+                    report(name, "unloaded", run.unloaded(args.unloaded, args.hops), **about)
+                    report(name, "bulk", run.bulk(args.operations, args.hops), **about)
         if not args.no_celery:
             redis_url = stack.enter_context(redis_server())
             for concurrency, seconds in loads:

@@ -1,5 +1,6 @@
 """What the benchmarks run: a no-op task, and operations of no-op tasks."""
 
+import asyncio
 import time
 
 from cdumay_result import Result
@@ -42,11 +43,25 @@ class Timed(Task):
 
 
 @registry.subscribe
-class TimedChain(Operation):
-    """``hops`` :class:`Timed` tasks in a row (each sleeping ``sleep`` seconds)."""
+class AsyncTimed(Task):
+    """:class:`Timed` written ``async def``: it awaits its sleep on the worker's event
+    loop, holding no thread."""
 
-    def build_tasks(self, hops=10, sleep=0, **kwargs):
-        return [Timed(params={"sleep": float(sleep)} if sleep else {})
+    async def run(self):
+        started = time.time()
+        if self.params.get("sleep"):
+            await asyncio.sleep(float(self.params["sleep"]))
+        return Result(uuid=self.uuid, retval=dict(s=started, f=time.time()))
+
+
+@registry.subscribe
+class TimedChain(Operation):
+    """``hops`` :class:`Timed` tasks in a row (each sleeping ``sleep`` seconds), or
+    :class:`AsyncTimed` ones (``asynchronous``)."""
+
+    def build_tasks(self, hops=10, sleep=0, asynchronous=False, **kwargs):
+        kind = AsyncTimed if asynchronous else Timed
+        return [kind(params={"sleep": float(sleep)} if sleep else {})
                 for _ in range(int(hops))]
 
 

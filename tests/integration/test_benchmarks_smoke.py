@@ -38,7 +38,9 @@ def test_every_benchmark_runs_with_tiny_sizes(kafka, tmp_path):
     assert {"kser (confluent), sqlite, 1 worker", "kser (confluent), postgresql, 1 worker",
             "Celery 5.7.0 chain, Redis, 1 worker", f"kser (confluent), sqlite{io}",
             f"kser (confluent), postgresql{io}", f"Celery 5.7.0 chain, Redis{io}",
-            "scaling (kser, sqlite, 1 worker)", *fanouts, *floors} == names
+            "scaling (kser, sqlite, 1 worker)", *fanouts, *floors,
+            *(f"kser (confluent), {store}, 1 worker, async def tasks awaiting 10 ms"
+              for store in ("sqlite", "postgresql"))} == names
     for name in floors:  # a durable commit, then a Kafka round trip
         floor = sequencing[name]["hop"]
         assert 0 < floor["commit_p50_ms"] < floor["floor_p50_ms"], floor
