@@ -1,7 +1,9 @@
 """The event loop a worker awaits ``async def`` task bodies on: one loop in a thread of
 its own, started on first use, so that thousands of bodies waiting on I/O (an HTTP job
-server, a sleep, a poll) hold no thread each. What blocks around a body (storing its
-end, calling the status hooks) runs in a few threads beside the loop, never on it.
+server, a sleep, a poll) hold no thread each. What kser does around a body that blocks
+(storing its end, calling the operation's status hooks) runs in a few threads beside
+the loop; the body's own lifecycle (``prerun``, ``postrun``, ``onsuccess``,
+``onerror``) and whatever it calls run on the loop, and must not block it.
 """
 
 from __future__ import annotations
@@ -71,18 +73,6 @@ class EventLoop:
             ends = self._ends
         return ends.submit(call)
 
-    def close(self) -> None:
-        """Stop the loop (coroutines still waiting are cancelled: their records were not
-        committed) and let the end threads finish."""
-        with self._lock:
-            loop, thread, ends = self._loop, self._thread, self._ends
-            self._loop = self._thread = self._ends = None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(_cancel_all, loop)
-            thread.join(10)
-        if ends is not None:
-            ends.shutdown(wait=False, cancel_futures=True)
-
     def _done(self, slots: threading.BoundedSemaphore) -> None:
         with self._lock:
             self.in_flight -= 1
@@ -105,16 +95,3 @@ def _serve(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_forever()
     finally:
         loop.close()
-
-
-def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
-    """(on the loop) Cancel what still waits, then stop once the cancellations ran."""
-    waiting = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in waiting:
-        task.cancel()
-    if waiting:
-        logger.info("%d async task bodies cancelled at the worker's stop", len(waiting))
-        gathered = asyncio.gather(*waiting, return_exceptions=True)
-        gathered.add_done_callback(lambda _: loop.stop())
-    else:
-        loop.stop()

@@ -142,6 +142,12 @@ class Entrypoint(metaclass=EntrypointMeta):
         self.exception = None
         try:
             return await self.unsafe_execute_async(result=result)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # (cancelled: its time limit, a stop)
+                raise
+            return self._failed(RuntimeError(  # (one of its awaits raised it, unasked)
+                "the task's body raised CancelledError, but nothing cancelled it"))
         except BaseException as exc:
             return self._failed(exc)
 

@@ -219,6 +219,27 @@ QUEUE_MANY_PG = (
     "INSERT INTO kser_outbox (operation_id, topic, key, value, created_at, due_at, "
     "trace_context) SELECT v.operation_id, v.topic, v.key, v.value, %(b_now)s, v.due_at, "
     "v.trace_context FROM v JOIN queued ON queued.id = v.id RETURNING id, key")
+#: insert_tasks: an operation's tasks, and their dependencies, one statement each (the
+#: same text whatever their number: no statement to build per operation)
+TASK_COLUMNS = ("id", "operation_id", "position", "entrypoint", "topic", "status", "params",
+                "metadata", "attempt", "name", "trigger_rule")
+INSERT_TASKS_PG = (
+    "INSERT INTO kser_tasks (id, operation_id, position, entrypoint, topic, status, params, "
+    "metadata, attempt, name, trigger_rule) SELECT id, operation_id, position, entrypoint, "
+    "topic, status, params::json, metadata::json, attempt, name, trigger_rule FROM "
+    "unnest(%(b_id)s::varchar[], %(b_operation_id)s::varchar[], %(b_position)s::int[], "
+    "%(b_entrypoint)s::varchar[], %(b_topic)s::varchar[], %(b_status)s::varchar[], "
+    "%(b_params)s::text[], %(b_metadata)s::text[], %(b_attempt)s::int[], "
+    "%(b_name)s::varchar[], %(b_trigger_rule)s::varchar[]) AS v(id, operation_id, position, "
+    "entrypoint, topic, status, params, metadata, attempt, name, trigger_rule)")
+INSERT_DEPENDENCIES_PG = (
+    "INSERT INTO kser_task_dependencies (task_id, depends_on) SELECT * FROM "
+    "unnest(%(b_ids)s::varchar[], %(b_depends)s::varchar[])")
+#: renew_leases: RENEW of several attempts
+RENEW_MANY_PG = (
+    "UPDATE kser_tasks t SET lease_expires_at = %(b_lease)s "
+    "FROM unnest(%(b_ids)s::varchar[], %(b_attempts)s::int[]) AS v(id, attempt) "
+    "WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'RUNNING' RETURNING t.id")
 #: mark_sent: MARK_SENT of several outbox rows
 MARK_SENT_MANY_PG = ("UPDATE kser_outbox SET sent_at = %(b_now)s WHERE id = ANY(%(b_ids)s) "
                      "RETURNING id")

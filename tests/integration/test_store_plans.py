@@ -132,7 +132,7 @@ BATCH = dict(b_ids=["t2", "t4"], b_attempts=[0, 0], b_worker="w", b_lease=2.0, b
 @pytest.mark.parametrize("statement", ["TASKS_TO_RUN_PG", "OPERATION_STATES_PG",
                                        "CLAIM_PENDING_PG", "FINISH_MANY_PG",
                                        "QUEUE_MANY_PG", "DEPENDENTS_OF_PG",
-                                       "MARK_SENT_MANY_PG"])
+                                       "MARK_SENT_MANY_PG", "RENEW_MANY_PG"])
 def test_each_batch_statement_reaches_its_rows_by_their_keys(store, statement, generic):
     sql = getattr(queries, statement)
     params = {name: value for name, value in BATCH.items() if f"%({name})s" in sql}

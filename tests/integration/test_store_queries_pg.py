@@ -65,6 +65,8 @@ def _scenario(store: Store) -> list[Any]:
         seen.append([tx.claim_task("a", 0, "w1", LEASE, NOW, taking_over=False),
                      tx.claim_task("a", 0, "w2", LEASE, NOW, taking_over=False)])
         seen.append(tx.renew_lease("a", 1, LEASE + 1))
+        seen.append(sorted(tx.renew_leases([("a", 1), ("b", 7)], LEASE + 2)))  # b: no
+        seen.append(sorted(tx.renew_leases([("a", 1)], LEASE + 3)))
     seen.append(_tables(store))
     with store.transaction() as tx:  # a hop's end; a stale end changes nothing
         seen.append([tx.finish_attempt("a", 1, Status.SUCCESS, {"retcode": 0}, NOW + 1, None),
@@ -117,7 +119,8 @@ def test_the_portable_and_the_postgresql_forms_give_the_same_rows(tmp_path, pg_u
     # (the scenario is not vacuous: each compare-and-set refused its second caller, a
     # batch's stale end was refused, a takeover failed the dead worker's attempt)
     assert portable[0] == [True, False] and portable[4] == [True, False]
-    assert portable[9] == [True, True, False] and portable[15] == ["b", "c"]
+    assert portable[11] == [True, True, False] and portable[17] == ["b", "c"]
+    assert portable[6:8] == [["a"], ["a"]]  # (renewed together: "b" was not running)
     assert portable[-2] == 4  # (each marked: the last tables show none unsent)
     tasks, attempts, outbox = portable[-1]
     assert all(not row[-1] for row in outbox)
@@ -127,10 +130,8 @@ def test_the_portable_and_the_postgresql_forms_give_the_same_rows(tmp_path, pg_u
     assert ("c", "RUNNING", 3, "w3") == tasks[2][:4]
 
 
-def test_an_operation_of_more_tasks_than_one_insert_takes_is_stored_whole(pg_url):
-    from kser.store.tx.tasks import INSERT_ROWS
-
-    store, count = Store(pg_url), 2 * INSERT_ROWS + 7
+def test_an_operation_of_1207_tasks_is_stored_whole_by_one_statement_each(pg_url):
+    store, count = Store(pg_url), 1207
     try:
         with store.transaction() as tx:
             tx.insert_operation(dict(

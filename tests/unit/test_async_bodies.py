@@ -3,6 +3,7 @@ thread while it waits, with the same claims, time limits, retries, results and l
 fields as a thread's body (memory transport, SQLite)."""
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from cdumay_result import Result
 
 from kser import logs
 from kser.aio import EventLoop
+from kser.memory.consumer import Consumer
 from kser.schemas import Message
 from kser.sequencing import Operation
 from kser.sequencing.task import Task
@@ -171,3 +173,79 @@ def test_a_lone_async_task_message_runs_in_its_thread(h):
 def test_is_async_tells_the_two_kinds_of_bodies_apart():
     assert AsyncStep.is_async() and Together.is_async()
     assert not SyncStep.is_async() and not tasks.ThreeSteps.is_async()
+
+
+GATE = {"waiting": 0, "open": False, "runs": 0}
+
+
+@registry.subscribe
+class Gated(Task):
+    """Counts its runs, then waits (awaiting) until the gate opens (10 s at most)."""
+
+    async def run(self):
+        GATE["runs"] += 1
+        GATE["waiting"] += 1
+        deadline = time.monotonic() + 10
+        while not GATE["open"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return Result(uuid=self.uuid, stdout="through")
+
+
+@registry.subscribe
+class OneGated(Operation):
+    def build_tasks(self, **kwargs):
+        return [Gated()]
+
+
+@registry.subscribe
+class CancelsItself(Task):
+    async def run(self):
+        raise asyncio.CancelledError()  # (as a library's await might, unasked)
+
+
+@registry.subscribe
+class OneCancelsItself(Operation):
+    def build_tasks(self, **kwargs):
+        return [CancelsItself()]
+
+
+def wait_until(condition, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_copy_of_an_awaited_task_s_message_does_not_run_it_again(h):
+    GATE.update(waiting=0, open=False, runs=0)
+    op = OneGated().send()
+    consumer = Consumer({"broker": h.broker.name, "group_id": "workers"}, ["ops"])
+    consumer.REGISTRY = h.registry.controller
+    worker = threading.Thread(target=consumer.run)
+    worker.start()
+    try:
+        wait_until(lambda: GATE["waiting"] == 1, "the body waiting")
+        task_id = h.operation(op.uuid)[1][0]["id"]
+        (record,) = [r for r in h.broker.records("ops") if r.key == task_id.encode()]
+        h.broker.produce("ops", record.value, record.key)  # a copy, while it waits
+        wait_until(lambda: consumer.processed == 1, "the copy handled (the task's own "
+                   "message is in hand)")
+        assert h.operation(op.uuid)[1][0]["status"] == "RUNNING"
+        GATE["open"] = True
+        wait_until(lambda: h.operation(op.uuid)[0]["status"] == "SUCCESS", "the end")
+    finally:
+        GATE["open"] = True
+        consumer.stop()
+        worker.join(30)
+    assert GATE["runs"] == 1
+    assert [a["status"] for a in h.attempts(task_id)] == ["SUCCESS"]
+
+
+def test_a_body_raising_cancelled_error_unasked_fails_and_its_record_is_done(h):
+    op = OneCancelsItself().send()
+    h.drain()  # (returns: nothing left in hand)
+    row, (task,) = h.operation(op.uuid)
+    assert (row["status"], task["status"]) == ("FAILED", "FAILED")
+    assert "raised CancelledError, but nothing cancelled it" in h.attempts(
+        task["id"])[0]["error"]
+    assert h.broker.lag("workers", ["ops"]) == 0

@@ -331,6 +331,36 @@ def test_the_sweep_re_sends_a_dead_worker_s_task_once_per_lease_that_expired(h):
     assert h.attempts(task_id)[2]["status"] == "SUCCESS"
 
 
+def test_each_re_send_of_one_expired_lease_is_the_same_text(h, monkeypatch):
+    """The store keeps one digest per task message: two re-sends of one expired lease
+    (two workers' sweeps, or the late fallback) must not make each other stale."""
+    import time
+
+    from kser.store.tx import attempts
+
+    monkeypatch.setattr(attempts, "RESEND_AGAIN", 0)  # (re-sent at every sweep)
+    op = tasks.ThreeSteps(params={"name": "n"}).send()
+    task_id = h.operation(op.uuid)[1][0]["id"]
+    assert claim(h, task_id, "dead:1", time.time() - 1, time.time() - 31)
+    sweep = h.registry.sequencer.sweep
+    assert sweep(force=True) == 1
+    time.sleep(0.01)
+    assert sweep(force=True) == 1
+    first, second = [r.value for r in h.broker.records("ops") if r.key == task_id.encode()][1:]
+    assert first == second
+    h.drain()
+    assert h.operation(op.uuid)[0]["status"] == "SUCCESS"
+
+
+def test_a_lease_is_released_for_its_own_attempt_only(h):
+    leases = h.registry.sequencer.runner.leases
+    leases.hold("t", 2)
+    leases.release("t", 1)  # (an earlier attempt's end, after the task was claimed again)
+    assert leases._held == {"t": 2}
+    leases.release("t", 2)
+    assert leases._held == {}
+
+
 def test_tasks_can_name_their_own_topic(h):
     op = tasks.Routed().send()
     h.drain(topics=["ops"])

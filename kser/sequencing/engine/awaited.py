@@ -5,13 +5,16 @@ Their leases are renewed until then."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
 from typing import cast
 
+from cdumay_result import Result
+
 from kser.aio import Later
 from kser.entry import Entrypoint
-from kser.errors import WorkerFatalError
+from kser.errors import RedoError, WorkerFatalError
 from kser.schemas import Message
 from kser.sequencing.engine.bodies import Bodies
 from kser.sequencing.engine.context import Context
@@ -28,60 +31,72 @@ class Awaited:
         self.ctx, self.bodies, self.ends, self.leases = ctx, bodies, ends, leases
 
     def start(self, entrypoint: type[Entrypoint], kmsg: Message, claim: Claim,
-              claimed_at: float) -> Later | Exception:
-        """An ``async def`` body started on the worker's event loop: a future of its
-        message's outcome, once its end is stored (by the group commit) and its hooks
-        called; its lease renewed until then. The thread that claimed it goes on."""
-        task_id = claim.task.id
+              claimed_at: float, let_go: Callable[[], None]) -> Later | Exception:
+        """An ``async def`` body started on the worker's event loop (its lease held since
+        its claim): a future of its message's outcome, once its end is stored (by the
+        group commit) and its hooks called. The thread that claimed it goes on;
+        ``let_go`` is called once the body is over (till then a copy of its message
+        coming to this worker is a duplicate left to it), before the outcome is set."""
+        task_id, attempt = claim.task.id, claim.attempt
         try:
-            ready = self.bodies.prepare(entrypoint, kmsg, claim.task, claim.attempt,
-                                        claimed_at)
+            ready = self.bodies.prepare(entrypoint, kmsg, claim.task, attempt, claimed_at)
         except Exception as exc:
+            self.leases.release(task_id, attempt)
+            let_go()
             return failure(exc, kmsg)
-        self.leases.hold(task_id, claim.attempt)
+        self.leases.hold(task_id, attempt)
         outcome: Later = Future()
         aio = self.ctx.aio
 
         def ran(body: Future[End]) -> None:  # (on the loop: what blocks goes to a thread)
-            if body.cancelled():  # (the worker stops: nothing stored, its record redone)
-                self.leases.release(task_id)
+            if body.cancelled():  # (not by its time limit: that is a failure it returns)
+                self._over(task_id, attempt, let_go, outcome, RedoError(
+                    f"the async body of task {task_id} was cancelled before it ended: its "
+                    "message is handled again"))
             else:
-                aio.then(partial(self._ended, kmsg, body, outcome))
+                aio.then(partial(self._ended, kmsg, attempt, body, let_go, outcome))
 
         aio.submit(self.bodies.run_async(ready)).add_done_callback(ran)
         return outcome
 
-    def _ended(self, kmsg: Message, body: Future[End],
-               outcome: Later) -> None:
+    def _ended(self, kmsg: Message, attempt: int, body: Future[End],
+               let_go: Callable[[], None], outcome: Later) -> None:
         """(an end thread) An async body's end handed to the group commit."""
         try:
             end = body.result()
         except BaseException as exc:  # (the chain itself failed: a bug, a hook)
-            self.leases.release(kmsg.kser_metadata["task_id"])
-            outcome.set_result(exc if isinstance(exc, WorkerFatalError)
-                               else failure(cast(Exception, exc), kmsg))
+            self._over(kmsg.kser_metadata["task_id"], attempt, let_go, outcome,
+                       exc if isinstance(exc, WorkerFatalError)
+                       else failure(cast(Exception, exc), kmsg))
             return
         self.ends.group.submit([end]).add_done_callback(
             lambda stored: self.ctx.aio.then(partial(self._stored, kmsg, end, stored,
-                                                     outcome)))
+                                                     let_go, outcome)))
 
     def _stored(self, kmsg: Message, end: End, stored: Future[list[Stored]],
-                outcome: Later) -> None:
+                let_go: Callable[[], None], outcome: Later) -> None:
         """(an end thread) An async body's end stored: its hooks called and its outcome
         set; if the group's transaction failed, stored alone (tried again for a lease)."""
+        result: Result | Exception
         try:
             try:
                 ((transitions, error),) = stored.result()
-            except WorkerFatalError as exc:
-                outcome.set_result(exc)
-                return
+            except WorkerFatalError:
+                raise
             except Exception:  # (the group commit logged why)
                 result = settled(kmsg, partial(self.ends.store, end))
             else:
                 result = settled(kmsg, partial(self.ends.after_stored, end, transitions,
                                                error))
-            outcome.set_result(result)
         except WorkerFatalError as exc:
-            outcome.set_result(exc)
-        finally:
-            self.leases.release(end.task.id)
+            result = exc
+        self._over(end.task.id, end.attempt, let_go, outcome, result)
+
+    def _over(self, task_id: str, attempt: int, let_go: Callable[[], None], outcome: Later,
+              result: Result | Exception) -> None:
+        """The body is over: its lease (this attempt's only: a redo of its message may
+        hold the next one) and its task let go, then its outcome set (what it calls may
+        handle the message again)."""
+        self.leases.release(task_id, attempt)
+        let_go()
+        outcome.set_result(result)

@@ -62,9 +62,12 @@ class Leases:
                                                 name="kser-leases")
                 self._thread.start()
 
-    def release(self, task_id: str) -> None:
+    def release(self, task_id: str, attempt: int | None = None) -> None:
+        """Stop renewing ``task_id``'s lease (only if it is attempt ``attempt``'s: a later
+        attempt of the same task on this worker keeps its own)."""
         with self._lock:
-            self._held.pop(task_id, None)
+            if attempt is None or self._held.get(task_id) == attempt:
+                self._held.pop(task_id, None)
 
     def _renew(self) -> None:
         while True:
@@ -83,8 +86,9 @@ class Leases:
         try:
             with self._engine.store.transaction() as tx:
                 until = time.time() + self._engine.settings.task_lease
-                for task_id, attempt in sorted(held.items()):  # (the batches' lock order)
-                    if not tx.renew_lease(task_id, attempt, until):
+                renewed = tx.renew_leases(sorted(held.items()), until)
+                for task_id, attempt in held.items():
+                    if task_id not in renewed:
                         # its end stored (its lease not released yet), or taken over
                         row = tx.get_task(task_id)
                         lost[task_id] = (row is not None and row.status == Status.RUNNING

@@ -167,8 +167,9 @@ class Runner:
                          if taken else [])
             finally:
                 with self.running_lock:
-                    for index in taken:
-                        self.running.discard(items[index][1].kser_metadata["task_id"])
+                    for index in taken:  # (an async body's task: let go once it is over)
+                        if not isinstance(outcomes[index], Future):
+                            self.running.discard(items[index][1].kser_metadata["task_id"])
             for index in held:  # (a thread of this process handles its task)
                 kmsg = items[index][1]
                 if index not in waiting_since:
@@ -186,6 +187,11 @@ class Runner:
             todo = sorted(again)
             if todo and not taken:
                 time.sleep(0.005)  # (only messages waiting for another thread are left)
+
+    def _let_go(self, task_id: str) -> None:
+        """A task whose async body is over is no longer handled here."""
+        with self.running_lock:
+            self.running.discard(task_id)
 
     def _take(self, items: Sequence[Item], todo: list[int]) -> tuple[list[int], list[int]]:
         """Mark the tasks of ``todo`` as handled by this thread: those taken, and those a
@@ -249,8 +255,11 @@ class Runner:
                 waited.append((index, claim))
             else:  # CHILD (its sub-operation runs it), WAIT (a live worker runs it)
                 outcomes[index] = claim.nothing_to_do()
+        for _, claim, _ in bodies + awaited:  # (renewed from now on: starting an async
+            self.leases.hold(claim.task.id, claim.attempt)  # body may wait for a slot)
         for index, claim, claimed_at in awaited:  # (on the event loop: their ends later)
-            outcomes[index] = self.awaited.start(*items[index], claim, claimed_at)
+            outcomes[index] = self.awaited.start(*items[index], claim, claimed_at,
+                                                 partial(self._let_go, claim.task.id))
         self._run_batch(items, bodies, outcomes)
         for index, claim in waited:
             if bodies:  # (read again: their worker's lease may have expired meanwhile)

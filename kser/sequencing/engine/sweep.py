@@ -46,10 +46,12 @@ class Sweeper:
                 deps = tx.dependencies(op.id).get(task.id, ())
                 # (re-sent as the queueing its attempts came from: a takeover moves the
                 # attempt on, not the queueing, and a message naming the attempt was
-                # judged a stale copy once a second worker had died with the task)
+                # judged a stale copy once a second worker had died with the task; ready
+                # since the lease expired: each re-send of this lease the same text, so
+                # none makes another stale)
                 self.transitions.queue_task(tx, op, task, forwarded(op, tasks, deps),
                                             queued=task.queued_attempt or task.attempt,
-                                            cas=False)
+                                            cas=False, ready_at=task.lease_expires_at)
             operations = {task.operation_id for task in expired}
             children = tx.ended_children(now, settings.task_lease)
             for child in children:  # their parents' tasks were not told: tell them again

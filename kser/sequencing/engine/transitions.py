@@ -290,19 +290,22 @@ class Transitions:
     def queue_task(self, tx: Tx, op: OperationLike, task: TaskRow,
                    forwarded: dict[str, Any] | None, mode: Mode | None = None,
                    due_at: float | None = None, *, queued: int, pokes: int | None = None,
-                   cas: bool = True) -> bool:
+                   cas: bool = True, ready_at: float | None = None) -> bool:
         """Queue ``task`` (the compare-and-set of a join, unless ``cas`` is False: a
         takeover's re-send) and add the message of its attempt ``queued`` to the outbox;
         False if another transition had queued it. The message carries ``queued`` and the
         sensor's ``pokes`` count: a copy of an earlier message (a duplicate of a poke or
         a retry already run) finds them changed, and does nothing (it would start a
-        second chain of pokes)."""
+        second chain of pokes). ``ready_at``: since when it may run (default: now, or
+        ``due_at``); a re-send gives one of its own, the same each time, so that its
+        copies are the same text (the store keeps one digest)."""
         metadata = dict(task.metadata or {})
         metadata[KSER_METADATA_KEY] = dict(
             operation_id=op.id, task_id=task.id,
             queued=[queued, task.pokes or 0 if pokes is None else pokes],
             # (when it may run: its hop latency counts from here)
-            ready_at=round(max(time.time(), due_at or 0.0), 6),
+            ready_at=round(ready_at if ready_at is not None
+                           else max(time.time(), due_at or 0.0), 6),
             **({"mode": str(mode)} if mode else {}))
         kmsg = Message(uuid=task.id, entrypoint=task.entrypoint, params=task.params,
                        result=forwarded, metadata=metadata)

@@ -130,6 +130,18 @@ class AttemptQueries(TxBase):
         return self._execute(q.RENEW, dict(b_id=task_id, b_attempt=attempt,
                                           b_lease=lease_until)) == 1
 
+    def renew_leases(self, held: list[tuple[str, int]], lease_until: float) -> set[str]:
+        """:meth:`renew_lease` of several attempts ``(task id, attempt)``; the ids of those
+        renewed (PostgreSQL: one statement, however many a worker holds)."""
+        if not self._postgresql or len(held) == 1:
+            return {task_id for task_id, attempt in held
+                    if self.renew_lease(task_id, attempt, lease_until)}
+        held = sorted(held)  # (rows locked in one order: batches never deadlock)
+        rows = self._raw(q.RENEW_MANY_PG, dict(
+            b_ids=[task_id for task_id, _ in held], b_attempts=[a for _, a in held],
+            b_lease=lease_until))
+        return {row["id"] for row in rows}
+
     def finish_attempt(self, task_id: str, attempt: int, status: str,
                        result: dict[str, Any] | None,
                        now: float, error: str | None, task_status: str | None = None) -> bool:

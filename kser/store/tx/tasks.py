@@ -3,6 +3,7 @@ set of a join) with their message, reset."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -27,26 +28,29 @@ from kser.store.tx.outbox import OutboxQueries
 logger = logging.getLogger("kser.store.store")  # (the name its lines always had)
 
 
-#: rows of one multi-row INSERT (PostgreSQL takes up to 65,535 parameters a statement)
-INSERT_ROWS = 500
-
-
 class TaskQueries(OutboxQueries):  # (a task is queued with its message, in the outbox)
     """Tasks and their dependencies: stored, read with their upstream counts, queued (the
     compare-and-set of a join) with their message, reset."""
 
     def insert_tasks(self, rows: list[dict[str, Any]], dependencies: list[tuple[str, str]]) -> None:
         """Insert tasks and their ``(task_id, depends_on)`` dependencies (PostgreSQL: each
-        table's rows in one statement, by :data:`INSERT_ROWS`; SQLite, in process, row
-        by row)."""
-        links = [dict(task_id=t, depends_on=d) for t, d in dependencies]
-        for table, values in ((schema.tasks, rows), (schema.task_dependencies, links)):
-            if len(values) > 1 and self._postgresql:
-                for start in range(0, len(values), INSERT_ROWS):
-                    self.connection.execute(
-                        table.insert().values(values[start:start + INSERT_ROWS]))
-            elif values:
-                self.connection.execute(table.insert(), values)
+        table's rows in one statement from arrays; SQLite, in process, row by row)."""
+        if self._postgresql and len(rows) > 1 and all(
+                set(row) == set(q.TASK_COLUMNS) for row in rows):
+            values = {f"b_{name}": [row[name] for row in rows] for name in q.TASK_COLUMNS}
+            for name in ("params", "metadata"):
+                values[f"b_{name}"] = [None if value is None else json.dumps(value)
+                                       for value in values[f"b_{name}"]]
+            self._dbapi().cursor().execute(q.INSERT_TASKS_PG, values, prepare=False)
+        elif rows:
+            self.connection.execute(schema.tasks.insert(), rows)
+        if self._postgresql and len(dependencies) > 1:
+            self._dbapi().cursor().execute(q.INSERT_DEPENDENCIES_PG, dict(
+                b_ids=[task for task, _ in dependencies],
+                b_depends=[upstream for _, upstream in dependencies]), prepare=False)
+        elif dependencies:
+            self.connection.execute(schema.task_dependencies.insert(),
+                                    [dict(task_id=t, depends_on=d) for t, d in dependencies])
 
     def get_task(self, task_id: str) -> TaskRow | None:
         return self._first_as(TaskRow, q.GET_TASK, dict(b_id=task_id))
