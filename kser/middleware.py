@@ -178,34 +178,38 @@ class Chain:
         """Run ``body`` inside every middleware; it says how it ended with
         ``call.ended(...)`` before it returns."""
         entered: list[tuple[Middleware, Any]] = []
-        error: BaseException | None = None
         try:
-            for middleware in self.middleware:
-                entered.append((middleware, middleware.enter(call)))
-            return body()
+            self._enter(call, entered)
+            result = body()
         except BaseException as exc:
-            error = exc
+            self._exit(call, entered, exc)
             raise
-        finally:
-            for middleware, token in reversed(entered):
-                middleware.exit(call, token, error)
+        self._exit(call, entered, None)
+        return result
 
     async def run_async(self, call: Call, body: Callable[[], Awaitable[T]]) -> T:
         """:meth:`run` for an ``async def`` body, on the worker's event loop (each body in
         an asyncio task of its own: what the middleware puts in the context, the log
         fields and the span, is that body's alone)."""
         entered: list[tuple[Middleware, Any]] = []
-        error: BaseException | None = None
         try:
-            for middleware in self.middleware:
-                entered.append((middleware, middleware.enter(call)))
-            return await body()
+            self._enter(call, entered)
+            result = await body()
         except BaseException as exc:
-            error = exc
+            self._exit(call, entered, exc)
             raise
-        finally:
-            for middleware, token in reversed(entered):
-                middleware.exit(call, token, error)
+        self._exit(call, entered, None)
+        return result
+
+    def _enter(self, call: Call, entered: list[tuple[Middleware, Any]]) -> None:
+        for middleware in self.middleware:
+            entered.append((middleware, middleware.enter(call)))
+
+    @staticmethod
+    def _exit(call: Call, entered: list[tuple[Middleware, Any]],
+              error: BaseException | None) -> None:
+        for middleware, token in reversed(entered):
+            middleware.exit(call, token, error)
 
 
 def _leave(context: AbstractContextManager[Any], error: BaseException | None) -> None:
