@@ -113,14 +113,18 @@ class RecordHandler:
                 outcome = Outcome(None, exception_result(exc), redo=True)
             if self._settled(record, outcome):
                 done.set_result(True)
-            elif self._stopping.wait(self.settings.redo_backoff):
+            else:  # (in a thread of its own: never the loop's or an end thread's to wait)
+                threading.Thread(target=redo, name="kser-redo", daemon=True).start()
+
+        def redo() -> None:
+            if self._stopping.wait(self.settings.redo_backoff):
                 done.set_result(False)
+                return
+            again = self.process_all([record])[0]
+            if isinstance(again, Future):
+                again.add_done_callback(lambda it: done.set_result(it.result()))
             else:
-                again = self.process_all([record])[0]
-                if isinstance(again, Future):
-                    again.add_done_callback(lambda it: done.set_result(it.result()))
-                else:
-                    done.set_result(again)
+                done.set_result(again)
 
         later.add_done_callback(ended)
         return done

@@ -249,3 +249,35 @@ def test_a_body_raising_cancelled_error_unasked_fails_and_its_record_is_done(h):
     assert "raised CancelledError, but nothing cancelled it" in h.attempts(
         task["id"])[0]["error"]
     assert h.broker.lag("workers", ["ops"]) == 0
+
+
+CANCELLED = {"runs": 0}
+
+
+@registry.subscribe
+class CancelledOnce(Task):
+    """Its first run is cancelled from outside its body (as a stop would); then it runs."""
+
+    async def run(self):
+        CANCELLED["runs"] += 1
+        if CANCELLED["runs"] == 1:
+            asyncio.current_task().cancel()
+            await asyncio.sleep(1)
+        return Result(uuid=self.uuid, stdout="second run")
+
+
+@registry.subscribe
+class OneCancelledOnce(Operation):
+    def build_tasks(self, **kwargs):
+        return [CancelledOnce()]
+
+
+def test_a_cancelled_body_s_message_is_handled_again_off_the_loop(h, monkeypatch):
+    monkeypatch.setenv("KSER_REDO_BACKOFF", "0.05")
+    CANCELLED["runs"] = 0
+    op = OneCancelledOnce().send()
+    h.drain()
+    row, (task,) = h.operation(op.uuid)
+    assert (row["status"], CANCELLED["runs"]) == ("SUCCESS", 2)
+    assert task["result"]["stdout"] == "second run"
+    assert h.broker.lag("workers", ["ops"]) == 0

@@ -40,9 +40,8 @@ class Awaited:
         task_id, attempt = claim.task.id, claim.attempt
         try:
             ready = self.bodies.prepare(entrypoint, kmsg, claim.task, attempt, claimed_at)
-        except Exception as exc:
+        except Exception as exc:  # (the runner lets its task go: no future for it)
             self.leases.release(task_id, attempt)
-            let_go()
             return failure(exc, kmsg)
         self.leases.hold(task_id, attempt)
         outcome: Later = Future()
@@ -50,9 +49,9 @@ class Awaited:
 
         def ran(body: Future[End]) -> None:  # (on the loop: what blocks goes to a thread)
             if body.cancelled():  # (not by its time limit: that is a failure it returns)
-                self._over(task_id, attempt, let_go, outcome, RedoError(
+                aio.then(partial(self._over, task_id, attempt, let_go, outcome, RedoError(
                     f"the async body of task {task_id} was cancelled before it ended: its "
-                    "message is handled again"))
+                    "message is handled again")))
             else:
                 aio.then(partial(self._ended, kmsg, attempt, body, let_go, outcome))
 

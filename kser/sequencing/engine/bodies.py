@@ -6,6 +6,7 @@ same chain around it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -73,6 +74,8 @@ class Bodies:
                 if isinstance(ready.body, Task):
                     ready.body.status = Status.RUNNING
                 ran = await ready.body.execute_async()
+            if getattr(ready.body, "followed", None) is not None:  # (a branch reads the
+                return await asyncio.to_thread(self.finish, ready, ran)  # store: not here)
             return self.finish(ready, ran)
 
         return self._kept(ready, await self.ctx.chain.run_async(ready.call, run))

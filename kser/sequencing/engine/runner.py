@@ -257,10 +257,16 @@ class Runner:
                 outcomes[index] = claim.nothing_to_do()
         for _, claim, _ in bodies + awaited:  # (renewed from now on: starting an async
             self.leases.hold(claim.task.id, claim.attempt)  # body may wait for a slot)
-        for index, claim, claimed_at in awaited:  # (on the event loop: their ends later)
-            outcomes[index] = self.awaited.start(*items[index], claim, claimed_at,
-                                                 partial(self._let_go, claim.task.id))
-        self._run_batch(items, bodies, outcomes)
+        try:
+            for index, claim, claimed_at in awaited:  # (on the event loop: ends later)
+                outcomes[index] = self.awaited.start(*items[index], claim, claimed_at,
+                                                     partial(self._let_go, claim.task.id))
+            self._run_batch(items, bodies, outcomes)
+        except BaseException:  # (a fatal error: no lease left renewed for nothing)
+            for index, claim, _ in bodies + awaited:
+                if not isinstance(outcomes[index], Future):
+                    self.leases.release(claim.task.id, claim.attempt)
+            raise
         for index, claim in waited:
             if bodies:  # (read again: their worker's lease may have expired meanwhile)
                 lost.append(index)

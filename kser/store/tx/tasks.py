@@ -38,9 +38,8 @@ class TaskQueries(OutboxQueries):  # (a task is queued with its message, in the 
         if self._postgresql and len(rows) > 1 and all(
                 set(row) == set(q.TASK_COLUMNS) for row in rows):
             values = {f"b_{name}": [row[name] for row in rows] for name in q.TASK_COLUMNS}
-            for name in ("params", "metadata"):
-                values[f"b_{name}"] = [None if value is None else json.dumps(value)
-                                       for value in values[f"b_{name}"]]
+            for name in ("params", "metadata"):  # (None as JSON null, as SQLAlchemy does)
+                values[f"b_{name}"] = [json.dumps(value) for value in values[f"b_{name}"]]
             self._dbapi().cursor().execute(q.INSERT_TASKS_PG, values, prepare=False)
         elif rows:
             self.connection.execute(schema.tasks.insert(), rows)
