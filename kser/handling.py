@@ -99,7 +99,7 @@ class RecordHandler:
 
     def _awaited(self, record: Record, later: Future[Outcome]) -> Future[bool]:
         """Whether a record whose body runs on the event loop is done, once it ended; one
-        to redo is handled again after the backoff (in the end thread that saw it end)."""
+        to redo is handled again after the backoff, in a thread of its own."""
         done: Future[bool] = Future()
 
         def ended(outcome_future: Future[Outcome]) -> None:
