@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import uuid4
 
@@ -222,7 +223,13 @@ class Entrypoint(metaclass=EntrypointMeta):
     def _run(self) -> Result | None:
         outcome = self.run()
         if inspect.iscoroutine(outcome):  # (async def run, called outside a worker's loop)
-            outcome = asyncio.run(outcome)
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                outcome = asyncio.run(outcome)
+            else:  # (this thread runs a loop, which asyncio.run refuses: one of its own,
+                with ThreadPoolExecutor(1) as pool:  # in a thread of its own)
+                    outcome = pool.submit(asyncio.run, outcome).result()
         return self._checked(outcome)
 
     async def _run_async(self) -> Result | None:

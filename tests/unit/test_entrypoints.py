@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cdumay_result import Result
@@ -86,9 +87,18 @@ def test_an_async_run_has_the_same_lifecycle_in_a_thread_or_awaited():
                 raise RuntimeError("no luck")
             return Result(uuid=self.uuid, stdout="waited")
 
-    assert Waits().execute().stdout == "waited"  # (asyncio.run in this thread)
-    assert asyncio.run(Waits().execute_async()).stdout == "waited"
-    failed = asyncio.run(Waits(params={"fail": True}).execute_async())
+    def awaited(coroutine):  # (on a loop of its own: another test may leave one running
+        with ThreadPoolExecutor(1) as pool:  # in this thread, as Playwright's does)
+            return pool.submit(asyncio.run, coroutine).result()
+
+    assert Waits().execute().stdout == "waited"  # (asyncio.run, or a thread of its own)
+
+    async def inside_a_loop():  # (execute() called where a loop runs already)
+        return Waits().execute().stdout
+
+    assert awaited(inside_a_loop()) == "waited"
+    assert awaited(Waits().execute_async()).stdout == "waited"
+    failed = awaited(Waits(params={"fail": True}).execute_async())
     assert (failed.retcode, failed.stderr) == (500, "RuntimeError: no luck")
 
 
