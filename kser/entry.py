@@ -11,7 +11,8 @@ Lifecycle of :meth:`Entrypoint.execute`::
 
 ``run`` may be ``async def``: a worker then runs the body on its event loop
 (:meth:`execute_async`, awaited there: an operation's task holds no thread while it
-waits); ``execute`` runs it to its end in the calling thread (``asyncio.run``).
+waits); ``execute`` runs it to its end in the calling thread (``asyncio.run``; where
+a loop already runs in that thread, on a loop of its own in another thread).
 """
 
 from __future__ import annotations
